@@ -1,0 +1,140 @@
+"""params.yaml: loading and validation against one JSON schema.
+
+DESIGN.md principle 2: params.yaml is the only place for science settings, one section
+per stage, validated by ``pcrl/schemas/params.schema.yaml``. Every error names the file and
+the dotted key at fault (``cubes.pretrain.min_iou``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from pcrl.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+@functools.cache
+def load_schema() -> dict[str, Any]:
+    """The params JSON schema shipped with the package."""
+    text = resources.files("pcrl").joinpath("schemas/params.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _dotted(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
+    """(dotted key, message) for one validation error; unknown keys get their own name."""
+    key = _dotted(error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        if extra:
+            prefix = f"{key}." if error.absolute_path else ""
+            return ", ".join(prefix + e for e in extra), "unknown key (not in the params schema)"
+    if error.validator == "required":
+        return key, error.message
+    return key, f"{error.instance!r} is invalid: {error.message}"
+
+
+def _check_finite(node: Any, path: tuple[str, ...] = ()) -> None:
+    """Reject NaN/inf numbers, which YAML accepts (.nan, .inf) but no setting allows."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, (*path, str(k)))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, (*path, str(i)))
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{_dotted(path)}: {node} is not a finite number")
+
+
+def validate_params(params: Any, source: str = "params") -> dict[str, Any]:
+    """Validate a params mapping; raise ConfigError naming every offending key."""
+    if not isinstance(params, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(params).__name__}")
+    try:
+        _check_finite(params)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"{key}: {msg}" for key, msg in map(_describe, errors)]
+        raise ConfigError(f"{source}: invalid parameters:\n  " + "\n  ".join(lines))
+    _check_semantics(params, source)
+    return params
+
+
+def _check_semantics(params: dict[str, Any], source: str) -> None:
+    """Rules a JSON schema cannot express."""
+    data = params["data"]
+    if data["source"] == "local":
+        missing = [d for d in data["datasets"] if d not in data.get("local_paths", {})]
+        if missing:
+            raise ConfigError(
+                f"{source}: data.local_paths: source is 'local' but no folder is given for "
+                f"{', '.join(missing)}"
+            )
+    for name, section in params.get("resample", {}).items():
+        norm = section["normalization"]
+        if norm["kind"] == "window" and not norm.get("min", -1000) < norm.get("max", 1000):
+            raise ConfigError(f"{source}: resample.{name}.normalization: min must be below max")
+        if norm["kind"] == "percentile" and not norm.get("lower", 0.5) < norm.get("upper", 99.5):
+            raise ConfigError(
+                f"{source}: resample.{name}.normalization: lower must be below upper"
+            )
+    for task in ("lcs", "bms"):
+        split = params.get("cubes", {}).get(task)
+        if split and split["val"] + split["test"] >= 1:
+            raise ConfigError(
+                f"{source}: cubes.{task}: val + test = {split['val'] + split['test']} "
+                "leaves no training cases"
+            )
+    pretrain = params.get("cubes", {}).get("pretrain")
+    if pretrain:
+        overlap = set(pretrain["groups"]["train"]) & set(pretrain["groups"]["val"])
+        if overlap:
+            raise ConfigError(
+                f"{source}: cubes.pretrain.groups: {sorted(overlap)} in both train and val"
+            )
+    ncc = params.get("cubes", {}).get("ncc")
+    if ncc:
+        seen: dict[str, str] = {}
+        for split_name, groups in ncc["groups"].items():
+            for g in groups:
+                if g in seen:
+                    raise ConfigError(
+                        f"{source}: cubes.ncc.groups: {g} in both {seen[g]} and {split_name}"
+                    )
+                seen[g] = split_name
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Read and validate a params file; ConfigError names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate_params(params, str(path))
+
+
+def section(params: dict[str, Any], *keys: str) -> Any:
+    """``params[k1][k2]...`` with a ConfigError naming the dotted key when absent."""
+    node: Any = params
+    for i, key in enumerate(keys):
+        if not isinstance(node, dict) or key not in node:
+            raise ConfigError(f"params: missing section {'.'.join(keys[: i + 1])}")
+        node = node[key]
+    return node

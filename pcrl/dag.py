@@ -1,0 +1,135 @@
+"""The pipeline's DAG as DVC parses it, for the Snakefile (DESIGN.md principle 1).
+
+dvc.yaml owns the stages; DVC's parser resolves its ``foreach`` fan-out and ``${...}``
+interpolation from params.yaml, and this module hands the resolved stages to Snakemake
+so both runners see the same commands, deps and outs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pcrl.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One resolved DVC stage."""
+
+    name: str  # DVC's name, e.g. "resample@luna16"
+    cmd: str
+    deps: tuple[str, ...]  # file/folder deps (params excluded)
+    params: tuple[str, ...]  # dotted params.yaml keys
+    outs: tuple[str, ...]
+    desc: str = ""
+
+    @property
+    def group(self) -> str:
+        """The stage's name in dvc.yaml before fan-out (``resample``)."""
+        return self.name.split("@", 1)[0]
+
+    @property
+    def rule_name(self) -> str:
+        """A valid Snakemake rule name (``resample_luna16``)."""
+        return re.sub(r"\W", "_", self.name.replace("@", "_"))
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.deps)
+
+    @property
+    def shell_command(self) -> str:
+        """The command with braces escaped for Snakemake's formatter."""
+        return self.cmd.replace("{", "{{").replace("}", "}}")
+
+    def param_values(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The values of this stage's params, so Snakemake reruns a stage when they change."""
+        values = {}
+        for key in self.params:
+            node: Any = params
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    raise ConfigError(f"{PARAMS_FILE}: stage {self.name} needs missing key {key}")
+                node = node[part]
+            values[key] = node
+        return values
+
+
+def load_stages(root: str | Path = ".") -> list[Stage]:
+    """The stages of ``root/dvc.yaml`` resolved by DVC (fan-out and interpolation done)."""
+    from dvc.repo import Repo  # heavy import: only when the DAG is needed
+
+    stages = []
+    with Repo(str(root)) as repo:
+        for st in repo.index.stages:
+            if not st.cmd:
+                continue  # a .dvc file tracking data, not a pipeline stage
+            params: list[str] = []
+            deps: list[str] = []
+            for dep in st.deps:
+                if getattr(dep, "params", None) is not None:
+                    params.extend(dep.params)
+                else:
+                    deps.append(dep.def_path)
+            cmd = st.cmd if isinstance(st.cmd, str) else " && ".join(st.cmd)
+            stages.append(
+                Stage(
+                    name=st.name,
+                    cmd=cmd,
+                    deps=tuple(deps),
+                    params=tuple(params),
+                    outs=tuple(o.def_path for o in st.outs),
+                    desc=st.desc or st.name,
+                )
+            )
+    return stages
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """Cluster resources of one stage (workflow/resources.yaml)."""
+
+    threads: int = 1
+    mem_mb: int = 4000
+    runtime: int = 60
+    gpus: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def snakemake_resources(self) -> dict[str, Any]:
+        """Keyword resources of the rule; ``gpu`` only when GPUs are wanted (SLURM plugin)."""
+        res: dict[str, Any] = {"mem_mb": self.mem_mb, "runtime": self.runtime, **self.extra}
+        if self.gpus > 0:
+            res["gpu"] = self.gpus
+        return res
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per-stage resources with a default."""
+
+    table: dict[str, dict[str, Any]]
+
+    def for_stage(self, group: str) -> StageResources:
+        merged = {**self.table.get("default", {}), **self.table.get(group, {})}
+        known = {"threads", "mem_mb", "runtime", "gpus"}
+        extra = {k: v for k, v in merged.items() if k not in known}
+        return StageResources(**{k: v for k, v in merged.items() if k in known}, extra=extra)
+
+
+def load_resources(path: str | Path) -> Resources:
+    """Read workflow/resources.yaml."""
+    path = Path(path)
+    try:
+        table = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read stage resources: {exc}") from None
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigError(f"{path}: expected a mapping of stage name -> resources")
+    return Resources(table)

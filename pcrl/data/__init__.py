@@ -1,0 +1,1 @@
+"""Datasets: registry, download and verification, phantom, resampling, cubes and splits."""

@@ -1,0 +1,23 @@
+"""Errors the CLI turns into a one-line message and a non-zero exit.
+
+Library code raises these with a message that names the file, case or params key at
+fault; anything else escaping the CLI is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PcrlError(Exception):
+    """Base class of the errors a user can fix (bad input, bad params, missing files)."""
+
+
+class ConfigError(PcrlError):
+    """params.yaml (or another config) is invalid; the message names the key."""
+
+
+class DataError(PcrlError):
+    """An input file is missing, truncated, corrupt or inconsistent; the message names it."""
+
+
+class ChecksumError(DataError):
+    """A downloaded or local file does not match its published checksum."""

@@ -1,0 +1,99 @@
+"""params.yaml validation: every bad value names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pcrl.config import load_params, section, validate_params
+from pcrl.errors import ConfigError
+
+
+def test_demo_and_paper_params_are_valid(repo_root: Path) -> None:
+    demo = load_params(repo_root / "params.yaml")
+    paper = load_params(repo_root / "configs" / "paper.yaml")
+    assert demo["data"]["source"] == "phantom"
+    assert paper["data"]["source"] == "download"
+    # the paper's protocol (PCRL-SPEC): 64x64x32 cubes, LUNA16 at 1 mm, IoU > 0.25
+    assert paper["cubes"]["pretrain"]["cube_size"] == [64, 64, 32]
+    assert paper["resample"]["luna16"]["spacing"] == [1.0, 1.0, 1.0]
+    assert paper["cubes"]["pretrain"]["min_iou"] == 0.25
+    assert [64, 64, 32] in paper["cubes"]["pretrain"]["crop_sizes"]
+    assert len(paper["cubes"]["pretrain"]["crop_sizes"]) == 5
+
+
+def test_same_sections_in_demo_and_paper(repo_root: Path) -> None:
+    demo = yaml.safe_load((repo_root / "params.yaml").read_text())
+    paper = yaml.safe_load((repo_root / "configs" / "paper.yaml").read_text())
+    assert demo.keys() == paper.keys()
+
+
+def test_unknown_key_is_named(demo_params: dict) -> None:
+    demo_params["cubes"]["pretrain"]["pairs_per_scan"] = 3
+    with pytest.raises(ConfigError, match=r"cubes\.pretrain\.pairs_per_scan: unknown key"):
+        validate_params(demo_params)
+
+
+def test_unknown_top_level_section_is_named(demo_params: dict) -> None:
+    demo_params["pretrian"] = {}
+    with pytest.raises(ConfigError, match=r"pretrian: unknown key"):
+        validate_params(demo_params)
+
+
+@pytest.mark.parametrize(
+    ("keys", "value", "dotted"),
+    [
+        (("resample", "luna16", "spacing"), [1.0, -1.0, 1.0], r"resample\.luna16\.spacing\.1"),
+        (("cubes", "pretrain", "min_iou"), 1.5, r"cubes\.pretrain\.min_iou"),
+        (("cubes", "pretrain", "pairs_per_case"), "many", r"cubes\.pretrain\.pairs_per_case"),
+        (("cubes", "ncc", "fractions"), [0.0, 0.5], r"cubes\.ncc\.fractions\.0"),
+        (("data", "source"), "ftp", r"data\.source"),
+        (("cubes", "pretrain", "cube_size"), [64, 64], r"cubes\.pretrain\.cube_size"),
+    ],
+)
+def test_bad_values_name_their_key(demo_params: dict, keys: tuple, value, dotted: str) -> None:
+    node = demo_params
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    with pytest.raises(ConfigError, match=dotted):
+        validate_params(demo_params)
+
+
+def test_nan_is_refused(demo_params: dict) -> None:
+    demo_params["cubes"]["pretrain"]["min_iou"] = float("nan")
+    with pytest.raises(ConfigError, match=r"cubes\.pretrain\.min_iou: nan is not a finite"):
+        validate_params(demo_params)
+
+
+def test_semantic_rules(demo_params: dict) -> None:
+    bad = {**demo_params, "cubes": {**demo_params["cubes"], "lcs": {"val": 0.5, "test": 0.5, "fractions": [1.0]}}}
+    with pytest.raises(ConfigError, match=r"cubes\.lcs: val \+ test = 1\.0"):
+        validate_params(bad)
+    demo_params["cubes"]["ncc"]["groups"]["test"].append("subset0")
+    with pytest.raises(ConfigError, match=r"subset0 in both train and test"):
+        validate_params(demo_params)
+
+
+def test_local_source_needs_paths(demo_params: dict) -> None:
+    demo_params["data"]["source"] = "local"
+    demo_params["data"]["local_paths"] = {"luna16": "/somewhere"}
+    with pytest.raises(ConfigError, match=r"no folder is given for msd_liver, msd_brain"):
+        validate_params(demo_params)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing.yaml: params file not found"):
+        load_params(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_params(broken)
+
+
+def test_section_names_missing_key(demo_params: dict) -> None:
+    assert section(demo_params, "cubes", "ncc", "cube_size") == [32, 32, 16]
+    with pytest.raises(ConfigError, match=r"cubes\.pretrain2"):
+        section(demo_params, "cubes", "pretrain2", "x")
