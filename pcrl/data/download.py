@@ -1,0 +1,428 @@
+"""Resumable, verified downloads and safe archive extraction.
+
+- :func:`fetch` downloads one URL to a ``.part`` file, resumes it with an HTTP ``Range``
+  request (RFC 9110, section 14) after an interruption, verifies the published checksum,
+  and only then renames it to its final name.
+- :func:`safe_extract` refuses archive members that would land outside the target folder
+  (absolute names, ``..``, links pointing out) before extracting anything, then extracts
+  tars with the standard library's ``filter="data"`` (PEP 706) into a temporary folder that
+  is moved into place once complete.
+- :func:`download_dataset` does both for every file of a registered dataset, with the
+  downloads kept in a cache folder so that a second run downloads nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import posixpath
+import re
+import shutil
+import stat
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path, PureWindowsPath
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+from pcrl.atomic import atomic_dir
+from pcrl.data.registry import DatasetSpec, RemoteFile
+from pcrl.errors import ChecksumError, ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+_USER_AGENT = "pcrl-downloader"
+_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+_NETWORK_ERRORS = (OSError, http.client.HTTPException)  # URLError, timeouts, IncompleteRead
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def file_digest(path: Path, algorithm: str, chunk_size: int = 1 << 20) -> str:
+    """Hex digest of the file ``path`` with the hashlib ``algorithm`` (read in chunks)."""
+    digest = hashlib.new(algorithm)
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _mismatch(path: Path, md5: str | None, sha256: str | None, size: int | None) -> str | None:
+    """Describe how ``path`` differs from the expected size/checksums, or None if it matches."""
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        return f"size mismatch: expected {size} bytes, got {actual_size}"
+    for algorithm, expected in (("md5", md5), ("sha256", sha256)):
+        if expected is not None:
+            actual = file_digest(path, algorithm)
+            if actual != expected.lower():
+                return f"{algorithm} mismatch: expected {expected.lower()}, got {actual}"
+    return None
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def _part_path(dest: Path) -> Path:
+    """The partial-download file of ``dest`` (``name.ext.part``)."""
+    return dest.with_suffix(dest.suffix + ".part")
+
+
+def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse | None:
+    """Open ``url`` from byte ``offset``; None when the server rejects the range (HTTP 416).
+
+    Raises:
+        DataError: HTTP error status, unreachable server or malformed URL.
+    """
+    headers = {"User-Agent": _USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as err:
+        err.close()
+        if err.code == 416 and offset:
+            return None
+        raise DataError(f"cannot download {url}: HTTP {err.code} {err.reason}") from err
+    except (*_NETWORK_ERRORS, ValueError) as err:
+        raise DataError(f"cannot download {url}: {err}") from err
+
+
+def _resume_offset(response: http.client.HTTPResponse, offset: int, url: str, part: Path) -> int:
+    """Byte offset the response body starts at: ``offset`` for a matching 206, else 0.
+
+    Raises:
+        DataError: the server answered 206 for another range than asked (the .part is removed).
+    """
+    if getattr(response, "status", None) != 206:
+        return 0
+    match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if match is None or int(match.group(1)) != offset:
+        part.unlink(missing_ok=True)
+        raise DataError(
+            f"{url}: server answered range {response.headers.get('Content-Range')!r} to "
+            f"'bytes={offset}-'; the partial download was removed, rerun to start over"
+        )
+    return offset
+
+
+def _content_length(response: http.client.HTTPResponse) -> int | None:
+    """The response's Content-Length, or None when absent or malformed."""
+    value = response.headers.get("Content-Length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def _progress_bar(total: int | None, initial: int, desc: str, *, enabled: bool) -> tqdm:
+    """A byte-counting tqdm bar on stderr (disabled when ``enabled`` is False)."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        file=sys.stderr,
+        disable=not enabled,
+        leave=False,
+    )
+
+
+def _stream(
+    response: http.client.HTTPResponse, fh: BinaryIO, bar: tqdm, chunk_size: int
+) -> None:
+    """Copy the response body to ``fh`` chunk by chunk, advancing the progress bar.
+
+    ``read1`` hands over every byte received before a failure: ``read`` of a chunked body
+    drops the bytes of the current chunk when it raises ``IncompleteRead``.
+    """
+    while chunk := response.read1(chunk_size):
+        fh.write(chunk)
+        bar.update(len(chunk))
+
+
+def _download_part(
+    url: str, part: Path, *, progress: bool, chunk_size: int, timeout: float
+) -> None:
+    """Download ``url`` into ``part``, resuming from its current length when the server can.
+
+    Raises:
+        DataError: network failure or short read; the .part is kept so a rerun resumes.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    response = _open(url, offset, timeout)
+    if response is None:  # the .part is not a prefix the server can extend: start over
+        part.unlink()
+        offset = 0
+        response = _open(url, 0, timeout)
+    with response:
+        offset = _resume_offset(response, offset, url, part)
+        length = _content_length(response)
+        total = None if length is None else offset + length
+        bar = _progress_bar(total, offset, part.name, enabled=progress)
+        try:
+            with part.open("ab" if offset else "wb") as fh, bar:
+                _stream(response, fh, bar, chunk_size)
+        except _NETWORK_ERRORS as err:
+            raise DataError(
+                f"download of {url} interrupted after {part.stat().st_size} bytes ({err!r}); "
+                f"rerun to resume from {part}"
+            ) from err
+    received = part.stat().st_size
+    if total is not None and received != total:
+        raise DataError(
+            f"download of {url} ended after {received} of {total} bytes (connection closed); "
+            f"rerun to resume from {part}"
+        )
+
+
+def fetch(
+    url: str,
+    dest: Path,
+    *,
+    md5: str | None = None,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: bool = True,
+    chunk_size: int = 1 << 20,
+    timeout: float = 60,
+) -> Path:
+    """Download ``url`` to ``dest``, resumably, and verify it before it gets its final name.
+
+    The body goes to ``dest.part``; when that file exists (an earlier call was
+    interrupted) the request asks for the rest with ``Range: bytes=<len>-`` and appends if
+    the server answers 206 (it restarts from zero on a 200). Once complete, the size and
+    checksums are verified and the .part is renamed to ``dest``. When ``dest`` already
+    exists and matches, nothing is requested; when it exists but does not match, it is
+    deleted and downloaded once more.
+
+    Args:
+        url: http(s) URL.
+        dest: Final file.
+        md5: Expected md5 hex digest, or None.
+        sha256: Expected sha256 hex digest, or None.
+        size: Expected size in bytes, or None.
+        progress: Show a tqdm progress bar on stderr.
+        chunk_size: Bytes read per chunk.
+        timeout: Socket timeout in seconds.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        DataError: network failure or connection cut (the .part is kept: rerun to resume).
+        ChecksumError: the complete download does not match (the .part is removed).
+    """
+    dest = Path(dest)
+    if dest.exists():
+        problem = _mismatch(dest, md5, sha256, size)
+        if problem is None:
+            return dest
+        logger.warning("%s does not match (%s); downloading it again from %s", dest, problem, url)
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = _part_path(dest)
+    _download_part(url, part, progress=progress, chunk_size=chunk_size, timeout=timeout)
+    problem = _mismatch(part, md5, sha256, size)
+    if problem is not None:
+        part.unlink()
+        raise ChecksumError(f"download of {url} is corrupt, {problem}; removed {part}")
+    os.replace(part, dest)
+    return dest
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def _escapes(name: str) -> bool:
+    """Whether the relative archive path ``name`` leaves its root once normalised."""
+    normalised = posixpath.normpath(posixpath.join("/root", name))
+    return posixpath.commonpath(["/root", normalised]) != "/root"
+
+
+def _is_absolute(name: str) -> bool:
+    """Whether an archive member name is absolute (POSIX root, Windows drive or UNC)."""
+    return name.startswith(("/", "\\")) or bool(PureWindowsPath(name).drive)
+
+
+def _check_name(archive: Path, name: str) -> None:
+    """Refuse a member whose own path is absolute or leaves the target folder."""
+    if _is_absolute(name):
+        raise DataError(f"archive {archive}: member {name!r} has an absolute path; not extracted")
+    if _escapes(name.replace("\\", "/")):
+        raise DataError(f"archive {archive}: member {name!r} escapes the target folder")
+
+
+def _check_tar_member(archive: Path, member: tarfile.TarInfo) -> None:
+    """Refuse unsafe tar members: bad names, links pointing out, device files.
+
+    Symlink targets are relative to the link's folder, hardlink targets to the archive root.
+    """
+    _check_name(archive, member.name)
+    if member.issym() or member.islnk():
+        base = posixpath.dirname(member.name) if member.issym() else ""
+        link = member.linkname
+        if _is_absolute(link) or _escapes(posixpath.join(base, link)):
+            raise DataError(
+                f"archive {archive}: link member {member.name!r} points to {link!r}, "
+                f"outside the target folder"
+            )
+    elif not (member.isfile() or member.isdir()):
+        raise DataError(f"archive {archive}: member {member.name!r} is a special file")
+
+
+def _check_zip_member(archive: Path, info: zipfile.ZipInfo) -> None:
+    """Refuse unsafe zip members: bad names and symlink entries."""
+    _check_name(archive, info.filename)
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise DataError(f"archive {archive}: member {info.filename!r} is a symlink")
+
+
+def _extract_tar(archive: Path, into: Path) -> None:
+    """Check every member of a tar, then extract it with the ``data`` filter."""
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for member in members:
+            _check_tar_member(archive, member)
+        tar.extractall(into, members=members, filter="data")
+
+
+def _extract_zip(archive: Path, into: Path) -> None:
+    """Check every member of a zip, then extract it."""
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            _check_zip_member(archive, info)
+        zf.extractall(into, members=infos)
+
+
+def _archive_kind(archive: Path) -> str:
+    """``tar`` or ``zip`` from the file name; DataError for another format."""
+    name = archive.name.lower()
+    if name.endswith(_TAR_SUFFIXES):
+        return "tar"
+    if name.endswith(".zip"):
+        return "zip"
+    raise DataError(f"{archive}: unknown archive format (expected {_TAR_SUFFIXES} or .zip)")
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing whatever ``dst`` is (file or folder)."""
+    old = None
+    if dst.exists() or dst.is_symlink():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        _remove(old)
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every non-folder entry under ``folder``, relative to it, sorted; links not followed."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        names = filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]
+        found += [(Path(dirpath) / n).relative_to(folder) for n in names]
+    return sorted(found)
+
+
+def safe_extract(archive: Path, target: Path) -> list[Path]:
+    """Extract a tar (.tar, .tar.gz, .tgz, ...) or .zip archive into ``target`` safely.
+
+    Every member is checked before anything is written (no absolute name, no ``..``
+    escape, no link pointing outside, no device file). The archive is extracted into a
+    temporary folder next to ``target``; once complete, each of its top-level entries is
+    moved into ``target`` (replacing an entry of the same name), so a failure leaves
+    nothing half-extracted. Other entries of ``target`` are kept.
+
+    Returns:
+        The extracted files (not folders) under ``target``, sorted.
+
+    Raises:
+        DataError: unsafe member (named), unknown format, or corrupt/truncated archive.
+    """
+    archive, target = Path(archive), Path(target)
+    extract = _extract_zip if _archive_kind(archive) == "zip" else _extract_tar
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
+    try:
+        try:
+            extract(archive, staging)
+        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
+            raise DataError(f"cannot extract {archive}: {err}") from err
+        files = _files_under(staging)
+        target.mkdir(exist_ok=True)
+        for entry in sorted(staging.iterdir()):
+            _replace(entry, target / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [target / rel for rel in files]
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _fetch_remote(remote: RemoteFile, cache_dir: Path, *, progress: bool) -> Path:
+    """Fetch one registered file into ``cache_dir`` under its registered file name."""
+    return fetch(
+        remote.url,
+        cache_dir / remote.filename,
+        md5=remote.md5,
+        sha256=remote.sha256,
+        size=remote.size,
+        progress=progress,
+    )
+
+
+def _install(remote: RemoteFile, cached: Path, folder: Path) -> None:
+    """Extract an archive into ``folder`` or copy a plain file there."""
+    if remote.extract:
+        safe_extract(cached, folder)
+    else:
+        shutil.copyfile(cached, folder / remote.filename)
+
+
+def download_dataset(
+    spec: DatasetSpec, cache_dir: Path, target: Path, *, progress: bool = True
+) -> Path:
+    """Download, verify and unpack every file of ``spec`` into ``target``.
+
+    Downloads are kept in ``cache_dir`` (a second run requests nothing). ``target`` is
+    built in a temporary folder and replaces any previous ``target`` only when complete.
+
+    Returns:
+        The folder holding the native layout: ``target / spec.folder`` or ``target``.
+
+    Raises:
+        ConfigError: the dataset cannot be downloaded automatically (message says what to do).
+        DataError, ChecksumError: see :func:`fetch` and :func:`safe_extract`; also when the
+            archives do not contain ``spec.folder``.
+    """
+    if not spec.downloadable:
+        raise ConfigError(f"dataset {spec.name} cannot be downloaded automatically: {spec.manual}")
+    cached = [_fetch_remote(f, Path(cache_dir), progress=progress) for f in spec.files]
+    target = Path(target)
+    with atomic_dir(target) as staging:
+        for remote, path in zip(spec.files, cached, strict=True):
+            _install(remote, path, staging)
+        if spec.folder is not None and not (staging / spec.folder).is_dir():
+            names = ", ".join(f.filename for f in spec.files)
+            raise DataError(f"dataset {spec.name}: {names} hold no folder {spec.folder!r}")
+    return target / spec.folder if spec.folder is not None else target

@@ -1,0 +1,383 @@
+"""Read and write medical images safely, with clear errors naming the file at fault.
+
+SimpleITK reads MetaImage (LUNA16 ``.mhd``/``.raw``) and NIfTI (Medical Segmentation
+Decathlon ``.nii.gz``) with their spacing, origin and direction, but a truncated ``.raw``
+is reported as "File cannot be read ... No such file or directory", and ITK before
+version 6 reads the NaN/inf voxels of a NIfTI file as 0. :func:`read_image` checks the
+MetaImage header against the size of its data file before SimpleITK runs (header keys
+of https://itk.org/Wiki/ITK/MetaIO/Documentation), the dimension and the non-finite
+voxels after, and raises :class:`pcrl.errors.DataError` naming the file.
+
+Arrays follow docs/CONVENTIONS.md: volumes are (x, y, z), multi-channel volumes
+(C, x, y, z), whereas ``sitk.GetArrayFromImage`` returns (z, y, x).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import SimpleITK as sitk
+
+from pcrl.errors import DataError
+
+#: Bytes per element of the MetaIO scalar element types (MET_ValueTypeSize in MetaIO).
+MET_ELEMENT_BYTES: dict[str, int] = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
+
+_META_SUFFIXES = (".mhd", ".mha")
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: NIfTI datatype codes of real floating-point voxels (nifti1.h: FLOAT32, FLOAT64).
+_NIFTI_FLOAT_DTYPES = {16: "f4", 64: "f8"}
+_CHUNK_ELEMENTS = 1 << 22
+_MAX_HEADER_BYTES = 1 << 16
+_FLOAT_PIXEL_IDS = frozenset(
+    {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
+)
+
+
+def read_image(
+    path: str | os.PathLike[str], *, expect_dim: int | None = 3, allow_channels: bool = False
+) -> sitk.Image:
+    """Read an image with SimpleITK, checking that it is sound before and after.
+
+    Args:
+        path: image file (``.mhd``, ``.mha``, ``.nii``, ``.nii.gz``, ... any format
+            SimpleITK reads).
+        expect_dim: spatial dimension required (``None``: any).
+        allow_channels: accept several channels, stored either as a 4D image whose
+            last axis is the channel (MSD Task01_BrainTumour) or as a vector image.
+
+    Returns:
+        The image, untouched.
+
+    Raises:
+        DataError: the file (or a MetaImage's data file) is missing, truncated or
+            unreadable, has the wrong dimension or unwanted channels, or holds NaN/inf.
+    """
+    path = Path(path)
+    _check_is_file(path)
+    if path.suffix.lower() in _META_SUFFIXES:
+        check_metaimage(path)
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise DataError(f"{path}: SimpleITK cannot read it: {_sitk_reason(exc)}") from exc
+    _check_dimension(path, img, expect_dim, allow_channels)
+    _check_finite(path, img)
+    return img
+
+
+def _check_is_file(path: Path) -> None:
+    """Raise DataError unless ``path`` is an existing regular file."""
+    if not path.exists():
+        raise DataError(f"{path}: file does not exist")
+    if not path.is_file():
+        raise DataError(f"{path}: is not a file")
+
+
+def _sitk_reason(exc: RuntimeError) -> str:
+    """The last line of a SimpleITK exception, without ITK's object address prefix."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = lines[-1] if lines else "unknown error"
+    return re.sub(r"^(sitk::ERROR:|ITK ERROR:\s*\w+\(0x[0-9a-f]+\):)\s*", "", reason)
+
+
+def parse_metaimage_header(path: Path) -> tuple[dict[str, str], int]:
+    """Parse the ``key = value`` lines of a MetaImage header.
+
+    Reading stops after ``ElementDataFile``, which MetaIO requires to be the last key
+    (with ``LOCAL`` the binary data follows it in the same file).
+
+    Returns:
+        The header fields (keys as written) and the number of header bytes read.
+
+    Raises:
+        DataError: the header has no ``ElementDataFile`` within its first 64 KiB.
+    """
+    fields: dict[str, str] = {}
+    consumed = 0
+    with open(path, "rb") as fh:
+        while consumed < _MAX_HEADER_BYTES:
+            raw_line = fh.readline(_MAX_HEADER_BYTES)
+            if not raw_line:
+                break
+            consumed += len(raw_line)
+            key, sep, value = raw_line.decode("latin-1").partition("=")
+            if sep:
+                fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                return fields, consumed
+    raise DataError(f"{path}: not a MetaImage header (no ElementDataFile key)")
+
+
+def check_metaimage(path: Path) -> None:
+    """Check a MetaImage header against its data file: present and of the right size.
+
+    The size is checked only for uncompressed data (``prod(DimSize)`` elements of
+    ``ElementType`` times ``ElementNumberOfChannels``, plus ``HeaderSize``) and, for
+    compressed data, against ``CompressedDataSize`` when the header gives it.
+
+    Raises:
+        DataError: naming the header and the missing or truncated data file.
+    """
+    fields, header_bytes = parse_metaimage_header(path)
+    data_name = fields["ElementDataFile"]
+    if data_name == "LIST" or "%" in data_name:
+        return  # multi-file data: SimpleITK checks each slice file itself
+    local = data_name == "LOCAL"
+    data_path = path if local else path.parent / data_name
+    if not data_path.is_file():
+        raise DataError(
+            f"{path}: its data file {data_path} (ElementDataFile = {data_name}) does not exist"
+        )
+    expected = _expected_data_bytes(path, fields)
+    if expected is None:
+        return
+    offset = header_bytes if local else _header_size(path, fields)
+    found = data_path.stat().st_size
+    if offset < 0:  # HeaderSize = -1: the data are the last bytes, after any header
+        if found < expected:
+            _check_size(data_path, path, expected, found)
+        return
+    _check_size(data_path, path, offset + expected, found)
+
+
+def _check_size(data_path: Path, header: Path, expected: int, found: int) -> None:
+    """Raise DataError when a data file does not hold exactly ``expected`` bytes."""
+    if found == expected:
+        return
+    what = "truncated" if found < expected else "too large"
+    raise DataError(
+        f"{data_path}: {what}: expected {expected} bytes, found {found} (header {header})"
+    )
+
+
+def _expected_data_bytes(path: Path, fields: dict[str, str]) -> int | None:
+    """Bytes of image data the header announces; ``None`` when it cannot be known."""
+    if fields.get("CompressedData", "False").lower() == "true":
+        size = fields.get("CompressedDataSize")
+        return _header_int(path, "CompressedDataSize", size) if size else None
+    element_type = _required(path, fields, "ElementType")
+    if element_type not in MET_ELEMENT_BYTES:
+        return None  # let SimpleITK judge exotic element types
+    dims = [_header_int(path, "DimSize", v) for v in _required(path, fields, "DimSize").split()]
+    ndims = fields.get("NDims")
+    if ndims is not None and _header_int(path, "NDims", ndims) != len(dims):
+        raise DataError(f"{path}: NDims = {ndims} but DimSize has {len(dims)} values")
+    if any(d <= 0 for d in dims):
+        raise DataError(f"{path}: DimSize must be positive, got {dims}")
+    channels_text = fields.get("ElementNumberOfChannels", "1")
+    channels = _header_int(path, "ElementNumberOfChannels", channels_text)
+    return int(np.prod(dims, dtype=np.int64)) * MET_ELEMENT_BYTES[element_type] * channels
+
+
+def _header_size(path: Path, fields: dict[str, str]) -> int:
+    """``HeaderSize`` of a MetaImage data file (bytes to skip; -1: data at the end)."""
+    return _header_int(path, "HeaderSize", fields.get("HeaderSize", "0"))
+
+
+def _required(path: Path, fields: dict[str, str], key: str) -> str:
+    """The value of a header key that must be present."""
+    if key not in fields:
+        raise DataError(f"{path}: MetaImage header lacks {key}")
+    return fields[key]
+
+
+def _header_int(path: Path, key: str, value: str) -> int:
+    """Parse one integer of a MetaImage header, naming the key when it is not one."""
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"{path}: {key} must be an integer, got {value!r}") from None
+
+
+def _check_dimension(
+    path: Path, img: sitk.Image, expect_dim: int | None, allow_channels: bool
+) -> None:
+    """Raise DataError when the image's spatial dimension or channels are not as expected."""
+    dim = img.GetDimension()
+    channels = img.GetNumberOfComponentsPerPixel() > 1
+    if expect_dim is not None and allow_channels and dim == expect_dim + 1 and not channels:
+        return  # channels stored as the last image axis (4D NIfTI)
+    if expect_dim is not None and dim != expect_dim:
+        raise DataError(
+            f"{path}: expected a {expect_dim}D image, found a {dim}D image of size {img.GetSize()}"
+        )
+    if channels and not allow_channels:
+        raise DataError(
+            f"{path}: expected a single-channel image, found "
+            f"{img.GetNumberOfComponentsPerPixel()} components per voxel"
+        )
+
+
+def _check_finite(path: Path, img: sitk.Image) -> None:
+    """Raise DataError when a floating-point image holds NaN or infinite voxels.
+
+    ITK before version 6 silently turns the NaN/inf voxels of a NIfTI file into 0
+    (its nifti_read_buffer; fixed by ITK pull request 6683), so for NIfTI the voxels
+    are counted in the file itself rather than in the image SimpleITK returns.
+    """
+    if img.GetPixelID() not in _FLOAT_PIXEL_IDS:
+        return
+    if path.name.lower().endswith(_NIFTI_SUFFIXES):
+        bad, total = _nifti_nonfinite_voxels(path)
+    else:
+        values = sitk.GetArrayViewFromImage(img)
+        bad, total = int(values.size - np.count_nonzero(np.isfinite(values))), values.size
+    if bad:
+        raise DataError(f"{path}: {bad} non-finite voxels (NaN or inf) of {total}")
+
+
+def _nifti_nonfinite_voxels(path: Path) -> tuple[int, int]:
+    """Count the NaN/inf voxels stored in a floating-point NIfTI file, and all voxels.
+
+    Returns (0, 0) when the file's voxels are not floating point.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        layout = _nifti_float_layout(fh.read(540))
+        if layout is None:
+            return 0, 0
+        dtype, total, offset = layout
+        fh.seek(offset)
+        return _count_nonfinite(fh, dtype, total), total
+
+
+def _nifti_float_layout(header: bytes) -> tuple[np.dtype, int, int] | None:
+    """(dtype, voxel count, data offset) of a NIfTI-1/2 header with float voxels, else None.
+
+    Field offsets are those of nifti1.h / nifti2.h (dim, datatype, vox_offset).
+    """
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack_from(endian + "i", header)[0] == 348:
+            dims = struct.unpack_from(endian + "8h", header, 40)
+            datatype = struct.unpack_from(endian + "h", header, 70)[0]
+            offset = int(struct.unpack_from(endian + "f", header, 108)[0])
+        elif len(header) >= 540 and struct.unpack_from(endian + "i", header)[0] == 540:
+            datatype = struct.unpack_from(endian + "h", header, 12)[0]
+            dims = struct.unpack_from(endian + "8q", header, 16)
+            offset = struct.unpack_from(endian + "q", header, 168)[0]
+        else:
+            continue
+        if datatype not in _NIFTI_FLOAT_DTYPES:
+            return None
+        total = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + dims[0]]], dtype=np.int64))
+        return np.dtype(endian + _NIFTI_FLOAT_DTYPES[datatype]), total, offset
+    return None
+
+
+def _count_nonfinite(fh: BinaryIO, dtype: np.dtype, total: int) -> int:
+    """Count non-finite values among the next ``total`` elements of ``dtype`` in ``fh``."""
+    bad, left = 0, total
+    while left > 0:
+        buf = fh.read(min(left, _CHUNK_ELEMENTS) * dtype.itemsize)
+        values = np.frombuffer(buf[: len(buf) - len(buf) % dtype.itemsize], dtype=dtype)
+        if values.size == 0:
+            break
+        bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+        left -= values.size
+    return bad
+
+
+def image_to_array(img: sitk.Image) -> np.ndarray:
+    """Voxels of ``img`` as a NumPy array in (x, y, z) order, channels first.
+
+    A 3D scalar image gives (x, y, z); a 4D image (channels as its last axis) or a 3D
+    vector image gives (C, x, y, z); a 2D image gives (x, y).
+    """
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x), (t, z, y, x) or (z, y, x, C)
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        order = (arr.ndim - 1, *range(arr.ndim - 2, -1, -1))
+    elif img.GetDimension() == 4:
+        order = (0, 3, 2, 1)
+    else:
+        order = tuple(range(arr.ndim - 1, -1, -1))
+    return np.ascontiguousarray(arr.transpose(order))
+
+
+def array_to_image(
+    arr: np.ndarray,
+    *,
+    spacing: Sequence[float],
+    origin: Sequence[float],
+    direction: Sequence[float],
+) -> sitk.Image:
+    """Inverse of :func:`image_to_array`: an (x, y, z) or (C, x, y, z) array as an image.
+
+    A (C, x, y, z) array becomes a 4D image with the channel as its last axis (the
+    layout of MSD's 4D NIfTI). For a 4D array, ``spacing``/``origin``/``direction`` may
+    be the 3D ones (the channel axis then gets spacing 1, origin 0 and no rotation) or
+    the 4D ones SimpleITK gives.
+    """
+    if arr.ndim not in (2, 3, 4):
+        raise ValueError(f"expected an (x, y[, z]) or (C, x, y, z) array, got shape {arr.shape}")
+    if arr.ndim == 4:
+        czyx = np.ascontiguousarray(arr.transpose(0, 3, 2, 1))
+        img = sitk.GetImageFromArray(czyx, isVector=False)
+        spacing, origin, direction = _extend_to_4d(spacing, origin, direction)
+    else:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose()), isVector=False)
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetOrigin([float(o) for o in origin])
+    img.SetDirection([float(d) for d in direction])
+    return img
+
+
+def _extend_to_4d(
+    spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]
+) -> tuple[list[float], list[float], list[float]]:
+    """Extend 3D geometry with a channel axis (spacing 1, origin 0); keep 4D geometry."""
+    if len(spacing) == 4:
+        return list(spacing), list(origin), list(direction)
+    rot = np.eye(4)
+    rot[:3, :3] = np.asarray(direction, dtype=float).reshape(3, 3)
+    return [*spacing, 1.0], [*origin, 0.0], rot.ravel().tolist()
+
+
+def write_image(
+    path: str | os.PathLike[str], img: sitk.Image, *, compress: bool | None = None
+) -> None:
+    """Write ``img`` atomically; SimpleITK picks the format from the extension.
+
+    The image is written under its final name into a hidden temporary folder next to
+    ``path`` (so the extension, and for ``.mhd`` the ``ElementDataFile`` name, are the
+    final ones), then moved into place, header last: an interrupted write never leaves
+    a file under the final name (DESIGN.md principle 5).
+
+    Args:
+        path: output file.
+        img: image to write.
+        compress: ask SimpleITK to compress; default: only for ``.gz`` names.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if compress is None:
+        compress = final.name.lower().endswith(".gz")
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        sitk.WriteImage(img, str(staging / final.name), useCompression=compress)
+        for produced in sorted(staging.iterdir(), key=lambda p: p.name == final.name):
+            os.replace(produced, final.parent / produced.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

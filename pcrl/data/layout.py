@@ -1,0 +1,416 @@
+"""Verify a dataset's native layout on disk and describe it in ``manifest.json``.
+
+The manifest format is defined in docs/CONVENTIONS.md ("Data layout"). Layouts:
+
+- LUNA16 (Setio et al., 2017): ``subset0/`` .. ``subset9/`` holding MetaImage ``.mhd``
+  headers with their ``.raw`` data files, plus ``annotations.csv`` and ``candidates.csv``.
+  The MetaImage header format is the one of ITK's MetaIO library (``Key = Value`` lines,
+  ``ElementDataFile`` last).
+- Medical Segmentation Decathlon (Antonelli et al., 2022): ``dataset.json`` listing
+  ``training`` (image/label pairs) and ``test`` (images) relative to the task folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jsonschema
+
+from pcrl.data.registry import get_dataset
+from pcrl.errors import ConfigError, DataError
+
+MANIFEST_NAME = "manifest.json"
+SOURCES: tuple[str, ...] = ("phantom", "download", "local")
+
+LUNA16_ANNOTATIONS_HEADER = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+LUNA16_CANDIDATES_HEADER = ("seriesuid", "coordX", "coordY", "coordZ", "class")
+
+# Bytes per element of the MetaIO element types whose size is unambiguous.
+_MET_TYPE_BYTES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+}
+_SUBSET_RE = re.compile(r"subset\d+")
+_MAX_LISTED = 5
+
+_MANIFEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["dataset", "source", "root", "cases", "extras"],
+    "properties": {
+        "dataset": {"type": "string", "minLength": 1},
+        "source": {"enum": list(SOURCES)},
+        "root": {"type": "string", "minLength": 1},
+        "cases": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "image", "label", "group"],
+                "properties": {
+                    "id": {"type": "string", "minLength": 1},
+                    "image": {"type": "string", "minLength": 1},
+                    "label": {"type": ["string", "null"]},
+                    "group": {"type": "string", "minLength": 1},
+                },
+            },
+        },
+        "extras": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _require_dir(root: Path, what: str) -> None:
+    """Raise DataError unless ``root`` is an existing folder."""
+    if not root.is_dir():
+        raise DataError(f"{what} dataset folder {root} does not exist or is not a folder")
+
+
+def _missing_error(missing: list[str], root: Path, what: str) -> DataError:
+    """A DataError listing (up to a few) missing files of the dataset folder ``root``."""
+    shown = ", ".join(missing[:_MAX_LISTED])
+    more = f" (and {len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
+    return DataError(f"{what} dataset folder {root}: {len(missing)} missing file(s): {shown}{more}")
+
+
+def _check_unique_ids(cases: list[dict], root: Path) -> None:
+    """Raise DataError when two cases share an id."""
+    seen: dict[str, str] = {}
+    for case in cases:
+        if case["id"] in seen:
+            raise DataError(
+                f"dataset folder {root}: case id {case['id']!r} appears twice "
+                f"({seen[case['id']]} and {case['image']})"
+            )
+        seen[case["id"]] = case["image"]
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` in POSIX form."""
+    return path.relative_to(root).as_posix()
+
+
+# --------------------------------------------------------------------------- LUNA16
+
+
+def read_mhd_header(path: Path) -> dict[str, str]:
+    """Read a MetaImage header into ``{key: value}`` (values as text).
+
+    Raises:
+        DataError: the file cannot be read or has no ``ElementDataFile`` line.
+    """
+    try:
+        text = path.read_text(encoding="latin-1")
+    except OSError as err:
+        raise DataError(f"cannot read MetaImage header {path}: {err}") from err
+    header: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            header[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            break  # MetaIO: the data (or a file list) follows this key
+    if "ElementDataFile" not in header:
+        raise DataError(f"MetaImage header {path} has no 'ElementDataFile' line")
+    return header
+
+
+def _expected_raw_size(header: dict[str, str]) -> int | None:
+    """Bytes the uncompressed data file must hold, or None when it cannot be told."""
+    if header.get("CompressedData", "False").lower() == "true":
+        return None
+    if header.get("HeaderSize", "0") != "0":
+        return None
+    nbytes = _MET_TYPE_BYTES.get(header.get("ElementType", ""))
+    dims = header.get("DimSize", "").split()
+    if nbytes is None or not dims:
+        return None
+    try:
+        channels = int(header.get("ElementNumberOfChannels", "1"))
+        return math.prod(int(d) for d in dims) * channels * nbytes
+    except ValueError:
+        return None
+
+
+def check_mhd(mhd: Path) -> None:
+    """Check that the data file a ``.mhd`` header names exists next to it, with the right size.
+
+    Raises:
+        DataError: naming the header and the missing or truncated data file.
+    """
+    header = read_mhd_header(mhd)
+    data_name = header["ElementDataFile"]
+    if data_name == "LOCAL":
+        return
+    if data_name == "LIST" or "%" in data_name or " " in data_name:
+        raise DataError(f"MetaImage header {mhd}: unsupported ElementDataFile {data_name!r}")
+    data_file = mhd.parent / data_name
+    if not data_file.is_file():
+        raise DataError(f"MetaImage header {mhd} names data file {data_name}, which is missing")
+    expected = _expected_raw_size(header)
+    actual = data_file.stat().st_size
+    if expected is not None and actual != expected:
+        raise DataError(
+            f"data file {data_file} of {mhd.name} has {actual} bytes, expected {expected} "
+            f"(DimSize x ElementType): truncated or corrupt"
+        )
+
+
+def check_csv_header(path: Path, expected: Iterable[str]) -> None:
+    """Check that the CSV file ``path`` exists and its first line is the column list ``expected``.
+
+    Raises:
+        DataError: the file is missing or its header differs (both headers are named).
+    """
+    expected = tuple(expected)
+    if not path.is_file():
+        raise DataError(f"missing {path.name} in dataset folder {path.parent}")
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        first = fh.readline().strip()
+    actual = tuple(col.strip() for col in first.split(","))
+    if actual != expected:
+        raise DataError(
+            f"{path} has header {','.join(actual)!r}, expected {','.join(expected)!r}"
+        )
+
+
+def scan_luna16(root: Path) -> dict[str, Any]:
+    """Verify a LUNA16 folder and list its scans.
+
+    Cases: every ``subset*/**/*.mhd``; ``id`` is the seriesuid (the file stem), ``group``
+    the subset folder, ``label`` None; sorted by (group, id).
+
+    Returns:
+        ``{"cases": [...], "extras": {"annotations": ..., "candidates": ...}}`` with paths
+        relative to ``root``.
+
+    Raises:
+        DataError: a missing/truncated data file, a missing or malformed CSV, or no scan.
+    """
+    root = Path(root)
+    _require_dir(root, "LUNA16")
+    check_csv_header(root / "annotations.csv", LUNA16_ANNOTATIONS_HEADER)
+    check_csv_header(root / "candidates.csv", LUNA16_CANDIDATES_HEADER)
+    subsets = [p for p in root.iterdir() if p.is_dir() and _SUBSET_RE.fullmatch(p.name)]
+    cases = []
+    for subset in subsets:
+        for mhd in subset.rglob("*.mhd"):
+            check_mhd(mhd)
+            image = _relative(mhd, root)
+            cases.append({"id": mhd.stem, "image": image, "label": None, "group": subset.name})
+    if not cases:
+        raise DataError(f"LUNA16 dataset folder {root} holds no subset*/ folder with .mhd scans")
+    cases.sort(key=lambda c: (c["group"], c["id"]))
+    _check_unique_ids(cases, root)
+    extras = {"annotations": "annotations.csv", "candidates": "candidates.csv"}
+    return {"cases": cases, "extras": extras}
+
+
+# --------------------------------------------------------------------------- Decathlon
+
+
+def _read_dataset_json(root: Path) -> dict[str, Any]:
+    """Load ``root/dataset.json``; DataError when missing or not a JSON object."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise DataError(f"missing dataset.json in Decathlon dataset folder {root}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot parse {path}: {err}") from err
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} is not a JSON object")
+    return meta
+
+
+def _decathlon_path(entry: Any, where: str, dataset_json: Path) -> str:
+    """Normalise a dataset.json path (``./imagesTr/x.nii.gz`` -> ``imagesTr/x.nii.gz``)."""
+    if not isinstance(entry, str) or not entry:
+        raise DataError(f"{dataset_json}: {where} is {entry!r}, expected a file path")
+    path = PurePosixPath(entry)
+    if path.is_absolute() or ".." in path.parts:
+        raise DataError(f"{dataset_json}: {where} {entry!r} must stay inside the dataset folder")
+    return path.as_posix()
+
+
+def _decathlon_id(image: str) -> str:
+    """Case id: the image file name without ``.nii.gz`` / ``.nii``."""
+    name = PurePosixPath(image).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _decathlon_cases(meta: dict[str, Any], dataset_json: Path) -> list[dict[str, Any]]:
+    """Cases of the ``training`` (group train) then ``test`` (group test) lists."""
+    cases = []
+    for i, item in enumerate(meta.get("training", [])):
+        if not isinstance(item, dict):
+            raise DataError(f"{dataset_json}: training[{i}] is not an object with image/label")
+        image = _decathlon_path(item.get("image"), f"training[{i}].image", dataset_json)
+        label = _decathlon_path(item.get("label"), f"training[{i}].label", dataset_json)
+        cases.append({"id": _decathlon_id(image), "image": image, "label": label, "group": "train"})
+    for i, item in enumerate(meta.get("test", [])):
+        raw = item.get("image") if isinstance(item, dict) else item
+        image = _decathlon_path(raw, f"test[{i}]", dataset_json)
+        cases.append({"id": _decathlon_id(image), "image": image, "label": None, "group": "test"})
+    return cases
+
+
+def scan_decathlon(root: Path) -> dict[str, Any]:
+    """Verify a Decathlon task folder against its ``dataset.json`` and list its cases.
+
+    Returns:
+        ``{"cases": [...], "extras": {"dataset_json": "dataset.json"}}``; cases of group
+        ``train`` (with label) then ``test`` (label None), each sorted by id.
+
+    Raises:
+        DataError: dataset.json missing or malformed, a listed file missing, or no case.
+    """
+    root = Path(root)
+    _require_dir(root, "Decathlon")
+    dataset_json = root / "dataset.json"
+    cases = _decathlon_cases(_read_dataset_json(root), dataset_json)
+    if not cases:
+        raise DataError(f"{dataset_json} lists no training or test case")
+    listed = [c["image"] for c in cases] + [c["label"] for c in cases if c["label"]]
+    missing = [p for p in listed if not (root / p).is_file()]
+    if missing:
+        raise _missing_error(missing, root, "Decathlon")
+    cases.sort(key=lambda c: (c["group"] != "train", c["id"]))
+    _check_unique_ids(cases, root)
+    return {"cases": cases, "extras": {"dataset_json": "dataset.json"}}
+
+
+# --------------------------------------------------------------------------- manifest
+
+_SCANNERS = {"luna16": scan_luna16, "decathlon": scan_decathlon}
+
+
+def _stored_root(root: Path, manifest_dir: Path) -> str:
+    """``root`` relative to ``manifest_dir`` when inside it, else absolute (POSIX form)."""
+    root, manifest_dir = root.resolve(), manifest_dir.resolve()
+    if root.is_relative_to(manifest_dir):
+        return root.relative_to(manifest_dir).as_posix()  # "." when equal
+    return root.as_posix()
+
+
+def build_manifest(dataset: str, root: Path, *, source: str, manifest_dir: Path) -> dict[str, Any]:
+    """Verify the native layout of ``dataset`` under ``root`` and return its manifest.
+
+    Args:
+        dataset: Registry name (``luna16``, ``msd_liver``, ...).
+        root: Folder holding the native layout.
+        source: ``phantom``, ``download`` or ``local``.
+        manifest_dir: Folder the manifest will be written to (``root`` is stored relative
+            to it when inside it).
+
+    Raises:
+        ConfigError: unknown dataset or source, or a layout without scanner.
+        DataError: the layout is incomplete (see the ``scan_*`` functions).
+    """
+    spec = get_dataset(dataset)
+    if source not in SOURCES:
+        raise ConfigError(f"unknown source {source!r} for dataset {dataset}; known: {SOURCES}")
+    scanner = _SCANNERS.get(spec.layout)
+    if scanner is None:
+        raise ConfigError(f"dataset {dataset}: layout {spec.layout!r} has no verifier yet")
+    scanned = scanner(Path(root))
+    return {
+        "dataset": dataset,
+        "source": source,
+        "root": _stored_root(Path(root), Path(manifest_dir)),
+        "cases": scanned["cases"],
+        "extras": scanned["extras"],
+    }
+
+
+def validate_manifest(manifest: Any, where: str) -> None:
+    """Check the structure of a manifest; DataError naming ``where`` and the bad key."""
+    try:
+        jsonschema.validate(manifest, _MANIFEST_SCHEMA)
+    except jsonschema.ValidationError as err:
+        key = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise DataError(f"{where}: invalid manifest at {key}: {err.message}") from None
+    ids = [case["id"] for case in manifest["cases"]]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{where}: invalid manifest: duplicate case ids")
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    """Read and validate ``manifest.json``.
+
+    Raises:
+        DataError: the file is missing, is not JSON, or does not have the manifest structure.
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"manifest {path} does not exist (run 'pcrl download' first)") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot parse manifest {path}: {err}") from err
+    validate_manifest(manifest, str(path))
+    return manifest
+
+
+def manifest_root(manifest: dict[str, Any], manifest_path: Path) -> Path:
+    """Absolute dataset root of a manifest (``root`` is relative to the manifest's folder)."""
+    root = Path(manifest["root"])
+    return root if root.is_absolute() else (Path(manifest_path).parent / root).resolve()
+
+
+def _resolve(root: Path, rel: str, manifest_path: Path, check: bool) -> Path:
+    """``root / rel``; DataError naming the manifest when ``check`` and the file is missing."""
+    path = root / rel
+    if check and not path.is_file():
+        raise DataError(f"manifest {manifest_path}: file {path} is missing")
+    return path
+
+
+def resolve_case_paths(
+    manifest: dict[str, Any], manifest_path: Path, *, check: bool = True
+) -> list[dict[str, Any]]:
+    """Cases of a manifest with absolute ``image`` / ``label`` paths.
+
+    Args:
+        manifest: A manifest as returned by :func:`load_manifest`.
+        manifest_path: Where it was read from.
+        check: Also check that every image and label file exists.
+
+    Returns:
+        ``[{"id", "group", "image": Path, "label": Path | None}, ...]`` in manifest order.
+    """
+    root = manifest_root(manifest, manifest_path)
+    return [
+        {
+            "id": case["id"],
+            "group": case["group"],
+            "image": _resolve(root, case["image"], manifest_path, check),
+            "label": None if case["label"] is None
+            else _resolve(root, case["label"], manifest_path, check),
+        }
+        for case in manifest["cases"]
+    ]
+
+
+def resolve_extras(manifest: dict[str, Any], manifest_path: Path) -> dict[str, Path]:
+    """The manifest's ``extras`` (CSVs, dataset.json) as absolute paths."""
+    root = manifest_root(manifest, manifest_path)
+    return {key: root / rel for key, rel in manifest["extras"].items()}

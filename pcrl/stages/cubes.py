@@ -1,0 +1,136 @@
+"""``pcrl cubes``: patient splits, nested label fractions and the cubes of one task.
+
+Tasks (PCRL-SPEC "Protocol"): ``pretrain`` (LUNA16 pairs of overlapping crops), ``ncc``
+(LUNA16 candidate cubes for false-positive reduction), ``lcs`` (liver) and ``bms``
+(brain tumour), whose fine-tuning reads the resampled volumes directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pcrl.atomic import atomic_dir, atomic_path, write_json
+from pcrl.data.candidates import write_ncc_cubes
+from pcrl.data.cubes import PairConfig, write_pretrain_pairs
+from pcrl.data.layout import load_manifest, resolve_extras
+from pcrl.data.splits import check_disjoint, nested_fractions, split_by_group, split_random
+from pcrl.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+CASES_FILE = "cases.json"
+
+
+def read_cases(interim: Path) -> list[dict[str, Any]]:
+    """The resample stage's ``cases.json``; DataError when it is missing (stage incomplete)."""
+    path = Path(interim) / CASES_FILE
+    try:
+        cases = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: run 'pcrl resample' first") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable: {exc}") from None
+    if not isinstance(cases, list) or not cases:
+        raise DataError(f"{path}: expected a non-empty list of cases")
+    return cases
+
+
+def _select(cases: list[dict], ids: list[str]) -> list[dict]:
+    wanted = set(ids)
+    return [c for c in cases if c["id"] in wanted]
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        if rows:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _pretrain(settings: dict, seed: int, cases: list[dict], interim: Path, out: Path, progress: bool) -> dict:
+    split = split_by_group(cases, settings["groups"])
+    check_disjoint(split)
+    pair_keys = ("crop_sizes", "cube_size", "min_iou", "threshold_hu", "foreground", "min_fraction", "max_fraction")
+    config = PairConfig(**{k: settings[k] for k in pair_keys if k in settings})
+    index = write_pretrain_pairs(
+        _select(cases, split["train"] + split["val"]),
+        interim,
+        out,
+        pairs_per_case=settings["pairs_per_case"],
+        config=config,
+        seed=seed,
+        progress=progress,
+    )
+    write_json(out / "pairs.json", index)
+    return split
+
+
+def _ncc(settings: dict, seed: int, cases: list[dict], raw: Path, interim: Path, out: Path, progress: bool) -> dict:
+    split = split_by_group(cases, settings["groups"])
+    check_disjoint(split)
+    manifest_path = Path(raw) / "manifest.json"
+    extras = resolve_extras(load_manifest(manifest_path), manifest_path)
+    if "candidates" not in extras:
+        raise DataError(f"{manifest_path}: the dataset has no candidates.csv (needed by NCC)")
+    rows = write_ncc_cubes(
+        _select(cases, [i for ids in split.values() for i in ids]),
+        interim,
+        extras["candidates"],
+        out,
+        size=tuple(settings["cube_size"]),
+        negatives_per_positive=settings.get("negatives_per_positive"),
+        seed=seed,
+        progress=progress,
+    )
+    if not any(int(r["class"]) == 1 for r in rows):
+        raise DataError(f"{extras['candidates']}: no positive candidate in the NCC scans")
+    _write_csv(out / "candidates.csv", rows)
+    return split
+
+
+def _segmentation(settings: dict, seed: int, cases: list[dict]) -> dict:
+    labelled = sorted(c["id"] for c in cases if c.get("label"))
+    if not labelled:
+        raise DataError("no labelled case in the resampled dataset (Decathlon imagesTr/labelsTr)")
+    return split_random(labelled, val=settings["val"], test=settings["test"], seed=seed)
+
+
+def run_cubes(
+    task: str,
+    settings: dict[str, Any],
+    *,
+    seed: int,
+    raw: Path,
+    interim: Path,
+    out: Path,
+    progress: bool = True,
+) -> dict[str, list[str]]:
+    """Write ``out`` = ``split.json`` (+ ``fractions.json``) and the task's cubes.
+
+    Splits are by patient (case id), never by cube; label fractions are nested
+    (10 % ⊂ 20 % ⊂ 50 % ⊂ 100 % of the training cases) and seeded by ``cubes.seed``.
+    """
+    cases = read_cases(interim)
+    with atomic_dir(out) as tmp:
+        if task == "pretrain":
+            split = _pretrain(settings, seed, cases, interim, tmp, progress)
+        elif task == "ncc":
+            split = _ncc(settings, seed, cases, raw, interim, tmp, progress)
+        elif task in ("lcs", "bms"):
+            split = _segmentation(settings, seed, cases)
+        else:
+            raise ConfigError(f"unknown task {task!r}; known: pretrain, ncc, lcs, bms")
+        check_disjoint(split)
+        for name, ids in split.items():
+            if not ids:
+                raise DataError(f"cubes.{task}: the {name} split is empty ({len(cases)} cases)")
+        if "fractions" in settings:
+            write_json(tmp / "fractions.json", nested_fractions(split["train"], settings["fractions"], seed))
+        write_json(tmp / "split.json", split)
+        log.info("%s: %s", task, ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+    return split

@@ -1,0 +1,258 @@
+"""Tests of pcrl.data.cubes: PCRL pretraining pairs (PCRL-SPEC "Views")."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from pcrl.data.cubes import (
+    PairConfig,
+    box_iou_3d,
+    box_sums,
+    case_rng,
+    foreground_mask,
+    integral_image,
+    resize_crops,
+    sample_pairs,
+    write_pretrain_pairs,
+)
+from pcrl.errors import ConfigError, DataError
+
+AIR, TISSUE = 0.0, 0.6  # -1000 HU and +200 HU on the [0, 1] scale; the -150 HU threshold is 0.425
+
+SMALL = PairConfig(
+    crop_sizes=((16, 16, 8), (24, 24, 12), (12, 12, 6), (64, 64, 32)),
+    cube_size=(8, 8, 4),
+    max_tries=200,
+)
+
+
+def _bench():
+    """The benchmark script, for its per-voxel reference implementation."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cubes.py"
+    spec = importlib.util.spec_from_file_location("bench_cubes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _block_volume(shape=(40, 36, 24), block=(8, 30, 6, 30, 4, 20)) -> np.ndarray:
+    """Air everywhere except one tissue block [x0:x1, y0:y1, z0:z1]."""
+    volume = np.full(shape, AIR, dtype=np.float32)
+    x0, x1, y0, y1, z0, z1 = block
+    volume[x0:x1, y0:y1, z0:z1] = TISSUE
+    return volume
+
+
+def _overlap_fraction(box: np.ndarray, block: tuple[int, ...]) -> float:
+    """Fraction of a box inside the block, by hand: product of the per-axis overlaps."""
+    inter = 1
+    for axis in range(3):
+        low = max(box[axis], block[2 * axis])
+        high = min(box[axis + 3], block[2 * axis + 1])
+        inter *= max(0, high - low)
+    return inter / np.prod(box[3:] - box[:3])
+
+
+# ----------------------------------------------------------------------- box_iou_3d
+
+
+def test_box_iou_hand_computed():
+    a = np.array([0, 0, 0, 4, 4, 4])
+    assert box_iou_3d(a, a) == 1.0
+    assert box_iou_3d(a, np.array([10, 10, 10, 12, 12, 12])) == 0.0
+    assert box_iou_3d(a, np.array([4, 0, 0, 8, 4, 4])) == 0.0  # shares a face only (half-open)
+    # half overlap along x: intersection 2*4*4 = 32, union 64 + 64 - 32 = 96
+    assert box_iou_3d(a, np.array([2, 0, 0, 6, 4, 4])) == pytest.approx(1 / 3)
+    # nested: 2*2*2 / 4*4*4
+    assert box_iou_3d(a, np.array([1, 1, 1, 3, 3, 3])) == pytest.approx(8 / 64)
+    # overlap along all three axes: 2*3*1 / (64 + 3*5*2 - 6)
+    assert box_iou_3d(a, np.array([2, 1, 3, 5, 6, 5])) == pytest.approx(6 / 88)
+
+
+def test_box_iou_broadcasts():
+    a = np.array([[0, 0, 0, 4, 4, 4], [2, 0, 0, 6, 4, 4], [9, 9, 9, 10, 10, 10]])
+    iou = box_iou_3d(a, np.array([0, 0, 0, 4, 4, 4]))
+    np.testing.assert_allclose(iou, [1.0, 1 / 3, 0.0])
+
+
+def test_box_sums_and_iou_match_per_voxel_reference():
+    bench = _bench()
+    rng = np.random.default_rng(3)
+    mask = rng.random((9, 7, 6)) < 0.4
+    table = integral_image(mask)
+    starts = rng.integers(0, [8, 6, 5], size=(12, 3))
+    ends = starts + rng.integers(1, 4, size=(12, 3))
+    boxes = np.concatenate([starts, np.minimum(ends, [9, 7, 6])], axis=1)
+    sums = box_sums(table, boxes)
+    volumes = np.prod(boxes[:, 3:] - boxes[:, :3], axis=1)
+    for box, total, volume in zip(boxes, sums, volumes):
+        assert total / volume == pytest.approx(bench.reference_fraction(mask, tuple(box)))
+    iou = box_iou_3d(boxes[:-1], boxes[1:])
+    for a, b, value in zip(boxes[:-1], boxes[1:], iou):
+        assert value == pytest.approx(bench.reference_iou(tuple(a), tuple(b)))
+
+
+# ----------------------------------------------------------------------- foreground
+
+
+def test_body_mask_fills_air_enclosed_in_each_axial_slice():
+    volume = np.full((12, 12, 3), AIR, dtype=np.float32)
+    volume[2:10, 2:10, :] = TISSUE
+    volume[4:8, 4:8, :] = AIR  # a "lung" enclosed by tissue in every axial slice
+    body = foreground_mask(volume, PairConfig())
+    expected = np.zeros(volume.shape, dtype=bool)
+    expected[2:10, 2:10, :] = True
+    np.testing.assert_array_equal(body, expected)
+    dense = foreground_mask(volume, PairConfig(foreground="dense"))
+    np.testing.assert_array_equal(dense, volume >= 0.425)
+
+
+@pytest.mark.parametrize(
+    "config, block, low, high",
+    [
+        (PairConfig(crop_sizes=SMALL.crop_sizes, cube_size=(8, 8, 4)), (8, 30, 6, 30, 4, 20), 0.5, 1.0),
+        (PairConfig.release(crop_sizes=SMALL.crop_sizes, cube_size=(8, 8, 4)), (4, 20, 4, 20, 2, 14), 0.0, 0.15),
+    ],
+    ids=["body-at-least-half", "release-at-most-15pc-dense"],
+)
+def test_every_kept_box_obeys_the_foreground_rule(config, block, low, high):
+    volume = _block_volume(block=block)
+    _, boxes = sample_pairs(volume, 8, config, np.random.default_rng(0))
+    fractions = np.array([_overlap_fraction(b, block) for b in boxes.reshape(-1, 6)])
+    assert fractions.min() >= low and fractions.max() <= high
+    # the rule is binding: unconstrained boxes of the same volume break it
+    free = PairConfig(crop_sizes=SMALL.crop_sizes, cube_size=(8, 8, 4), min_fraction=0.0)
+    _, free_boxes = sample_pairs(volume, 16, free, np.random.default_rng(0))
+    free_fractions = np.array([_overlap_fraction(b, block) for b in free_boxes.reshape(-1, 6)])
+    assert ((free_fractions < low) | (free_fractions > high)).any()
+
+
+def test_no_valid_pair_raises_naming_the_case():
+    volume = np.full((30, 30, 20), AIR, dtype=np.float32)
+    with pytest.raises(DataError, match="case lung-042.*0 of 2"):
+        sample_pairs(volume, 2, PairConfig(crop_sizes=((8, 8, 4),), cube_size=(8, 8, 4), max_tries=3),
+                     np.random.default_rng(0), case_id="lung-042")
+
+
+# ------------------------------------------------------------------------- sampling
+
+
+def test_pairs_overlap_have_listed_sizes_and_stay_inside():
+    volume = _block_volume()
+    cubes, boxes = sample_pairs(volume, 16, SMALL, np.random.default_rng(1))
+    assert cubes.shape == (16, 2, 8, 8, 4) and cubes.dtype == np.float32
+    assert boxes.shape == (16, 2, 6)
+    bench = _bench()
+    for a, b in boxes:
+        assert bench.reference_iou(tuple(a), tuple(b)) > 0.25
+    allowed = {(16, 16, 8), (24, 24, 12), (12, 12, 6), (40, 36, 24)}  # 64x64x32 clipped to the volume
+    extents = {tuple(e) for e in (boxes[..., 3:] - boxes[..., :3]).reshape(-1, 3)}
+    assert extents <= allowed
+    assert boxes[..., :3].min() >= 0 and (boxes[..., 3:] <= np.array(volume.shape)).all()
+
+
+def test_cubes_are_the_resized_crops_of_their_boxes():
+    rng = np.random.default_rng(2)
+    volume = rng.random((40, 36, 24)).astype(np.float32)
+    config = PairConfig(crop_sizes=SMALL.crop_sizes, cube_size=(8, 8, 4), min_fraction=0.0)
+    cubes, boxes = sample_pairs(volume, 5, config, np.random.default_rng(3))
+    for pair, pair_boxes in zip(cubes, boxes):
+        for cube, (x0, y0, z0, x1, y1, z1) in zip(pair, pair_boxes):
+            crop = torch.from_numpy(volume[x0:x1, y0:y1, z0:z1].copy())[None, None]
+            expected = torch.nn.functional.interpolate(crop, size=(8, 8, 4), mode="trilinear", align_corners=False)
+            np.testing.assert_allclose(cube, expected[0, 0].numpy(), rtol=0, atol=1e-6)
+
+
+def test_constant_region_resizes_to_the_constant():
+    volume = np.full((40, 36, 24), 0.7, dtype=np.float32)
+    cubes, _ = sample_pairs(volume, 6, SMALL, np.random.default_rng(4))
+    np.testing.assert_allclose(cubes, 0.7, rtol=0, atol=1e-6)
+    crop = torch.full((1, 13, 7, 5), 0.3)
+    np.testing.assert_allclose(resize_crops(crop, (8, 8, 4)).numpy(), 0.3, rtol=0, atol=1e-6)
+
+
+def test_same_seed_same_pairs_other_seed_other_pairs_and_prefix_stable():
+    volume = _block_volume()
+    cubes_a, boxes_a = sample_pairs(volume, 6, SMALL, np.random.default_rng(7))
+    cubes_b, boxes_b = sample_pairs(volume, 6, SMALL, np.random.default_rng(7))
+    _, boxes_c = sample_pairs(volume, 6, SMALL, np.random.default_rng(8))
+    _, boxes_prefix = sample_pairs(volume, 3, SMALL, np.random.default_rng(7))
+    np.testing.assert_array_equal(boxes_a, boxes_b)
+    np.testing.assert_array_equal(cubes_a, cubes_b)
+    assert not np.array_equal(boxes_a, boxes_c)
+    np.testing.assert_array_equal(boxes_prefix, boxes_a[:3])
+
+
+def test_reference_pair_follows_the_same_rule():
+    bench = _bench()
+    volume = _block_volume()
+    cubes, boxes = bench.reference_sample_pair(volume, SMALL, np.random.default_rng(5))
+    body = foreground_mask(volume, SMALL)
+    assert box_iou_3d(boxes[0], boxes[1]) > SMALL.min_iou
+    for cube, (x0, y0, z0, x1, y1, z1) in zip(cubes, boxes):
+        assert body[x0:x1, y0:y1, z0:z1].mean() >= SMALL.min_fraction
+        expected = resize_crops(torch.from_numpy(volume[x0:x1, y0:y1, z0:z1].copy())[None], (8, 8, 4))[0]
+        np.testing.assert_array_equal(cube, expected.numpy())
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_normalises_lists_and_names_bad_keys():
+    config = PairConfig(crop_sizes=[[8, 8, 4]], cube_size=[8, 8, 4], hu_range=[-1000, 1000])
+    assert config.crop_sizes == ((8, 8, 4),) and config.cube_size == (8, 8, 4)
+    assert config.threshold == pytest.approx(0.425)
+    with pytest.raises(ConfigError, match="min_iou"):
+        PairConfig(min_iou=1.5)
+    with pytest.raises(ConfigError, match="cube_size"):
+        PairConfig(cube_size=(8, 8))
+    with pytest.raises(ConfigError, match="min_fraction"):
+        PairConfig(min_fraction=0.8, max_fraction=0.2)
+
+
+# ---------------------------------------------------------------------------- stage
+
+
+def _write_nifti(path: Path, volume: np.ndarray) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(volume.transpose(2, 1, 0)), str(path))
+
+
+def test_write_pretrain_pairs_per_case_seeding(tmp_path):
+    interim = tmp_path / "interim"
+    interim.mkdir()
+    volumes = {"case-a": _block_volume(), "case-b": _block_volume(block=(2, 38, 2, 34, 2, 22))}
+    cases = []
+    for case_id, volume in volumes.items():
+        _write_nifti(interim / f"{case_id}.nii.gz", volume)
+        cases.append({"id": case_id, "group": "subset0", "image": f"{case_id}.nii.gz"})
+
+    index = write_pretrain_pairs(cases, interim, tmp_path / "out", pairs_per_case=3, config=SMALL, seed=11,
+                                 progress=False)
+    assert index == [
+        {"id": "case-a", "group": "subset0", "file": "pairs/case-a.npy", "n": 3},
+        {"id": "case-b", "group": "subset0", "file": "pairs/case-b.npy", "n": 3},
+    ]
+    for case_id, volume in volumes.items():
+        saved = np.load(tmp_path / "out" / "pairs" / f"{case_id}.npy")
+        assert saved.dtype == np.float16 and saved.shape == (3, 2, 8, 8, 4)
+        expected, _ = sample_pairs(volume, 3, SMALL, case_rng(11, case_id))
+        np.testing.assert_array_equal(saved, expected.astype(np.float16))
+
+    write_pretrain_pairs(cases[::-1], interim, tmp_path / "reversed", pairs_per_case=3, config=SMALL, seed=11,
+                         progress=False)
+    for case_id in volumes:
+        np.testing.assert_array_equal(np.load(tmp_path / "reversed" / "pairs" / f"{case_id}.npy"),
+                                      np.load(tmp_path / "out" / "pairs" / f"{case_id}.npy"))
+
+
+def test_write_pretrain_pairs_missing_image_names_the_case(tmp_path):
+    cases = [{"id": "ghost", "group": "subset1", "image": "ghost.nii.gz"}]
+    with pytest.raises(DataError, match="ghost.*does not exist"):
+        write_pretrain_pairs(cases, tmp_path, tmp_path / "out", pairs_per_case=1, config=SMALL, seed=0,
+                             progress=False)

@@ -1,0 +1,403 @@
+"""Tests of pcrl.data.download against a real HTTP server on 127.0.0.1.
+
+The handler serves in-memory files, honours ``Range: bytes=N-`` (206 / 416), records
+every request, and can cut the connection after N body bytes on a path's next request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import socket
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pcrl.data.download import download_dataset, fetch, safe_extract
+from pcrl.data.layout import scan_decathlon
+from pcrl.data.registry import DATASETS, DatasetSpec, RemoteFile
+from pcrl.errors import ChecksumError, ConfigError, DataError
+
+BODY = bytes(range(256)) * 40  # 10240 bytes
+CUT = 3000
+
+
+@dataclass
+class ServerState:
+    """What the test server serves and what it saw."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+    cut_after: dict[str, int] = field(default_factory=dict)
+    chunked_cut: dict[str, int] = field(default_factory=dict)
+    honour_range: bool = True
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    """GET of in-memory files with Range support and optional connection cuts."""
+
+    state: ServerState  # set on a subclass per server
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        range_header = self.headers.get("Range")
+        self.state.requests.append((self.path, range_header))
+        body = self.state.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start = 0
+        if range_header and self.state.honour_range:
+            start = int(range_header.removeprefix("bytes=").removesuffix("-"))
+            if start >= len(body):
+                self._headers(416, 0, {"Content-Range": f"bytes */{len(body)}"})
+                return
+            content_range = f"bytes {start}-{len(body) - 1}/{len(body)}"
+            self._headers(206, len(body) - start, {"Content-Range": content_range})
+        elif self.path in self.state.chunked_cut:
+            self._send_cut_chunk(body, self.state.chunked_cut.pop(self.path))
+            return
+        else:
+            self._headers(200, len(body), {})
+        cut = self.state.cut_after.pop(self.path, None)
+        self.wfile.write(body[start:] if cut is None else body[start : start + cut])
+        self.close_connection = True
+
+    def _send_cut_chunk(self, body: bytes, cut: int) -> None:
+        """Announce the whole body as one chunk but send only ``cut`` bytes of it."""
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(f"{len(body):x}\r\n".encode() + body[:cut])
+        self.close_connection = True
+
+    def _headers(self, status: int, length: int, extra: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(length))
+        for key, value in extra.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        """Keep the test output quiet."""
+
+
+@dataclass
+class Server:
+    """A running test server: its state and base URL."""
+
+    state: ServerState
+    base: str
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """A ThreadingHTTPServer on 127.0.0.1, port chosen by the OS, stopped after the test."""
+    monkeypatch.setenv("no_proxy", "*")
+    state = ServerState()
+    handler = type("Handler", (RangeHandler,), {"state": state})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield Server(state, f"http://127.0.0.1:{httpd.server_address[1]}")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def md5_of(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- archives
+
+TINY_FILES = {
+    "Task99_Tiny/dataset.json": json.dumps(
+        {
+            "training": [{"image": "./imagesTr/c_0.nii.gz", "label": "./labelsTr/c_0.nii.gz"}],
+            "test": ["./imagesTs/c_1.nii.gz"],
+        }
+    ).encode(),
+    "Task99_Tiny/imagesTr/c_0.nii.gz": b"image0",
+    "Task99_Tiny/labelsTr/c_0.nii.gz": b"label0",
+    "Task99_Tiny/imagesTs/c_1.nii.gz": b"image1",
+}
+
+
+def tar_bytes(files: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None) -> bytes:
+    """A tar.gz of regular ``files`` plus ``links``: name -> (tarfile type, link target)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, (kind, target) in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def entries(folder: Path) -> set[str]:
+    """Names directly inside ``folder`` (to prove nothing else was left there)."""
+    return {p.name for p in folder.iterdir()}
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def test_fetch_downloads_and_verifies(server: Server, tmp_path: Path) -> None:
+    server.state.files["/f.bin"] = BODY
+    dest = tmp_path / "cache" / "f.bin"
+    assert fetch(server.url("/f.bin"), dest, md5=md5_of(BODY), progress=False) == dest
+    assert dest.read_bytes() == BODY
+    assert entries(dest.parent) == {"f.bin"}
+    assert server.state.requests == [("/f.bin", None)]
+
+
+def test_second_call_makes_no_request(server: Server, tmp_path: Path) -> None:
+    server.state.files["/f.bin"] = BODY
+    sha = hashlib.sha256(BODY).hexdigest()
+    for _ in range(2):
+        fetch(server.url("/f.bin"), tmp_path / "f.bin", sha256=sha, size=len(BODY), progress=False)
+    assert len(server.state.requests) == 1
+
+
+def test_wrong_checksum_removes_download(server: Server, tmp_path: Path) -> None:
+    server.state.files["/f.bin"] = BODY
+    wrong = "0" * 32
+    with pytest.raises(ChecksumError) as info:
+        fetch(server.url("/f.bin"), tmp_path / "f.bin", md5=wrong, progress=False)
+    message = str(info.value)
+    assert server.url("/f.bin") in message and wrong in message and md5_of(BODY) in message
+    assert entries(tmp_path) == set()
+
+
+def test_wrong_size_is_a_checksum_error(server: Server, tmp_path: Path) -> None:
+    server.state.files["/f.bin"] = BODY
+    with pytest.raises(ChecksumError, match=f"expected 10 bytes, got {len(BODY)}"):
+        fetch(server.url("/f.bin"), tmp_path / "f.bin", size=10, progress=False)
+
+
+def test_cut_connection_then_resume(server: Server, tmp_path: Path) -> None:
+    server.state.files["/f.bin"] = BODY
+    server.state.cut_after["/f.bin"] = CUT
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DataError, match=f"after {CUT} of {len(BODY)} bytes") as info:
+        fetch(server.url("/f.bin"), dest, md5=md5_of(BODY), progress=False, chunk_size=1000)
+    assert server.url("/f.bin") in str(info.value)
+    part = tmp_path / "f.bin.part"
+    assert part.read_bytes() == BODY[:CUT]
+    assert not dest.exists()
+
+    fetch(server.url("/f.bin"), dest, md5=md5_of(BODY), progress=False, chunk_size=1000)
+    assert server.state.requests == [("/f.bin", None), ("/f.bin", f"bytes={CUT}-")]
+    assert dest.read_bytes() == BODY
+    assert not part.exists()
+
+
+def test_incomplete_chunked_read_then_resume(server: Server, tmp_path: Path) -> None:
+    server.state.files["/f.bin"] = BODY
+    server.state.chunked_cut["/f.bin"] = CUT  # http.client raises IncompleteRead here
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DataError, match=f"interrupted after {CUT} bytes.*IncompleteRead"):
+        fetch(server.url("/f.bin"), dest, md5=md5_of(BODY), progress=False, chunk_size=1 << 16)
+    assert (tmp_path / "f.bin.part").read_bytes() == BODY[:CUT]
+    fetch(server.url("/f.bin"), dest, md5=md5_of(BODY), progress=False)
+    assert server.state.requests[-1] == ("/f.bin", f"bytes={CUT}-")
+    assert dest.read_bytes() == BODY
+
+
+def test_server_ignoring_range_restarts_from_zero(server: Server, tmp_path: Path) -> None:
+    server.state.files["/f.bin"] = BODY
+    server.state.honour_range = False
+    write(tmp_path / "f.bin.part", b"stale" * 100)
+    fetch(server.url("/f.bin"), tmp_path / "f.bin", md5=md5_of(BODY), progress=False)
+    assert server.state.requests == [("/f.bin", "bytes=500-")]
+    assert (tmp_path / "f.bin").read_bytes() == BODY
+
+
+def test_part_longer_than_file_restarts_after_416(server: Server, tmp_path: Path) -> None:
+    server.state.files["/f.bin"] = BODY
+    write(tmp_path / "f.bin.part", BODY + b"junk")
+    fetch(server.url("/f.bin"), tmp_path / "f.bin", progress=False)
+    assert server.state.requests == [("/f.bin", f"bytes={len(BODY) + 4}-"), ("/f.bin", None)]
+    assert (tmp_path / "f.bin").read_bytes() == BODY
+
+
+def test_mismatching_dest_is_downloaded_once_more(server: Server, tmp_path: Path) -> None:
+    server.state.files["/f.bin"] = BODY
+    write(tmp_path / "f.bin", b"corrupt")
+    fetch(server.url("/f.bin"), tmp_path / "f.bin", md5=md5_of(BODY), progress=False)
+    assert (tmp_path / "f.bin").read_bytes() == BODY
+    assert len(server.state.requests) == 1
+
+
+def test_http_error_names_url_and_status(server: Server, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="HTTP 404") as info:
+        fetch(server.url("/missing.bin"), tmp_path / "m.bin", progress=False)
+    assert server.url("/missing.bin") in str(info.value)
+    assert entries(tmp_path) == set()
+
+
+def test_unreachable_server_names_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("no_proxy", "*")
+    with socket.socket() as sock:  # a port that nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/f.bin"
+    with pytest.raises(DataError, match=f"cannot download {url}"):
+        fetch(url, tmp_path / "f.bin", progress=False, timeout=5)
+
+
+# --------------------------------------------------------------------------- safe_extract
+
+
+def test_safe_extract_tar_gz(tmp_path: Path) -> None:
+    archive = write(tmp_path / "tiny.tar.gz", tar_bytes(TINY_FILES))
+    target = tmp_path / "out"
+    files = safe_extract(archive, target)
+    assert files == sorted(target / name for name in TINY_FILES)
+    for name, data in TINY_FILES.items():
+        assert (target / name).read_bytes() == data
+    assert entries(tmp_path) == {"tiny.tar.gz", "out"}
+
+
+def test_safe_extract_zip_merges_into_existing_target(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    (target / "subset0").mkdir(parents=True)
+    write(target / "subset0" / "old.mhd", b"old")
+    write(target / "keep.csv", b"keep")
+    members = {"subset0/a.mhd": b"a", "subset0/a.raw": b"r"}
+    archive = write(tmp_path / "subset0.zip", zip_bytes(members))
+    files = safe_extract(archive, target)
+    assert files == [target / "subset0" / "a.mhd", target / "subset0" / "a.raw"]
+    assert entries(target / "subset0") == {"a.mhd", "a.raw"}  # replaced, not merged
+    assert (target / "keep.csv").read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize(
+    ("member", "links"),
+    [
+        ("../evil", None),
+        ("/abs.txt", None),
+        ("link", {"link": (tarfile.SYMTYPE, "/etc/passwd")}),
+        ("Task/up", {"Task/up": (tarfile.SYMTYPE, "../../outside")}),
+        ("hard", {"hard": (tarfile.LNKTYPE, "../outside")}),
+    ],
+)
+def test_unsafe_tar_member_is_refused(
+    tmp_path: Path, member: str, links: dict[str, tuple[bytes, str]] | None
+) -> None:
+    files = {"Task/ok.txt": b"ok"} if links else {"Task/ok.txt": b"ok", member: b"evil"}
+    archive = write(tmp_path / "bad.tar.gz", tar_bytes(files, links))
+    with pytest.raises(DataError) as info:
+        safe_extract(archive, tmp_path / "sub" / "out")
+    assert repr(member) in str(info.value) and "bad.tar.gz" in str(info.value)
+    assert entries(tmp_path) == {"bad.tar.gz", "sub"}
+    assert entries(tmp_path / "sub") == set()  # no target, no temporary folder left
+
+
+def test_unsafe_zip_member_is_refused(tmp_path: Path) -> None:
+    archive = write(tmp_path / "bad.zip", zip_bytes({"ok.txt": b"ok", "../evil": b"evil"}))
+    with pytest.raises(DataError, match="'../evil'"):
+        safe_extract(archive, tmp_path / "sub" / "out")
+    assert entries(tmp_path) == {"bad.zip", "sub"}
+    assert entries(tmp_path / "sub") == set()
+
+
+def test_truncated_archive_leaves_nothing(tmp_path: Path) -> None:
+    data = tar_bytes({"Task/a.bin": bytes(range(256)) * 200})
+    archive = write(tmp_path / "cut.tar.gz", data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.tar.gz"):
+        safe_extract(archive, tmp_path / "sub" / "out")
+    assert entries(tmp_path / "sub") == set()
+
+
+def test_unknown_archive_format(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="unknown archive format"):
+        safe_extract(write(tmp_path / "a.rar", b"x"), tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- download_dataset
+
+
+def tiny_spec(server: Server, md5: str) -> DatasetSpec:
+    """A Decathlon-like dataset: one tar.gz holding Task99_Tiny/ and one plain CSV."""
+    server.state.files["/Task99_Tiny.tar.gz"] = tar_bytes(TINY_FILES)
+    server.state.files["/notes.csv"] = b"a,b\n1,2\n"
+    files = (
+        RemoteFile(server.url("/Task99_Tiny.tar.gz"), "Task99_Tiny.tar.gz", md5=md5, extract=True),
+        RemoteFile(server.url("/notes.csv"), "notes.csv", md5=md5_of(b"a,b\n1,2\n")),
+    )
+    return DatasetSpec(
+        name="tiny",
+        title="Tiny",
+        tasks=("lcs",),
+        layout="decathlon",
+        files=files,
+        folder="Task99_Tiny",
+        citation="none",
+        homepage="none",
+    )
+
+
+def test_download_dataset_fetches_extracts_and_caches(server: Server, tmp_path: Path) -> None:
+    spec = tiny_spec(server, md5_of(tar_bytes(TINY_FILES)))
+    cache, target = tmp_path / "cache", tmp_path / "raw" / "tiny"
+    for _ in range(2):
+        root = download_dataset(spec, cache, target, progress=False)
+        assert root == target / "Task99_Tiny"
+        assert [c["id"] for c in scan_decathlon(root)["cases"]] == ["c_0", "c_1"]
+        assert (target / "notes.csv").read_bytes() == b"a,b\n1,2\n"
+        assert entries(target) == {"Task99_Tiny", "notes.csv"}
+    assert len(server.state.requests) == 2  # the second run is served by the cache
+    assert entries(cache) == {"Task99_Tiny.tar.gz", "notes.csv"}
+
+
+def test_download_dataset_wrong_checksum_writes_nothing(server: Server, tmp_path: Path) -> None:
+    spec = tiny_spec(server, "f" * 32)
+    with pytest.raises(ChecksumError, match="f" * 32):
+        download_dataset(spec, tmp_path / "cache", tmp_path / "raw" / "tiny", progress=False)
+    assert not (tmp_path / "raw").exists()
+    assert entries(tmp_path / "cache") == set()
+
+
+def test_download_dataset_missing_folder(server: Server, tmp_path: Path) -> None:
+    spec = tiny_spec(server, md5_of(tar_bytes(TINY_FILES)))
+    spec = dataclasses.replace(spec, folder="Task42_Other")
+    with pytest.raises(DataError, match="Task42_Other"):
+        download_dataset(spec, tmp_path / "cache", tmp_path / "raw" / "tiny", progress=False)
+    assert entries(tmp_path / "raw") == set()
+
+
+def test_manual_dataset_is_refused_without_request(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="source: local"):
+        download_dataset(DATASETS["chestxray14"], tmp_path / "cache", tmp_path / "raw")
+    assert not (tmp_path / "cache").exists()
