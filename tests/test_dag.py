@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def _snakemake_rules(root: Path) -> dict[str, dict]:
         )._workflow
         return {
             r.name: {
-                "shell": r.shellcmd,
+                "cmd": dict(r.params.items()).get("cmd"),
                 "input": sorted(map(str, r.input)),
                 "output": sorted(map(str, r.output)),
                 "params": dict(r.params.items()).get("values"),
@@ -67,7 +68,7 @@ def test_same_commands_deps_outs(both: tuple[dict, dict]) -> None:
     dvc, smk = both
     for name, stage in dvc.items():
         rule = smk[name]
-        assert rule["shell"] == stage["cmd"] + " > {log} 2>&1", name
+        assert rule["cmd"] == stage["cmd"], name
         assert rule["input"] == stage["deps"], name
         assert rule["output"] == stage["outs"], name
         assert rule["log"] == [f"logs/{name}.log"]
@@ -93,6 +94,18 @@ def test_every_stage_is_one_cli_call_writing_folders(both: tuple[dict, dict]) ->
         for out in stage["outs"]:
             assert out.startswith("data/") or out.startswith("results/"), out
             assert Path(out).suffix == "", f"{name}: out {out} should be a folder"
+
+
+def test_dry_run_prints_each_stage_command(repo_root: Path, both: tuple[dict, dict]) -> None:
+    """What Snakemake would really execute (loop variables resolved per job)."""
+    dvc, _ = both
+    proc = subprocess.run(
+        ["snakemake", "-n", "-p", "--forceall", "--cores", "1"],
+        cwd=repo_root, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    shells = re.findall(r"^Shell command: (.*) > logs/(\w+)\.log 2>&1$", proc.stdout + proc.stderr, re.M)
+    assert {rule: cmd for cmd, rule in shells} == {name: s["cmd"] for name, s in dvc.items()}
 
 
 def test_rule_all_wants_every_output(both: tuple[dict, dict]) -> None:

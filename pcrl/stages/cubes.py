@@ -52,13 +52,32 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             writer.writerows(rows)
 
 
-def _pretrain(settings: dict, seed: int, cases: list[dict], interim: Path, out: Path, progress: bool) -> dict:
-    split = split_by_group(cases, settings["groups"])
+def _split(task: str, settings: dict, seed: int, cases: list[dict]) -> dict[str, list[str]]:
+    """Patient split of the task, checked disjoint and non-empty before any cube is cut."""
+    if task in ("pretrain", "ncc"):
+        split = split_by_group(cases, settings["groups"])
+    elif task in ("lcs", "bms"):
+        labelled = sorted(c["id"] for c in cases if c.get("label"))
+        if not labelled:
+            raise DataError("no labelled case in the resampled dataset (Decathlon imagesTr/labelsTr)")
+        split = split_random(labelled, val=settings["val"], test=settings["test"], seed=seed)
+    else:
+        raise ConfigError(f"unknown task {task!r}; known: pretrain, ncc, lcs, bms")
     check_disjoint(split)
+    for name, ids in split.items():
+        if not ids:
+            raise DataError(
+                f"cubes.{task}: the {name} split is empty "
+                f"({len(cases)} cases in groups {sorted({str(c.get('group')) for c in cases})})"
+            )
+    return split
+
+
+def _pretrain(settings: dict, seed: int, cases: list[dict], interim: Path, out: Path, progress: bool) -> None:
     pair_keys = ("crop_sizes", "cube_size", "min_iou", "threshold_hu", "foreground", "min_fraction", "max_fraction")
     config = PairConfig(**{k: settings[k] for k in pair_keys if k in settings})
     index = write_pretrain_pairs(
-        _select(cases, split["train"] + split["val"]),
+        cases,
         interim,
         out,
         pairs_per_case=settings["pairs_per_case"],
@@ -67,18 +86,15 @@ def _pretrain(settings: dict, seed: int, cases: list[dict], interim: Path, out: 
         progress=progress,
     )
     write_json(out / "pairs.json", index)
-    return split
 
 
-def _ncc(settings: dict, seed: int, cases: list[dict], raw: Path, interim: Path, out: Path, progress: bool) -> dict:
-    split = split_by_group(cases, settings["groups"])
-    check_disjoint(split)
+def _ncc(settings: dict, seed: int, cases: list[dict], raw: Path, interim: Path, out: Path, progress: bool) -> None:
     manifest_path = Path(raw) / "manifest.json"
     extras = resolve_extras(load_manifest(manifest_path), manifest_path)
     if "candidates" not in extras:
         raise DataError(f"{manifest_path}: the dataset has no candidates.csv (needed by NCC)")
     rows = write_ncc_cubes(
-        _select(cases, [i for ids in split.values() for i in ids]),
+        cases,
         interim,
         extras["candidates"],
         out,
@@ -90,14 +106,6 @@ def _ncc(settings: dict, seed: int, cases: list[dict], raw: Path, interim: Path,
     if not any(int(r["class"]) == 1 for r in rows):
         raise DataError(f"{extras['candidates']}: no positive candidate in the NCC scans")
     _write_csv(out / "candidates.csv", rows)
-    return split
-
-
-def _segmentation(settings: dict, seed: int, cases: list[dict]) -> dict:
-    labelled = sorted(c["id"] for c in cases if c.get("label"))
-    if not labelled:
-        raise DataError("no labelled case in the resampled dataset (Decathlon imagesTr/labelsTr)")
-    return split_random(labelled, val=settings["val"], test=settings["test"], seed=seed)
 
 
 def run_cubes(
@@ -116,19 +124,13 @@ def run_cubes(
     (10 % ⊂ 20 % ⊂ 50 % ⊂ 100 % of the training cases) and seeded by ``cubes.seed``.
     """
     cases = read_cases(interim)
+    split = _split(task, settings, seed, cases)
+    used = _select(cases, [i for ids in split.values() for i in ids])
     with atomic_dir(out) as tmp:
         if task == "pretrain":
-            split = _pretrain(settings, seed, cases, interim, tmp, progress)
+            _pretrain(settings, seed, used, interim, tmp, progress)
         elif task == "ncc":
-            split = _ncc(settings, seed, cases, raw, interim, tmp, progress)
-        elif task in ("lcs", "bms"):
-            split = _segmentation(settings, seed, cases)
-        else:
-            raise ConfigError(f"unknown task {task!r}; known: pretrain, ncc, lcs, bms")
-        check_disjoint(split)
-        for name, ids in split.items():
-            if not ids:
-                raise DataError(f"cubes.{task}: the {name} split is empty ({len(cases)} cases)")
+            _ncc(settings, seed, used, raw, interim, tmp, progress)
         if "fractions" in settings:
             write_json(tmp / "fractions.json", nested_fractions(split["train"], settings["fractions"], seed))
         write_json(tmp / "split.json", split)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.data.layout import build_manifest
-from pcrl.data.registry import get_dataset
+from pcrl.data.registry import DatasetSpec, get_dataset
 from pcrl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,16 @@ def _phantom(dataset: str, data: dict[str, Any], into: Path) -> Path:
     return into
 
 
+def with_mirror(spec: DatasetSpec, mirror: str | None) -> DatasetSpec:
+    """``spec`` fetching every file from ``<mirror>/<filename>`` (same checksums), if set."""
+    if not mirror:
+        return spec
+    files = tuple(
+        dataclasses.replace(f, url=f"{mirror.rstrip('/')}/{f.filename}") for f in spec.files
+    )
+    return dataclasses.replace(spec, files=files)
+
+
 def run_download(dataset: str, data: dict[str, Any], *, out: Path, progress: bool = True) -> Path:
     """Write ``out`` = the dataset's native layout (or a pointer to it) + ``manifest.json``.
 
@@ -34,10 +45,11 @@ def run_download(dataset: str, data: dict[str, Any], *, out: Path, progress: boo
     fetches the published archives (resumable, checksum-verified, cached in
     ``data.cache_dir``), ``local`` verifies a copy the user already has at
     ``data.local_paths.<dataset>`` and writes only the manifest pointing at it. The
-    folder appears only once everything is verified.
+    folder appears only once everything is verified. ``data.mirror`` (an institution's
+    copy of the archives) replaces the published hosts; checksums still apply.
     """
     source = data["source"]
-    spec = get_dataset(dataset)
+    spec = with_mirror(get_dataset(dataset), data.get("mirror"))
     with atomic_dir(out) as tmp:
         if source == "phantom":
             root = _phantom(dataset, data, tmp)
