@@ -78,6 +78,25 @@ def cmd_cubes(args: argparse.Namespace, params: dict[str, Any]) -> None:
     )
 
 
+def cmd_pretrain(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    """Pretrain one method on the PCRL pairs (resumes from its state folder)."""
+    from pcrl.stages.pretrain import run_pretrain
+
+    settings = section(params, "pretrain")
+    if args.method not in settings["methods"]:
+        log.warning("method %s is not listed in pretrain.methods", args.method)
+    run_pretrain(
+        args.method,
+        settings,
+        pairs=Path(args.pairs),
+        out=Path(args.out),
+        state=Path(args.state),
+        device=args.device,
+        num_workers=args.workers if args.workers >= 0 else min(4, available_cpus() - 1),
+        progress=not args.no_progress,
+    )
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -116,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", required=True, help="download stage output of the task's dataset")
     p.add_argument("--interim", required=True, help="resample stage output of the task's dataset")
     p.add_argument("--out", required=True, help="output folder, e.g. data/processed/ncc")
+
+    p = add("pretrain", cmd_pretrain, "pretrain one method (params: pretrain)")
+    p.add_argument("--method", required=True, choices=["pcrl", "genesis", "moco"])
+    p.add_argument("--pairs", required=True, help="cubes@pretrain output (data/processed/pretrain)")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/pretrain/pcrl")
+    p.add_argument("--state", required=True, help="resumable state folder (checkpoints), kept across reruns")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (default: from the CPUs allotted)")
     return parser
 
 
@@ -130,7 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.func(args, params)
     except PcrlError as exc:
         print(f"pcrl {args.command}: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", EXIT_ERROR)
+        return EXIT_ERROR
+    except Exception as exc:  # a preempted job: checkpointed, rerun resumes
+        from pcrl.engine import Preempted
+
+        if not isinstance(exc, Preempted):
+            raise
+        print(f"pcrl {args.command}: preempted ({exc}); rerun to resume", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"pcrl {args.command}: interrupted", file=sys.stderr)
         return 130

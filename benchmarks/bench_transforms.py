@@ -1,0 +1,241 @@
+"""Benchmark: batched PCRL corruptions (``pcrl.transforms.corrupt``) against a per-sample reference.
+
+The reference (``reference_corrupt``) applies the same corruption rules (PCRL-SPEC "Views,
+corruptions and targets", Models Genesis) the straightforward way the release does: one
+crop at a time in NumPy, local pixel shuffling as a Python loop over 10,000 random blocks
+per crop, painting as a Python loop over boxes, randomness from ``numpy.random.default_rng``.
+The batched version corrupts the whole batch at once with torch on the chosen device. Both
+are timed in the same run (warm-up, then the median of several repeats) on the same batch
+of synthetic chest-like crops, their repeats interleaved so that the load of a shared
+machine weighs on both alike.
+
+    python benchmarks/bench_transforms.py --batch 16 --size 64 64 32 --out results.json
+    python benchmarks/bench_transforms.py --device cuda
+
+On the CPU the batched version gets one thread by default, like the reference: a
+per-core comparison, and one that a loaded shared machine does not distort (torch's
+parallel regions stall when another process holds one of their cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pcrl.atomic import write_json
+from pcrl.transforms import CorruptionConfig, augment, corrupt
+
+# ---------------------------------------------------------------- reference (slow)
+
+
+def reference_shuffle(x: np.ndarray, rng: np.random.Generator, n_blocks: int = 10_000) -> np.ndarray:
+    """Local pixel shuffling as the release: ``n_blocks`` random blocks, one at a time.
+
+    Every block (sides in [1, size // 10]) is taken from the original crop, flattened,
+    shuffled and written back, so later blocks overwrite earlier ones where they overlap.
+    """
+    out = x.copy()
+    _, size_x, size_y, size_z = x.shape
+    for _ in range(n_blocks):
+        bx = int(rng.integers(1, max(1, size_x // 10) + 1))
+        by = int(rng.integers(1, max(1, size_y // 10) + 1))
+        bz = int(rng.integers(1, max(1, size_z // 10) + 1))
+        ox = int(rng.integers(0, size_x - bx + 1))
+        oy = int(rng.integers(0, size_y - by + 1))
+        oz = int(rng.integers(0, size_z - bz + 1))
+        window = x[:, ox : ox + bx, oy : oy + by, oz : oz + bz].reshape(x.shape[0], -1)
+        window = window[:, rng.permutation(window.shape[1])]
+        out[:, ox : ox + bx, oy : oy + by, oz : oz + bz] = window.reshape(x.shape[0], bx, by, bz)
+    return out
+
+
+def reference_nonlinear(x: np.ndarray, rng: np.random.Generator, n_points: int = 1000) -> np.ndarray:
+    """Models Genesis' Bezier intensity curve, tabulated and interpolated with ``np.interp``."""
+    p1, p2 = rng.random(2), rng.random(2)
+    t = np.linspace(0.0, 1.0, n_points)
+    b1, b2, b3 = 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t**2, t**3
+    xs, ys = p1[0] * b1 + p2[0] * b2 + b3, p1[1] * b1 + p2[1] * b2 + b3
+    if rng.random() < 0.5:
+        ys = ys[::-1]
+    return np.interp(x, xs, ys).astype(x.dtype)
+
+
+def _box(rng: np.random.Generator, sizes: tuple[int, ...], sides: list[tuple[int, int]]) -> list[slice]:
+    """One random box: sides in the given inclusive ranges, corners 3 voxels from the border."""
+    box = []
+    for size, (low, high) in zip(sizes, sides):
+        side = int(rng.integers(low, high + 1))
+        margin = min(3, (size - side) // 2)
+        corner = int(rng.integers(margin, size - side - margin + 1))
+        box.append(slice(corner, corner + side))
+    return box
+
+
+def reference_in_paint(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Up to 5 boxes (sides size // 6 .. size // 3) filled with uniform noise, one at a time."""
+    out = x.copy()
+    sizes = x.shape[1:]
+    sides = [(max(1, s // 6), max(1, s // 3)) for s in sizes]
+    count = 5
+    while count > 0 and rng.random() < 0.95:
+        box = _box(rng, sizes, sides)
+        out[(slice(None), *box)] = rng.random((x.shape[0], *(b.stop - b.start for b in box)))
+        count -= 1
+    return out
+
+
+def reference_out_paint(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Noise everywhere except 1..5 boxes (sides size - (3 size // 7 .. 4 size // 7)) of ``x``."""
+    out = rng.random(x.shape).astype(x.dtype)
+    sizes = x.shape[1:]
+    sides = [(s - 4 * s // 7, s - 3 * s // 7) for s in sizes]
+    box = _box(rng, sizes, sides)
+    out[(slice(None), *box)] = x[(slice(None), *box)]
+    count = 4
+    while count > 0 and rng.random() < 0.95:
+        box = _box(rng, sizes, sides)
+        out[(slice(None), *box)] = x[(slice(None), *box)]
+        count -= 1
+    return out
+
+
+def reference_corrupt(x: np.ndarray, config: CorruptionConfig, rng: np.random.Generator) -> np.ndarray:
+    """The corruption chain for one crop (C, x, y, z): shuffle -> non-linear -> painting."""
+    if rng.random() < config.shuffle_prob:
+        x = reference_shuffle(x, rng)
+    if config.nonlinear_prob > 0 and rng.random() < config.nonlinear_prob:
+        x = reference_nonlinear(x, rng)
+    if rng.random() < config.paint_prob:
+        x = reference_in_paint(x, rng) if rng.random() < config.inpaint_prob else reference_out_paint(x, rng)
+    return x
+
+
+# ------------------------------------------------------------------------ inputs
+
+
+def synthetic_crops(batch: int, size: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """(batch, 1, x, y, z) float32 crops in [0, 1]: soft tissue, two lungs, vessels, noise."""
+    x, y, z = (np.linspace(-1, 1, n)[(slice(None),) + (None,) * (2 - a)] for a, n in enumerate(size))
+    hu = np.full(size, 40.0, dtype=np.float32)
+    lungs = ((np.abs(x) - 0.45) / 0.35) ** 2 + (y / 0.6) ** 2 + (z / 0.9) ** 2 < 1
+    hu[lungs] = -850.0
+    crops = np.repeat(hu[None, None], batch, axis=0)
+    crops += rng.normal(0.0, 30.0, size=crops.shape).astype(np.float32)
+    crops[(rng.random(crops.shape) < 0.02) & lungs] = 0.0
+    return np.clip((crops + 1000.0) / 2000.0, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------- timing
+
+
+def interleaved_seconds(
+    fns: dict[str, Callable[[], object]], repeats: dict[str, int], sync: Callable[[], None]
+) -> dict[str, list[float]]:
+    """Time every function of ``fns`` after one warm-up call each, interleaving their repeats.
+
+    Round r runs each function that still has repeats left once, so a change in the load of
+    a shared machine affects all of them alike. Returns the durations (seconds) per name.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+        sync()
+    for round_ in range(max(repeats.values())):
+        for name, fn in fns.items():
+            if round_ < repeats[name]:
+                start = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, nargs=3, default=(64, 64, 32), metavar=("X", "Y", "Z"))
+    parser.add_argument("--device", default="cpu", help="torch device of the batched version (cpu, cuda, ...)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed repeats of the batched version")
+    parser.add_argument("--ref-repeats", type=int, default=5, help="timed repeats of the reference")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 1 (default) matches the single-threaded reference, 0 keeps torch's choice",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config = CorruptionConfig()
+    crops = synthetic_crops(args.batch, tuple(args.size), np.random.default_rng(args.seed))
+    batch = torch.from_numpy(crops).to(device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    load_before = os.getloadavg()
+    times = interleaved_seconds(
+        {
+            "batched": lambda: corrupt(batch, config, generator),
+            "reference": lambda: [reference_corrupt(crop, config, rng) for crop in crops],
+            "augment": lambda: augment(batch, generator),
+        },
+        {"batched": args.repeats, "reference": args.ref_repeats, "augment": args.repeats},
+        sync,
+    )
+    batched, reference, augmented = times["batched"], times["reference"], times["augment"]
+    batched_rate = args.batch / statistics.median(batched)
+    reference_rate = args.batch / statistics.median(reference)
+    figures = {
+        "batch_shape": list(batch.shape),
+        "device": str(device),
+        "config": asdict(config),
+        "batched": {"seconds": batched, "median_s": statistics.median(batched), "samples_per_s": batched_rate},
+        "reference": {
+            "seconds": reference,
+            "median_s": statistics.median(reference),
+            "samples_per_s": reference_rate,
+            "shuffle_blocks": 10_000,
+        },
+        "speedup": batched_rate / reference_rate,
+        "augment_samples_per_s": args.batch / statistics.median(augmented),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": [load_before[0], os.getloadavg()[0]],  # before and after: a shared machine
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+        ),
+    }
+    print(
+        f"corrupt {tuple(batch.shape)} on {device}: batched {batched_rate:.1f} samples/s "
+        f"(median {statistics.median(batched) * 1e3:.1f} ms per batch); reference {reference_rate:.2f} samples/s "
+        f"(median {statistics.median(reference):.2f} s per batch); speed-up {figures['speedup']:.0f}x; "
+        f"augment {figures['augment_samples_per_s']:.1f} samples/s"
+    )
+    if args.out:
+        write_json(args.out, figures)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Models Genesis baseline: restoration only (Zhou et al., MICCAI 2019 / MedIA 2021).
+
+The Models Genesis 3D U-Net (:class:`~pcrl.networks.unet3d.UNet3D`) restores the clean
+view from its corrupted version (local pixel shuffling, in-/out-painting, optionally the
+Bezier intensity curve) with a mean-squared error; there is no contrastive term, no
+momentum encoder and no spatial transform of the target (PCRL-SPEC "Protocol":
+"Models Genesis (restoration only)"). The two crops of a pretraining pair are used as
+two independent samples, so a step sees ``2N`` volumes, the same data as a PCRL step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pcrl.errors import ConfigError
+from pcrl.methods.losses import reconstruction_loss
+from pcrl.methods.views import ViewConfig, augment_and_corrupt
+from pcrl.networks.unet3d import NormName, UNet3D
+from pcrl.transforms import CorruptionConfig
+
+__all__ = ["Genesis", "GenesisConfig"]
+
+
+@dataclass(frozen=True)
+class GenesisConfig:
+    """Settings of :class:`Genesis`.
+
+    Attributes:
+        in_channels: image channels (1 for CT).
+        base: U-Net base width (32 in the paper).
+        norm: ``"batch"``, ``"group"`` or ``"instance"``.
+        corruption: settings of :func:`pcrl.transforms.corrupt`. Models Genesis itself
+            used the non-linear intensity transform (``nonlinear_prob=0.9``); the default
+            here is PCRL's chain, so the two methods see the same inputs.
+        augment: keyword arguments of :func:`pcrl.transforms.augment`.
+
+    Raises:
+        ConfigError: naming the field, on an invalid value.
+    """
+
+    in_channels: int = 1
+    base: int = 32
+    norm: NormName = "batch"
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    augment: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "base"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"GenesisConfig.{name} must be a positive integer, got {value!r}")
+        try:
+            self.views  # noqa: B018 - validates corruption and augment
+        except ConfigError as exc:
+            raise ConfigError(f"GenesisConfig.{exc}") from None
+
+    @property
+    def views(self) -> ViewConfig:
+        """The :class:`ViewConfig` of these settings (no spatial transform)."""
+        return ViewConfig(corruption=self.corruption, augment=self.augment, spatial=False)
+
+
+class Genesis(nn.Module):
+    """Models Genesis pretraining: MSE between U-Net(corrupted view) and the clean view.
+
+    Args:
+        config: settings (see :class:`GenesisConfig`).
+
+    Attributes:
+        net: the U-Net (sigmoid output), whose weights are the pretrained model.
+    """
+
+    def __init__(self, config: GenesisConfig) -> None:
+        super().__init__()
+        if not isinstance(config, GenesisConfig):
+            raise ConfigError(f"Genesis needs a GenesisConfig, got {type(config).__name__}")
+        self.config = config
+        self.net = UNet3D(
+            in_channels=config.in_channels,
+            out_channels=config.in_channels,
+            base=config.base,
+            norm=config.norm,
+        )
+
+    def forward(self, x1: Tensor, x2: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """One training step's loss on the ``2N`` crops of a batch of pairs.
+
+        Args:
+            x1, x2: (N, C, x, y, z) clean crops in [0, 1].
+            generator: torch.Generator on the batch's device (augmentation, corruption).
+
+        Returns:
+            ``loss`` and ``reconstruction`` (the same scalar).
+
+        Raises:
+            ValueError: if ``x1`` and ``x2`` differ in shape.
+        """
+        if x1.shape != x2.shape:
+            raise ValueError(
+                f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}"
+            )
+        clean, corrupted = augment_and_corrupt(torch.cat((x1, x2)), self.config.views, generator)
+        mse = reconstruction_loss(self.net(corrupted), clean)
+        return {"loss": mse, "reconstruction": mse}
+
+    @torch.no_grad()
+    def preview(self, x1: Tensor, x2: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """The restoration of view 1 for a look: clean, input (corrupted), target, output."""
+        clean, corrupted = augment_and_corrupt(x1, self.config.views, generator)
+        return {"clean": clean, "input": corrupted, "target": clean, "output": self.net(corrupted)}
+
+    def after_step(self) -> None:
+        """Nothing to do: Models Genesis has no momentum encoder."""
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """The U-Net's weights under the release's key names (``down_tr64``, ``up_tr256``...)."""
+        return dict(self.net.state_dict())

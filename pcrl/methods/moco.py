@@ -1,0 +1,174 @@
+"""MoCo v2 baseline: contrastive only (He et al., CVPR 2020; Chen et al., arXiv 2003.04297).
+
+The contrastive half of PCRL on the same backbone (PCRL-SPEC "Protocol": "contrastive
+baselines (MoCo v2 style)"): the encoder of :class:`~pcrl.networks.pcrl_net.PCRLNet3D`
+and its projection head give the query of view 1; a momentum copy with shuffled BN gives
+the key of view 2; InfoNCE against a queue of past keys (T = 0.2, K = 16384, m = 0.999).
+The decoder and the TCA layers exist (so that checkpoints have PCRL's keys) but are
+frozen: no term uses them, and frozen parameters keep DistributedDataParallel and weight
+decay from touching them.
+
+Inputs are the augmented and corrupted views by default, the same inputs as PCRL's
+contrastive branch, so that the two methods differ only by the preservational terms;
+``corrupt=False`` gives the augmented views alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pcrl.errors import ConfigError
+from pcrl.methods.losses import InfoNCELoss
+from pcrl.methods.momentum import KeyQueue, forward_shuffled, update_momentum
+from pcrl.methods.views import ViewConfig, augment_and_corrupt
+from pcrl.networks.pcrl_net import PCRLNet3D
+from pcrl.networks.unet3d import NormName
+from pcrl.transforms import CorruptionConfig
+
+__all__ = ["MoCoConfig", "MoCoV2"]
+
+#: Module name prefixes of PCRLNet3D that MoCo does not use (decoder and TCA).
+_UNUSED_PREFIXES = ("up_tr", "out_tr", "aug_fc")
+
+
+@dataclass(frozen=True)
+class MoCoConfig:
+    """Settings of :class:`MoCoV2`.
+
+    Attributes:
+        in_channels: image channels (1 for CT).
+        base: U-Net base width (32).
+        norm: ``"batch"``, ``"group"`` or ``"instance"``.
+        proj_dim: projection dimension (128).
+        queue_size: number of negative keys (16384).
+        temperature: InfoNCE temperature (0.2, MoCo v2).
+        momentum: EMA coefficient per step (0.999).
+        shuffle_bn: shuffle the batch around the momentum encoder.
+        corrupt: feed the corrupted views (True, as PCRL) or the augmented views only.
+        corruption: settings of :func:`pcrl.transforms.corrupt`.
+        augment: keyword arguments of :func:`pcrl.transforms.augment`.
+
+    Raises:
+        ConfigError: naming the field, on an invalid value.
+    """
+
+    in_channels: int = 1
+    base: int = 32
+    norm: NormName = "batch"
+    proj_dim: int = 128
+    queue_size: int = 16384
+    temperature: float = 0.2
+    momentum: float = 0.999
+    shuffle_bn: bool = True
+    corrupt: bool = True
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    augment: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "base", "proj_dim", "queue_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"MoCoConfig.{name} must be a positive integer, got {value!r}")
+        if not self.temperature > 0:
+            raise ConfigError(f"MoCoConfig.temperature must be positive, got {self.temperature!r}")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ConfigError(f"MoCoConfig.momentum must lie in [0, 1], got {self.momentum!r}")
+        try:
+            self.views  # noqa: B018 - validates corruption and augment
+        except ConfigError as exc:
+            raise ConfigError(f"MoCoConfig.{exc}") from None
+
+    @property
+    def views(self) -> ViewConfig:
+        """The :class:`ViewConfig` of these settings (no spatial transform)."""
+        return ViewConfig(corruption=self.corruption, augment=self.augment, spatial=False)
+
+
+class MoCoV2(nn.Module):
+    """MoCo v2 pretraining on PCRL's encoder and projection head.
+
+    Args:
+        config: settings (see :class:`MoCoConfig`).
+        generator: draws the initial queue keys; None uses a CPU generator seeded with 0.
+
+    Attributes:
+        student: the query network (decoder and TCA frozen).
+        momentum_encoder: its EMA copy (no gradient).
+        queue: negative keys.
+        contrastive: the InfoNCE loss.
+    """
+
+    def __init__(self, config: MoCoConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, MoCoConfig):
+            raise ConfigError(f"MoCoV2 needs a MoCoConfig, got {type(config).__name__}")
+        self.config = config
+        self.student = PCRLNet3D(
+            in_channels=config.in_channels,
+            out_channels=config.in_channels,
+            base=config.base,
+            norm=config.norm,
+            proj_dim=config.proj_dim,
+        )
+        for name, module in self.student.named_children():
+            if name.startswith(_UNUSED_PREFIXES):
+                module.requires_grad_(False)
+        self.momentum_encoder = copy.deepcopy(self.student).requires_grad_(False)
+        self.queue = KeyQueue(config.queue_size, config.proj_dim, generator=generator)
+        self.contrastive = InfoNCELoss(config.temperature)
+
+    def _inputs(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        clean, corrupted = augment_and_corrupt(x, self.config.views, generator)
+        return corrupted if self.config.corrupt else clean
+
+    def forward(self, x1: Tensor, x2: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """One step's loss: InfoNCE(q(view 1), k(view 2), queue); keys enqueued once (training).
+
+        Args:
+            x1, x2: (N, C, x, y, z) clean pairs in [0, 1].
+            generator: torch.Generator on the batch's device.
+
+        Returns:
+            ``loss`` and ``contrastive`` (the same scalar).
+
+        Raises:
+            ValueError: if ``x1`` and ``x2`` differ in shape.
+        """
+        if x1.shape != x2.shape:
+            raise ValueError(
+                f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}"
+            )
+        input1 = self._inputs(x1, generator)
+        input2 = self._inputs(x2, generator)
+        negatives = self.queue.keys.clone()
+        key_net = self.momentum_encoder
+
+        def keys(batch: Tensor) -> list[Tensor]:
+            return [key_net.project(key_net.encode(batch)[-1])]
+
+        with torch.no_grad():
+            k = forward_shuffled(keys, input2, generator)[0] if self.config.shuffle_bn else keys(input2)[0]
+        q = self.student.project(self.student.encode(input1)[-1])
+        loss = self.contrastive(q, k, negatives)
+        if self.training:  # validation leaves the queue as it is
+            self.queue.enqueue(k)
+        return {"loss": loss, "contrastive": loss}
+
+    @torch.no_grad()
+    def preview(self, x1: Tensor, x2: Tensor, generator: torch.Generator) -> None:
+        """MoCo v2 reconstructs nothing: no preview."""
+        return None
+
+    def after_step(self) -> None:
+        """EMA update of the momentum encoder (call after the optimiser step)."""
+        update_momentum(self.student, self.momentum_encoder, self.config.momentum)
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """The student's weights under the release's key names."""
+        return dict(self.student.state_dict())

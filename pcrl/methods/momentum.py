@@ -1,0 +1,230 @@
+"""Momentum-contrast parts: EMA update, key queue, shuffled batch norm.
+
+MoCo (He et al., CVPR 2020, Sec. 3.2 and Algorithm 1), reused by PCRL (PCRL-SPEC
+"Networks" and "One training step"):
+
+* :func:`update_momentum`: the momentum (key) encoder follows the student as an
+  exponential moving average, ``theta_k <- m theta_k + (1 - m) theta_q`` (m = 0.999);
+* :class:`KeyQueue`: a FIFO dictionary of the last ``K`` keys (16384 x 128), held as a
+  registered buffer so that it is saved with checkpoints and moved with ``.to(device)``;
+  keys are enqueued once per training step (the release enqueued three times: PCRL-SPEC
+  "Known defects of the release");
+* :func:`batch_shuffle` / :func:`batch_unshuffle`: "shuffling BN", which keeps the
+  key encoder's batch statistics from leaking which sample is the positive. On several
+  processes the global batch is permuted across them (MoCo's cross-GPU shuffle); on one
+  device the permutation leaves batch-norm statistics unchanged, so it is harmless and
+  keeps the code path identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "KeyQueue",
+    "batch_shuffle",
+    "batch_unshuffle",
+    "concat_all_gather",
+    "forward_shuffled",
+    "is_distributed",
+    "update_momentum",
+]
+
+
+def is_distributed() -> bool:
+    """True when torch.distributed is initialised with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def update_momentum(student: nn.Module, teacher: nn.Module, m: float) -> None:
+    """EMA update of ``teacher`` towards ``student`` (MoCo Eq. 2).
+
+    Every parameter becomes ``m * teacher + (1 - m) * student``; every buffer (batch-norm
+    running statistics, ``num_batches_tracked``) is copied from the student, so the
+    momentum encoder in eval mode uses the student's statistics.
+
+    Args:
+        student: the network trained by SGD.
+        teacher: its momentum copy, same architecture (same parameter and buffer names).
+        m: momentum in [0, 1]; 1 leaves the teacher's parameters unchanged, 0 copies.
+
+    Raises:
+        ValueError: if ``m`` is outside [0, 1] or the two networks differ in names or shapes.
+    """
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"update_momentum: m must lie in [0, 1], got {m}")
+    s_params = dict(student.named_parameters())
+    t_params = dict(teacher.named_parameters())
+    s_buffers = dict(student.named_buffers())
+    t_buffers = dict(teacher.named_buffers())
+    if s_params.keys() != t_params.keys() or s_buffers.keys() != t_buffers.keys():
+        diff = sorted((s_params.keys() ^ t_params.keys()) | (s_buffers.keys() ^ t_buffers.keys()))
+        raise ValueError(f"update_momentum: student and teacher differ in names: {diff[:8]}")
+    for name, t in t_params.items():
+        s = s_params[name]
+        if s.shape != t.shape:
+            raise ValueError(
+                f"update_momentum: {name} has shape {tuple(s.shape)} in the student and "
+                f"{tuple(t.shape)} in the teacher"
+            )
+        t.mul_(m).add_(s.detach(), alpha=1.0 - m)
+    for name, t in t_buffers.items():
+        t.copy_(s_buffers[name])
+
+
+@torch.no_grad()
+def concat_all_gather(t: Tensor) -> Tensor:
+    """Concatenate ``t`` from every process along dim 0, in rank order (no gradient).
+
+    Every process must pass a tensor of the same shape. Without torch.distributed (or
+    with one process) ``t`` itself is returned.
+
+    Args:
+        t: (B, ...) local tensor.
+
+    Returns:
+        (world_size * B, ...) tensor, rows of rank 0 first.
+    """
+    if not is_distributed():
+        return t
+    gathered = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, t.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+@torch.no_grad()
+def batch_shuffle(x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Shuffle a batch before the key encoder (MoCo's shuffling BN).
+
+    On one process: ``x[perm]`` with ``perm`` drawn from ``generator``. With
+    torch.distributed: the batches of all processes are gathered (same size on each), rank
+    0's permutation of the global batch is broadcast, and every process keeps its slice,
+    so that each process normalises a random subset of the global batch. Every rank draws
+    a permutation so that the generators stay in step.
+
+    Args:
+        x: (B, ...) local batch.
+        generator: torch.Generator on ``x``'s device.
+
+    Returns:
+        ``(shuffled, idx_unshuffle)``: the shuffled local batch and the indices that
+        :func:`batch_unshuffle` needs.
+    """
+    gathered = concat_all_gather(x)
+    perm = torch.randperm(gathered.shape[0], generator=generator, device=x.device)
+    if not is_distributed():
+        return gathered[perm], torch.argsort(perm)
+    dist.broadcast(perm, src=0)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = perm.view(world, -1)[rank]
+    return gathered[mine], torch.argsort(perm)
+
+
+@torch.no_grad()
+def batch_unshuffle(x: Tensor, idx_unshuffle: Tensor) -> Tensor:
+    """Undo :func:`batch_shuffle` on the key encoder's output (any (B, ...) tensor).
+
+    Args:
+        x: (B, ...) output computed on the shuffled local batch.
+        idx_unshuffle: second value returned by :func:`batch_shuffle`.
+
+    Returns:
+        (B, ...) rows back in the original order of this process's batch.
+    """
+    if not is_distributed():
+        return x[idx_unshuffle]
+    gathered = concat_all_gather(x)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = idx_unshuffle.view(world, -1)[rank]
+    return gathered[mine]
+
+
+@torch.no_grad()
+def forward_shuffled(
+    fn: Callable[[Tensor], Sequence[Tensor]], x: Tensor, generator: torch.Generator
+) -> list[Tensor]:
+    """Run ``fn`` on the shuffled batch and unshuffle each of its outputs (shuffling BN).
+
+    Args:
+        fn: maps a (B, ...) batch to a sequence of (B, ...) tensors (keys, feature maps).
+        x: (B, ...) local batch.
+        generator: torch.Generator on ``x``'s device (draws the permutation).
+
+    Returns:
+        ``fn``'s outputs, rows in the order of ``x``; no gradient.
+    """
+    shuffled, idx = batch_shuffle(x, generator)
+    return [batch_unshuffle(out, idx) for out in fn(shuffled)]
+
+
+class KeyQueue(nn.Module):
+    """FIFO queue of momentum keys, the negatives of the contrastive loss (MoCo Sec. 3.1).
+
+    The queue starts full of random unit vectors (as MoCo), so the loss always sees ``K``
+    negatives and needs no "filled" bookkeeping; they are pushed out after ``K / B`` steps.
+
+    Args:
+        size: number of keys ``K`` (16384 in PCRL).
+        dim: key dimension ``D`` (128).
+        generator: draws the initial keys; None uses a CPU generator seeded with 0, so a
+            freshly built queue is deterministic.
+
+    Attributes:
+        keys: buffer (K, D) of unit rows.
+        ptr: buffer () long, the row the next key is written to.
+
+    Raises:
+        ValueError: if ``size`` or ``dim`` is not positive.
+    """
+
+    keys: Tensor
+    ptr: Tensor
+
+    def __init__(self, size: int, dim: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if size < 1 or dim < 1:
+            raise ValueError(f"KeyQueue: size and dim must be positive, got size={size}, dim={dim}")
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        keys = torch.randn(size, dim, generator=generator, device=generator.device)
+        self.register_buffer("keys", F.normalize(keys, dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long, device=generator.device))
+
+    @property
+    def size(self) -> int:
+        """Number of keys ``K``."""
+        return self.keys.shape[0]
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Write a batch of keys over the oldest ones, gathered over processes first.
+
+        The rows ``ptr, ptr + 1, ...`` (modulo ``K``) are overwritten, so a batch crossing
+        the end of the buffer wraps to its start; ``ptr`` advances by the (global) batch
+        size modulo ``K``. If more than ``K`` keys arrive, only the last ``K`` are kept.
+
+        Args:
+            keys: (B, D) keys of this step (detached; cast to the queue's dtype).
+
+        Raises:
+            ValueError: if ``keys`` is not (B, D) with the queue's ``D``.
+        """
+        if keys.ndim != 2 or keys.shape[1] != self.keys.shape[1]:
+            raise ValueError(
+                f"KeyQueue.enqueue: expected keys (B, {self.keys.shape[1]}), got {tuple(keys.shape)}"
+            )
+        keys = concat_all_gather(keys.detach())
+        n, size = keys.shape[0], self.size
+        start = max(0, n - size)
+        rows = (self.ptr + torch.arange(start, n, device=self.keys.device)) % size
+        self.keys[rows] = keys[start:].to(self.keys.dtype)
+        self.ptr.copy_((self.ptr + n) % size)
+
+    def extra_repr(self) -> str:
+        return f"size={self.keys.shape[0]}, dim={self.keys.shape[1]}"

@@ -1,0 +1,147 @@
+"""``pcrl pretrain``: one method (pcrl, genesis, moco) on the pretraining pairs.
+
+Training state (resumable checkpoints, the running dvclive log, previews) lives in a
+state folder outside the stage's output, so neither DVC nor Snakemake deletes it when a
+killed job is rerun: the rerun resumes from the last checkpoint. The output folder is
+swapped in only when training has finished:
+
+    weights.pt       the encoder/decoder weights to fine-tune (release key names)
+    checkpoint.pt    the full resumable checkpoint of the last epoch
+    live/            dvclive metrics.json and plots of every loss term, lr, throughput
+    previews/        reconstruction previews, one PNG per epoch
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pcrl.atomic import atomic_dir, atomic_path, write_json
+from pcrl.data.pairs import PairsDataset, pair_files
+from pcrl.distributed import DistInfo, init_distributed
+from pcrl.engine import TrainConfig, train
+from pcrl.errors import DataError
+from pcrl.methods import build_method, method_config
+from pcrl.previews import save_preview
+
+log = logging.getLogger(__name__)
+
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "checkpoint_every", "amp", "seed", "max_grad_norm")
+PREVIEW_SEED = 1234
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: run 'pcrl cubes --task pretrain' first") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable: {exc}") from None
+
+
+def method_settings(method: str, settings: dict[str, Any], *, n_data: int) -> dict[str, Any]:
+    """The method's config mapping: shared network/corruption/augment + its own section."""
+    own = dict(settings.get(method) or {})
+    values: dict[str, Any] = {**settings["network"], **own}
+    values["corruption"] = dict(settings.get("corruption", {}))
+    values["augment"] = dict(settings.get("augment", {}))
+    if method == "pcrl" and values.get("loss", "nce") == "nce":
+        values["n_data"] = n_data  # the number of training samples (not of batches)
+    return values
+
+
+def fingerprint(method: str, settings: dict[str, Any], pairs_index: Any) -> str:
+    """Hash of everything that defines a run: a state folder of another run is discarded."""
+    blob = json.dumps({"method": method, "settings": settings, "pairs": pairs_index}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _prepare_state(state: Path, digest: str) -> None:
+    marker = state / "fingerprint.txt"
+    if state.exists() and (not marker.is_file() or marker.read_text().strip() != digest):
+        log.warning("%s holds the state of another run (params or data changed): starting afresh", state)
+        shutil.rmtree(state)
+    state.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        with atomic_path(marker) as tmp:
+            tmp.write_text(digest + "\n")
+
+
+def _preview_hook(val: PairsDataset | None, previews: Path, device: torch.device, method_name: str):
+    if val is None or len(val) == 0:
+        return None
+    samples = [val[i] for i in range(min(2, len(val)))]
+    x1 = torch.stack([s[0] for s in samples])
+    x2 = torch.stack([s[1] for s in samples])
+
+    def hook(epoch: int, method: torch.nn.Module, live: Any) -> None:
+        unwrapped = getattr(method, "module", method)
+        generator = torch.Generator(device=device).manual_seed(PREVIEW_SEED)
+        was_training = unwrapped.training
+        unwrapped.eval()
+        images = unwrapped.preview(x1.to(device), x2.to(device), generator)
+        unwrapped.train(was_training)
+        if images is not None:
+            save_preview(images, previews / f"epoch_{epoch:03d}.png", title=f"{method_name}, epoch {epoch}")
+
+    return hook
+
+
+def run_pretrain(
+    method: str,
+    settings: dict[str, Any],
+    *,
+    pairs: Path,
+    out: Path,
+    state: Path,
+    device: str = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Pretrain ``method`` on ``pairs`` (the cubes@pretrain output); write ``out``."""
+    pairs = Path(pairs)
+    split = _read_json(pairs / "split.json")
+    index = _read_json(pairs / "pairs.json")
+    by_id = {entry["id"]: entry for entry in index}
+    train_files = pair_files(pairs / "pairs", split["train"])
+    val_files = pair_files(pairs / "pairs", [i for i in split.get("val", []) if i in by_id])
+    dataset = PairsDataset(train_files)
+    val = PairsDataset(val_files) if val_files else None
+
+    dist: DistInfo = init_distributed(None if device == "auto" else device)
+    values = method_settings(method, settings, n_data=len(dataset))
+    model = build_method(method, method_config(method, values))
+    config = TrainConfig(
+        **{k: settings[k] for k in TRAIN_KEYS if k in settings},
+        num_workers=num_workers,
+        progress=progress and dist.rank == 0,
+        find_unused_parameters=False,
+    )
+    state = Path(state)
+    if dist.rank == 0:
+        _prepare_state(state, fingerprint(method, settings, index))
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+    hook = _preview_hook(val, state / "previews", dist.device, method)
+    result = train(model, dataset, config, state, device=dist.device, dist=dist if dist.world_size > 1 else None, on_epoch_end=hook)
+
+    if dist.rank == 0:
+        with atomic_dir(out) as tmp:
+            weights = {"state_dict": getattr(model, "module", model).encoder_state_dict(), "method": method, "config": json.dumps(values, default=str)}
+            with atomic_path(tmp / "weights.pt") as t:
+                torch.save(weights, t)
+            shutil.copy2(result.checkpoint, tmp / "checkpoint.pt")
+            shutil.copytree(state / "live", tmp / "live")
+            if (state / "previews").is_dir():
+                shutil.copytree(state / "previews", tmp / "previews")
+            else:
+                (tmp / "previews").mkdir()
+            write_json(tmp / "summary.json", {"method": method, "epochs": settings["epochs"], "train_pairs": len(dataset), "final": result.final_metrics})
+        log.info("%s: pretrained %d epochs on %d pairs -> %s", method, settings["epochs"], len(dataset), out)
+    return Path(out)

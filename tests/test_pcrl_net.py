@@ -1,0 +1,147 @@
+"""Tests of pcrl.networks.pcrl_net (projection head and TCA, PCRL-SPEC "Networks")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pcrl.errors import ConfigError
+from pcrl.networks import TCA_CODE_DIM, PCRLNet3D, UNet3D
+
+RELEASE_KEYS = Path(__file__).parent / "data" / "release_pcrl3d_keys.txt"
+
+
+def parse_key_list(path: Path) -> dict[str, tuple[int, ...]]:
+    """Parse ``key<TAB>(d0, d1, ...)`` lines (``#`` comments) into ``{key: shape}``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, shape = line.split("\t")
+        inner = shape.strip().removeprefix("(").removesuffix(")")
+        shapes[key] = tuple(int(d) for d in inner.split(",") if d.strip())
+    return shapes
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_parse_key_list_reads_the_release_file() -> None:
+    shapes = parse_key_list(RELEASE_KEYS)
+    # 4 levels x 2 blocks x 7 (conv w, b; bn w, b, mean, var, count) + 3 stages x (2 + 14)
+    # + out_tr 2 + fc1/fc2 4 + aug_fc1/aug_fc2 4.
+    assert len(shapes) == 56 + 48 + 2 + 4 + 4
+    assert shapes["down_tr64.ops.0.conv1.weight"] == (32, 1, 3, 3, 3)
+    assert shapes["down_tr64.ops.0.bn1.num_batches_tracked"] == ()
+    assert shapes["fc1.bias"] == (128,)
+
+
+def test_base32_state_dict_equals_the_release_keys_and_shapes() -> None:
+    release = parse_key_list(RELEASE_KEYS)
+    ours = {key: tuple(t.shape) for key, t in PCRLNet3D(base=32).state_dict().items()}
+    assert sorted(set(ours) - set(release)) == []
+    assert sorted(set(release) - set(ours)) == []
+    assert {k: v for k, v in ours.items() if v != release[k]} == {}
+
+
+def test_plain_unet_has_the_release_keys_without_the_heads() -> None:
+    release = parse_key_list(RELEASE_KEYS)
+    heads = {k for k in release if k.startswith(("fc1.", "fc2.", "aug_fc1.", "aug_fc2."))}
+    assert len(heads) == 8
+    ours = {key: tuple(t.shape) for key, t in UNet3D(base=32).state_dict().items()}
+    assert ours == {k: v for k, v in release.items() if k not in heads}
+
+
+def test_head_shapes_at_small_width_and_proj_dim() -> None:
+    net = PCRLNet3D(base=4, proj_dim=16)
+    assert tuple(net.fc1.weight.shape) == (16, 64)  # 16b -> proj_dim
+    assert tuple(net.fc2.weight.shape) == (16, 16)
+    assert tuple(net.aug_fc1.weight.shape) == (32, 7)  # 7 -> 8b
+    assert tuple(net.aug_fc2.weight.shape) == (64, 32)  # 8b -> 16b
+
+
+def test_project_matches_hand_reference_and_has_unit_rows() -> None:
+    net = PCRLNet3D(base=4, proj_dim=16)
+    deepest = torch.randn(3, 64, 2, 2, 1, generator=_gen(0))
+    with torch.no_grad():
+        z = net.project(deepest)
+        pooled = deepest.sum(dim=(2, 3, 4)) / 4.0  # 2*2*1 voxels
+        h = torch.clamp(pooled @ net.fc1.weight.T + net.fc1.bias, min=0.0)
+        h = h @ net.fc2.weight.T + net.fc2.bias
+        expected = h / h.pow(2).sum(dim=1, keepdim=True).sqrt()
+    assert z.shape == (3, 16)
+    torch.testing.assert_close(z, expected)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
+
+
+def test_project_pools_globally() -> None:
+    # A map that is constant in space projects like its 1x1x1 version (pooling, not flattening).
+    net = PCRLNet3D(base=4)
+    point = torch.randn(2, 64, 1, 1, 1, generator=_gen(1))
+    with torch.no_grad():
+        torch.testing.assert_close(net.project(point.expand(2, 64, 4, 4, 2)), net.project(point))
+
+
+def test_project_on_encoder_output() -> None:
+    net = PCRLNet3D(base=4).eval()
+    with torch.no_grad():
+        z = net.project(net.encode(torch.rand(2, 1, 16, 16, 8, generator=_gen(2)))[3])
+    assert z.shape == (2, 128)
+
+
+def test_project_rejects_wrong_channels() -> None:
+    with pytest.raises(ValueError, match=r"\(N, 64, \*spatial\)"):
+        PCRLNet3D(base=4).project(torch.zeros(2, 32, 2, 2, 1))
+
+
+def test_tca_gate_matches_hand_reference() -> None:
+    net = PCRLNet3D(base=4)
+    # Codes: flip x and y with k=1; no flip with k=0; flip z with k=3.
+    codes = torch.tensor(
+        [[1, 1, 0, 0, 1, 0, 0], [0, 0, 0, 1, 0, 0, 0], [0, 0, 1, 0, 0, 0, 1]], dtype=torch.float32
+    )
+    with torch.no_grad():
+        gate = net.tca_gate(codes)
+        h = torch.clamp(codes @ net.aug_fc1.weight.T + net.aug_fc1.bias, min=0.0)
+        expected = 1.0 / (1.0 + torch.exp(-(h @ net.aug_fc2.weight.T + net.aug_fc2.bias)))
+    assert gate.shape == (3, 64, 1, 1, 1)
+    torch.testing.assert_close(gate.reshape(3, 64), expected)
+    assert float(gate.min()) > 0.0 and float(gate.max()) < 1.0
+    # Integer codes are accepted and give the same gate.
+    with torch.no_grad():
+        torch.testing.assert_close(net.tca_gate(codes.long()), gate)
+
+
+def test_tca_gate_broadcasts_over_the_deepest_map() -> None:
+    net = PCRLNet3D(base=4).eval()
+    codes = torch.zeros(2, TCA_CODE_DIM)
+    codes[:, 3] = 1.0
+    with torch.no_grad():
+        features = net.encode(torch.rand(2, 1, 16, 16, 8, generator=_gen(3)))
+        gated = features[3] * net.tca_gate(codes)
+        out = net.decode([*features[:3], gated])
+    assert gated.shape == features[3].shape == (2, 64, 2, 2, 1)
+    assert out.shape == (2, 1, 16, 16, 8)
+
+
+@pytest.mark.parametrize("shape", [(2, 6), (2, 7, 1), (7,)])
+def test_tca_gate_rejects_bad_codes(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"\(N, 7\)"):
+        PCRLNet3D(base=4).tca_gate(torch.zeros(shape))
+
+
+def test_bad_proj_dim_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match="proj_dim"):
+        PCRLNet3D(base=4, proj_dim=0)
+
+
+def test_is_a_unet3d_that_reconstructs() -> None:
+    net = PCRLNet3D(base=4, norm="group").eval()
+    assert isinstance(net, UNet3D)
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, 16, 16, 8, generator=_gen(4)))
+    assert out.shape == (1, 1, 16, 16, 8)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
