@@ -7,7 +7,10 @@ so both runners see the same commands, deps and outs.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import yaml
 from pcrl.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -133,3 +137,24 @@ def load_resources(path: str | Path) -> Resources:
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise ConfigError(f"{path}: expected a mapping of stage name -> resources")
     return Resources(table)
+
+
+def record_in_dvc(stages: list[Stage], root: str | Path = ".") -> list[str]:
+    """Record the outputs a Snakemake run produced in dvc.lock (``dvc commit``).
+
+    Called by the Snakefile's ``onsuccess`` handler, so that after a cluster run
+    ``dvc repro`` finds everything up to date and ``dvc metrics diff`` compares with
+    the previous commit. Only stages whose outputs all exist are committed. Set
+    ``PCRL_NO_DVC_COMMIT=1`` to skip. Returns the committed stage names.
+    """
+    if os.environ.get("PCRL_NO_DVC_COMMIT") == "1":
+        return []
+    root = Path(root)
+    done = [s.name for s in stages if s.outs and all((root / o).exists() for o in s.outs)]
+    if not done:
+        return []
+    proc = subprocess.run(["dvc", "commit", "--force", "--quiet", *done], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        log.warning("dvc commit failed (outputs not recorded in dvc.lock): %s", proc.stderr.strip())
+        return []
+    return done

@@ -24,7 +24,7 @@ import torch
 
 from pcrl.atomic import atomic_dir, atomic_path, write_json
 from pcrl.data.pairs import PairsDataset, pair_files
-from pcrl.distributed import DistInfo, init_distributed
+from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig, train
 from pcrl.errors import DataError
 from pcrl.methods import build_method, method_config
@@ -32,6 +32,8 @@ from pcrl.previews import save_preview
 
 log = logging.getLogger(__name__)
 
+#: The parts each method trains (MoCo v2 has no decoder loss: its decoder stays random).
+PRETRAINED_PARTS = {"pcrl": ("encoder", "decoder"), "genesis": ("encoder", "decoder"), "moco": ("encoder",)}
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "checkpoint_every", "amp", "seed", "max_grad_norm")
 PREVIEW_SEED = 1234
 
@@ -116,7 +118,9 @@ def run_pretrain(
 
     dist: DistInfo = init_distributed(None if device == "auto" else device)
     values = method_settings(method, settings, n_data=len(dataset))
-    model = build_method(method, method_config(method, values))
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
+        torch.manual_seed(settings["seed"])
+        model = build_method(method, method_config(method, values))
     config = TrainConfig(
         **{k: settings[k] for k in TRAIN_KEYS if k in settings},
         num_workers=num_workers,
@@ -133,7 +137,12 @@ def run_pretrain(
 
     if dist.rank == 0:
         with atomic_dir(out) as tmp:
-            weights = {"state_dict": getattr(model, "module", model).encoder_state_dict(), "method": method, "config": json.dumps(values, default=str)}
+            weights = {
+                "state_dict": getattr(model, "module", model).encoder_state_dict(),
+                "method": method,
+                "parts": list(PRETRAINED_PARTS[method]),
+                "config": json.dumps(values, default=str),
+            }
             with atomic_path(tmp / "weights.pt") as t:
                 torch.save(weights, t)
             shutil.copy2(result.checkpoint, tmp / "checkpoint.pt")
@@ -142,6 +151,14 @@ def run_pretrain(
                 shutil.copytree(state / "previews", tmp / "previews")
             else:
                 (tmp / "previews").mkdir()
-            write_json(tmp / "summary.json", {"method": method, "epochs": settings["epochs"], "train_pairs": len(dataset), "final": result.final_metrics})
+            write_json(tmp / "summary.json", {
+                "method": method,
+                "epochs": settings["epochs"],
+                "epochs_run_by_this_job": result.epochs_run,
+                "train_pairs": len(dataset),
+                "world_size": dist.world_size,
+                "final": result.final_metrics,
+            })
         log.info("%s: pretrained %d epochs on %d pairs -> %s", method, settings["epochs"], len(dataset), out)
+    cleanup()
     return Path(out)

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# A real single-node SLURM on localhost, for the cluster tests (run as root).
+#   .ci/slurm-localhost.sh start   install (Debian packages) if needed, configure, start, wait until idle
+#   .ci/slurm-localhost.sh stop    stop the daemons by the PIDs in their pid files
+# No accounting database: the Snakemake profile queries job states with squeue.
+set -euo pipefail
+
+RUN=/run/slurm
+SPOOL=/var/spool/slurmctld
+LOGS=/var/log/slurm
+
+start() {
+  if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+  fi
+  local host
+  host=$(hostname -s)
+  getent hosts "$host" >/dev/null || echo "127.0.0.1 $host" >> /etc/hosts
+
+  mkdir -p "$RUN" "$SPOOL" "$LOGS" /var/spool/slurmd /etc/slurm /run/munge
+  chown slurm:slurm "$RUN" "$SPOOL" "$LOGS"
+  chown munge:munge /run/munge
+  [ -f /etc/munge/munge.key ] || { mungekey --create 2>/dev/null || create-munge-key -f; chown munge:munge /etc/munge/munge.key; }
+  munge -n >/dev/null 2>&1 || su -s /bin/sh munge -c "munged"
+
+  # The node as slurmd sees it, with some memory left for the system.
+  local node mem
+  node=$(slurmd -C | head -n 1)
+  mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node")
+  node=$(sed "s/RealMemory=[0-9]*/RealMemory=$((mem - 512))/" <<<"$node")
+
+  cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=pcrl-ci
+SlurmctldHost=$host
+SlurmUser=slurm
+AuthType=auth/munge
+StateSaveLocation=$SPOOL
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=$RUN/slurmctld.pid
+SlurmdPidFile=$RUN/slurmd.pid
+SlurmctldLogFile=$LOGS/slurmctld.log
+SlurmdLogFile=$LOGS/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1000
+MpiDefault=none
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+ReturnToService=2
+MinJobAge=600
+$node State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+
+  slurmctld
+  slurmd
+  for _ in $(seq 60); do
+    [ "$(sinfo -h -o %T 2>/dev/null | head -n 1)" = "idle" ] && { echo "SLURM is up on $host"; return 0; }
+    sleep 1
+  done
+  echo "SLURM did not become idle" >&2
+  sinfo >&2 || true
+  return 1
+}
+
+stop() {
+  for pid_file in "$RUN/slurmd.pid" "$RUN/slurmctld.pid"; do
+    [ -f "$pid_file" ] && kill "$(cat "$pid_file")" 2>/dev/null || true
+  done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac

@@ -1,0 +1,436 @@
+"""The report: every initialisation on every task and label fraction, over seeds.
+
+PCRL (Zhou et al., ICCV 2021) compares initialisations — random (``scratch``), Models
+Genesis (``genesis``, restoration only), a MoCo v2 style contrastive baseline (``moco``) and
+PCRL (``pcrl``) — fine-tuned on each task of the Models Genesis benchmark with a fraction of
+the training labels (e.g. 10 %, 20 %, 50 %, 100 %) and several seeds (PCRL-SPEC, "Protocol:
+pretrain, then fine-tune"). This module reads the evaluate stage's ``metrics.json`` files
+(:func:`collect_runs`), reduces them over seeds (:func:`summarise`), states in plain
+sentences what the numbers say (:func:`verdict`), and writes a paper-style table, the
+summary as JSON and one plot per task (:func:`write_report`).
+
+Summary layout (JSON-serialisable; fractions keyed by :func:`pcrl.data.splits.fraction_key`,
+e.g. ``"0.1"``, in increasing order; initialisations in :data:`INIT_ORDER`, others after)::
+
+    {task: {fraction: {init: {"metric": "auc", "mean": 0.81, "std": 0.01, "n": 3,
+                              "values": [...], "seeds": [...], "metrics": {"auc": 0.81, ...}}}}}
+
+``mean``/``std``/``values`` are those of the task's headline (``primary``) metric; ``std`` is
+the sample standard deviation over seeds (0 with a single seed); ``metrics`` holds the mean
+over seeds of every metric the runs report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pcrl.atomic import atomic_path, write_json, write_text
+from pcrl.data.splits import fraction_key
+from pcrl.errors import DataError
+
+__all__ = [
+    "INIT_ORDER",
+    "collect_runs",
+    "compare",
+    "fraction_label",
+    "render_markdown",
+    "summarise",
+    "verdict",
+    "write_report",
+]
+
+#: Table order of the paper's initialisations; any other (external) one follows, sorted.
+INIT_ORDER = ("scratch", "genesis", "moco", "pcrl")
+REFERENCE = "pcrl"
+BASELINE = "scratch"
+_REQUIRED = ("task", "init", "fraction", "seed", "metrics", "primary")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+Summary = dict[str, dict[str, dict[str, dict[str, Any]]]]
+
+
+# ------------------------------------------------------------------ reading runs
+
+
+def collect_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Read and check the evaluate stage's ``metrics.json`` files.
+
+    Each file holds ``{"task", "init", "fraction", "seed", "metrics": {...}, "primary",
+    "provenance"}`` (docs/INTERFACES.md).
+
+    Args:
+        paths: The files, e.g. ``data/evaluate/<task>/<init>/f<fraction>/s<seed>/metrics.json``.
+
+    Returns:
+        One dict per file with ``task``, ``init`` (str), ``fraction`` (float), ``seed`` (int),
+        ``metrics`` (name -> float), ``primary`` (str) and ``path`` (the file, as str).
+
+    Raises:
+        DataError: a file is missing, not JSON, or lacks / mistypes a field; the message
+            names the file.
+    """
+    return [_read_run(Path(path)) for path in paths]
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    """One metrics.json, parsed and checked."""
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: metrics file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a readable metrics JSON file ({err})") from None
+    run = _check_run(obj, str(path))
+    run["path"] = str(path)
+    return run
+
+
+def _check_run(obj: Any, source: str) -> dict[str, Any]:
+    """Validate one run's fields and return them normalised; errors name ``source``."""
+    if not isinstance(obj, Mapping):
+        raise DataError(f"{source}: expected a JSON object, got {type(obj).__name__}")
+    missing = [key for key in _REQUIRED if key not in obj]
+    if missing:
+        raise DataError(f"{source}: missing field(s) {missing}")
+    task, init = _check_name(obj["task"], "task", source), _check_name(obj["init"], "init", source)
+    fraction = _check_number(obj["fraction"], "fraction", source)
+    if not 0.0 < fraction <= 1.0:
+        raise DataError(f"{source}: fraction must be in (0, 1], got {fraction}")
+    seed = obj["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"{source}: seed must be an integer, got {seed!r}")
+    metrics = obj["metrics"]
+    if not isinstance(metrics, Mapping) or not metrics:
+        raise DataError(f"{source}: 'metrics' must be a non-empty object of numbers")
+    values = {str(k): _check_number(v, f"metrics.{k}", source) for k, v in metrics.items()}
+    primary = obj["primary"]
+    if primary not in values:
+        raise DataError(f"{source}: primary metric {primary!r} is not among the metrics {sorted(values)}")
+    return {"task": task, "init": init, "fraction": fraction, "seed": seed, "metrics": values, "primary": primary}
+
+
+def _check_name(value: Any, key: str, source: str) -> str:
+    """A task / init name, safe as a file name."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise DataError(f"{source}: {key} must be a simple name (letters, digits, _ . -), got {value!r}")
+    return value
+
+
+def _check_number(value: Any, key: str, source: str) -> float:
+    """A finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{source}: {key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+# ------------------------------------------------------------------ summary
+
+
+def summarise(runs: Sequence[Mapping[str, Any]]) -> Summary:
+    """Reduce runs over seeds: task -> fraction -> init -> statistics of the headline metric.
+
+    Args:
+        runs: Runs as returned by :func:`collect_runs` (hand-made dicts with the same fields
+            are checked the same way).
+
+    Returns:
+        The nested summary described in the module docstring.
+
+    Raises:
+        DataError: no runs; two runs of the same task, init, fraction and seed; or runs of
+            one task naming different primary metrics.
+    """
+    if not runs:
+        raise DataError("no evaluate metrics.json files to report")
+    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    primaries: dict[str, tuple[str, str]] = {}
+    seen: dict[tuple[str, str, str, int], str] = {}
+    for raw in runs:
+        source = str(raw.get("path", "<run>")) if isinstance(raw, Mapping) else "<run>"
+        run = _check_run(raw, source)
+        _check_primary(primaries, run, source)
+        key = (run["task"], run["init"], fraction_key(run["fraction"]), run["seed"])
+        if key in seen:
+            raise DataError(f"{source} and {seen[key]}: both are task {key[0]}, init {key[1]}, "
+                            f"fraction {key[2]}, seed {key[3]}")
+        seen[key] = source
+        cells.setdefault(key[:3], []).append(run)
+    return _nest(cells)
+
+
+def _check_primary(primaries: dict[str, tuple[str, str]], run: dict[str, Any], source: str) -> None:
+    """Every run of one task must name the same headline metric."""
+    first = primaries.setdefault(run["task"], (run["primary"], source))
+    if first[0] != run["primary"]:
+        raise DataError(f"task {run['task']}: {first[1]} names primary metric {first[0]!r} "
+                        f"but {source} names {run['primary']!r}")
+
+
+def _nest(cells: Mapping[tuple[str, str, str], list[dict[str, Any]]]) -> Summary:
+    """Order tasks, fractions and inits, and reduce each cell."""
+    summary: Summary = {}
+    for task in sorted({t for t, _, _ in cells}):
+        fractions = sorted({f for t, _, f in cells if t == task}, key=float)
+        summary[task] = {}
+        for fraction in fractions:
+            inits = _ordered_inits(i for t, i, f in cells if t == task and f == fraction)
+            summary[task][fraction] = {init: _cell(cells[task, init, fraction]) for init in inits}
+    return summary
+
+
+def _ordered_inits(inits: Iterable[str]) -> list[str]:
+    """:data:`INIT_ORDER` first, then external initialisations alphabetically."""
+    present = set(inits)
+    return [i for i in INIT_ORDER if i in present] + sorted(present - set(INIT_ORDER))
+
+
+def _cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, sample std (ddof 1; 0 for one seed) and values of one cell, in seed order."""
+    runs = sorted(runs, key=lambda r: r["seed"])
+    primary = runs[0]["primary"]
+    values = [r["metrics"][primary] for r in runs]
+    names = sorted({name for r in runs for name in r["metrics"]})
+    means = {n: float(np.mean([r["metrics"][n] for r in runs if n in r["metrics"]])) for n in names}
+    return {
+        "metric": primary,
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "n": len(values),
+        "values": values,
+        "seeds": [r["seed"] for r in runs],
+        "metrics": means,
+    }
+
+
+def fraction_label(fraction: str | float) -> str:
+    """``0.1`` (or ``"0.1"``) -> ``"10%"``; ``0.125`` -> ``"12.5%"``."""
+    return f"{float(fraction) * 100:.4g}%"
+
+
+def _task_metric(task_summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """The headline metric of a task (the same in every cell, see :func:`summarise`)."""
+    for inits in task_summary.values():
+        for cell in inits.values():
+            return str(cell["metric"])
+    raise DataError("a task of the summary has no cells")
+
+
+# ------------------------------------------------------------------ verdict
+
+
+def verdict(summary: Summary) -> list[str]:
+    """Plain sentences, computed from the numbers, comparing PCRL with each other init.
+
+    One sentence per task and label fraction, then one per task on whether PCRL is best at
+    every fraction. PCRL *beats* / *loses to* another initialisation when the difference of
+    means is at least the larger of the two standard deviations, and *ties with* it
+    otherwise (when both stds are 0, i.e. single seeds, only equal means tie). PCRL is *best*
+    at a fraction when it beats every other initialisation there, *tied for best* when it
+    loses to none. A missing PCRL or scratch run is stated, not guessed around.
+    """
+    sentences: list[str] = []
+    for task, fractions in summary.items():
+        metric = _task_metric(fractions)
+        outcomes: dict[str, dict[str, str] | None] = {}
+        for fraction, inits in fractions.items():
+            sentence, outcome = _fraction_sentence(task, metric, fraction, inits)
+            sentences.append(sentence)
+            outcomes[fraction] = outcome
+        sentences.append(_best_sentence(task, metric, outcomes))
+    return sentences
+
+
+def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """``"beats"``, ``"loses to"`` or ``"ties with"``: cell ``a`` against cell ``b``.
+
+    A tie is ``|mean_a - mean_b| < max(std_a, std_b)``, or equal means (up to floating-point
+    rounding, see :func:`_same`) when both stds are 0.
+    """
+    diff = float(a["mean"]) - float(b["mean"])
+    if _same(a["mean"], b["mean"]) or abs(diff) < max(float(a["std"]), float(b["std"])):
+        return "ties with"
+    return "beats" if diff > 0 else "loses to"
+
+
+def _same(x: float, y: float) -> bool:
+    """Equal means: equal but for the rounding of summing the same values in another order."""
+    return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _clause(ours: Mapping[str, Any], name: str, theirs: Mapping[str, Any]) -> str:
+    """``beats scratch by +0.052`` / ``ties with moco (+0.003, within the larger std)``."""
+    outcome = compare(ours, theirs)
+    diff = float(ours["mean"]) - float(theirs["mean"])
+    if outcome != "ties with":
+        return f"{outcome} {name} by {_signed(diff)}"
+    if _same(ours["mean"], theirs["mean"]):
+        return f"ties with {name} (equal means)"
+    return f"ties with {name} ({_signed(diff)}, within the larger std)"
+
+
+def _fraction_sentence(
+    task: str, metric: str, fraction: str, inits: Mapping[str, Mapping[str, Any]]
+) -> tuple[str, dict[str, str] | None]:
+    """The sentence of one task and fraction, and PCRL's outcome against each other init."""
+    head = f"{task} ({metric}, {fraction_label(fraction)} labels)"
+    if REFERENCE not in inits:
+        present = ", ".join(inits) or "none"
+        return f"{head}: no PCRL run, so PCRL cannot be compared (runs: {present}).", None
+    ours = inits[REFERENCE]
+    others = [name for name in inits if name != REFERENCE]
+    text = f"{head}: PCRL {_mean_std(ours)}"
+    if not others:
+        return f"{text} has no other initialisation to compare with.", {}
+    outcome = {name: compare(ours, inits[name]) for name in others}
+    clauses = [_clause(ours, name, inits[name]) for name in others]
+    sentence = f"{text} {_join(clauses)}."
+    if BASELINE not in inits:
+        sentence += f" No {BASELINE} run, so the gain over random initialisation cannot be stated."
+    return sentence, outcome
+
+
+def _best_sentence(task: str, metric: str, outcomes: Mapping[str, dict[str, str] | None]) -> str:
+    """Whether PCRL is best at every label fraction of ``task`` (``None``: no PCRL run there)."""
+    head = f"{task} ({metric})"
+    unknown = "so whether it is best at every label fraction cannot be said"
+    missing = [fraction_label(f) for f, o in outcomes.items() if o is None]
+    if missing:
+        return f"{head}: PCRL has no run at {_join(missing)}, {unknown}."
+    alone = [fraction_label(f) for f, o in outcomes.items() if not o]
+    if alone:
+        return f"{head}: PCRL has no other initialisation to compare with at {_join(alone)}, {unknown}."
+    results = {f: o for f, o in outcomes.items() if o is not None}
+    losses = {f: [n for n, v in o.items() if v == "loses to"] for f, o in results.items()}
+    where = [f"at {fraction_label(f)} to {_join(names)}" for f, names in losses.items() if names]
+    if where:
+        return f"{head}: PCRL is not best at every label fraction: it loses {'; '.join(where)}."
+    labels = _join([fraction_label(f) for f in outcomes])
+    if all(v == "beats" for o in results.values() for v in o.values()):
+        return f"{head}: PCRL is best at every label fraction ({labels})."
+    return f"{head}: PCRL is best or tied for best at every label fraction ({labels})."
+
+
+def _mean_std(cell: Mapping[str, Any]) -> str:
+    return f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+
+
+def _signed(diff: float) -> str:
+    """``+0.052``; a non-zero difference that rounds to zero keeps its sign and digits."""
+    if diff != 0.0 and abs(diff) < 5e-4:
+        return f"{diff:+.1e}"
+    return f"{diff:+.3f}"
+
+
+def _join(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    if len(items) <= 1:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+# ------------------------------------------------------------------ writing
+
+
+def write_report(summary: Summary, out_dir: str | Path) -> None:
+    """Write ``report.md``, ``summary.json`` and ``plots/<task>.png|.csv`` atomically.
+
+    ``report.md`` has, per task, a table in the paper's layout (rows: initialisations,
+    columns: label fractions, cells ``mean ± std (n)``, the best mean of each column in
+    bold), the verdict sentences and a note on the seeds. ``plots/<task>.csv`` (columns
+    ``fraction, init, mean, std``) is the same data for ``dvc plots``.
+    """
+    out = Path(out_dir)
+    write_text(out / "report.md", render_markdown(summary))
+    write_json(out / "summary.json", summary)
+    for task, fractions in summary.items():
+        write_text(out / "plots" / f"{task}.csv", _plot_csv(fractions))
+        _plot_task(task, fractions, out / "plots" / f"{task}.png")
+
+
+def render_markdown(summary: Summary) -> str:
+    """The text of ``report.md``."""
+    lines = ["# PCRL fine-tuning report", ""]
+    for task, fractions in summary.items():
+        metric = _task_metric(fractions)
+        lines += [f"## {task}", "", f"Headline metric: **{metric}** (higher is better).", ""]
+        lines += _table(fractions) + [""]
+    lines += ["## Verdict", ""] + [f"- {s}" for s in verdict(summary)] + [""]
+    lines += ["## Seeds", "", _seed_note(summary), ""]
+    return "\n".join(lines)
+
+
+def _table(fractions: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+    """Markdown rows: one per initialisation, one column per label fraction."""
+    inits = _ordered_inits(i for cells in fractions.values() for i in cells)
+    best = {f: max(c["mean"] for c in cells.values()) for f, cells in fractions.items()}
+    rows = [
+        "| initialisation | " + " | ".join(fraction_label(f) for f in fractions) + " |",
+        "|---|" + "---:|" * len(fractions),
+    ]
+    for init in inits:
+        cells = []
+        for fraction, by_init in fractions.items():
+            cell = by_init.get(init)
+            if cell is None:
+                cells.append("—")
+                continue
+            text = f"{_mean_std(cell)} ({cell['n']})"
+            cells.append(f"**{text}**" if _same(cell["mean"], best[fraction]) else text)
+        rows.append(f"| {init} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _seed_note(summary: Summary) -> str:
+    """How many seeds the cells have."""
+    counts = sorted({c["n"] for fr in summary.values() for cells in fr.values() for c in cells.values()})
+    spread = f"{counts[0]}" if len(counts) == 1 else f"between {counts[0]} and {counts[-1]}"
+    note = (f"Each cell is the mean ± sample standard deviation over seeds; (n) is the number of "
+            f"seeds, {spread} per cell here.")
+    if counts[0] == 1:
+        note += (" Cells with a single seed show a std of 0: they are not replicated, and there only"
+                 " exactly equal means count as a tie.")
+    return note
+
+
+def _plot_csv(fractions: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """``fraction,init,mean,std`` rows of one task."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["fraction", "init", "mean", "std"])
+    for fraction, cells in fractions.items():
+        for init, cell in cells.items():
+            writer.writerow([float(fraction), init, repr(cell["mean"]), repr(cell["std"])])
+    return buffer.getvalue()
+
+
+def _plot_task(task: str, fractions: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path) -> None:
+    """Headline metric vs label fraction, one line per init, error bars = std; PNG, atomic."""
+    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
+
+    fig = Figure(figsize=(5.0, 3.6))
+    ax = fig.add_subplot()
+    for init in _ordered_inits(i for cells in fractions.values() for i in cells):
+        points = [(float(f) * 100, c[init]["mean"], c[init]["std"]) for f, c in fractions.items() if init in c]
+        x, mean, std = zip(*points)
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=init)
+    ticks = [float(f) * 100 for f in fractions]
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [fraction_label(f) for f in fractions])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training data")
+    ax.set_ylabel(_task_metric(fractions))
+    ax.set_title(f"{task}: {_task_metric(fractions)} vs label fraction")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

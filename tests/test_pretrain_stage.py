@@ -1,0 +1,172 @@
+"""``pcrl pretrain`` on phantom pairs: loss goes down, kill + rerun resumes, torchrun with 2 processes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pcrl.atomic import save_npy, write_json
+from pcrl.data.cubes import PairConfig, sample_pairs
+from pcrl.data.phantom import luna16_case
+from pcrl.data.pairs import PairsDataset
+from pcrl.engine import TrainConfig, load_checkpoint, train
+from pcrl.methods import build_method, method_config
+from pcrl.stages.pretrain import method_settings, run_pretrain
+
+CUBE = (16, 16, 8)
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cubes@pretrain-style output from three phantom chest CTs (HU scaled to [0, 1])."""
+    root = tmp_path_factory.mktemp("pairs")
+    config = PairConfig(crop_sizes=((16, 16, 8), (24, 24, 12), (32, 32, 16)), cube_size=CUBE)
+    index, ids = [], []
+    for i in range(3):
+        case = luna16_case(seed=0, index=i, shape=(80, 80, 24))
+        volume = (np.clip(case.image.astype(np.float32), -1000, 1000) + 1000) / 2000
+        cubes, _ = sample_pairs(volume, 8, config, np.random.default_rng(i), case_id=case.case_id)
+        save_npy(root / "pairs" / f"{case.case_id}.npy", cubes.astype(np.float16))
+        index.append({"id": case.case_id, "group": f"subset{i}", "file": f"pairs/{case.case_id}.npy", "n": 8})
+        ids.append(case.case_id)
+    write_json(root / "pairs.json", index)
+    write_json(root / "split.json", {"train": ids[:2], "val": ids[2:]})
+    return root
+
+
+def _settings(demo: dict, **overrides) -> dict:
+    settings = copy.deepcopy(demo["pretrain"])
+    settings.update(epochs=3, batch_size=4, checkpoint_every=1, network={"base": 2, "norm": "batch"})
+    settings["pcrl"].update(queue_size=16)
+    settings["moco"].update(queue_size=16)
+    settings.update(overrides)
+    return settings
+
+
+def _epoch_losses(out: Path) -> list[float]:
+    tsv = out / "live" / "plots" / "metrics" / "train" / "loss.tsv"
+    rows = tsv.read_text().splitlines()[1:]
+    return [float(r.split("\t")[-1]) for r in rows]
+
+
+def test_pcrl_on_phantom_pairs_lowers_the_loss(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
+    """Pretraining lowers the total PCRL loss on the phantom pairs.
+
+    Both the initial and the trained model are scored on the same batch, with the same
+    generator seed (same views, corruptions, alphas, mixup) and the same negatives (the
+    trained run's queue): per-epoch training means are not comparable, because the queue
+    starts as random unit vectors (easy negatives) and fills with real keys.
+    """
+    torch.set_num_threads(1)
+    settings = _settings(demo_params, epochs=8, lr=0.1, network={"base": 4, "norm": "batch"})
+    settings["pcrl"].update(loss="infonce", queue_size=8)
+    values = method_settings("pcrl", settings, n_data=16)
+    method = build_method("pcrl", method_config("pcrl", values))
+    initial = copy.deepcopy(method)
+    dataset = PairsDataset(sorted((pairs_dir / "pairs").glob("*.npy"))[:2])
+    config = TrainConfig(epochs=8, batch_size=4, lr=0.1, checkpoint_every=8, progress=False)
+    train(method, dataset, config, tmp_path / "state", device="cpu")
+    x1 = torch.stack([dataset[i][0] for i in range(8)])
+    x2 = torch.stack([dataset[i][1] for i in range(8)])
+
+    def score(model: torch.nn.Module) -> dict[str, float]:
+        model = copy.deepcopy(model).train()
+        model.queue.keys.copy_(method.queue.keys)
+        with torch.no_grad():
+            out = model(x1, x2, torch.Generator().manual_seed(7))
+        return {k: float(v) for k, v in out.items()}
+
+    before, after = score(initial), score(method)
+    assert after["loss"] < before["loss"]
+    assert after["reconstruction"] < before["reconstruction"]
+
+
+def test_pretrain_stage_writes_weights_previews_summary(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
+    torch.set_num_threads(1)
+    settings = _settings(demo_params, epochs=2)
+    out = run_pretrain("pcrl", settings, pairs=pairs_dir, out=tmp_path / "out", state=tmp_path / "state", device="cpu", progress=False)
+    losses = _epoch_losses(out)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    weights = torch.load(out / "weights.pt", weights_only=True)
+    assert weights["parts"] == ["encoder", "decoder"]
+    assert "down_tr64.ops.0.conv1.weight" in weights["state_dict"] and "aug_fc1.weight" in weights["state_dict"]
+    assert sorted(p.name for p in (out / "previews").glob("*.png")) == ["epoch_001.png", "epoch_002.png"]
+    assert (out / "previews" / "epoch_002.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_pairs"] == 16 and summary["world_size"] == 1
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+def _params_file(tmp_path: Path, demo: dict, settings: dict) -> Path:
+    params = copy.deepcopy(demo)
+    params["pretrain"] = settings
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _cli(params: Path, pairs: Path, out: Path, state: Path, method: str = "genesis") -> list[str]:
+    return [sys.executable, "-m", "pcrl.cli", "--params", str(params), "pretrain", "--method", method,
+            "--pairs", str(pairs), "--out", str(out), "--state", str(state), "--device", "cpu",
+            "--workers", "0", "--no-progress"]
+
+
+def test_killed_job_resumes_without_repeating_epochs(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
+    """kill -9 after the first checkpoint; the rerun finishes the remaining epochs only,
+    with the same weights as an uninterrupted run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PCRL_NO_DVC_COMMIT": "1"}
+    params = _params_file(tmp_path, demo_params, _settings(demo_params, epochs=4))
+    state, out = tmp_path / "state", tmp_path / "out"
+    job = subprocess.Popen(_cli(params, pairs_dir, out, state), env=env)
+    checkpoint = state / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert checkpoint.exists() and not out.exists(), "killed job must leave state but no output"
+    done = int(load_checkpoint(checkpoint)["epoch"])
+    assert 1 <= done < 4
+    subprocess.run(_cli(params, pairs_dir, out, state), env=env, check=True, timeout=600)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_run_by_this_job"] == list(range(done + 1, 5))
+    steps = [int(r.split("\t")[0]) for r in
+             (out / "live/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4]
+
+    ref_out = tmp_path / "ref_out"
+    subprocess.run(_cli(params, pairs_dir, ref_out, tmp_path / "ref_state"), env=env, check=True, timeout=600)
+    resumed = torch.load(out / "weights.pt", weights_only=True)["state_dict"]
+    reference = torch.load(ref_out / "weights.pt", weights_only=True)["state_dict"]
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_changed_params_discard_stale_state(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
+    state = tmp_path / "state"
+    run_pretrain("genesis", _settings(demo_params, epochs=1), pairs=pairs_dir, out=tmp_path / "a", state=state, device="cpu", progress=False)
+    out = run_pretrain("genesis", _settings(demo_params, epochs=2, lr=0.02), pairs=pairs_dir, out=tmp_path / "b", state=state, device="cpu", progress=False)
+    assert json.loads((out / "summary.json").read_text())["epochs_run_by_this_job"] == [1, 2]
+
+
+def test_torchrun_two_processes_on_cpu(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
+    """PCRL_NPROC_PER_NODE=2: the CLI re-launches itself under torchrun (gloo, 2 processes)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PCRL_NPROC_PER_NODE": "2"}
+    params = _params_file(tmp_path, demo_params, _settings(demo_params, epochs=1))
+    out = tmp_path / "out"
+    subprocess.run(_cli(params, pairs_dir, out, tmp_path / "state", method="pcrl"), env=env, check=True, timeout=600)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert np.isfinite(summary["final"]["train/loss"])
