@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,3 +23,40 @@ def repo_root() -> Path:
 def demo_params() -> dict:
     """A fresh copy of the repository's params.yaml (the demo configuration)."""
     return copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "pcrl tests", "GIT_AUTHOR_EMAIL": "tests@example.invalid",
+    "GIT_COMMITTER_NAME": "pcrl tests", "GIT_COMMITTER_EMAIL": "tests@example.invalid",
+}
+
+
+def fresh_copy(repo: Path, dest: Path) -> Path:
+    """Copy what git would clone (tracked + untracked, not ignored, no data) into a new git repo."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=repo, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = repo / rel
+        if not src.is_file() or rel.startswith("data/") or rel == "dvc.lock":
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    git(dest, "init", "-q")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "fresh copy")
+    return dest
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV}
+    return subprocess.run(["git", *args], cwd=cwd, check=True, env=env, capture_output=True, text=True).stdout
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 1500, env: dict | None = None) -> str:
+    """Run a command; fail with its output tail when it fails."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr

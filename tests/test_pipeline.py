@@ -8,41 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from conftest import fresh_copy, run
+
 pytestmark = pytest.mark.pipeline
-
-TIMEOUT = 1500
-
-
-def _fresh_copy(repo: Path, dest: Path) -> Path:
-    """Copy what git would clone (tracked + untracked, not ignored) into a new git repo."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=repo, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src = repo / rel
-        if not src.is_file() or rel.startswith("data/") or rel == "dvc.lock":
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest / rel)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "fresh"]):
-        subprocess.run(cmd, cwd=dest, check=True, env=env)
-    return dest
-
-
-def _run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
 
 
 def _digest_tree(folder: Path) -> dict[str, str]:
@@ -56,15 +28,15 @@ def _digest_tree(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def dvc_run(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = _fresh_copy(repo_root, tmp_path_factory.mktemp("dvc_clone"))
-    _run(["dvc", "repro"], work)
+    work = fresh_copy(repo_root, tmp_path_factory.mktemp("dvc_clone"))
+    run(["dvc", "repro"], work)
     return work
 
 
 @pytest.fixture(scope="module")
 def snakemake_run(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = _fresh_copy(repo_root, tmp_path_factory.mktemp("smk_clone"))
-    _run(["snakemake", "--cores", "2"], work)
+    work = fresh_copy(repo_root, tmp_path_factory.mktemp("smk_clone"))
+    run(["snakemake", "--cores", "2"], work)
     return work
 
 
@@ -86,9 +58,9 @@ def test_dvc_repro_builds_every_stage(dvc_run: Path) -> None:
 
 
 def test_second_dvc_repro_is_a_no_op(dvc_run: Path) -> None:
-    out = _run(["dvc", "status"], dvc_run)
+    out = run(["dvc", "status"], dvc_run)
     assert "up to date" in out
-    out = _run(["dvc", "repro"], dvc_run)
+    out = run(["dvc", "repro"], dvc_run)
     assert "Running stage" not in out
 
 
