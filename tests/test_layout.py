@@ -111,7 +111,7 @@ def test_missing_raw_names_mhd_and_raw(tmp_path: Path) -> None:
 
 def test_truncated_raw_is_detected_from_header_sizes(tmp_path: Path) -> None:
     mhd = write_mhd(tmp_path, "1.2.3", raw_bytes=7)  # 2*2*1 shorts need 8 bytes
-    with pytest.raises(DataError, match=r"has 7 bytes, expected 8"):
+    with pytest.raises(DataError, match=r"1\.2\.3\.raw: truncated: expected 8 bytes, found 7"):
         check_mhd(mhd)
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import SimpleITK as sitk
 from tqdm import tqdm
 
 from pcrl.atomic import save_npy
+from pcrl.data.imageio import read_volume
 from pcrl.errors import ConfigError, DataError
 
 __all__ = [
@@ -167,19 +167,6 @@ def subsample_negatives(table: CandidateTable, ratio: float, seed: int) -> Candi
     return table.take(keep)
 
 
-def _read_scan(path: Path, case_id: str) -> tuple[np.ndarray, sitk.Image]:
-    """Read a resampled 3D scan: (x, y, z) float32 array and the image (for its geometry)."""
-    if not path.is_file():
-        raise DataError(f"case {case_id}: resampled image {path} does not exist")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise DataError(f"case {case_id}: cannot read {path}: {err}") from err
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise DataError(f"case {case_id}: {path} is not a single-channel 3D image")
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32, copy=False), image
-
-
 def _case_rows(case_id: str, relative: str, table: CandidateTable, voxels: np.ndarray) -> list[dict]:
     """Index rows of one case's cube file, in the order of its cubes."""
     centre = _centre_voxels(voxels)
@@ -250,7 +237,7 @@ def write_ncc_cubes(
         mine = table.take(by_case[case_id])
         if not case.get("image"):
             raise DataError(f"cases.json: case {case_id} has no 'image'")
-        volume, image = _read_scan(Path(interim_dir) / case["image"], case_id)
+        volume, image = read_volume(Path(interim_dir) / case["image"], case_id)
         voxels = world_to_voxel(image, mine.world)
         _check_inside(case_id, mine.world, voxels, volume.shape)
         relative = f"cubes/{case_id}.npy"

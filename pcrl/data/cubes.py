@@ -45,13 +45,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from tqdm import tqdm
 
 from pcrl.atomic import save_npy
+from pcrl.data.imageio import read_volume
 from pcrl.errors import ConfigError, DataError
 
 __all__ = [
@@ -375,19 +375,6 @@ def case_rng(seed: int, case_id: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def _read_volume(path: Path, case_id: str) -> np.ndarray:
-    """Read a resampled 3D volume as a float32 (x, y, z) array."""
-    if not path.is_file():
-        raise DataError(f"case {case_id}: resampled image {path} does not exist")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise DataError(f"case {case_id}: cannot read {path}: {err}") from err
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise DataError(f"case {case_id}: {path} is not a single-channel 3D image")
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32, copy=False)
-
-
 def write_pretrain_pairs(
     cases: list[dict],
     interim_dir: Path,
@@ -417,7 +404,7 @@ def write_pretrain_pairs(
     index = []
     for case in tqdm(cases, desc="pretraining pairs", disable=not progress):
         case_id = _case_field(case, "id", "?")
-        volume = _read_volume(Path(interim_dir) / _case_field(case, "image", case_id), case_id)
+        volume, _ = read_volume(Path(interim_dir) / _case_field(case, "image", case_id), case_id)
         cubes, _ = sample_pairs(volume, pairs_per_case, config, case_rng(seed, case_id), case_id=case_id)
         relative = f"pairs/{case_id}.npy"
         save_npy(Path(out_dir) / relative, cubes.astype(np.float16))

@@ -381,3 +381,22 @@ def write_image(
             os.replace(produced, final.parent / produced.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_volume(path: Path, case_id: str) -> tuple[np.ndarray, sitk.Image]:
+    """A resampled single-channel 3D volume: float32 (x, y, z) array and the image (geometry).
+
+    Raises:
+        DataError: naming the case and the file when it is missing, unreadable or not a
+            single-channel 3D image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"case {case_id}: resampled image {path} does not exist")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise DataError(f"case {case_id}: cannot read {path}: {_sitk_reason(err)}") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(f"case {case_id}: {path} is not a single-channel 3D image")
+    return image_to_array(image).astype(np.float32, copy=False), image

@@ -13,7 +13,6 @@ The manifest format is defined in docs/CONVENTIONS.md ("Data layout"). Layouts:
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -22,6 +21,7 @@ from typing import Any
 import jsonschema
 
 from pcrl.data.registry import get_dataset
+from pcrl.data.imageio import check_metaimage
 from pcrl.errors import ConfigError, DataError
 
 MANIFEST_NAME = "manifest.json"
@@ -30,19 +30,6 @@ SOURCES: tuple[str, ...] = ("phantom", "download", "local")
 LUNA16_ANNOTATIONS_HEADER = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 LUNA16_CANDIDATES_HEADER = ("seriesuid", "coordX", "coordY", "coordZ", "class")
 
-# Bytes per element of the MetaIO element types whose size is unambiguous.
-_MET_TYPE_BYTES = {
-    "MET_CHAR": 1,
-    "MET_UCHAR": 1,
-    "MET_SHORT": 2,
-    "MET_USHORT": 2,
-    "MET_INT": 4,
-    "MET_UINT": 4,
-    "MET_FLOAT": 4,
-    "MET_DOUBLE": 8,
-    "MET_LONG_LONG": 8,
-    "MET_ULONG_LONG": 8,
-}
 _SUBSET_RE = re.compile(r"subset\d+")
 _MAX_LISTED = 5
 
@@ -108,67 +95,15 @@ def _relative(path: Path, root: Path) -> str:
 # --------------------------------------------------------------------------- LUNA16
 
 
-def read_mhd_header(path: Path) -> dict[str, str]:
-    """Read a MetaImage header into ``{key: value}`` (values as text).
-
-    Raises:
-        DataError: the file cannot be read or has no ``ElementDataFile`` line.
-    """
-    try:
-        text = path.read_text(encoding="latin-1")
-    except OSError as err:
-        raise DataError(f"cannot read MetaImage header {path}: {err}") from err
-    header: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            header[key.strip()] = value.strip()
-        if key.strip() == "ElementDataFile":
-            break  # MetaIO: the data (or a file list) follows this key
-    if "ElementDataFile" not in header:
-        raise DataError(f"MetaImage header {path} has no 'ElementDataFile' line")
-    return header
-
-
-def _expected_raw_size(header: dict[str, str]) -> int | None:
-    """Bytes the uncompressed data file must hold, or None when it cannot be told."""
-    if header.get("CompressedData", "False").lower() == "true":
-        return None
-    if header.get("HeaderSize", "0") != "0":
-        return None
-    nbytes = _MET_TYPE_BYTES.get(header.get("ElementType", ""))
-    dims = header.get("DimSize", "").split()
-    if nbytes is None or not dims:
-        return None
-    try:
-        channels = int(header.get("ElementNumberOfChannels", "1"))
-        return math.prod(int(d) for d in dims) * channels * nbytes
-    except ValueError:
-        return None
-
-
 def check_mhd(mhd: Path) -> None:
     """Check that the data file a ``.mhd`` header names exists next to it, with the right size.
+
+    The same check :func:`pcrl.data.imageio.read_image` makes before reading.
 
     Raises:
         DataError: naming the header and the missing or truncated data file.
     """
-    header = read_mhd_header(mhd)
-    data_name = header["ElementDataFile"]
-    if data_name == "LOCAL":
-        return
-    if data_name == "LIST" or "%" in data_name or " " in data_name:
-        raise DataError(f"MetaImage header {mhd}: unsupported ElementDataFile {data_name!r}")
-    data_file = mhd.parent / data_name
-    if not data_file.is_file():
-        raise DataError(f"MetaImage header {mhd} names data file {data_name}, which is missing")
-    expected = _expected_raw_size(header)
-    actual = data_file.stat().st_size
-    if expected is not None and actual != expected:
-        raise DataError(
-            f"data file {data_file} of {mhd.name} has {actual} bytes, expected {expected} "
-            f"(DimSize x ElementType): truncated or corrupt"
-        )
+    check_metaimage(mhd)
 
 
 def check_csv_header(path: Path, expected: Iterable[str]) -> None:
