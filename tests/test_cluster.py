@@ -119,7 +119,7 @@ def test_slurm_profile_submits_jobs_and_matches_local_run(
             pytest.fail("PCRL_REQUIRE_SLURM=1 but no SLURM answers (start it with .ci/slurm-localhost.sh start)")
         pytest.skip("no SLURM on this machine (.ci/slurm-localhost.sh start)")
     work = _small_copy(repo_root, tmp_path_factory.mktemp("slurm"))
-    out = run(["snakemake", "--profile", "slurm", TARGET], work, timeout=1500)
+    run(["snakemake", "--profile", "slurm", TARGET], work, timeout=1500)
     logs = sorted((work / ".snakemake" / "slurm_logs").rglob("*.log"))
     rules = {p.relative_to(work / ".snakemake" / "slurm_logs").parts[0] for p in logs}
     assert {"rule_download_luna16", "rule_resample_luna16", "rule_cubes_pretrain", "rule_pretrain_pcrl"} <= rules
