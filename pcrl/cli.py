@@ -97,6 +97,73 @@ def cmd_pretrain(args: argparse.Namespace, params: dict[str, Any]) -> None:
     )
 
 
+def cmd_init_weights(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    """Write an initialisation no pretraining writes: scratch, or an external checkpoint."""
+    from pcrl.stages.init_weights import run_init_weights
+
+    if args.checkpoint is not None:
+        external = section(params, "finetune", "external")
+        if external.get(args.init) != args.checkpoint:
+            log.warning("finetune.external does not map %s to %s", args.init, args.checkpoint)
+    run_init_weights(
+        args.init,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        out=Path(args.out),
+    )
+
+
+def cmd_finetune(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    """Fine-tune one task from one initialisation, label fraction and seed (resumable)."""
+    from pcrl.stages.finetune import run_finetune
+
+    settings = section(params, "finetune")
+    section(settings, args.task)
+    if args.init not in settings["inits"]:
+        log.warning("init %s is not listed in finetune.inits", args.init)
+    run_finetune(
+        args.task,
+        args.init,
+        args.fraction,
+        args.seed,
+        settings,
+        processed=Path(args.processed),
+        interim=Path(args.interim) if args.interim else None,
+        weights=Path(args.weights),
+        out=Path(args.out),
+        state=Path(args.state),
+        device=args.device,
+        num_workers=args.workers if args.workers >= 1 else max(1, min(4, available_cpus() - 1)),
+        progress=not args.no_progress,
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    """Score one fine-tuned model on its task's test split."""
+    from pcrl.stages.evaluate import run_evaluate
+
+    run_evaluate(
+        args.task,
+        section(params, "evaluate"),
+        model_dir=Path(args.model),
+        processed=Path(args.processed),
+        interim=Path(args.interim) if args.interim else None,
+        out=Path(args.out),
+        device=args.device,
+    )
+
+
+def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    """Tables, verdict and plots over every evaluated run."""
+    from pcrl.stages.report import run_report
+
+    run_report(
+        section(params, "finetune"),
+        section(params, "report"),
+        evaluations=Path(args.evaluations),
+        out=Path(args.out),
+    )
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -143,17 +210,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", required=True, help="resumable state folder (checkpoints), kept across reruns")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (default: from the CPUs allotted)")
+
+    tasks = ["ncc", "lcs", "bms"]
+    p = add("init-weights", cmd_init_weights,
+            "write the scratch initialisation or import an external checkpoint")
+    p.add_argument("--init", required=True, help="scratch, or the checkpoint's name in finetune.external")
+    p.add_argument("--checkpoint", help="external checkpoint (PCRL release / Models Genesis layout)")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/pretrain/scratch")
+
+    p = add("finetune", cmd_finetune, "fine-tune a task (params: finetune)")
+    p.add_argument("--task", required=True, choices=tasks)
+    p.add_argument("--init", required=True, help="initialisation name (scratch, pcrl, genesis, moco, external)")
+    p.add_argument("--fraction", required=True, type=float, help="label fraction (a key of fractions.json)")
+    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--processed", required=True, help="cubes stage output, e.g. data/processed/lcs")
+    p.add_argument("--interim", help="resample stage output (segmentation), e.g. data/interim/msd_liver")
+    p.add_argument("--weights", required=True, help="initialisation folder holding weights.pt")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/finetune/lcs/pcrl/f0.5/s0")
+    p.add_argument("--state", required=True, help="resumable state folder (checkpoints), kept across reruns")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers, at least 1 (default: from the CPUs allotted)")
+
+    p = add("evaluate", cmd_evaluate, "score a fine-tuned model on the test split (params: evaluate)")
+    p.add_argument("--task", required=True, choices=tasks)
+    p.add_argument("--model", required=True, help="finetune stage output holding model.pt")
+    p.add_argument("--processed", required=True, help="cubes stage output, e.g. data/processed/lcs")
+    p.add_argument("--interim", help="resample stage output (segmentation), e.g. data/interim/msd_liver")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/evaluate/lcs/pcrl/f0.5/s0")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+
+    p = add("report", cmd_report, "report every evaluated run (params: finetune, report)")
+    p.add_argument("--evaluations", required=True, help="evaluate stages' parent folder (data/evaluate)")
+    p.add_argument("--out", required=True, help="output folder, e.g. results/report")
     return parser
 
 
+#: Stages that train, and run one process per GPU when given several (pcrl.launch).
+TRAINING_STAGES = {"pretrain", "finetune"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if os.environ.get("SLURM_JOB_ID"):
+        log.info("SLURM job %s on %s", os.environ["SLURM_JOB_ID"], os.environ.get("SLURMD_NODENAME", "?"))
     try:
         params = load_params(args.params)
+        if args.command in TRAINING_STAGES:
+            from pcrl.launch import maybe_relaunch
+
+            code = maybe_relaunch(argv)
+            if code is not None:  # the torchrun workers did the work
+                return code
         args.func(args, params)
     except PcrlError as exc:
         print(f"pcrl {args.command}: error: {exc}", file=sys.stderr)

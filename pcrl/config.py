@@ -106,6 +106,15 @@ def _check_semantics(params: dict[str, Any], source: str) -> None:
             raise ConfigError(
                 f"{source}: cubes.pretrain.groups: {sorted(overlap)} in both train and val"
             )
+    finetune = params.get("finetune")
+    if finetune and "pretrain" in params:
+        known = {"scratch", *params["pretrain"]["methods"], *finetune.get("external", {})}
+        unknown = [i for i in finetune["inits"] if i not in known]
+        if unknown:
+            raise ConfigError(
+                f"{source}: finetune.inits: {unknown} is neither scratch, a pretrain.methods "
+                f"entry nor a finetune.external name (known: {sorted(known)})"
+            )
     ncc = params.get("cubes", {}).get("ncc")
     if ncc:
         seen: dict[str, str] = {}

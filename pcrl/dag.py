@@ -7,6 +7,7 @@ so both runners see the same commands, deps and outs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -33,6 +34,8 @@ class Stage:
     params: tuple[str, ...]  # dotted params.yaml keys
     outs: tuple[str, ...]
     desc: str = ""
+    #: Snakemake's inputs where they differ from ``deps`` (see :func:`gather_inputs`).
+    gathered: tuple[str, ...] | None = None
 
     @property
     def group(self) -> str:
@@ -46,7 +49,8 @@ class Stage:
 
     @property
     def inputs(self) -> list[str]:
-        return list(self.deps)
+        """Snakemake's inputs: the deps, a gathering folder replaced by the outputs in it."""
+        return list(self.deps if self.gathered is None else self.gathered)
 
     @property
     def shell_command(self) -> str:
@@ -93,7 +97,25 @@ def load_stages(root: str | Path = ".") -> list[Stage]:
                     desc=st.desc or st.name,
                 )
             )
-    return stages
+    return gather_inputs(stages)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")
+
+
+def gather_inputs(stages: list[Stage]) -> list[Stage]:
+    """Resolve *gathering* deps for Snakemake: a dep that is a folder holding other stages'
+    outputs (e.g. ``data/evaluate`` for the report over every evaluate stage of a DVC
+    ``matrix``) depends, for DVC, on all of them; Snakemake needs them listed, so the
+    stage's inputs list those outputs instead of the folder."""
+    outs = [o for st in stages for o in st.outs]
+    resolved = []
+    for st in stages:
+        inputs = [i for dep in st.deps for i in ([o for o in outs if _inside(o, dep)] or [dep])]
+        changed = tuple(inputs) != st.deps
+        resolved.append(dataclasses.replace(st, gathered=tuple(inputs)) if changed else st)
+    return resolved
 
 
 @dataclass(frozen=True)

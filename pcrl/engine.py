@@ -24,6 +24,9 @@ Reproducibility and resumption (DESIGN principle 5):
   ``out_dir`` continues exactly where it stopped: same weights as an uninterrupted run.
 - A non-finite loss term stops the run at once with :class:`NonFiniteLossError`, before
   its gradient touches the weights; ``last.pt`` stays the last good checkpoint.
+- Early stopping: when the ``on_epoch_end`` hook returns True (e.g. the validation metric
+  stopped improving), training ends after that epoch and ``last.pt`` records
+  ``early_stopped``, so a rerun with the same ``out_dir`` trains nothing more.
 
 Logging (rank 0): a tqdm bar per epoch, and dvclive under ``<out_dir>/live`` with the
 epoch mean of every loss term (``train/<term>``), ``train/lr`` and
@@ -76,7 +79,8 @@ log = logging.getLogger(__name__)
 
 AmpSetting = Literal["auto", "off", "bf16", "fp16"]
 AmpMode = Literal["off", "bf16", "fp16"]
-EpochHook = Callable[[int, nn.Module, Any], None]
+#: ``hook(epoch, method, live)``; a True result stops training after that epoch.
+EpochHook = Callable[[int, nn.Module, Any], "bool | None"]
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -219,11 +223,14 @@ class TrainResult:
             run lists only the epochs it finished, never one finished before.
         final_metrics: Metrics of the last completed epoch (``train/loss``, ...).
         checkpoint: ``<out_dir>/checkpoints/last.pt``.
+        stopped_early: The ``on_epoch_end`` hook asked to stop (in this call or in the
+            run this call resumed), before ``config.epochs``.
     """
 
     epochs_run: list[int]
     final_metrics: dict[str, float]
     checkpoint: Path
+    stopped_early: bool = False
 
 
 # --------------------------------------------------------------------------- helpers
@@ -357,6 +364,22 @@ def _catch_preemption(flag: _StopFlag) -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
+@contextlib.contextmanager
+def _closing_workers(batches: Iterator[Any]) -> Iterator[None]:
+    """Shut the loader's worker processes down when the epoch ends, also on an exception.
+
+    Workers ignore SIGTERM (:func:`seed_worker`), so the ``terminate()`` fallbacks of the
+    DataLoader and of multiprocessing's exit handler cannot stop them: without an orderly
+    shutdown, a process leaving on an exception waits for them forever.
+    """
+    try:
+        yield
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 class _EpochSampler(Sampler[int]):
     """The indices of one epoch for this rank, starting at a given offset.
 
@@ -406,12 +429,16 @@ def _loss_terms(out: Any) -> dict[str, Tensor]:
 
 @dataclass
 class _Position:
-    """Where the run stands: ``epoch`` epochs done and ``step`` steps of the next one."""
+    """Where the run stands: ``epoch`` epochs done and ``step`` steps of the next one.
+
+    ``stopped``: the epoch hook asked to stop after ``epoch`` (early stopping).
+    """
 
     epoch: int = 0
     step: int = 0
     sums: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -537,6 +564,7 @@ class _Trainer:
                 "metrics": dict(position.metrics),
                 "config": dataclasses.asdict(self.config),
                 "amp": self.amp,
+                "early_stopped": position.stopped,
             }
             with atomic_path(self.last) as tmp:
                 torch.save(checkpoint, tmp)
@@ -563,7 +591,8 @@ class _Trainer:
             self.generator.manual_seed(_derive_seed(self.config.seed, self.info.rank, epoch + 1))
         # Rank 0 carries the partial sums of all ranks; the epoch-end reduction adds them.
         sums = dict(checkpoint["partial_sums"]) if self.info.is_main else {}
-        return _Position(epoch, step, sums, dict(checkpoint["metrics"]))
+        stopped = bool(checkpoint.get("early_stopped", False))  # absent from checkpoints of older runs
+        return _Position(epoch, step, sums, dict(checkpoint["metrics"]), stopped)
 
     def _check_compatible(self, checkpoint: Mapping[str, Any]) -> None:
         """Refuse to resume with settings that would change the result."""
@@ -630,8 +659,9 @@ class _Trainer:
                    disable=not (self.config.progress and self.info.is_main),
                    leave=False, dynamic_ncols=True)
         start = time.perf_counter()
-        with bar:
-            for x1, x2 in self._loader(epoch):
+        batches = iter(self._loader(epoch))
+        with bar, _closing_workers(batches):
+            for x1, x2 in batches:
                 values, stop = self._step(x1, x2, epoch, step + 1)
                 step, done = step + 1, done + 1
                 for name, value in values.items():
@@ -659,8 +689,11 @@ class _Trainer:
             log.info("resuming from %s: epoch %d done, %d steps into the next",
                      self.last, position.epoch, position.step)
         epochs_run: list[int] = []
-        if position.epoch >= self.config.epochs:
-            return TrainResult(epochs_run, position.metrics, self.last)
+        if position.stopped:
+            log.info("%s: training stopped early after epoch %d; nothing to resume",
+                     self.last, position.epoch)
+        if position.epoch >= self.config.epochs or position.stopped:
+            return TrainResult(epochs_run, position.metrics, self.last, position.stopped)
         live = self._open_live(resuming)
         try:
             with _catch_preemption(self.stop):
@@ -668,8 +701,13 @@ class _Trainer:
                     metrics = self._epoch(epoch, position)
                     self.scheduler.step()
                     position = _Position(epoch, 0, {}, metrics)
-                    self._end_epoch(epoch, metrics, live)
+                    stopped = self._end_epoch(epoch, metrics, live)
                     epochs_run.append(epoch)
+                    if stopped:
+                        position.stopped = True
+                        if epoch < self.config.epochs:
+                            log.info("early stop after epoch %d/%d", epoch, self.config.epochs)
+                        break
                     if self._agree(self.stop.requested)[0] and epoch < self.config.epochs:
                         raise Preempted(self.stop.signum or signal.SIGTERM, self.last, epoch, 0)
                     if epoch == self.config.stop_after_epoch:
@@ -677,7 +715,7 @@ class _Trainer:
         finally:
             if live is not None:
                 live.end()
-        return TrainResult(epochs_run, position.metrics, self.last)
+        return TrainResult(epochs_run, position.metrics, self.last, position.stopped)
 
     def _open_live(self, resuming: bool) -> Any:
         """The dvclive logger on rank 0 (None elsewhere)."""
@@ -688,8 +726,13 @@ class _Trainer:
         return Live(dir=str(self.out_dir / "live"), resume=resuming, save_dvc_exp=False,
                     dvcyaml=None)
 
-    def _end_epoch(self, epoch: int, metrics: Mapping[str, float], live: Any) -> None:
-        """Log, checkpoint, then run the hook (rank 0) for a completed epoch."""
+    def _end_epoch(self, epoch: int, metrics: Mapping[str, float], live: Any) -> bool:
+        """Log, checkpoint, then run the hook (rank 0) for a completed epoch.
+
+        Returns True when the hook asked to stop; the checkpoint is then rewritten with
+        ``early_stopped`` so that a rerun does not train past the stop. Every process
+        takes part in the decision (the hook runs on rank 0 only).
+        """
         if live is not None:
             live.step = epoch
             for name, value in metrics.items():
@@ -697,11 +740,17 @@ class _Trainer:
         log.info("epoch %d/%d: %s", epoch, self.config.epochs,
                  ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
         self._save(_Position(epoch, 0, {}, dict(metrics)))
+        stop = False
         if self.hook is not None and self.info.is_main:
-            self.hook(epoch, self.method, live)
+            stop = bool(self.hook(epoch, self.method, live))
             self.method.train()
+        if self.hook is not None:
+            stop = self._agree(stop)[0]
+        if stop:
+            self._save(_Position(epoch, 0, {}, dict(metrics), stopped=True))
         if live is not None:
             live.next_step()
+        return stop
 
 
 def _local_batch(batch_size: int, world_size: int) -> int:
@@ -736,8 +785,10 @@ def train(
             single process. With more than one process the method is wrapped in
             DistributedDataParallel and the data sharded.
         on_epoch_end: ``hook(epoch, method, live)`` called on rank 0 after each epoch's
-            checkpoint (e.g. to save previews with ``live``); it must not change the
-            method's state. The method is put back in training mode afterwards.
+            checkpoint (e.g. to save previews, or to validate with ``live``); it must not
+            change the method's state. The method is put back in training mode
+            afterwards. Returning True stops training after this epoch (early
+            stopping), recorded in the checkpoint.
 
     Returns:
         A :class:`TrainResult`.

@@ -97,3 +97,11 @@ def test_section_names_missing_key(demo_params: dict) -> None:
     assert section(demo_params, "cubes", "ncc", "cube_size") == [32, 32, 16]
     with pytest.raises(ConfigError, match=r"cubes\.pretrain2"):
         section(demo_params, "cubes", "pretrain2", "x")
+
+
+def test_finetune_inits_must_name_a_pretraining(demo_params: dict) -> None:
+    demo_params["finetune"]["inits"] = ["scratch", "pcrl", "simclr"]
+    with pytest.raises(ConfigError, match=r"finetune\.inits: \['simclr'\] is neither"):
+        validate_params(demo_params)
+    demo_params["finetune"]["external"] = {"simclr": "/models/simclr.pt"}
+    validate_params(demo_params)

@@ -1,0 +1,21 @@
+"""Fine-tuning pretrained encoders on the downstream tasks of the PCRL protocol.
+
+PCRL-SPEC "Protocol: pretrain, then fine-tune" (the Models Genesis benchmark): NCC (lung
+nodule false-positive reduction, AUC), LCS (liver segmentation, Dice/IoU) and BMS (brain
+tumour segmentation, Dice of the BraTS regions), each fine-tuned from every
+initialisation at several label fractions and seeds.
+
+Modules:
+    tasks      the task specifications and label -> region targets
+    models     task networks; initialisation records (scratch, pretrained, external)
+    data       splits, NCC candidate cubes, segmentation volumes and patches
+    inference  validation/test scoring (AUC; sliding-window Dice/IoU)
+    train      engine adapter, losses, validation hook, early stopping
+
+Only :mod:`pcrl.finetune.tasks` is imported here; the others load torch/MONAI and are
+imported where needed.
+"""
+
+from pcrl.finetune.tasks import TASKS, TaskSpec, get_task, segmentation_target
+
+__all__ = ["TASKS", "TaskSpec", "get_task", "segmentation_target"]

@@ -1,0 +1,483 @@
+"""Fine-tuning data: patient splits, NCC candidate cubes, segmentation volumes and patches.
+
+Inputs are the outputs of the data stages (docs/CONVENTIONS.md): ``data/processed/<task>/``
+(``split.json``, nested ``fractions.json``; for NCC ``cubes/<id>.npy`` and
+``candidates.csv``) and ``data/interim/<dataset>/`` (``cases.json`` and the resampled
+NIfTI volumes, read for LCS and BMS).
+
+Training sets yield ``(image, target)`` pairs for :func:`pcrl.engine.train` and draw their
+randomness per epoch from the DataLoader: in a worker process, ``get_worker_info().seed``
+minus the worker id is the loader's base seed, which the engine derives from (seed, rank,
+epoch). Every item is therefore a function of (seed, rank, epoch, index) only: it does not
+depend on which worker loads it, and a resumed run sees the same items as an
+uninterrupted one. Without workers (tests, debugging) the base seed is the dataset's own
+``seed``, the same every epoch.
+
+- :class:`CandidateCubeSet`, NCC: class imbalance (LUNA16 has about 1 nodule per 300
+  candidates) is handled as in Models Genesis' NCC by subsampling negatives: an epoch is
+  every positive cube plus ``negatives_per_positive`` negatives per positive drawn afresh
+  each epoch (all negatives when there are fewer).
+- :class:`PatchSet`, LCS/BMS: one item per training volume, ``patches_per_volume`` random
+  patches of ``patch_size`` drawn by MONAI's ``RandCropByPosNegLabeld`` (centres on the
+  foreground with probability ``foreground_prob``, else on the background) after
+  ``SpatialPadd`` to at least the patch size.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, get_worker_info
+
+from pcrl.data.splits import check_disjoint, fraction_key
+from pcrl.errors import ConfigError, DataError
+from pcrl.finetune.tasks import (
+    TaskSpec,
+    check_label_values,
+    get_task,
+    segmentation_target,
+)
+
+__all__ = [
+    "CandidateCubeSet",
+    "CandidateRows",
+    "CubeStore",
+    "PatchSet",
+    "TaskSplit",
+    "VolumeCase",
+    "check_cases",
+    "cube_batches",
+    "load_case",
+    "load_split",
+    "loader_seed",
+    "read_candidate_rows",
+    "read_volume_cases",
+]
+
+SPLIT_FILE = "split.json"
+FRACTIONS_FILE = "fractions.json"
+CANDIDATES_FILE = "candidates.csv"
+CASES_FILE = "cases.json"
+
+
+def _read_json(path: Path, hint: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: {hint}") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable: {exc}") from None
+
+
+def loader_seed(fallback: int) -> int:
+    """The loader's base seed in a worker process (same for all workers), else ``fallback``."""
+    info = get_worker_info()
+    return fallback if info is None else int(info.seed - info.id)
+
+
+def _item_seed(*keys: int) -> int:
+    """A 32-bit seed mixing non-negative integers (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([k % 2**63 for k in keys]).generate_state(1)[0])
+
+
+# ------------------------------------------------------------------ splits
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """The cases of one fine-tuning run.
+
+    Attributes:
+        train: The label fraction's training cases (a subset of the split's train).
+        val: Validation cases (early stopping, best checkpoint).
+        test: Test cases, touched only by the evaluate stage.
+    """
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+def load_split(processed: str | Path, fraction: float) -> TaskSplit:
+    """Read ``split.json`` and the label fraction's ids from ``fractions.json``.
+
+    Raises:
+        ConfigError: ``fraction`` is not one of the fractions the cubes stage wrote.
+        DataError: Missing files; a fraction id outside the train split; a split left
+            empty; or splits sharing cases (the message names the ids).
+    """
+    processed = Path(processed)
+    hint = "run 'pcrl cubes' for the task first"
+    split = _read_json(processed / SPLIT_FILE, hint)
+    fractions = _read_json(processed / FRACTIONS_FILE, hint)
+    key = fraction_key(fraction)
+    if key not in fractions:
+        raise ConfigError(f"label fraction {key} is not in {processed / FRACTIONS_FILE} "
+                          f"(it has {sorted(fractions, key=float)}): add it to the cubes "
+                          "stage's fractions or remove it from finetune.fractions")
+    missing = [name for name in ("train", "val", "test") if name not in split]
+    if missing:
+        raise DataError(f"{processed / SPLIT_FILE}: no {', '.join(missing)} split")
+    train = [str(i) for i in fractions[key]]
+    outside = sorted(set(train) - set(map(str, split["train"])))
+    if outside:
+        raise DataError(f"{processed / FRACTIONS_FILE}: fraction {key} lists cases that are not "
+                        f"in the train split: {outside[:5]}")
+    result = TaskSplit(tuple(train), tuple(map(str, split["val"])), tuple(map(str, split["test"])))
+    for name in ("train", "val", "test"):
+        if not getattr(result, name):
+            what = (f"label fraction {key} of the train split" if name == "train"
+                    else f"the {name} split")
+            raise DataError(f"{processed}: {what} is empty")
+    check_disjoint({"train": list(result.train), "val": list(result.val),
+                    "test": list(result.test)})
+    return result
+
+
+# ------------------------------------------------------------------ NCC cubes
+
+
+@dataclass(frozen=True)
+class CandidateRows:
+    """Candidates of some scans: where each cube is stored and its class.
+
+    Attributes:
+        files: The cube files (``cubes/<id>.npy``, (n, X, Y, Z) float16).
+        file_index: (N,) index into ``files`` of each candidate.
+        row: (N,) row of the candidate in its file.
+        label: (N,) uint8 class (1: nodule).
+        case: (N,) scan id of each candidate.
+    """
+
+    files: tuple[Path, ...]
+    file_index: np.ndarray
+    row: np.ndarray
+    label: np.ndarray
+    case: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    def take(self, index: np.ndarray) -> CandidateRows:
+        """The candidates at ``index`` (same files)."""
+        return CandidateRows(self.files, self.file_index[index], self.row[index],
+                             self.label[index], self.case[index])
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape in an ``.npy`` header, without reading the data."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version not in readers:
+                raise ValueError(f".npy format version {version}")
+            shape, _, _ = readers[version](fh)
+    except FileNotFoundError:
+        raise DataError(f"{path}: cube file is missing") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npy file ({exc})") from None
+    return tuple(shape)
+
+
+def read_candidate_rows(processed: str | Path, ids: Sequence[str], task: TaskSpec | str = "ncc"
+                        ) -> CandidateRows:
+    """The candidates of the scans ``ids`` from ``candidates.csv`` (rows in file order).
+
+    Raises:
+        DataError: Missing or malformed ``candidates.csv``, a class outside {0, 1}, a cube
+            file that is missing or shorter than its rows, or a scan without candidates.
+    """
+    processed = Path(processed)
+    path = processed / CANDIDATES_FILE
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: run 'pcrl cubes --task ncc' first") from None
+    needed = {"seriesuid", "index", "class", "file"}
+    if rows and not needed <= set(rows[0]):
+        raise DataError(f"{path}: needs columns {sorted(needed)}, has {sorted(rows[0])}")
+    wanted = set(ids)
+    rows = [r for r in rows if r["seriesuid"] in wanted]
+    try:
+        labels = np.array([int(float(r["class"])) for r in rows], dtype=np.int64)
+        index = np.array([int(r["index"]) for r in rows], dtype=np.int64)
+    except ValueError as exc:
+        raise DataError(f"{path}: non-numeric class or index ({exc})") from None
+    check_label_values(labels, task, str(path))
+    empty = sorted(wanted - {r["seriesuid"] for r in rows})
+    if empty:
+        raise DataError(f"{path}: no candidate for scan(s) {empty[:5]}")
+    files = sorted({r["file"] for r in rows})
+    file_of = {name: i for i, name in enumerate(files)}
+    file_index = np.array([file_of[r["file"]] for r in rows], dtype=np.int64)
+    paths = tuple(processed / name for name in files)
+    for i, file in enumerate(paths):
+        shape = _npy_shape(file)
+        used = index[file_index == i]
+        if len(shape) != 4 or used.min() < 0 or used.max() >= shape[0]:
+            raise DataError(f"{file}: shape {shape} does not hold rows up to {used.max()} "
+                            f"named in {path}")
+    return CandidateRows(paths, file_index, index, labels.astype(np.uint8),
+                         np.array([r["seriesuid"] for r in rows]))
+
+
+@dataclass
+class CubeStore:
+    """Reads candidate cubes from memory-mapped files, opened lazily once per process."""
+
+    rows: CandidateRows
+    _maps: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"rows": self.rows, "_maps": {}}  # memory maps are not pickled to workers
+
+    def cubes(self, index: np.ndarray) -> np.ndarray:
+        """(len(index), X, Y, Z) float32 cubes of candidates ``index``."""
+        out = []
+        for i in np.asarray(index).reshape(-1):
+            f = int(self.rows.file_index[i])
+            if f not in self._maps:
+                self._maps[f] = np.load(self.rows.files[f], mmap_mode="r")
+            out.append(np.asarray(self._maps[f][int(self.rows.row[i])], dtype=np.float32))
+        return np.stack(out) if out else np.zeros((0, 0, 0, 0), np.float32)
+
+
+class CandidateCubeSet(Dataset[tuple[Tensor, Tensor]]):
+    """NCC training cubes: every positive and freshly drawn negatives each epoch.
+
+    Length ``P + min(N, round(negatives_per_positive * P))`` for P positives and N
+    negatives; items ``0..P-1`` are the positives, the others the first negatives of a
+    permutation drawn from the loader's base seed (see the module docstring).
+
+    Args:
+        rows: The training candidates.
+        negatives_per_positive: Negatives per positive in an epoch; None keeps them all.
+        seed: Base seed when loading without worker processes.
+
+    Raises:
+        DataError: No positive or no negative candidate.
+    """
+
+    def __init__(self, rows: CandidateRows, negatives_per_positive: float | None,
+                 seed: int = 0) -> None:
+        self.store = CubeStore(rows)
+        self.positives = np.flatnonzero(rows.label == 1)
+        self.negatives = np.flatnonzero(rows.label == 0)
+        if not len(self.positives) or not len(self.negatives):
+            raise DataError(f"NCC training set of {len(rows)} candidates has "
+                            f"{len(self.positives)} positive(s) and {len(self.negatives)} "
+                            "negative(s): both classes are needed")
+        n_neg = len(self.negatives)
+        if negatives_per_positive is not None:
+            n_neg = min(n_neg, max(1, round(negatives_per_positive * len(self.positives))))
+        self.negatives_per_epoch = n_neg
+        self.seed = seed
+        self._perm_seed: int | None = None
+        self._perm = self.negatives
+
+    def __len__(self) -> int:
+        return len(self.positives) + self.negatives_per_epoch
+
+    def candidate(self, index: int) -> int:
+        """The candidate row behind item ``index`` in the current epoch."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} of {len(self)}")
+        if index < len(self.positives):
+            return int(self.positives[index])
+        base = loader_seed(self.seed)
+        if base != self._perm_seed:
+            rng = np.random.default_rng(_item_seed(base, 1))
+            self._perm, self._perm_seed = rng.permutation(self.negatives), base
+        return int(self._perm[index - len(self.positives)])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        row = self.candidate(index)
+        cube = torch.from_numpy(self.store.cubes(np.array([row])))  # (1, X, Y, Z)
+        label = torch.tensor([float(self.store.rows.label[row])])
+        return cube, label
+
+
+def cube_batches(rows: CandidateRows, batch_size: int) -> Iterator[tuple[Tensor, np.ndarray]]:
+    """All candidates in order, as ``(cubes (B, 1, X, Y, Z) float32, labels (B,))`` batches."""
+    store = CubeStore(rows)
+    for start in range(0, len(rows), batch_size):
+        index = np.arange(start, min(start + batch_size, len(rows)))
+        yield torch.from_numpy(store.cubes(index))[:, None], rows.label[index]
+
+
+# ------------------------------------------------------------------ segmentation volumes
+
+
+@dataclass(frozen=True)
+class VolumeCase:
+    """A resampled case: its id, image (C or 1 channel) and label files."""
+
+    id: str
+    image: Path
+    label: Path
+
+
+def read_volume_cases(interim: str | Path, ids: Sequence[str]) -> list[VolumeCase]:
+    """The labelled cases ``ids`` of a resampled Decathlon dataset (``cases.json``), in order.
+
+    Raises:
+        DataError: ``cases.json`` missing; an id absent from it or without a label.
+    """
+    interim = Path(interim)
+    entries = _read_json(interim / CASES_FILE, "run 'pcrl resample' first")
+    by_id = {str(c.get("id")): c for c in entries} if isinstance(entries, list) else {}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise DataError(f"{interim / CASES_FILE}: no case {missing[:5]}")
+    unlabelled = [i for i in ids if not by_id[i].get("label")]
+    if unlabelled:
+        raise DataError(f"{interim / CASES_FILE}: case(s) without a label: {unlabelled[:5]}")
+    return [VolumeCase(i, interim / by_id[i]["image"], interim / by_id[i]["label"]) for i in ids]
+
+
+def load_case(case: VolumeCase, task: TaskSpec | str) -> tuple[np.ndarray, np.ndarray]:
+    """Image (C, x, y, z) float32 and region target (out_channels, x, y, z) uint8 of a case.
+
+    Raises:
+        DataError: Unreadable files; an image whose channel count is not the task's, or
+            whose size differs from the label's; label values outside the task's classes.
+    """
+    from pcrl.data.imageio import (  # SimpleITK: only when needed
+        image_to_array,
+        read_image,
+    )
+
+    spec = get_task(task)
+    image = image_to_array(read_image(case.image, allow_channels=spec.in_channels > 1))
+    if image.ndim == 3:
+        image = image[None]
+    if image.shape[0] != spec.in_channels:
+        raise DataError(f"{case.image}: {image.shape[0]} channel(s), task {spec.name} needs "
+                        f"{spec.in_channels}")
+    label = image_to_array(read_image(case.label))
+    if label.shape != image.shape[1:]:
+        raise DataError(f"{case.label}: size {label.shape} differs from its image "
+                        f"{image.shape[1:]} ({case.image})")
+    target = segmentation_target(spec, label, source=str(case.label))
+    return np.ascontiguousarray(image, dtype=np.float32), target
+
+
+def _image_layout(path: Path) -> tuple[int, tuple[int, ...]]:
+    """(channels, (x, y, z)) of an image file from its header only (SimpleITK)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise DataError(f"{path}: SimpleITK cannot read its header ({exc})") from None
+    size = tuple(int(s) for s in reader.GetSize())
+    if reader.GetDimension() == 4:  # channels as the last axis (MSD Task01)
+        return size[3], size[:3]
+    return int(reader.GetNumberOfComponents()), size
+
+
+def check_cases(cases: Sequence[VolumeCase], task: TaskSpec | str) -> None:
+    """Check every case before training: image channels and size, label values.
+
+    Reads each label and each image header once, in the calling process, so that a bad
+    file fails at once with its name instead of inside a DataLoader worker later.
+
+    Raises:
+        DataError: As :func:`load_case`.
+    """
+    from pcrl.data.imageio import image_to_array, read_image
+
+    spec = get_task(task)
+    for case in cases:
+        channels, size = _image_layout(case.image)
+        if channels != spec.in_channels:
+            raise DataError(f"{case.image}: {channels} channel(s), task {spec.name} needs "
+                            f"{spec.in_channels}")
+        label = image_to_array(read_image(case.label))
+        if label.shape != size:
+            raise DataError(f"{case.label}: size {label.shape} differs from its image {size} "
+                            f"({case.image})")
+        segmentation_target(spec, label, source=str(case.label))
+
+
+class PatchSet(Dataset[tuple[Tensor, Tensor]]):
+    """LCS/BMS training items: ``patches_per_volume`` random patches of one volume.
+
+    Item ``i`` reads volume ``i`` and returns ``(images (K, C, *patch), targets (K,
+    out_channels, *patch))`` float32, K = ``patches_per_volume``; the task module folds K
+    into the batch. Crops are MONAI's ``RandCropByPosNegLabeld`` seeded per (loader base
+    seed, item), after ``SpatialPadd`` to at least ``patch_size``.
+
+    Args:
+        cases: Training volumes.
+        task: The segmentation task.
+        patch_size: (x, y, z), each divisible by 8 (three poolings of the U-Net).
+        patches_per_volume: K.
+        foreground_prob: Probability that a patch is centred on the foreground (any
+            region), as MONAI's ``pos / (pos + neg)``.
+        seed: Base seed when loading without worker processes.
+        check: Check every case at construction (:func:`check_cases`).
+
+    Raises:
+        ConfigError: Bad patch settings.
+        DataError: No case, or a bad case (when ``check``).
+    """
+
+    def __init__(self, cases: Sequence[VolumeCase], task: TaskSpec | str,
+                 patch_size: Sequence[int], patches_per_volume: int,
+                 foreground_prob: float = 0.5, seed: int = 0, check: bool = True) -> None:
+        if not cases:
+            raise DataError("no training volume")
+        patch = tuple(int(s) for s in patch_size)
+        if len(patch) != 3 or any(s < 8 or s % 8 for s in patch):
+            raise ConfigError(f"patch_size must be 3 sizes divisible by 8, got {list(patch_size)}")
+        if not 0.0 <= foreground_prob <= 1.0:
+            raise ConfigError(f"foreground_prob must be in [0, 1], got {foreground_prob}")
+        if patches_per_volume < 1:
+            raise ConfigError(f"patches_per_volume must be >= 1, got {patches_per_volume}")
+        self.cases = list(cases)
+        self.task = get_task(task)
+        if check:
+            check_cases(self.cases, self.task)
+        self.patch = patch
+        self.samples = int(patches_per_volume)
+        self.foreground_prob = float(foreground_prob)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def _crops(self, image: np.ndarray, target: np.ndarray, seed: int) -> list[dict[str, Any]]:
+        """Pad to the patch size, then K seeded foreground/background crops (MONAI)."""
+        from monai.transforms import RandCropByPosNegLabeld, SpatialPadd
+
+        keys = ("image", "target")
+        crop = RandCropByPosNegLabeld(keys=keys, label_key="target", spatial_size=self.patch,
+                                      pos=self.foreground_prob, neg=1.0 - self.foreground_prob,
+                                      num_samples=self.samples)
+        # set after construction: MONAI's Compose would reseed from its global counter
+        crop.set_random_state(state=np.random.RandomState(seed))
+        padded = SpatialPadd(keys=keys, spatial_size=self.patch)({"image": image, "target": target})
+        return crop(padded)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, target = load_case(self.cases[index], self.task)
+        crops = self._crops(image, target.astype(np.float32),
+                            _item_seed(loader_seed(self.seed), index))
+        images = torch.stack([torch.as_tensor(c["image"]).as_subclass(Tensor) for c in crops])
+        targets = torch.stack([torch.as_tensor(c["target"]).as_subclass(Tensor) for c in crops])
+        return images.float(), targets.float()
+

@@ -1,0 +1,266 @@
+"""Task networks and their initialisation from pretrained (or external) weights.
+
+Networks (Models Genesis, Zhou et al., MICCAI 2019 / MedIA 2021, whose target models PCRL
+reuses, PCRL-SPEC "Protocol"):
+
+- segmentation (LCS, BMS): the 3D U-Net :class:`pcrl.networks.UNet3D` with one output
+  channel per region, returning logits (the sigmoid belongs to the loss and the metrics);
+- classification (NCC): the U-Net's encoder, global average pooling of the deepest
+  features, then ``dense_1`` (16b -> 32b, i.e. 512 -> 1024 at base 32) + ReLU +
+  ``dense_2`` (-> 1 logit), Models Genesis' ``TargetNet``.
+
+Initialisations are *records* (``weights.pt`` of the pretrain stage): ``{"state_dict",
+"method", "parts", "config"}`` where ``parts`` says what was trained: ``["encoder",
+"decoder"]`` (PCRL, Models Genesis), ``["encoder"]`` (MoCo v2, whose decoder has no loss),
+``[]`` (``scratch``: nothing to load, the network keeps its seeded random initialisation).
+:func:`apply_init` loads the encoder (``down_tr*``) for every task and the decoder
+(``up_tr*``) for segmentation when it was pretrained, never ``out_tr``, whose channels are
+the task's. The pretrained single-channel first convolution is adapted to BraTS' four
+channels by :func:`pcrl.networks.adapt_first_conv` (inside
+:func:`pcrl.networks.load_pretrained`). :func:`import_checkpoint` turns a checkpoint of
+another release (PCRL's, Models Genesis' public weights; ``state_dict`` wrapper and
+``module.`` prefix accepted) into such a record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+import torch
+from torch import Tensor, nn
+
+from pcrl.errors import ConfigError, DataError
+from pcrl.finetune.tasks import TaskSpec, get_task
+from pcrl.networks import LoadReport, UNet3D, load_pretrained, unwrap_state_dict
+from pcrl.networks.state_dict import FIRST_CONV_KEY
+from pcrl.networks.unet3d import NormName
+
+__all__ = [
+    "DECODER_MODULES",
+    "ENCODER_PREFIX",
+    "DECODER_PREFIX",
+    "ClassificationNet",
+    "InitRecord",
+    "NetworkConfig",
+    "apply_init",
+    "build_network",
+    "import_checkpoint",
+    "read_init_record",
+    "scratch_record",
+    "seeded_network",
+]
+
+ENCODER_PREFIX = "down_tr"
+DECODER_PREFIX = "up_tr"
+#: UNet3D modules that only the decoder uses (removed from the classifier).
+DECODER_MODULES = ("up_tr256", "up_tr128", "up_tr64", "out_tr")
+_PARTS = {"encoder": ENCODER_PREFIX, "decoder": DECODER_PREFIX}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Backbone settings; they must match the pretrained weights (``pretrain.network``).
+
+    Attributes:
+        base: U-Net base width b (32 in the paper).
+        norm: ``"batch"``, ``"group"`` or ``"instance"``.
+    """
+
+    base: int = 32
+    norm: NormName = "batch"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.base, bool) or not isinstance(self.base, int) or self.base < 1:
+            raise ConfigError(f"network.base must be a positive integer, got {self.base!r}")
+        if self.norm not in get_args(NormName):
+            raise ConfigError(f"network.norm must be one of {get_args(NormName)}, "
+                              f"got {self.norm!r}")
+
+
+class ClassificationNet(nn.Module):
+    """Models Genesis' classification target network on the U-Net encoder.
+
+    ``logit = dense_2(relu(dense_1(GAP(encoder(x)[-1]))))``; the encoder keeps the
+    release's module names (``backbone.down_tr64`` ...), so pretrained encoders load into
+    :attr:`backbone`.
+
+    Args:
+        in_channels: Image channels.
+        num_outputs: Logits (1 for a binary task).
+        config: Backbone settings.
+    """
+
+    def __init__(self, in_channels: int, num_outputs: int, config: NetworkConfig) -> None:
+        super().__init__()
+        backbone = UNet3D(in_channels=in_channels, out_channels=1, base=config.base,
+                          norm=config.norm, out_activation="none")
+        for name in DECODER_MODULES:  # the classifier has no decoder
+            delattr(backbone, name)
+        self.backbone = backbone
+        deepest = backbone.feature_channels[-1]
+        self.dense_1 = nn.Linear(deepest, 2 * deepest)
+        self.dense_2 = nn.Linear(2 * deepest, num_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, x, y, z) -> (N, num_outputs) logits."""
+        deepest = self.backbone.encode(x)[-1]
+        pooled = deepest.mean(dim=(2, 3, 4))
+        return self.dense_2(torch.relu(self.dense_1(pooled)))
+
+
+def build_network(task: TaskSpec | str, config: NetworkConfig) -> nn.Module:
+    """The task's network: UNet3D (logits) or :class:`ClassificationNet`.
+
+    The initial weights come from torch's default generator, as every torch layer's; use
+    :func:`seeded_network` for a reproducible initialisation.
+    """
+    spec = get_task(task)
+    if spec.kind == "classification":
+        return ClassificationNet(spec.in_channels, spec.out_channels, config)
+    return UNet3D(in_channels=spec.in_channels, out_channels=spec.out_channels,
+                  base=config.base, norm=config.norm, out_activation="none")
+
+
+def seeded_network(task: TaskSpec | str, config: NetworkConfig, seed: int) -> nn.Module:
+    """:func:`build_network` with initial weights that depend on ``seed`` only.
+
+    The global RNG is forked, seeded, and restored afterwards, so nothing outside
+    changes (torch's layer initialisers draw from the default generator).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_network(task, config)
+
+
+# ------------------------------------------------------------------ init records
+
+
+@dataclass(frozen=True)
+class InitRecord:
+    """An initialisation: the weights to load and which parts of the U-Net they cover.
+
+    Attributes:
+        name: The initialisation's name (``scratch``, ``pcrl``, ..., an external name).
+        method: What produced it (``scratch``, ``pcrl``, ``genesis``, ``moco``, ``external``).
+        parts: Trained parts: a subset of ``("encoder", "decoder")``.
+        state_dict: Release key names (``down_tr64.ops.0.conv1.weight`` ...); empty for scratch.
+        config: Free-form description (JSON text), e.g. the pretraining settings.
+    """
+
+    name: str
+    method: str
+    parts: tuple[str, ...]
+    state_dict: Mapping[str, Tensor]
+    config: str = "{}"
+
+    def to_file(self) -> dict[str, Any]:
+        """The ``weights.pt`` mapping (tensors and plain values only)."""
+        return {"state_dict": dict(self.state_dict), "method": self.method,
+                "parts": list(self.parts), "config": self.config, "name": self.name}
+
+
+def scratch_record() -> InitRecord:
+    """The random initialisation: no weights, nothing loaded."""
+    return InitRecord("scratch", "scratch", (), {}, json.dumps({"description": "random init"}))
+
+
+def read_init_record(path: str | Path, name: str) -> InitRecord:
+    """Read ``weights.pt`` written by ``pcrl pretrain`` or ``pcrl init-weights``.
+
+    Raises:
+        DataError: Missing or unreadable file, or a file without ``parts`` (written
+            before records declared them: rerun the stage that wrote it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: initialisation weights not found (run the pretrain or "
+                        "init-weights stage first)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise DataError(f"{path}: unreadable weights file ({exc})") from exc
+    if not isinstance(obj, Mapping) or "parts" not in obj or "state_dict" not in obj:
+        keys = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
+        raise DataError(f"{path}: not an initialisation record (needs 'state_dict' and "
+                        f"'parts'; found {keys}); rerun the stage that wrote it")
+    parts = tuple(str(p) for p in obj["parts"])
+    unknown = sorted(set(parts) - set(_PARTS))
+    if unknown:
+        raise DataError(f"{path}: unknown parts {unknown} (known: {sorted(_PARTS)})")
+    state = obj["state_dict"]
+    if parts and not state:
+        raise DataError(f"{path}: declares parts {list(parts)} but holds no weights")
+    return InitRecord(name, str(obj.get("method", name)), parts, state,
+                      str(obj.get("config", "{}")))
+
+
+def _load_external(path: Path) -> Mapping[str, Any]:
+    """``torch.load`` without code execution; argparse namespaces (release options) allowed."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: external checkpoint not found (finetune.external)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot be loaded without executing code or is corrupt "
+                        f"({exc}); save its state_dict alone with torch.save") from exc
+    if not isinstance(obj, Mapping):
+        raise DataError(f"{path}: expected a checkpoint mapping, got {type(obj).__name__}")
+    return obj
+
+
+def import_checkpoint(path: str | Path, name: str) -> InitRecord:
+    """An initialisation record from an external checkpoint (PCRL / Models Genesis layout).
+
+    Keys under ``down_tr`` (encoder) and ``up_tr`` (decoder) are kept; the others (``out_tr``,
+    the PCRL heads ``fc1``/``fc2``/``aug_fc*``, optimiser state) are dropped. Whether the
+    checkpoint fits the task network (widths, norm) is checked when it is loaded
+    (:func:`apply_init`), which lists the offending keys.
+
+    Raises:
+        ConfigError: The file does not exist, or holds no encoder key (``down_tr*``).
+        DataError: The file is corrupt or needs code execution to load.
+    """
+    path = Path(path)
+    state = unwrap_state_dict(_load_external(path))
+    kept = {k: v for k, v in state.items() if k.startswith((ENCODER_PREFIX, DECODER_PREFIX))}
+    if not any(k.startswith(ENCODER_PREFIX) for k in kept):
+        sample = sorted(state)[:8]
+        raise ConfigError(f"{path}: no encoder key ({ENCODER_PREFIX}*) in the checkpoint; "
+                          f"keys found: {sample}{' ...' if len(state) > 8 else ''}")
+    parts = tuple(p for p, prefix in _PARTS.items() if any(k.startswith(prefix) for k in kept))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    first = kept.get(FIRST_CONV_KEY)
+    config = {"source": str(path), "sha256": digest,
+              "base": int(first.shape[0]) if first is not None else None,
+              "dropped_keys": len(state) - len(kept)}
+    return InitRecord(name, "external", parts, kept, json.dumps(config))
+
+
+def apply_init(net: nn.Module, record: InitRecord, task: TaskSpec | str) -> LoadReport | None:
+    """Load the record's trained parts into ``net``; None for scratch (nothing to load).
+
+    Classification loads the encoder; segmentation the encoder and, when pretrained, the
+    decoder; ``out_tr`` never. The first convolution is adapted when the task has another
+    number of input channels (BraTS: 4).
+
+    Raises:
+        ConfigError: The weights do not fit the network; the message lists the missing,
+            unexpected and mismatched keys (see :func:`pcrl.networks.load_pretrained`).
+    """
+    spec = get_task(task)
+    wanted = ["encoder"] if spec.kind == "classification" else ["encoder", "decoder"]
+    prefixes = tuple(_PARTS[p] for p in wanted if p in record.parts)
+    if not prefixes:
+        return None
+    target = net.backbone if isinstance(net, ClassificationNet) else net
+    try:
+        return load_pretrained(target, record.state_dict, prefixes=prefixes, strict=True)
+    except ConfigError as exc:
+        raise ConfigError(f"initialisation {record.name!r} ({record.method}): {exc}") from None

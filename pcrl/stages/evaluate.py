@@ -1,0 +1,130 @@
+"""``pcrl evaluate``: score one fine-tuned model on its task's untouched test split.
+
+NCC: ROC AUC over every test candidate; LCS/BMS: sliding-window inference over each whole
+resampled test volume, Dice and IoU per region averaged over volumes (Models Genesis'
+protocol). The output folder holds one ``metrics.json`` (docs/INTERFACES.md)::
+
+    {"task", "init", "fraction", "seed", "metrics": {...}, "primary", "provenance": {...}}
+
+where ``provenance`` records the git commit, the sha256 of the ``evaluate`` params, the
+library versions, the device, and the same record of the fine-tuning run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pcrl.atomic import atomic_dir, write_json
+from pcrl.distributed import init_distributed
+from pcrl.errors import DataError
+from pcrl.finetune.data import load_split, read_candidate_rows, read_volume_cases
+from pcrl.finetune.inference import (
+    SegmentationSettings,
+    score_candidates,
+    score_volumes,
+)
+from pcrl.finetune.models import NetworkConfig, build_network
+from pcrl.finetune.tasks import get_task
+from pcrl.provenance import provenance
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "model.pt"
+_MODEL_KEYS = ("state_dict", "task", "init", "fraction", "seed", "network", "roi_size",
+               "train_ids", "val_ids")
+
+
+def read_model(folder: Path) -> dict[str, Any]:
+    """The fine-tune stage's ``model.pt``; DataError naming the file when absent or malformed."""
+    path = Path(folder) / MODEL_NAME
+    if not path.is_file():
+        raise DataError(f"{path}: fine-tuned model not found (run the finetune stage first)")
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise DataError(f"{path}: unreadable model ({exc})") from exc
+    missing = [k for k in _MODEL_KEYS if not isinstance(model, dict) or k not in model]
+    if missing:
+        raise DataError(f"{path}: not a fine-tuned model (missing {missing})")
+    return model
+
+
+def test_ids(processed: Path, model: dict[str, Any], source: Path) -> list[str]:
+    """The task's test cases, refused if the model saw any of them in training or validation.
+
+    Raises:
+        DataError: An empty test split, or test cases among the model's training or
+            validation cases (named).
+    """
+    split = load_split(processed, model["fraction"])
+    test = list(split.test)
+    for name in ("train_ids", "val_ids"):
+        shared = sorted(set(test) & set(map(str, model[name])))
+        if shared:
+            raise DataError(f"{processed}/split.json: test cases {shared[:5]} were used to "
+                            f"{'train' if name == 'train_ids' else 'validate'} {source}; "
+                            "the test split must be untouched")
+    return test
+
+
+def run_evaluate(
+    task: str,
+    settings: dict[str, Any],
+    *,
+    model_dir: Path,
+    processed: Path,
+    interim: Path | None,
+    out: Path,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate ``model_dir/model.pt`` on the test split of ``task``; write ``out/metrics.json``.
+
+    Args:
+        task: ``ncc``, ``lcs`` or ``bms``; must be the model's task.
+        settings: The ``evaluate`` params section.
+        model_dir: The fine-tune stage's output folder.
+        processed: ``data/processed/<task>``.
+        interim: ``data/interim/<dataset>`` (segmentation tasks).
+        out: Output folder.
+        device: "auto", "cpu" or "cuda".
+
+    Returns:
+        The metrics record written.
+    """
+    spec = get_task(task)
+    model = read_model(model_dir)
+    if model["task"] != spec.name:
+        raise DataError(f"{model_dir / MODEL_NAME}: a model of task {model['task']}, not {task}")
+    ids = test_ids(Path(processed), model, model_dir / MODEL_NAME)
+    dev = init_distributed(None if device == "auto" else device).device
+    net = build_network(spec, NetworkConfig(**model["network"]))
+    net.load_state_dict(model["state_dict"])
+    net.to(dev)
+    if spec.kind == "classification":
+        rows = read_candidate_rows(processed, ids, spec)
+        metrics = score_candidates(net, rows, device=dev, batch_size=settings["batch_size"])
+    else:
+        if interim is None:
+            raise DataError(f"task {task} reads volumes: give --interim "
+                            f"(data/interim/{spec.dataset})")
+        inference = SegmentationSettings(tuple(model["roi_size"]), settings["sw_batch_size"],
+                                         settings["overlap"], settings["threshold"])
+        metrics, per_case = score_volumes(net, read_volume_cases(interim, ids), spec,
+                                          settings=inference, device=dev)
+        log.info("per case: %s", {k: round(v["dice_mean"], 4) for k, v in per_case.items()})
+    record = {
+        "task": spec.name, "init": model["init"], "fraction": model["fraction"],
+        "seed": model["seed"], "metrics": metrics, "primary": spec.primary,
+        "provenance": {**provenance({"evaluate": settings}, device=dev),
+                       "finetune": model.get("provenance", {}),
+                       "test_cases": len(ids)},
+    }
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "metrics.json", record)
+    log.info("%s/%s f%s s%s: %s = %.4f on %d test cases", spec.name, model["init"],
+             model["fraction"], model["seed"], spec.primary, metrics[spec.primary], len(ids))
+    return record

@@ -1,0 +1,232 @@
+"""``pcrl finetune``: one task, initialisation, label fraction and seed.
+
+Reads the task's splits (``data/processed/<task>``), the resampled volumes for LCS/BMS
+(``data/interim/<dataset>``) and the initialisation record
+(``data/pretrain/<init>/weights.pt``); trains with :func:`pcrl.finetune.train.finetune`
+(validation every epoch, early stopping, best checkpoint) in a resumable state folder
+outside the stage's output; then swaps in the output folder:
+
+    model.pt          the best epoch's network and what is needed to evaluate it
+    summary.json      cases, epochs, the best epoch and its validation metrics, init report
+    validation.json   the validation metrics of every epoch
+    live/             dvclive: train/loss, train/lr and val/<metric> per epoch
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from pcrl.atomic import atomic_dir, atomic_path, write_json
+from pcrl.distributed import cleanup, init_distributed
+from pcrl.engine import TrainConfig
+from pcrl.errors import ConfigError
+from pcrl.finetune.data import (
+    CandidateCubeSet,
+    PatchSet,
+    TaskSplit,
+    check_cases,
+    load_split,
+    read_candidate_rows,
+    read_volume_cases,
+)
+from pcrl.finetune.inference import (
+    SegmentationSettings,
+    score_candidates,
+    score_volumes,
+)
+from pcrl.finetune.models import (
+    NetworkConfig,
+    apply_init,
+    read_init_record,
+    seeded_network,
+)
+from pcrl.finetune.tasks import TaskSpec, get_task
+from pcrl.finetune.train import STATE_NAME, FinetuneModule, build_loss, finetune
+from pcrl.provenance import provenance
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "model.pt"
+WEIGHTS_NAME = "weights.pt"
+#: Validation metric that selects the checkpoint, per task kind.
+MONITOR = {"classification": "auc", "segmentation": "dice_mean"}
+Validator = Callable[[torch.nn.Module], dict[str, float]]
+TRAIN_KEYS = ("epochs", "lr", "momentum", "weight_decay", "max_grad_norm")
+
+
+def run_params(task: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The params that define a fine-tuning run of ``task`` (its stage's params sections)."""
+    return {"network": settings["network"], "amp": settings["amp"],
+            "validation": settings["validation"], task: settings[task]}
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _prepare_state(state: Path, fingerprint: str) -> None:
+    """Start afresh when ``state`` holds another run (settings, data or weights changed)."""
+    marker = state / "fingerprint.txt"
+    if state.exists() and (not marker.is_file() or marker.read_text().strip() != fingerprint):
+        log.warning("%s holds the state of another run: starting afresh", state)
+        shutil.rmtree(state)
+    state.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        with atomic_path(marker) as tmp:
+            tmp.write_text(fingerprint + "\n")
+
+
+def _data(spec: TaskSpec, task_settings: dict[str, Any], validation: dict[str, Any],
+          split: TaskSplit, *, processed: Path, interim: Path | None, seed: int,
+          device: torch.device) -> tuple[Dataset, Validator, tuple[int, ...]]:
+    """(training dataset, validation function, sliding-window / cube size) of the task."""
+    if spec.kind == "classification":
+        train_rows = read_candidate_rows(processed, split.train, spec)
+        val_rows = read_candidate_rows(processed, split.val, spec)
+        dataset = CandidateCubeSet(train_rows, task_settings.get("negatives_per_positive"), seed)
+        batch = int(validation["batch_size"])
+
+        def validate(net: torch.nn.Module) -> dict[str, float]:
+            return score_candidates(net, val_rows, device=device, batch_size=batch)
+
+        cube = tuple(int(s) for s in dataset.store.cubes(dataset.positives[:1]).shape[1:])
+        return dataset, validate, cube
+    if interim is None:
+        raise ConfigError(f"task {spec.name} reads volumes: give --interim "
+                          f"(data/interim/{spec.dataset})")
+    patch = tuple(int(s) for s in task_settings["patch_size"])
+    dataset = PatchSet(read_volume_cases(interim, split.train), spec, patch,
+                       task_settings["patches_per_volume"],
+                       task_settings.get("foreground_prob", 0.5), seed)
+    val_cases = read_volume_cases(interim, split.val)
+    check_cases(val_cases, spec)
+    inference = SegmentationSettings(patch, int(validation["sw_batch_size"]),
+                                     float(validation["overlap"]), float(validation["threshold"]))
+
+    def validate(net: torch.nn.Module) -> dict[str, float]:
+        return score_volumes(net, val_cases, spec, settings=inference, device=device)[0]
+
+    return dataset, validate, patch
+
+
+def _batch_size(wanted: int, items: int, world: int, what: str) -> int:
+    """``wanted`` capped at the training items (small label fractions), divisible by ``world``."""
+    size = min(int(wanted), items)
+    size = max(world, size - size % world)
+    if size != wanted:
+        log.warning("%s: batch_size %d -> %d (%d training items, %d processes)", what, wanted,
+                    size, items, world)
+    return size
+
+
+def run_finetune(
+    task: str,
+    init: str,
+    fraction: float,
+    seed: int,
+    settings: dict[str, Any],
+    *,
+    processed: Path,
+    interim: Path | None,
+    weights: Path,
+    out: Path,
+    state: Path,
+    device: str = "auto",
+    num_workers: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Fine-tune ``task`` from ``init`` on label fraction ``fraction`` with ``seed``; write ``out``.
+
+    Args:
+        task: ``ncc``, ``lcs`` or ``bms``.
+        init: The initialisation's name (recorded; the weights come from ``weights``).
+        fraction: Label fraction (a key of ``fractions.json``).
+        seed: Seed of the network's initial weights, the data order and the augmentation.
+        settings: The ``finetune`` params section.
+        processed: ``data/processed/<task>``.
+        interim: ``data/interim/<dataset>`` (segmentation tasks).
+        weights: The initialisation's folder (holding ``weights.pt``).
+        out: Output folder, swapped in when training has finished.
+        state: Resumable state folder, kept across reruns.
+        device: "auto", "cpu" or "cuda".
+        num_workers: DataLoader workers (at least 1: the per-epoch randomness of the
+            training items comes from the loader's base seed).
+        progress: Show progress bars.
+    """
+    spec = get_task(task)
+    task_settings = settings[task]
+    network = NetworkConfig(**settings["network"])
+    processed, weights, out, state = Path(processed), Path(weights), Path(out), Path(state)
+    split = load_split(processed, fraction)
+    record = read_init_record(weights / WEIGHTS_NAME, init)
+
+    dist = init_distributed(None if device == "auto" else device)
+    dataset, validate, roi = _data(spec, task_settings, settings["validation"], split,
+                                   processed=processed, interim=Path(interim) if interim else None,
+                                   seed=seed, device=dist.device)
+    net = seeded_network(spec, network, seed)
+    report = apply_init(net, record, spec)
+    if report is not None:
+        log.info("%s: initialised from %s: %s", task, init, report.summary())
+    module = FinetuneModule(net, build_loss(spec, task_settings.get("loss", "dice_bce")),
+                            flip=task_settings.get("augment", True))
+    config = TrainConfig(**{k: task_settings[k] for k in TRAIN_KEYS if k in task_settings},
+                         batch_size=_batch_size(task_settings["batch_size"], len(dataset),
+                                                dist.world_size, f"{task} f{fraction}"),
+                         amp=settings["amp"],
+                         seed=seed, checkpoint_every=task_settings["epochs"],
+                         num_workers=max(1, num_workers), progress=progress and dist.is_main)
+    params = run_params(task, settings)
+    fingerprint = hashlib.sha256(json.dumps(
+        {"task": task, "init": init, "fraction": fraction, "seed": seed, "params": params,
+         "split": dataclasses.asdict(split), "weights": _file_digest(weights / WEIGHTS_NAME)},
+        sort_keys=True).encode()).hexdigest()
+    if dist.is_main:
+        _prepare_state(state, fingerprint)
+    if dist.is_distributed:
+        torch.distributed.barrier()
+    result = finetune(module, dataset, validate, config, state, monitor=MONITOR[spec.kind],
+                      patience=task_settings["patience"], device=dist.device,
+                      dist=dist if dist.is_distributed else None)
+    if result is not None:
+        with atomic_dir(out) as tmp:
+            model = {
+                "state_dict": result.best_state, "task": task, "init": init,
+                "fraction": fraction, "seed": seed, "network": dataclasses.asdict(network),
+                "roi_size": list(roi), "train_ids": list(split.train), "val_ids": list(split.val),
+                "best_epoch": result.best_epoch, "val_metrics": result.best_metrics,
+                "provenance": provenance({"finetune": params}, device=dist.device),
+            }
+            with atomic_path(tmp / MODEL_NAME) as t:
+                torch.save(model, t)
+            write_json(tmp / "summary.json", {
+                "task": task, "init": init, "fraction": fraction, "seed": seed,
+                "train_cases": len(split.train), "val_cases": len(split.val),
+                "train_items": len(dataset), "batch_size": config.batch_size,
+                "epochs": task_settings["epochs"], "epochs_done": result.epochs_done,
+                "stopped_early": result.stopped_early, "best_epoch": result.best_epoch,
+                "val": result.best_metrics,
+                "init_loaded": report.summary() if report is not None else "nothing (scratch)",
+                "first_conv_adapted": bool(report and report.adapted),
+            })
+            shutil.copy2(state / "checkpoints" / STATE_NAME, tmp / "validation.json")
+            if (state / "live").is_dir():
+                shutil.copytree(state / "live", tmp / "live")
+        log.info("%s/%s f%s s%s: best epoch %d of %d, val %s -> %s", task, init, fraction, seed,
+                 result.best_epoch, result.epochs_done, result.best_metrics, out)
+    cleanup()
+    return out

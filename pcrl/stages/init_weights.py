@@ -1,0 +1,57 @@
+"""``pcrl init-weights``: the initialisations that no pretraining stage writes.
+
+Every initialisation a fine-tuning run can start from is a folder
+``data/pretrain/<name>/weights.pt`` holding an initialisation record (see
+:mod:`pcrl.finetune.models`): the pretrain stage writes ``pcrl``, ``genesis`` and ``moco``;
+this stage writes
+
+- ``scratch``: the random initialisation, a record with no weights;
+- an external checkpoint named in ``finetune.external`` (the PCRL release's or Models
+  Genesis' public weights): its encoder and decoder keys, checked and unwrapped once here.
+
+so that the fine-tuning stage reads one format and depends on one folder per init.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from pcrl.atomic import atomic_dir, atomic_path, write_json
+from pcrl.errors import ConfigError
+from pcrl.finetune.models import import_checkpoint, scratch_record
+
+log = logging.getLogger(__name__)
+
+SCRATCH = "scratch"
+
+
+def run_init_weights(name: str, *, checkpoint: Path | None, out: Path) -> Path:
+    """Write ``out/weights.pt`` (and ``summary.json``) for initialisation ``name``.
+
+    Args:
+        name: ``scratch`` (no ``checkpoint``), or the name of an external checkpoint.
+        checkpoint: The external checkpoint file; None for ``scratch``.
+        out: Output folder, e.g. ``data/pretrain/<name>``.
+
+    Raises:
+        ConfigError: ``scratch`` with a checkpoint, another name without one, or a
+            checkpoint without encoder weights.
+        DataError: An unreadable checkpoint.
+    """
+    if (name == SCRATCH) != (checkpoint is None):
+        raise ConfigError(f"init {name!r}: 'scratch' takes no checkpoint and every other "
+                          "initialisation needs one (finetune.external)")
+    record = scratch_record() if checkpoint is None else import_checkpoint(checkpoint, name)
+    with atomic_dir(out) as tmp:
+        with atomic_path(tmp / "weights.pt") as t:
+            torch.save(record.to_file(), t)
+        write_json(tmp / "summary.json", {"name": name, "method": record.method,
+                                          "parts": list(record.parts),
+                                          "tensors": len(record.state_dict),
+                                          "config": json.loads(record.config)})
+    log.info("init %s: %s -> %s", name, list(record.parts) or "random weights", out)
+    return Path(out)

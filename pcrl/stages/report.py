@@ -1,0 +1,79 @@
+"""``pcrl report``: the paper-style report over every evaluated run.
+
+The runs expected are the product of the ``finetune`` params (initialisations x label
+fractions x seeds) for every task evaluated under ``data/evaluate``; their ``metrics.json``
+files are read from ``<evaluations>/<task>/<init>/f<fraction>/s<seed>/``, the layout the
+DAG gives the evaluate stage. Folders of runs no longer in the params (left over from an
+earlier configuration) are ignored; a missing run is an error unless
+``report.require_complete`` is false. The output folder (``report.md``, ``summary.json``,
+``plots/<task>.png|.csv``, see :func:`pcrl.report.write_report`) is swapped in whole.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pcrl.atomic import atomic_dir
+from pcrl.data.splits import fraction_key
+from pcrl.errors import DataError
+from pcrl.finetune.tasks import TASKS
+from pcrl.report import collect_runs, summarise, write_report
+
+log = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.json"
+
+
+def run_folder(evaluations: Path, task: str, init: str, fraction: float, seed: int) -> Path:
+    """Where the evaluate stage of one run writes (``f<fraction>`` as DVC prints the number)."""
+    return Path(evaluations) / task / init / f"f{fraction}" / f"s{seed}"
+
+
+def expected_runs(tasks: Sequence[str], inits: Sequence[str], fractions: Sequence[float],
+                  seeds: Sequence[int]) -> list[tuple[str, str, float, int]]:
+    """Every (task, init, fraction, seed) of the protocol, in a stable order."""
+    return list(itertools.product(tasks, inits, fractions, seeds))
+
+
+def run_report(finetune: dict[str, Any], settings: dict[str, Any], *, evaluations: Path,
+               out: Path) -> Path:
+    """Collect the expected runs' metrics and write the report to ``out``.
+
+    Args:
+        finetune: The ``finetune`` params section (``inits``, ``fractions``, ``seeds``).
+        settings: The ``report`` params section.
+        evaluations: The evaluate stages' parent folder (``data/evaluate``).
+        out: Output folder (``results/report``).
+
+    Raises:
+        DataError: No task evaluated; missing runs (when ``require_complete``); a
+            metrics file that is malformed or describes another run than its folder.
+    """
+    evaluations = Path(evaluations)
+    tasks = [t for t in TASKS if (evaluations / t).is_dir()]
+    if not tasks:
+        raise DataError(f"{evaluations}: no evaluated task (expected folders {list(TASKS)})")
+    runs = expected_runs(tasks, finetune["inits"], finetune["fractions"], finetune["seeds"])
+    paths = {run: run_folder(evaluations, *run) / METRICS_NAME for run in runs}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing and settings["require_complete"]:
+        raise DataError(f"{len(missing)} of {len(paths)} runs have no metrics: "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    for path in missing:
+        log.warning("no metrics yet: %s", path)
+    present = {run: p for run, p in paths.items() if p.is_file()}
+    collected = collect_runs(list(present.values()))
+    for (task, init, fraction, seed), found in zip(present, collected, strict=True):
+        said = (found["task"], found["init"], fraction_key(found["fraction"]), found["seed"])
+        if said != (task, init, fraction_key(fraction), seed):
+            raise DataError(f"{found['path']}: describes task {said[0]}, init {said[1]}, "
+                            f"fraction {said[2]}, seed {said[3]}, not the run of its folder")
+    summary = summarise(collected)
+    with atomic_dir(out) as tmp:
+        write_report(summary, tmp)
+    log.info("report of %d runs (%d tasks) -> %s", len(collected), len(tasks), out)
+    return Path(out)

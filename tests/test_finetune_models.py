@@ -1,0 +1,167 @@
+"""pcrl.finetune.models: task networks, initialisation records, loading what was pretrained."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pcrl.errors import ConfigError, DataError
+from pcrl.finetune.models import (
+    ClassificationNet,
+    InitRecord,
+    NetworkConfig,
+    apply_init,
+    import_checkpoint,
+    read_init_record,
+    scratch_record,
+    seeded_network,
+)
+from pcrl.networks import UNet3D
+
+NET = NetworkConfig(base=2)
+
+
+def _pretrained(seed: int = 7, base: int = 2) -> dict[str, torch.Tensor]:
+    """A 1-channel UNet3D state dict (release key names), distinct from any seeded init."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = UNet3D(in_channels=1, out_channels=1, base=base)
+    return {k: v + 0.5 if v.is_floating_point() else v for k, v in net.state_dict().items()}
+
+
+def _record(parts: tuple[str, ...], **kwargs) -> InitRecord:
+    return InitRecord("pcrl", "pcrl", parts, kwargs.get("state", _pretrained()))
+
+
+def test_classifier_is_encoder_gap_and_two_dense_layers() -> None:
+    net = seeded_network("ncc", NET, 0)
+    assert isinstance(net, ClassificationNet)
+    names = {k.split(".")[0] + "." + k.split(".")[1] for k in net.state_dict()}
+    assert not any("up_tr" in k or "out_tr" in k for k in net.state_dict())
+    assert {"backbone.down_tr64", "backbone.down_tr512", "dense_1.weight", "dense_2.bias"} <= names
+    deepest = net.backbone.feature_channels[-1]  # 16b
+    assert net.dense_1.weight.shape == (2 * deepest, deepest)  # 512 -> 1024 at b = 32
+    assert net(torch.rand(3, 1, 16, 16, 8)).shape == (3, 1)
+
+
+def test_segmentation_nets_output_logits_per_region() -> None:
+    lcs, bms = seeded_network("lcs", NET, 0), seeded_network("bms", NET, 0)
+    assert (lcs.in_channels, lcs.out_channels, lcs.out_activation) == (1, 1, "none")
+    assert (bms.in_channels, bms.out_channels) == (4, 3)
+    assert bms(torch.rand(1, 4, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+def test_seeded_network_is_reproducible_and_leaves_the_global_rng_alone() -> None:
+    state = torch.random.get_rng_state()
+    a, b, c = (seeded_network("lcs", NET, s) for s in (3, 3, 4))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key])
+    assert not torch.equal(a.down_tr64.ops[0].conv1.weight, c.down_tr64.ops[0].conv1.weight)
+
+
+def test_segmentation_loads_encoder_and_decoder_but_never_out_tr() -> None:
+    weights = _pretrained()
+    net = seeded_network("lcs", NET, 0)
+    out_before = net.out_tr.final_conv.weight.clone()
+    report = apply_init(net, _record(("encoder", "decoder"), state=weights), "lcs")
+    state = net.state_dict()
+    for key in weights:
+        if key.startswith(("down_tr", "up_tr")):
+            assert torch.equal(state[key], weights[key]), key
+    assert torch.equal(net.out_tr.final_conv.weight, out_before)
+    assert report.ok and not report.adapted
+    assert any(k.startswith("out_tr") for k in report.ignored)
+
+
+def test_encoder_only_record_keeps_the_random_decoder() -> None:
+    weights = _pretrained()
+    net = seeded_network("lcs", NET, 0)
+    decoder_before = net.up_tr64.up_conv.weight.clone()
+    apply_init(net, _record(("encoder",), state=weights), "lcs")  # MoCo v2: no decoder loss
+    assert torch.equal(net.up_tr64.up_conv.weight, decoder_before)
+    assert torch.equal(net.down_tr64.ops[0].conv1.weight, weights["down_tr64.ops.0.conv1.weight"])
+
+
+def test_classification_loads_the_encoder_only() -> None:
+    weights = _pretrained()
+    net = seeded_network("ncc", NET, 0)
+    report = apply_init(net, _record(("encoder", "decoder"), state=weights), "ncc")
+    assert torch.equal(net.backbone.down_tr512.ops[1].conv1.bias,
+                       weights["down_tr512.ops.1.conv1.bias"])
+    assert all(k.startswith("down_tr") for k in report.loaded)
+
+
+def test_four_channel_first_conv_is_the_mean_kernel_repeated() -> None:
+    weights = _pretrained()
+    net = seeded_network("bms", NET, 0)
+    report = apply_init(net, _record(("encoder", "decoder"), state=weights), "bms")
+    kernel = weights["down_tr64.ops.0.conv1.weight"]  # (b, 1, 3, 3, 3)
+    adapted = net.down_tr64.ops[0].conv1.weight
+    assert adapted.shape == (2, 4, 3, 3, 3)
+    for channel in range(4):  # W'[:, j] = W[:, 0] / 4 (adapt_first_conv)
+        torch.testing.assert_close(adapted[:, channel], kernel[:, 0] / 4)
+    assert report.adapted == ["down_tr64.ops.0.conv1.weight"]
+    # the same image on the four channels gives the 1-channel network's first activations
+    image = torch.rand(1, 1, 8, 8, 8)
+    conv1 = torch.nn.functional.conv3d(image, kernel, weights["down_tr64.ops.0.conv1.bias"], padding=1)
+    torch.testing.assert_close(net.down_tr64.ops[0].conv1(image.repeat(1, 4, 1, 1, 1)), conv1)
+
+
+def test_scratch_loads_nothing() -> None:
+    net = seeded_network("lcs", NET, 0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert apply_init(net, scratch_record(), "lcs") is None
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_a_checkpoint_of_another_width_lists_the_keys() -> None:
+    net = seeded_network("lcs", NET, 0)
+    wide = _record(("encoder", "decoder"), state=_pretrained(base=4))
+    with pytest.raises(ConfigError, match=r"initialisation 'pcrl' \(pcrl\).*shape mismatch.*"
+                                          r"down_tr64\.ops\.0\.conv1\.weight"):
+        apply_init(net, wide, "lcs")
+    partial = {k: v for k, v in _pretrained().items() if not k.startswith("down_tr512")}
+    with pytest.raises(ConfigError, match=r"missing from the checkpoint: down_tr512"):
+        apply_init(net, _record(("encoder",), state=partial), "lcs")
+
+
+def test_records_round_trip_and_old_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save(_record(("encoder",)).to_file(), path)
+    back = read_init_record(path, "pcrl")
+    assert back.parts == ("encoder",) and back.method == "pcrl"
+    torch.save({"state_dict": _pretrained(), "method": "pcrl"}, path)  # before 'parts' existed
+    with pytest.raises(DataError, match="weights.pt: not an initialisation record.*'parts'"):
+        read_init_record(path, "pcrl")
+    with pytest.raises(DataError, match="nothing.pt: initialisation weights not found"):
+        read_init_record(tmp_path / "nothing.pt", "pcrl")
+
+
+def test_import_release_checkpoint_with_wrappers(tmp_path: Path) -> None:
+    weights = _pretrained()
+    release = {f"module.{k}": v for k, v in weights.items()}
+    release["module.fc1.weight"] = torch.zeros(3, 3)  # PCRL projection head: dropped
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": release, "opt": argparse.Namespace(lr=0.1), "epoch": 240}, path)
+    record = import_checkpoint(path, "release")
+    assert record.parts == ("encoder", "decoder") and record.method == "external"
+    assert set(record.state_dict) == {k for k in weights if k.startswith(("down_tr", "up_tr"))}
+    config = json.loads(record.config)
+    assert config["base"] == 2 and len(config["sha256"]) == 64 and config["source"] == str(path)
+    net = seeded_network("lcs", NET, 0)
+    apply_init(net, record, "lcs")
+    assert torch.equal(net.up_tr128.up_conv.weight, weights["up_tr128.up_conv.weight"])
+
+
+def test_import_refuses_checkpoints_without_encoder(tmp_path: Path) -> None:
+    path = tmp_path / "resnet.pt"
+    torch.save({"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1)}, path)
+    with pytest.raises(ConfigError, match=r"resnet.pt: no encoder key \(down_tr\*\).*conv1.weight"):
+        import_checkpoint(path, "resnet")
+    with pytest.raises(ConfigError, match="absent.pt: external checkpoint not found"):
+        import_checkpoint(tmp_path / "absent.pt", "x")

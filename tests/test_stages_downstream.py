@@ -1,0 +1,253 @@
+"""The downstream stages through the CLI: init-weights, finetune, evaluate, report.
+
+A tiny synthetic task data set is written in the layout of the data stages (split.json,
+fractions.json, NCC cubes + candidates.csv, resampled NIfTI + cases.json); every run uses
+a base-2 U-Net, 2 epochs and 8^3 patches. Bad inputs must exit 2 with a message naming the
+file or key, and leave no output folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from test_finetune_data import liver_case, write_ncc, write_split, write_volumes
+
+from pcrl.cli import main
+from pcrl.networks import UNet3D
+from pcrl.provenance import params_digest
+
+IDS = ["c0", "c1", "c2", "c3", "c4"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> object:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """processed/{ncc,lcs,bms}, interim/{liver,brain}, pretrain/pcrl (a base-2 record)."""
+    root = tmp_path_factory.mktemp("world")
+    fractions = {"0.5": ["c0"], "1.0": ["c0", "c1"]}
+    for task in ("ncc", "lcs", "bms"):
+        (root / "processed" / task).mkdir(parents=True)
+        write_split(root / "processed" / task, ["c0", "c1"], ["c2"], ["c3", "c4"], fractions)
+    write_ncc(root / "processed" / "ncc",
+              {c: [1, 0, 0, 1, 0] if i % 2 else [0, 1, 0, 0] for i, c in enumerate(IDS)})
+    liver = {c: liver_case(i, shape=(16, 16, 8)) for i, c in enumerate(IDS)}
+    write_volumes(root / "interim" / "liver", liver)
+    brain = {}
+    for c, (image, label) in liver.items():
+        brats = label.copy()
+        brats[6:8, 6:8, 2:4] = 3
+        brain[c] = (np.stack([image, image ** 2, 1 - image, image]), brats)
+    write_volumes(root / "interim" / "brain", brain)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        state = UNet3D(base=2).state_dict()
+    (root / "pretrain" / "pcrl").mkdir(parents=True)
+    torch.save({"state_dict": state, "method": "pcrl", "parts": ["encoder", "decoder"],
+                "config": "{}"}, root / "pretrain" / "pcrl" / "weights.pt")
+    return {"root": root}
+
+
+@pytest.fixture(scope="module")
+def params(world: dict[str, Path], repo_root: Path) -> Path:
+    demo = yaml.safe_load((repo_root / "params.yaml").read_text())
+    ft = demo["finetune"]
+    ft.update(inits=["scratch", "pcrl"], fractions=[1.0], seeds=[0], network={"base": 2, "norm": "batch"})
+    ft["ncc"].update(epochs=2, patience=2, batch_size=4)
+    for task in ("lcs", "bms"):
+        ft[task].update(epochs=2, patience=2, batch_size=2, patches_per_volume=2, patch_size=[8, 8, 8])
+    path = world["root"] / "params.yaml"
+    path.write_text(yaml.safe_dump(demo))
+    return path
+
+
+def _run(params: Path, *argv: str) -> int:
+    return main(["--params", str(params), *argv, "--no-progress"])
+
+
+def _finetune(params: Path, root: Path, task: str, init: str, fraction: str = "1.0",
+              out: Path | None = None) -> tuple[int, Path]:
+    interim = {"lcs": ["--interim", str(root / "interim" / "liver")],
+               "bms": ["--interim", str(root / "interim" / "brain")]}.get(task, [])
+    out = out or root / "finetune" / task / init / f"f{fraction}" / "s0"
+    code = _run(params, "finetune", "--task", task, "--init", init, "--fraction", fraction,
+                "--seed", "0", "--processed", str(root / "processed" / task), *interim,
+                "--weights", str(root / "pretrain" / init), "--out", str(out),
+                "--state", str(root / "state" / task / init / fraction), "--workers", "1")
+    return code, out
+
+
+def _evaluate(params: Path, root: Path, task: str, model: Path, out: Path) -> int:
+    interim = {"lcs": ["--interim", str(root / "interim" / "liver")],
+               "bms": ["--interim", str(root / "interim" / "brain")]}.get(task, [])
+    return _run(params, "evaluate", "--task", task, "--model", str(model),
+                "--processed", str(root / "processed" / task), *interim, "--out", str(out))
+
+
+@pytest.fixture(scope="module")
+def trained(world: dict[str, Path], params: Path) -> dict[str, Path]:
+    root = world["root"]
+    assert _run(params, "init-weights", "--init", "scratch", "--out", str(root / "pretrain" / "scratch")) == 0
+    models = {}
+    for task, init in (("ncc", "scratch"), ("ncc", "pcrl"), ("lcs", "scratch"), ("lcs", "pcrl"),
+                       ("bms", "pcrl")):
+        code, out = _finetune(params, root, task, init)
+        assert code == 0, (task, init)
+        models[task, init] = out
+    return models
+
+
+def test_finetune_outputs(trained: dict, world: dict) -> None:
+    out = trained["bms", "pcrl"]
+    assert sorted(p.name for p in out.iterdir()) == ["live", "model.pt", "summary.json", "validation.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["first_conv_adapted"] is True and summary["train_cases"] == 2
+    assert summary["init_loaded"].startswith("loaded 104")  # encoder + decoder, not out_tr
+    model = torch.load(out / "model.pt", weights_only=True)
+    assert (model["task"], model["init"], model["fraction"], model["seed"]) == ("bms", "pcrl", 1.0, 0)
+    assert model["roi_size"] == [8, 8, 8] and model["train_ids"] == ["c0", "c1"]
+    history = json.loads((out / "validation.json").read_text())["history"]
+    assert str(model["best_epoch"]) == max(history, key=lambda e: history[e]["dice_mean"]) and \
+        isinstance(model["best_epoch"], int)
+    scratch = json.loads((trained["ncc", "scratch"] / "summary.json").read_text())
+    assert scratch["init_loaded"] == "nothing (scratch)"
+    metrics = json.loads((out / "live" / "metrics.json").read_text())
+    assert {"train", "val"} <= set(metrics) and "dice_mean" in metrics["val"]
+
+
+def test_a_rerun_resumes_from_the_state_and_trains_nothing(trained: dict, world: dict, params: Path) -> None:
+    root = world["root"]
+    state = root / "state" / "lcs" / "scratch" / "1.0" / "checkpoints"
+    before = (state / "last.pt").read_bytes()
+    code, out = _finetune(params, root, "lcs", "scratch", out=root / "again")
+    assert code == 0 and (state / "last.pt").read_bytes() == before
+    first = torch.load(trained["lcs", "scratch"] / "model.pt", weights_only=True)["state_dict"]
+    second = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_evaluate_writes_the_interface_record(trained: dict, world: dict, params: Path) -> None:
+    root = world["root"]
+    for (task, init), model in trained.items():
+        out = root / "evaluate" / task / init / "f1.0" / "s0"
+        assert _evaluate(params, root, task, model, out) == 0
+        record = json.loads((out / "metrics.json").read_text())
+        assert set(record) == {"task", "init", "fraction", "seed", "metrics", "primary", "provenance"}
+        assert (record["task"], record["init"], record["fraction"], record["seed"]) == (task, init, 1.0, 0)
+        assert record["primary"] in record["metrics"]
+        prov = record["provenance"]
+        evaluate = yaml.safe_load(params.read_text())["evaluate"]
+        assert prov["params_sha256"] == params_digest({"evaluate": evaluate})
+        assert {"git_commit", "versions", "device", "finetune"} <= set(prov)
+        assert {"torch", "monai", "SimpleITK", "pcrl"} <= set(prov["versions"])
+    ncc = json.loads((root / "evaluate/ncc/scratch/f1.0/s0/metrics.json").read_text())["metrics"]
+    assert ncc["n"] == 9 and ncc["positives"] == 3 and 0 <= ncc["auc"] <= 1  # c3 + c4 candidates
+    bms = json.loads((root / "evaluate/bms/pcrl/f1.0/s0/metrics.json").read_text())["metrics"]
+    assert {"dice_wt", "dice_tc", "dice_et", "iou_wt", "dice_mean"} <= set(bms)
+    assert bms["dice_mean"] == pytest.approx(np.mean([bms["dice_wt"], bms["dice_tc"], bms["dice_et"]]))
+
+
+def test_report_over_the_expected_runs(trained: dict, world: dict, params: Path, capsys) -> None:
+    root = world["root"]
+    for (task, init), model in trained.items():
+        out = root / "evaluate" / task / init / "f1.0" / "s0"
+        if not out.is_dir():
+            assert _evaluate(params, root, task, model, out) == 0
+    report = root / "report"
+    assert _run(params, "report", "--evaluations", str(root / "evaluate"), "--out", str(report)) == 2
+    assert "1 of 6 runs have no metrics" in capsys.readouterr().err  # bms/scratch missing
+    assert not report.exists()
+    relaxed = yaml.safe_load(params.read_text())
+    relaxed["report"]["require_complete"] = False
+    loose = root / "loose.yaml"
+    loose.write_text(yaml.safe_dump(relaxed))
+    assert _run(loose, "report", "--evaluations", str(root / "evaluate"), "--out", str(report)) == 0
+    summary = json.loads((report / "summary.json").read_text())
+    assert set(summary) == {"ncc", "lcs", "bms"}
+    assert set(summary["lcs"]["1.0"]) == {"scratch", "pcrl"} and set(summary["bms"]["1.0"]) == {"pcrl"}
+    assert (report / "plots" / "lcs.png").is_file() and "| scratch |" in (report / "report.md").read_text()
+
+
+def test_external_checkpoint_that_does_not_fit_is_refused(world: dict, params: Path, capsys) -> None:
+    root = world["root"]
+    with torch.random.fork_rng():
+        wide = UNet3D(base=4).state_dict()
+    ckpt = root / "Genesis_Chest_CT.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in wide.items()}}, ckpt)
+    assert _run(params, "init-weights", "--init", "genesis_ct", "--checkpoint", str(ckpt),
+                "--out", str(root / "pretrain" / "genesis_ct")) == 0
+    code, out = _finetune(params, root, "lcs", "genesis_ct")
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert "initialisation 'genesis_ct' (external)" in err
+    assert "down_tr64.ops.0.conv1.weight (4, 1, 3, 3, 3) vs (2, 1, 3, 3, 3)" in err
+
+
+def test_test_cases_seen_in_training_are_refused(trained: dict, world: dict, params: Path,
+                                                 tmp_path: Path, capsys) -> None:
+    root = world["root"]
+    processed = tmp_path / "lcs"
+    processed.mkdir()
+    write_split(processed, ["c1"], ["c2"], ["c0", "c3"], {"1.0": ["c1"]})  # c0 trained the model
+    out = tmp_path / "eval"
+    code = _run(params, "evaluate", "--task", "lcs", "--model", str(trained["lcs", "scratch"]),
+                "--processed", str(processed), "--interim", str(root / "interim" / "liver"),
+                "--out", str(out))
+    assert code == 2 and not out.exists()
+    assert "test cases ['c0'] were used to train" in capsys.readouterr().err
+
+
+def test_foreign_labels_and_empty_splits_exit_2(trained: dict, world: dict, params: Path,
+                                                tmp_path: Path, capsys) -> None:
+    root = world["root"]
+    interim = tmp_path / "interim"
+    image, label = liver_case(0, shape=(16, 16, 8))
+    write_volumes(interim, {c: (image, label * 3 if c == "c1" else label) for c in IDS})
+    code = _run(params, "finetune", "--task", "lcs", "--init", "scratch", "--fraction", "1.0",
+                "--seed", "0", "--processed", str(root / "processed" / "lcs"), "--interim", str(interim),
+                "--weights", str(root / "pretrain" / "scratch"), "--out", str(tmp_path / "o1"),
+                "--state", str(tmp_path / "s1"))
+    assert code == 2 and not (tmp_path / "o1").exists()
+    assert "c1_label.nii.gz: label value(s) 3, 6 are not classes of task lcs" in capsys.readouterr().err
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    write_split(processed, ["c0"], [], ["c3"], {"1.0": ["c0"]})
+    code = _run(params, "finetune", "--task", "ncc", "--init", "scratch", "--fraction", "1.0",
+                "--seed", "0", "--processed", str(processed), "--weights", str(root / "pretrain" / "scratch"),
+                "--out", str(tmp_path / "o2"), "--state", str(tmp_path / "s2"))
+    assert code == 2 and "the val split is empty" in capsys.readouterr().err
+    code = _run(params, "finetune", "--task", "ncc", "--init", "scratch", "--fraction", "0.3",
+                "--seed", "0", "--processed", str(root / "processed" / "ncc"),
+                "--weights", str(root / "pretrain" / "scratch"), "--out", str(tmp_path / "o3"),
+                "--state", str(tmp_path / "s3"))
+    assert code == 2 and "label fraction 0.3 is not in" in capsys.readouterr().err
+
+
+def test_init_weights_arguments(trained: dict, world: dict, params: Path, tmp_path: Path,
+                                capsys) -> None:
+    assert _run(params, "init-weights", "--init", "genesis_ct", "--out", str(tmp_path / "x")) == 2
+    assert "needs one (finetune.external)" in capsys.readouterr().err
+    scratch = torch.load(world["root"] / "pretrain" / "scratch" / "weights.pt", weights_only=True)
+    assert scratch["parts"] == [] and scratch["state_dict"] == {}
+
+
+def test_schema_refuses_a_bad_finetune_section(params: Path, tmp_path: Path, capsys) -> None:
+    bad = yaml.safe_load(params.read_text())
+    broken = copy.deepcopy(bad)
+    broken["finetune"]["lcs"]["patch_size"] = [8, 8, 12]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    assert _run(path, "report", "--evaluations", str(tmp_path), "--out", str(tmp_path / "r")) == 2
+    assert "finetune.lcs.patch_size.2: 12 is invalid" in capsys.readouterr().err
