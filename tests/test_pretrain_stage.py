@@ -105,6 +105,8 @@ def test_pretrain_stage_writes_weights_previews_summary(pairs_dir: Path, tmp_pat
     assert (out / "previews" / "epoch_002.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_pairs"] == 16 and summary["world_size"] == 1
+    assert summary["provenance"]["device"].startswith("cpu")
+    assert len(summary["provenance"]["params_sha256"]) == 64 and "torch" in summary["provenance"]["versions"]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
 
 

@@ -29,6 +29,7 @@ from pcrl.engine import TrainConfig, train
 from pcrl.errors import DataError
 from pcrl.methods import build_method, method_config
 from pcrl.previews import save_preview
+from pcrl.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ def run_pretrain(
                 "train_pairs": len(dataset),
                 "world_size": dist.world_size,
                 "final": result.final_metrics,
+                "provenance": provenance({"pretrain": settings}, device=dist.device),
             })
         log.info("%s: pretrained %d epochs on %d pairs -> %s", method, settings["epochs"], len(dataset), out)
     cleanup()
