@@ -44,6 +44,7 @@ def _small_copy(repo: Path, dest: Path) -> Path:
     work = fresh_copy(repo, dest)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["pretrain"].update(epochs=1, methods=["pcrl"])
+    params["finetune"]["inits"] = ["scratch", "pcrl"]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (work / "workflow" / "resources.yaml").write_text(yaml.safe_dump(SMALL_RESOURCES))
     git(work, "commit", "-qam", "small demo slice")
