@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from pcrl.errors import ConfigError
 from pcrl.methods.losses import reconstruction_loss
 from pcrl.methods.views import ViewConfig, augment_and_corrupt
-from pcrl.networks.unet3d import NormName, UNet3D
+from pcrl.networks.unet3d import NormName, UNet3D, require_positive_int
 from pcrl.transforms import CorruptionConfig
 
 __all__ = ["Genesis", "GenesisConfig"]
@@ -51,9 +51,7 @@ class GenesisConfig:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "base"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"GenesisConfig.{name} must be a positive integer, got {value!r}")
+            require_positive_int(f"GenesisConfig.{name}", getattr(self, name))
         try:
             self.views  # noqa: B018 - validates corruption and augment
         except ConfigError as exc:

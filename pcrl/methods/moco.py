@@ -28,7 +28,7 @@ from pcrl.methods.losses import InfoNCELoss
 from pcrl.methods.momentum import KeyQueue, forward_shuffled, update_momentum
 from pcrl.methods.views import ViewConfig, augment_and_corrupt
 from pcrl.networks.pcrl_net import PCRLNet3D
-from pcrl.networks.unet3d import NormName
+from pcrl.networks.unet3d import NormName, require_positive_int
 from pcrl.transforms import CorruptionConfig
 
 __all__ = ["MoCoConfig", "MoCoV2"]
@@ -72,9 +72,7 @@ class MoCoConfig:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "base", "proj_dim", "queue_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"MoCoConfig.{name} must be a positive integer, got {value!r}")
+            require_positive_int(f"MoCoConfig.{name}", getattr(self, name))
         if not self.temperature > 0:
             raise ConfigError(f"MoCoConfig.temperature must be positive, got {self.temperature!r}")
         if not 0.0 <= self.momentum <= 1.0:

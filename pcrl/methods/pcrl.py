@@ -61,7 +61,7 @@ from pcrl.methods.views import (
     make_views,
 )
 from pcrl.networks.pcrl_net import PCRLNet3D
-from pcrl.networks.unet3d import NormName
+from pcrl.networks.unet3d import NormName, require_positive_int
 from pcrl.transforms import CorruptionConfig
 
 __all__ = ["CONTRASTIVE_TERMS", "PCRL", "PCRLConfig", "RECONSTRUCTION_TERMS", "ContrastiveLoss"]
@@ -72,11 +72,6 @@ ContrastiveLoss = Literal["nce", "infonce"]
 CONTRASTIVE_TERMS = ("con_plain", "con_mix", "con_mix_k")
 #: Names of the reconstruction (MSE) terms returned by :meth:`PCRL.forward` (when enabled).
 RECONSTRUCTION_TERMS = ("mse_plain", "mse_hybrid", "mse_mix_plain", "mse_mix_hybrid")
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -126,7 +121,7 @@ class PCRLConfig:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "base", "proj_dim", "queue_size"):
-            _positive_int(f"PCRLConfig.{name}", getattr(self, name))
+            require_positive_int(f"PCRLConfig.{name}", getattr(self, name))
         if not self.temperature > 0:
             raise ConfigError(f"PCRLConfig.temperature must be positive, got {self.temperature!r}")
         if not 0.0 <= self.momentum <= 1.0:
@@ -140,7 +135,7 @@ class PCRLConfig:
                 raise ConfigError(
                     "PCRLConfig.n_data: loss 'nce' needs the number of training samples (pairs)"
                 )
-            _positive_int("PCRLConfig.n_data", self.n_data)
+            require_positive_int("PCRLConfig.n_data", self.n_data)
         try:
             self.views  # noqa: B018 - validates target, corruption and augment
         except ConfigError as exc:
