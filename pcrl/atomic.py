@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from pcrl.errors import DataError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -48,6 +50,18 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike[str], *, hint: str) -> Any:
+    """Read a JSON file another stage wrote; DataError naming it when missing (with ``hint``,
+    e.g. the stage to run first) or unreadable."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: {hint}") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable: {exc}") from None
 
 
 def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:

@@ -26,7 +26,6 @@ uninterrupted one. Without workers (tests, debugging) the base seed is the datas
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
+from pcrl.atomic import read_json
 from pcrl.data.splits import check_disjoint, fraction_key
 from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.tasks import (
@@ -66,15 +66,6 @@ SPLIT_FILE = "split.json"
 FRACTIONS_FILE = "fractions.json"
 CANDIDATES_FILE = "candidates.csv"
 CASES_FILE = "cases.json"
-
-
-def _read_json(path: Path, hint: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path} is missing: {hint}") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable: {exc}") from None
 
 
 def loader_seed(fallback: int) -> int:
@@ -116,8 +107,8 @@ def load_split(processed: str | Path, fraction: float) -> TaskSplit:
     """
     processed = Path(processed)
     hint = "run 'pcrl cubes' for the task first"
-    split = _read_json(processed / SPLIT_FILE, hint)
-    fractions = _read_json(processed / FRACTIONS_FILE, hint)
+    split = read_json(processed / SPLIT_FILE, hint=hint)
+    fractions = read_json(processed / FRACTIONS_FILE, hint=hint)
     key = fraction_key(fraction)
     if key not in fractions:
         raise ConfigError(f"label fraction {key} is not in {processed / FRACTIONS_FILE} "
@@ -335,7 +326,7 @@ def read_volume_cases(interim: str | Path, ids: Sequence[str]) -> list[VolumeCas
         DataError: ``cases.json`` missing; an id absent from it or without a label.
     """
     interim = Path(interim)
-    entries = _read_json(interim / CASES_FILE, "run 'pcrl resample' first")
+    entries = read_json(interim / CASES_FILE, hint="run 'pcrl resample' first")
     by_id = {str(c.get("id")): c for c in entries} if isinstance(entries, list) else {}
     missing = [i for i in ids if i not in by_id]
     if missing:

@@ -8,12 +8,11 @@ Tasks (PCRL-SPEC "Protocol"): ``pretrain`` (LUNA16 pairs of overlapping crops), 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from pcrl.atomic import atomic_dir, atomic_path, write_json
+from pcrl.atomic import atomic_dir, atomic_path, read_json, write_json
 from pcrl.data.candidates import write_ncc_cubes
 from pcrl.data.cubes import PairConfig, write_pretrain_pairs
 from pcrl.data.layout import load_manifest, resolve_extras
@@ -28,12 +27,7 @@ CASES_FILE = "cases.json"
 def read_cases(interim: Path) -> list[dict[str, Any]]:
     """The resample stage's ``cases.json``; DataError when it is missing (stage incomplete)."""
     path = Path(interim) / CASES_FILE
-    try:
-        cases = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path} is missing: run 'pcrl resample' first") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable: {exc}") from None
+    cases = read_json(path, hint="run 'pcrl resample' first")
     if not isinstance(cases, list) or not cases:
         raise DataError(f"{path}: expected a non-empty list of cases")
     return cases

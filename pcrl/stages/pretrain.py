@@ -22,11 +22,10 @@ from typing import Any
 
 import torch
 
-from pcrl.atomic import atomic_dir, atomic_path, write_json
+from pcrl.atomic import atomic_dir, atomic_path, read_json, write_json
 from pcrl.data.pairs import PairsDataset, pair_files
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig, train
-from pcrl.errors import DataError
 from pcrl.methods import build_method, method_config
 from pcrl.previews import save_preview
 from pcrl.provenance import provenance
@@ -37,15 +36,6 @@ log = logging.getLogger(__name__)
 PRETRAINED_PARTS = {"pcrl": ("encoder", "decoder"), "genesis": ("encoder", "decoder"), "moco": ("encoder",)}
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "checkpoint_every", "amp", "seed", "max_grad_norm")
 PREVIEW_SEED = 1234
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path} is missing: run 'pcrl cubes --task pretrain' first") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable: {exc}") from None
 
 
 def method_settings(method: str, settings: dict[str, Any], *, n_data: int) -> dict[str, Any]:
@@ -109,8 +99,9 @@ def run_pretrain(
 ) -> Path:
     """Pretrain ``method`` on ``pairs`` (the cubes@pretrain output); write ``out``."""
     pairs = Path(pairs)
-    split = _read_json(pairs / "split.json")
-    index = _read_json(pairs / "pairs.json")
+    hint = "run 'pcrl cubes --task pretrain' first"
+    split = read_json(pairs / "split.json", hint=hint)
+    index = read_json(pairs / "pairs.json", hint=hint)
     by_id = {entry["id"]: entry for entry in index}
     train_files = pair_files(pairs / "pairs", split["train"])
     val_files = pair_files(pairs / "pairs", [i for i in split.get("val", []) if i in by_id])
