@@ -1,21 +1,32 @@
 # Two commands do everything (see README.md):
 #   make demo   installs, then runs the whole pipeline on the embedded phantom (dvc repro)
-#   make test   installs, then runs the test suite
-PYTHON ?= python3
+#   make test   installs, then runs lint, types and the test suite
+# Both install into a virtual environment: the active one ($VIRTUAL_ENV) if there is one,
+# else ./.venv, created fresh from python3. Nothing installed elsewhere on the machine is used.
+SYSTEM_PYTHON ?= python3
+VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(CURDIR)/.venv)
+PYTHON := $(VENV)/bin/python
+# the venv's console scripts (pcrl, dvc, snakemake) come first for every recipe and test
+export PATH := $(VENV)/bin:$(PATH)
 # The one place torch is pinned. A torch already installed (e.g. your CUDA build) is kept.
 TORCH_VERSION ?= 2.13.0
 
 .PHONY: install demo test lint clean-demo
 
-install:
+$(PYTHON):
+	$(SYSTEM_PYTHON) -m venv $(VENV)
+
+install: $(PYTHON)
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
 	$(PYTHON) -m pip install -e ".[dev]"
 
 demo: install
 	dvc repro
 
-test: install
-	$(PYTHON) -m pytest -ra
-
 lint: install
+	ruff check pcrl tests benchmarks
+	mypy pcrl
 	snakemake --lint
+
+test: install lint
+	$(PYTHON) -m pytest -ra

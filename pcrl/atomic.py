@@ -73,15 +73,22 @@ def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary folder that replaces ``path`` when the block succeeds.
+    """Yield a temporary folder that replaces ``path`` when the block succeeds.
 
-    An existing ``path`` is kept untouched until the new one is complete, then removed.
-    On error the temporary folder is deleted and ``path`` is left as it was.
+    The folder holds only the pipeline's marker (:data:`pcrl.outputs.MARKER`), so the
+    output carries it. An existing ``path`` is kept untouched until the new one is complete,
+    then removed, but only when it carries the marker too (or is empty): a folder the
+    pipeline did not write is refused before anything is built (UnsafeOutputError). On
+    error the temporary folder is deleted and ``path`` is left as it was.
     """
+    from pcrl.outputs import check_output, write_marker
+
     final = Path(path)
+    check_output(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
+        write_marker(tmp)
         yield tmp
         if final.exists() or final.is_symlink():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")

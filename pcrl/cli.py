@@ -49,6 +49,20 @@ def cmd_download(args: argparse.Namespace, params: dict[str, Any]) -> None:
     )
 
 
+def cmd_check_params(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    """Validate params.yaml before any stage runs; write the data settings it checked.
+
+    DVC and Snakemake delete a stage's outputs before running it, so a dataset the user
+    points ``data.local_paths`` at inside ``data/`` would be gone before ``pcrl download``
+    could refuse it. This stage runs first (the download stages depend on it) and stops
+    the DAG on invalid params, before anything is deleted.
+    """
+    from pcrl.atomic import atomic_dir, write_json
+
+    with atomic_dir(Path(args.out)) as tmp:
+        write_json(tmp / "data.json", section(params, "data"))
+
+
 def cmd_resample(args: argparse.Namespace, params: dict[str, Any]) -> None:
     """Resample every case of one dataset."""
     from pcrl.stages.resample import run_resample
@@ -184,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         return p
 
+    p = add("check-params", cmd_check_params, "validate params.yaml before any stage runs")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/params")
+
     datasets = ["luna16", "msd_liver", "msd_brain", "chestxray14"]
     p = add("download", cmd_download, "fetch/generate/verify a dataset (params: data)")
     p.add_argument("--dataset", required=True, choices=datasets)
@@ -245,6 +262,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options naming what a stage reads, and what it writes (replaces or may discard).
+INPUT_OPTIONS = ("raw", "interim", "pairs", "processed", "weights", "model", "evaluations",
+                 "checkpoint")
+OUTPUT_OPTIONS = ("out", "state")
+
+
+def check_stage_paths(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    """Refuse, before any work, an output that could delete an input or a user's data.
+
+    The inputs are the stage's own (``--raw``, ``--pairs``, ...), every
+    ``data.local_paths`` folder and the download cache; the repository and the user's
+    home may hold outputs but never be one (:func:`pcrl.outputs.check_output`).
+    """
+    from pcrl.outputs import MARKER, STATE_MARKERS, check_output, repository_roots
+
+    data = params.get("data", {})
+    inputs = [getattr(args, name) for name in INPUT_OPTIONS if getattr(args, name, None)]
+    inputs += [str(p) for p in data.get("local_paths", {}).values()]
+    inputs.append(str(data.get("cache_dir", "data/downloads")))
+    protected = [*repository_roots(), Path(args.params).resolve().parent, Path.home()]
+    outs = [(name, getattr(args, name)) for name in OUTPUT_OPTIONS if getattr(args, name, None)]
+    for name, out in outs:
+        others = [o for n, o in outs if n != name]
+        check_output(out, inputs=[*inputs, *others], protected=protected, option=f"--{name}",
+                     markers=STATE_MARKERS if name == "state" else (MARKER,))
+
+
 #: Stages that train, and run one process per GPU when given several (pcrl.launch).
 TRAINING_STAGES = {"pretrain", "finetune"}
 
@@ -260,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("SLURM job %s on %s", os.environ["SLURM_JOB_ID"], os.environ.get("SLURMD_NODENAME", "?"))
     try:
         params = load_params(args.params)
+        check_stage_paths(args, params)
         if args.command in TRAINING_STAGES:
             from pcrl.launch import maybe_relaunch
 

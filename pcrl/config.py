@@ -19,6 +19,58 @@ import yaml
 from pcrl.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+#: Folders the pipeline writes (DVC outputs, state, caches), relative to the params file:
+#: a user's dataset (``data.local_paths``) may not lie inside them, since DVC and Snakemake
+#: delete a stage's outputs before running it.
+PIPELINE_FOLDERS = ("data", "results")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode,
+                              deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(f"key {key!r} appears twice in one mapping (lines {seen[key]} "
+                              f"and {line}); YAML would silently keep the last")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file, refusing duplicate keys; ConfigError names the file and line."""
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def check_local_paths(params: dict[str, Any], root: Path, source: str) -> None:
+    """Refuse a ``data.local_paths`` folder inside the pipeline's own output folders."""
+    for name, given in params.get("data", {}).get("local_paths", {}).items():
+        folder = Path(given).expanduser()
+        folder = (folder if folder.is_absolute() else root / folder).resolve()
+        for owned in PIPELINE_FOLDERS:
+            pipeline = (root / owned).resolve()
+            if folder == pipeline or pipeline in folder.parents:
+                raise ConfigError(
+                    f"{source}: data.local_paths.{name}: {given} lies inside the pipeline's "
+                    f"own {owned}/ folder, whose contents DVC and Snakemake delete and "
+                    "rebuild; keep your dataset outside it"
+                )
 
 
 @functools.cache
@@ -132,11 +184,9 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
-    try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return validate_params(params, str(path))
+    params = validate_params(load_yaml(path), str(path))
+    check_local_paths(params, path.resolve().parent, str(path))
+    return params
 
 
 def section(params: dict[str, Any], *keys: str) -> Any:

@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 
 from pcrl.atomic import atomic_path
 from pcrl.distributed import DistInfo
+from pcrl.torchfile import load_checked, save_checked
 from pcrl.errors import ConfigError, DataError, PcrlError
 
 __all__ = [
@@ -315,14 +316,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             engine, or would need code execution to load.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        raise DataError(f"{path}: unreadable or truncated checkpoint ({exc})") from exc
-    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(checkpoint, dict)
-               or key not in checkpoint]
+    checkpoint = load_checked(path, "training checkpoint")
+    missing = [key for key in _CHECKPOINT_KEYS if key not in checkpoint]
     if missing:
         raise DataError(f"{path}: not a pcrl training checkpoint (missing {missing})")
     if checkpoint["format"] != CHECKPOINT_FORMAT:
@@ -566,8 +561,7 @@ class _Trainer:
                 "amp": self.amp,
                 "early_stopped": position.stopped,
             }
-            with atomic_path(self.last) as tmp:
-                torch.save(checkpoint, tmp)
+            save_checked(checkpoint, self.last)
             if position.step == 0 and position.epoch % self.config.checkpoint_every == 0:
                 with atomic_path(self.last.with_name(f"epoch_{position.epoch:03d}.pt")) as tmp:
                     shutil.copyfile(self.last, tmp)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pcrl.outputs import MARKER, UnsafeOutputError, write_marker
 from pcrl.atomic import atomic_dir, atomic_path, save_npy, write_json
 
 
@@ -43,14 +44,31 @@ def test_write_json_and_npy_round_trip(tmp_path: Path) -> None:
 def test_atomic_dir_replaces_only_when_complete(tmp_path: Path) -> None:
     out = tmp_path / "stage"
     out.mkdir()
+    write_marker(out)  # an earlier output of the pipeline
     (out / "old.txt").write_text("old")
     with pytest.raises(ValueError):
         with atomic_dir(out) as tmp:
             (tmp / "new.txt").write_text("partial")
             raise ValueError("case 3 failed")
-    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
     with atomic_dir(out) as tmp:
         (tmp / "new.txt").write_text("done")
-    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+
+
+def test_atomic_dir_never_replaces_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    out = tmp_path / "my_dataset"
+    out.mkdir()
+    (out / "scan.mhd").write_text("precious")
+    with pytest.raises(UnsafeOutputError, match="not written by this pipeline"):
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("done")
+    assert sorted(p.name for p in out.iterdir()) == ["scan.mhd"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_dataset"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_dir(empty) as tmp:  # an empty folder holds nothing to lose
+        (tmp / "new.txt").write_text("done")
+    assert sorted(p.name for p in empty.iterdir()) == [MARKER, "new.txt"]

@@ -159,3 +159,26 @@ def test_candidate_outside_its_scan_names_seriesuid_and_coordinate(two_scans):
     _write_csv(root / "bad.csv", [("1.2.840.2", 10.0 - 3, -20.0 + 4, 5.0 + 40.5, 0)])
     with pytest.raises(DataError, match=r"1\.2\.840\.2.*\[7\.0, -16\.0, 45\.5\]"):
         write_ncc_cubes(cases, interim, root / "bad.csv", root / "out", size=(4, 4, 2), progress=False)
+
+
+@pytest.mark.parametrize("row,line,message", [
+    ("uid,1,2,3,0.9", 3, r"class = '0.9'.*must be 0 .* or 1"),
+    ("uid,1,2,3,2", 3, r"class = '2'"),
+    ("uid,1,2,3,", 3, r"class = ''"),
+    ("uid,nan,2,3,1", 3, r"coordX = 'nan' is not a finite number"),
+    ("uid,1,inf,3,1", 3, r"coordY = 'inf' is not a finite number"),
+    ("uid,1,2,abc,1", 3, r"coordZ = 'abc' is not a number"),
+])
+def test_bad_candidate_rows_name_their_line(tmp_path, row: str, line: int, message: str):
+    path = tmp_path / "candidates.csv"
+    path.write_text(f"seriesuid,coordX,coordY,coordZ,class\nuid,0,0,0,1\n{row}\n")
+    with pytest.raises(DataError, match=rf"candidates\.csv, line {line}: {message}"):
+        read_candidates(path)
+
+
+def test_classes_zero_and_one_are_read_exactly(tmp_path):
+    path = tmp_path / "candidates.csv"
+    path.write_text("seriesuid,coordX,coordY,coordZ,class\na,1.5,-2,3e1,1\nb,0,0,0,0\n")
+    table = read_candidates(path)
+    assert table.label.tolist() == [1, 0]
+    np.testing.assert_array_equal(table.world, [[1.5, -2.0, 30.0], [0.0, 0.0, 0.0]])

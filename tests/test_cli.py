@@ -79,7 +79,7 @@ def test_local_copy_is_verified_not_copied(local_luna, tmp_path: Path) -> None:
     root, params = local_luna
     out = tmp_path / "raw_out"
     assert _run(params, "download", "--dataset", "luna16", "--out", str(out)) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".pcrl-output", "manifest.json"]
     interim = tmp_path / "interim"
     assert _run(params, "resample", "--dataset", "luna16", "--raw", str(out), "--out", str(interim), "--workers", "1") == 0
     assert len(list(interim.glob("*.nii.gz"))) == LUNA_SIZES["scans"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,33 @@ def test_finetune_inits_must_name_a_pretraining(demo_params: dict) -> None:
         validate_params(demo_params)
     demo_params["finetune"]["external"] = {"simclr": "/models/simclr.pt"}
     validate_params(demo_params)
+
+
+def test_duplicate_key_is_an_error_naming_key_and_lines(tmp_path: Path, repo_root: Path) -> None:
+    text = (repo_root / "params.yaml").read_text()
+    assert "\ndata:\n" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("\ndata:\n", "\ndata:\n  source: download\n  source: phantom\n", 1))
+    with pytest.raises(ConfigError, match=r"params\.yaml: key 'source' appears twice .*lines (\d+) and (\d+)") as info:
+        load_params(path)
+    first, second = map(int, re.search(r"lines (\d+) and (\d+)", str(info.value)).groups())
+    lines = path.read_text().splitlines()
+    assert lines[first - 1].strip() == "source: download" and lines[second - 1].strip() == "source: phantom"
+
+
+@pytest.mark.parametrize("inside", ["data/raw/msd_liver", "data", "./data/../data/interim/x", "results/r"])
+def test_local_paths_inside_the_pipelines_folders_are_refused(tmp_path: Path, demo_params: dict,
+                                                              inside: str) -> None:
+    demo_params["data"]["local_paths"] = {"msd_liver": inside}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(demo_params))
+    with pytest.raises(ConfigError, match=rf"data\.local_paths\.msd_liver: {re.escape(inside)} lies inside"):
+        load_params(path)
+
+
+def test_local_paths_outside_are_accepted(tmp_path: Path, demo_params: dict) -> None:
+    demo_params["data"]["local_paths"] = {"msd_liver": str(tmp_path / "datasets" / "Task03_Liver"),
+                                          "luna16": "database/luna16"}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(demo_params))
+    assert load_params(path)["data"]["local_paths"]["luna16"] == "database/luna16"

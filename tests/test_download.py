@@ -25,6 +25,7 @@ from pcrl.data.download import download_dataset, fetch, safe_extract
 from pcrl.data.layout import scan_decathlon
 from pcrl.data.registry import DATASETS, DatasetSpec, RemoteFile
 from pcrl.errors import ChecksumError, ConfigError, DataError
+from pcrl.outputs import MARKER
 
 BODY = bytes(range(256)) * 40  # 10240 bytes
 CUT = 3000
@@ -39,6 +40,7 @@ class ServerState:
     cut_after: dict[str, int] = field(default_factory=dict)
     chunked_cut: dict[str, int] = field(default_factory=dict)
     honour_range: bool = True
+    no_length: set[str] = field(default_factory=set)
 
 
 class RangeHandler(BaseHTTPRequestHandler):
@@ -61,6 +63,9 @@ class RangeHandler(BaseHTTPRequestHandler):
                 return
             content_range = f"bytes {start}-{len(body) - 1}/{len(body)}"
             self._headers(206, len(body) - start, {"Content-Range": content_range})
+        elif self.path in self.state.no_length:  # HTTP/1.0 style: the body ends at close
+            self.send_response(200)
+            self.end_headers()
         elif self.path in self.state.chunked_cut:
             self._send_cut_chunk(body, self.state.chunked_cut.pop(self.path))
             return
@@ -376,7 +381,7 @@ def test_download_dataset_fetches_extracts_and_caches(server: Server, tmp_path: 
         assert root == target / "Task99_Tiny"
         assert [c["id"] for c in scan_decathlon(root)["cases"]] == ["c_0", "c_1"]
         assert (target / "notes.csv").read_bytes() == b"a,b\n1,2\n"
-        assert entries(target) == {"Task99_Tiny", "notes.csv"}
+        assert entries(target) == {"Task99_Tiny", "notes.csv", MARKER}
     assert len(server.state.requests) == 2  # the second run is served by the cache
     assert entries(cache) == {"Task99_Tiny.tar.gz", "notes.csv"}
 
@@ -401,3 +406,80 @@ def test_manual_dataset_is_refused_without_request(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="source: local"):
         download_dataset(DATASETS["chestxray14"], tmp_path / "cache", tmp_path / "raw")
     assert not (tmp_path / "cache").exists()
+
+
+# --------------------------------------------------------------------------- short downloads
+
+
+def test_no_length_and_no_checksum_is_refused(server: Server, tmp_path: Path) -> None:
+    """A server that sends no Content-Length and closes early: nothing can tell the CSV is
+    short, so it is refused instead of accepted truncated."""
+    server.state.files["/candidates.csv"] = b"seriesuid,coordX\n" + b"1.2.3,4.5\n" * 200
+    server.state.no_length.add("/candidates.csv")
+    server.state.cut_after["/candidates.csv"] = 500
+    dest = tmp_path / "cache" / "candidates.csv"
+    with pytest.raises(ChecksumError, match="cannot be verified.*no Content-Length"):
+        fetch(server.url("/candidates.csv"), dest, progress=False)
+    assert entries(dest.parent) == set()
+
+
+def test_no_length_with_a_size_is_checked(server: Server, tmp_path: Path) -> None:
+    server.state.files["/f.bin"] = BODY
+    server.state.no_length.add("/f.bin")
+    server.state.cut_after["/f.bin"] = CUT
+    with pytest.raises(ChecksumError, match=f"expected {len(BODY)} bytes, got {CUT}"):
+        fetch(server.url("/f.bin"), tmp_path / "f.bin", size=len(BODY), progress=False)
+    assert entries(tmp_path) == set()
+    fetch(server.url("/f.bin"), tmp_path / "f.bin", size=len(BODY), progress=False)
+    assert (tmp_path / "f.bin").read_bytes() == BODY
+
+
+def _unverified_zip_spec(server: Server) -> DatasetSpec:
+    files = {"Task99_Tiny/dataset.json": json.dumps({"training": [], "test": []}).encode(),
+             "Task99_Tiny/big.bin": bytes(range(256)) * 400}
+    server.state.files["/tiny.zip"] = zip_bytes(files)
+    remote = RemoteFile(server.url("/tiny.zip"), "tiny.zip", extract=True)  # no checksum
+    return DatasetSpec(name="tiny", title="Tiny", tasks=("lcs",), layout="decathlon",
+                       files=(remote,), folder="Task99_Tiny", citation="-", homepage="-")
+
+
+def _corrupt(data: bytes) -> bytes:
+    """Flip bytes in the middle of a stored member: the zip's CRC no longer matches."""
+    body = bytearray(data)
+    middle = len(body) // 2
+    body[middle : middle + 50] = bytes(b ^ 0xFF for b in body[middle : middle + 50])
+    return bytes(body)
+
+
+def test_corrupt_archive_without_checksum_is_not_cached(server: Server, tmp_path: Path) -> None:
+    spec = _unverified_zip_spec(server)
+    server.state.files["/tiny.zip"] = _corrupt(server.state.files["/tiny.zip"])
+    with pytest.raises(ChecksumError, match="tiny.zip.*fails its CRC check"):
+        download_dataset(spec, tmp_path / "cache", tmp_path / "raw", progress=False)
+    assert entries(tmp_path / "cache") == set()
+
+
+def test_truncated_archive_without_length_is_not_cached(server: Server, tmp_path: Path) -> None:
+    spec = _unverified_zip_spec(server)
+    server.state.no_length.add("/tiny.zip")
+    server.state.cut_after["/tiny.zip"] = len(server.state.files["/tiny.zip"]) // 2
+    with pytest.raises(ChecksumError):
+        download_dataset(spec, tmp_path / "cache", tmp_path / "raw", progress=False)
+    assert entries(tmp_path / "cache") == set()
+
+
+def test_corrupt_cached_archive_is_replaced(server: Server, tmp_path: Path) -> None:
+    spec = _unverified_zip_spec(server)
+    good = server.state.files["/tiny.zip"]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    write(cache / "tiny.zip", good[: len(good) // 2])  # e.g. left by an older version
+    download_dataset(spec, cache, tmp_path / "raw", progress=False)
+    assert (cache / "tiny.zip").read_bytes() == good
+    assert len(server.state.requests) == 1
+
+
+def test_extraction_error_says_which_file_to_delete(tmp_path: Path) -> None:
+    archive = write(tmp_path / "bad.tar.gz", b"\x1f\x8b not really gzip")
+    with pytest.raises(DataError, match=f"delete {archive} and rerun"):
+        safe_extract(archive, tmp_path / "out")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pcrl.torchfile import save_checked
 from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.models import (
     ClassificationNet,
@@ -132,10 +133,10 @@ def test_a_checkpoint_of_another_width_lists_the_keys() -> None:
 
 def test_records_round_trip_and_old_files_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "weights.pt"
-    torch.save(_record(("encoder",)).to_file(), path)
+    save_checked(_record(("encoder",)).to_file(), path)
     back = read_init_record(path, "pcrl")
     assert back.parts == ("encoder",) and back.method == "pcrl"
-    torch.save({"state_dict": _pretrained(), "method": "pcrl"}, path)  # before 'parts' existed
+    save_checked({"state_dict": _pretrained(), "method": "pcrl"}, path)  # before 'parts' existed
     with pytest.raises(DataError, match="weights.pt: not an initialisation record.*'parts'"):
         read_init_record(path, "pcrl")
     with pytest.raises(DataError, match="nothing.pt: initialisation weights not found"):

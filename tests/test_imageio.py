@@ -101,7 +101,7 @@ def test_nii_gz_is_gzip_compressed(tmp_path: Path):
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path):
-    with pytest.raises(RuntimeError):
+    with pytest.raises(DataError, match="a.unknownformat: cannot write the image"):
         write_image(tmp_path / "a.unknownformat", small_image())
     assert list(tmp_path.iterdir()) == []
 
@@ -177,7 +177,7 @@ def test_corrupt_nifti_becomes_data_error(tmp_path: Path, cut: float | None):
     write_image(path, small_image())
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * cut)] if cut else b"not an image at all")
-    with pytest.raises(DataError, match=r"bad\.nii\.gz: SimpleITK cannot read it"):
+    with pytest.raises(DataError, match=r"bad\.nii\.gz: corrupt or truncated"):
         read_image(path)
 
 
@@ -233,3 +233,116 @@ def test_vector_image_needs_allow_channels(tmp_path: Path):
     with pytest.raises(DataError, match="3 components per voxel"):
         read_image(path)
     assert read_image(path, allow_channels=True).GetNumberOfComponentsPerPixel() == 3
+
+
+# ---------------------------------------------------------------- integrity of the bytes
+def big_image() -> sitk.Image:
+    """A 40 x 40 x 30 float image of noise: large enough for several gzip blocks."""
+    values = np.random.default_rng(0).random((40, 40, 30)).astype(np.float32)
+    return array_to_image(values, spacing=(1, 1, 2), origin=(0, 0, 0), direction=np.eye(3).ravel())
+
+
+def test_nifti_cut_in_half_is_refused_although_simpleitk_reads_it(tmp_path: Path):
+    path = tmp_path / "half.nii.gz"
+    write_image(path, big_image())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    sitk.ReadImage(str(path))  # the reason for the check: SimpleITK does not complain
+    with pytest.raises(DataError, match=r"half\.nii\.gz: corrupt or truncated .*end-of-stream"):
+        read_image(path)
+
+
+def test_nifti_with_corrupt_bytes_fails_its_crc(tmp_path: Path):
+    path = tmp_path / "flipped.nii.gz"
+    write_image(path, big_image())
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 300] = np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"flipped\.nii\.gz: corrupt or truncated"):
+        read_image(path)
+
+
+def test_uncompressed_nifti_short_of_its_voxels(tmp_path: Path):
+    path = tmp_path / "short.nii"
+    write_image(path, big_image())
+    data = path.read_bytes()
+    path.write_bytes(data[:-4])
+    expected = 352 + 40 * 40 * 30 * 4  # NIfTI-1 header + float32 voxels
+    with pytest.raises(DataError, match=f"announces {expected} bytes .* holds {expected - 4}"):
+        read_image(path)
+
+
+def _compressed_mhd(tmp_path: Path) -> tuple[Path, str]:
+    mhd = tmp_path / "z.mhd"
+    write_image(mhd, big_image(), compress=True)
+    return mhd, mhd.read_text()
+
+
+def test_compressed_raw_needs_compressed_data_size(tmp_path: Path):
+    mhd, header = _compressed_mhd(tmp_path)
+    mhd.write_text("".join(line for line in header.splitlines(keepends=True)
+                           if not line.startswith("CompressedDataSize")))
+    with pytest.raises(DataError, match="CompressedData = True without CompressedDataSize"):
+        read_image(mhd)
+
+
+def test_corrupt_compressed_raw_is_inflated_and_refused(tmp_path: Path):
+    mhd, _ = _compressed_mhd(tmp_path)
+    zraw = tmp_path / "z.zraw"
+    data = bytearray(zraw.read_bytes())
+    data[100:400] = bytes(300)
+    zraw.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"z\.zraw: (corrupt compressed image data|compressed image data inflate)"):
+        read_image(mhd)
+
+
+@pytest.mark.parametrize("spacing", ["1 -1 2", "1 0 2", "1 nan 2", "1 x 2"])
+def test_spacing_must_be_positive_and_finite(tmp_path: Path, spacing: str):
+    mhd = tmp_path / "s.mhd"
+    write_image(mhd, small_image())
+    mhd.write_text(mhd.read_text().replace("ElementSpacing = 0.5 1 2", f"ElementSpacing = {spacing}"))
+    with pytest.raises(DataError, match=r"s\.mhd: ElementSpacing"):
+        read_image(mhd)
+
+
+def test_data_file_outside_the_header_folder_is_not_read(tmp_path: Path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    write_image(outside / "secret.mhd", small_image())
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    header = (outside / "secret.mhd").read_text()
+    (dataset / "scan.mhd").write_text(header.replace("ElementDataFile = secret.raw",
+                                                     "ElementDataFile = ../elsewhere/secret.raw"))
+    with pytest.raises(DataError, match="lies outside the header's folder"):
+        read_image(dataset / "scan.mhd")
+
+
+_FULL_DISK = """
+import resource, signal, sys
+import numpy as np
+from pcrl.data.imageio import array_to_image, write_image
+from pcrl.errors import DataError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+values = np.random.default_rng(0).random((40, 40, 30)).astype(np.float32)
+img = array_to_image(values, spacing=(1, 1, 1), origin=(0, 0, 0), direction=np.eye(3).ravel())
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+try:
+    write_image(sys.argv[1], img)
+except DataError as exc:
+    print("DataError:", exc)
+"""
+
+
+@pytest.mark.parametrize("name", ["full.nii.gz", "full.nii", "full.mhd"])
+def test_a_write_cut_short_is_an_error_and_leaves_no_file(tmp_path: Path, name: str):
+    """The writer hits a file size limit (as on a full disk): ITK prints "wrote only 0 of N
+    bytes" without raising; the written file is verified, so the error names it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path / name)],
+                          capture_output=True, text=True, timeout=120)
+    assert f"DataError: {tmp_path / name}:" in proc.stdout, proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -115,8 +115,10 @@ def test_truncated_raw_is_detected_from_header_sizes(tmp_path: Path) -> None:
         check_mhd(mhd)
 
 
-def test_compressed_data_size_is_not_checked(tmp_path: Path) -> None:
-    check_mhd(write_mhd(tmp_path, "1.2.3", raw_bytes=3, compressed=True))
+def test_compressed_data_without_its_size_is_refused(tmp_path: Path) -> None:
+    """Without CompressedDataSize a truncated .zraw cannot be detected: refused, not read."""
+    with pytest.raises(DataError, match="CompressedData = True without CompressedDataSize"):
+        check_mhd(write_mhd(tmp_path, "1.2.3", raw_bytes=3, compressed=True))
 
 
 def test_wrong_csv_header_names_both_headers(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from pcrl.outputs import MARKER, UnsafeOutputError
 from pcrl.data import phantom
 from pcrl.errors import ConfigError
 
@@ -26,8 +27,9 @@ FACES = ndimage.generate_binary_structure(3, 1)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` by relative path."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` by relative path (the pipeline's marker left aside)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != MARKER}
 
 
 def read_xyz(path: Path) -> tuple[sitk.Image, np.ndarray]:
@@ -302,11 +304,22 @@ def test_generators_registry() -> None:
 
 def test_generator_replaces_a_stale_root(tmp_path: Path) -> None:
     root = tmp_path / "Task03_Liver"
-    (root / "imagesTr").mkdir(parents=True)
+    phantom.generate_msd_liver(root, cases=2, test_cases=0, seed=0, shape=LIVER_SHAPE)
     (root / "imagesTr" / "liver_99.nii.gz").write_bytes(b"stale")
     phantom.generate_msd_liver(root, cases=1, test_cases=0, seed=0, shape=LIVER_SHAPE)
-    assert sorted(tree_bytes(root)) == ["dataset.json", "imagesTr/liver_0.nii.gz", "labelsTr/liver_0.nii.gz"]
+    assert sorted(tree_bytes(root)) == ["dataset.json", "imagesTr/liver_0.nii.gz",
+                                        "labelsTr/liver_0.nii.gz"]
+    assert (root / MARKER).is_file()
     assert (root / "imagesTs").is_dir()
+
+
+def test_generator_never_replaces_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    root = tmp_path / "Task03_Liver"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "imagesTr" / "liver_99.nii.gz").write_bytes(b"a real scan")
+    with pytest.raises(UnsafeOutputError):
+        phantom.generate_msd_liver(root, cases=1, test_cases=0, seed=0, shape=LIVER_SHAPE)
+    assert (root / "imagesTr" / "liver_99.nii.gz").read_bytes() == b"a real scan"
 
 
 @pytest.mark.parametrize(

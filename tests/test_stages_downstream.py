@@ -18,6 +18,7 @@ import torch
 import yaml
 from test_finetune_data import liver_case, write_ncc, write_split, write_volumes
 
+from pcrl.torchfile import save_checked
 from pcrl.cli import main
 from pcrl.networks import UNet3D
 from pcrl.provenance import params_digest
@@ -55,8 +56,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         torch.manual_seed(1)
         state = UNet3D(base=2).state_dict()
     (root / "pretrain" / "pcrl").mkdir(parents=True)
-    torch.save({"state_dict": state, "method": "pcrl", "parts": ["encoder", "decoder"],
-                "config": "{}"}, root / "pretrain" / "pcrl" / "weights.pt")
+    save_checked({"state_dict": state, "method": "pcrl", "parts": ["encoder", "decoder"],
+                  "config": "{}"}, root / "pretrain" / "pcrl" / "weights.pt")
     return {"root": root}
 
 
@@ -111,7 +112,7 @@ def trained(world: dict[str, Path], params: Path) -> dict[str, Path]:
 
 def test_finetune_outputs(trained: dict, world: dict) -> None:
     out = trained["bms", "pcrl"]
-    assert sorted(p.name for p in out.iterdir()) == ["live", "model.pt", "summary.json", "validation.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".pcrl-output", "live", "model.pt", "summary.json", "validation.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["first_conv_adapted"] is True and summary["train_cases"] == 2
     assert summary["init_loaded"].startswith("loaded 104")  # encoder + decoder, not out_tr

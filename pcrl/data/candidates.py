@@ -142,13 +142,31 @@ def read_candidates(path: Path) -> CandidateTable:
         if missing:
             raise DataError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
         rows = list(reader)
-    try:
-        world = np.array([[float(r["coordX"]), float(r["coordY"]), float(r["coordZ"])] for r in rows])
-        label = np.array([int(float(r["class"])) for r in rows], dtype=np.int64)
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{path}: a coordinate or class is not a number ({err})") from err
+    world = np.empty((len(rows), 3))
+    label = np.empty(len(rows), dtype=np.int64)
+    for i, row in enumerate(rows):
+        world[i], label[i] = _parse_row(path, i + 2, row)  # line 1 is the header
     uids = np.array([r["seriesuid"] for r in rows], dtype=str)
-    return CandidateTable(uids, world.reshape(-1, 3), label)
+    return CandidateTable(uids, world, label)
+
+
+def _parse_row(path: Path, line: int, row: dict[str, str | None]) -> tuple[list[float], int]:
+    """World centre and class of one candidates.csv row; DataError naming the line."""
+    coords = []
+    for column in ("coordX", "coordY", "coordZ"):
+        text = row.get(column)
+        try:
+            value = float(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise DataError(f"{path}, line {line}: {column} = {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise DataError(f"{path}, line {line}: {column} = {text!r} is not a finite number")
+        coords.append(value)
+    text = (row.get("class") or "").strip()
+    if text not in ("0", "1"):
+        raise DataError(f"{path}, line {line}: class = {text!r}; a candidate's class must be "
+                        "0 (not a nodule) or 1 (nodule)")
+    return coords, int(text)
 
 
 def subsample_negatives(table: CandidateTable, ratio: float, seed: int) -> CandidateTable:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -29,11 +28,13 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PureWindowsPath
+from collections.abc import Callable
 from typing import BinaryIO
 
 from tqdm import tqdm
 
 from pcrl.atomic import atomic_dir
+from pcrl.hashing import file_digest
 from pcrl.data.registry import DatasetSpec, RemoteFile
 from pcrl.errors import ChecksumError, ConfigError, DataError
 
@@ -46,15 +47,6 @@ _NETWORK_ERRORS = (OSError, http.client.HTTPException)  # URLError, timeouts, In
 
 
 # --------------------------------------------------------------------------- checksums
-
-
-def file_digest(path: Path, algorithm: str, chunk_size: int = 1 << 20) -> str:
-    """Hex digest of the file ``path`` with the hashlib ``algorithm`` (read in chunks)."""
-    digest = hashlib.new(algorithm)
-    with Path(path).open("rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _mismatch(path: Path, md5: str | None, sha256: str | None, size: int | None) -> str | None:
@@ -152,8 +144,11 @@ def _stream(
 
 def _download_part(
     url: str, part: Path, *, progress: bool, chunk_size: int, timeout: float
-) -> None:
+) -> int | None:
     """Download ``url`` into ``part``, resuming from its current length when the server can.
+
+    Returns:
+        The total length the server announced (Content-Length), or None when it sent none.
 
     Raises:
         DataError: network failure or short read; the .part is kept so a rerun resumes.
@@ -183,6 +178,7 @@ def _download_part(
             f"download of {url} ended after {received} of {total} bytes (connection closed); "
             f"rerun to resume from {part}"
         )
+    return total
 
 
 def fetch(
@@ -195,6 +191,7 @@ def fetch(
     progress: bool = True,
     chunk_size: int = 1 << 20,
     timeout: float = 60,
+    check: Callable[[Path], str | None] | None = None,
 ) -> Path:
     """Download ``url`` to ``dest``, resumably, and verify it before it gets its final name.
 
@@ -214,25 +211,37 @@ def fetch(
         progress: Show a tqdm progress bar on stderr.
         chunk_size: Bytes read per chunk.
         timeout: Socket timeout in seconds.
+        check: Further verification of the complete file (e.g. an archive's CRCs): returns
+            what is wrong, or None; run before the file gets its final name, and on a
+            cached file before it is reused.
 
     Returns:
         ``dest``.
 
     Raises:
         DataError: network failure or connection cut (the .part is kept: rerun to resume).
-        ChecksumError: the complete download does not match (the .part is removed).
+        ChecksumError: the complete download does not match, or nothing could verify its
+            length (no checksum, no published size, no Content-Length); the .part is removed.
     """
     dest = Path(dest)
     if dest.exists():
-        problem = _mismatch(dest, md5, sha256, size)
+        problem = _mismatch(dest, md5, sha256, size) or (check(dest) if check else None)
         if problem is None:
             return dest
-        logger.warning("%s does not match (%s); downloading it again from %s", dest, problem, url)
+        logger.warning("cached %s is corrupt (%s); replacing it with a new download from %s",
+                       dest, problem, url)
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part_path(dest)
-    _download_part(url, part, progress=progress, chunk_size=chunk_size, timeout=timeout)
-    problem = _mismatch(part, md5, sha256, size)
+    total = _download_part(url, part, progress=progress, chunk_size=chunk_size, timeout=timeout)
+    if total is None and md5 is None and sha256 is None and size is None:
+        part.unlink()
+        raise ChecksumError(
+            f"download of {url} cannot be verified: no checksum or size is registered for it "
+            f"and the server sent no Content-Length, so a download cut short would pass; "
+            f"removed {part}. Register its size or checksum, or use data.source: local"
+        )
+    problem = _mismatch(part, md5, sha256, size) or (check(part) if check else None)
     if problem is not None:
         part.unlink()
         raise ChecksumError(f"download of {url} is corrupt, {problem}; removed {part}")
@@ -366,7 +375,8 @@ def safe_extract(archive: Path, target: Path) -> list[Path]:
         try:
             extract(archive, staging)
         except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
-            raise DataError(f"cannot extract {archive}: {err}") from err
+            raise DataError(f"cannot extract {archive}: {err}; delete {archive} and rerun to "
+                            "download it again") from err
         files = _files_under(staging)
         target.mkdir(exist_ok=True)
         for entry in sorted(staging.iterdir()):
@@ -379,8 +389,39 @@ def safe_extract(archive: Path, target: Path) -> list[Path]:
 # --------------------------------------------------------------------------- datasets
 
 
+def archive_problem(archive: Path, name: str | None = None) -> str | None:
+    """Read a whole archive, testing zip CRCs and the tar's compression stream; None if sound.
+
+    ``name`` (the final file name) decides the format when ``archive`` is a ``.part`` file.
+    """
+    kind = _archive_kind(Path(name or archive.name))
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                bad = zf.testzip()
+            return None if bad is None else f"member {bad!r} fails its CRC check"
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                if member.isfile():
+                    stream = tar.extractfile(member)
+                    while stream is not None and stream.read(1 << 22):
+                        pass
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
+        return f"not a complete {kind} archive ({err})"
+    return None
+
+
 def _fetch_remote(remote: RemoteFile, cache_dir: Path, *, progress: bool) -> Path:
-    """Fetch one registered file into ``cache_dir`` under its registered file name."""
+    """Fetch one registered file into ``cache_dir`` under its registered file name.
+
+    An archive without a published checksum is read whole (CRCs tested) before it is
+    cached, and again before a cached copy is reused.
+    """
+    verified = remote.md5 is not None or remote.sha256 is not None
+    check = None
+    if remote.extract and not verified:
+        def check(path: Path) -> str | None:
+            return archive_problem(path, remote.filename)
     return fetch(
         remote.url,
         cache_dir / remote.filename,
@@ -388,6 +429,7 @@ def _fetch_remote(remote: RemoteFile, cache_dir: Path, *, progress: bool) -> Pat
         sha256=remote.sha256,
         size=remote.size,
         progress=progress,
+        check=check,
     )
 
 

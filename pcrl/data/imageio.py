@@ -20,6 +20,7 @@ import re
 import shutil
 import struct
 import tempfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -77,15 +78,36 @@ def read_image(
     """
     path = Path(path)
     _check_is_file(path)
-    if path.suffix.lower() in _META_SUFFIXES:
-        check_metaimage(path)
+    check_image_file(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise DataError(f"{path}: SimpleITK cannot read it: {_sitk_reason(exc)}") from exc
     _check_dimension(path, img, expect_dim, allow_channels)
+    _check_spacing(path, img.GetSpacing())
     _check_finite(path, img)
     return img
+
+
+def check_image_file(path: Path) -> None:
+    """Verify the bytes of an image file before (or after) SimpleITK touches it.
+
+    MetaImage: :func:`check_metaimage`. NIfTI: :func:`check_nifti` (the whole gzip
+    stream with its CRC and length, and the voxel bytes the header announces). SimpleITK
+    reads a ``.nii.gz`` cut in half or with corrupt bytes without an error, filling the
+    missing voxels, so this is the only check that catches it.
+    """
+    name = path.name.lower()
+    if path.suffix.lower() in _META_SUFFIXES:
+        check_metaimage(path)
+    elif name.endswith(_NIFTI_SUFFIXES):
+        check_nifti(path)
+
+
+def _check_spacing(path: Path, spacing: Sequence[float]) -> None:
+    """Raise DataError unless every spacing is a finite number > 0."""
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise DataError(f"{path}: spacing {tuple(spacing)} must be finite and > 0 on every axis")
 
 
 def _check_is_file(path: Path) -> None:
@@ -142,15 +164,24 @@ def check_metaimage(path: Path) -> None:
         DataError: naming the header and the missing or truncated data file.
     """
     fields, header_bytes = parse_metaimage_header(path)
+    _check_header_spacing(path, fields)
     data_name = fields["ElementDataFile"]
     if data_name == "LIST" or "%" in data_name:
-        return  # multi-file data: SimpleITK checks each slice file itself
+        raise DataError(f"{path}: ElementDataFile = {data_name}: multi-file MetaImages are "
+                        "not supported (one data file per header)")
     local = data_name == "LOCAL"
     data_path = path if local else path.parent / data_name
+    if not local and not data_path.resolve().is_relative_to(path.parent.resolve()):
+        raise DataError(f"{path}: ElementDataFile = {data_name} lies outside the header's "
+                        "folder; refusing to read a file outside the dataset")
     if not data_path.is_file():
         raise DataError(
             f"{path}: its data file {data_path} (ElementDataFile = {data_name}) does not exist"
         )
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    if compressed and "CompressedDataSize" not in fields:
+        raise DataError(f"{path}: CompressedData = True without CompressedDataSize: a "
+                        "truncated data file could not be detected")
     expected = _expected_data_bytes(path, fields)
     if expected is None:
         return
@@ -161,6 +192,48 @@ def check_metaimage(path: Path) -> None:
             _check_size(data_path, path, expected, found)
         return
     _check_size(data_path, path, offset + expected, found)
+    raw_bytes = _raw_data_bytes(path, fields)
+    if compressed and raw_bytes is not None:
+        _check_zlib_stream(data_path, offset, expected, raw_bytes)
+
+
+def _check_header_spacing(path: Path, fields: dict[str, str]) -> None:
+    """Raise DataError unless ``ElementSpacing`` / ``ElementSize`` are finite and > 0.
+
+    ITK turns a negative spacing into a flip of the axis (a negative direction), silently.
+    """
+    for key in ("ElementSpacing", "ElementSize"):
+        if key not in fields:
+            continue
+        try:
+            values = [float(v) for v in fields[key].split()]
+        except ValueError:
+            raise DataError(f"{path}: {key} = {fields[key]!r} is not a list of numbers") from None
+        if not values or not all(np.isfinite(v) and v > 0 for v in values):
+            raise DataError(f"{path}: {key} = {fields[key]!r}: every spacing must be finite "
+                            "and > 0 (a negative one would silently flip the axis)")
+
+
+def _check_zlib_stream(data_path: Path, offset: int, size: int, raw_bytes: int) -> None:
+    """Inflate a compressed MetaImage data block: a complete stream of ``raw_bytes`` bytes."""
+    inflater = zlib.decompressobj()
+    produced = 0
+    try:
+        with open(data_path, "rb") as fh:
+            fh.seek(offset)
+            left = size
+            while left > 0 and not inflater.eof:
+                chunk = fh.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                produced += len(inflater.decompress(chunk))
+            produced += len(inflater.flush())
+    except zlib.error as exc:
+        raise DataError(f"{data_path}: corrupt compressed image data ({exc})") from None
+    if not inflater.eof or produced != raw_bytes:
+        raise DataError(f"{data_path}: compressed image data inflate to {produced} bytes, "
+                        f"expected {raw_bytes} (truncated or corrupt)")
 
 
 def _check_size(data_path: Path, header: Path, expected: int, found: int) -> None:
@@ -174,10 +247,16 @@ def _check_size(data_path: Path, header: Path, expected: int, found: int) -> Non
 
 
 def _expected_data_bytes(path: Path, fields: dict[str, str]) -> int | None:
-    """Bytes of image data the header announces; ``None`` when it cannot be known."""
+    """Bytes of image data the header announces (compressed bytes when compressed);
+    ``None`` when they cannot be known."""
     if fields.get("CompressedData", "False").lower() == "true":
         size = fields.get("CompressedDataSize")
         return _header_int(path, "CompressedDataSize", size) if size else None
+    return _raw_data_bytes(path, fields)
+
+
+def _raw_data_bytes(path: Path, fields: dict[str, str]) -> int | None:
+    """Uncompressed bytes of the voxels the header announces; None for exotic element types."""
     element_type = _required(path, fields, "ElementType")
     if element_type not in MET_ELEMENT_BYTES:
         return None  # let SimpleITK judge exotic element types
@@ -247,6 +326,55 @@ def _check_finite(path: Path, img: sitk.Image) -> None:
         bad, total = int(values.size - np.count_nonzero(np.isfinite(values))), values.size
     if bad:
         raise DataError(f"{path}: {bad} non-finite voxels (NaN or inf) of {total}")
+
+
+def check_nifti(path: Path) -> None:
+    """Verify a NIfTI file: every voxel byte its header announces is there, and for
+    ``.nii.gz`` the whole gzip stream decompresses with a matching CRC and length.
+
+    Raises:
+        DataError: naming the file when it is truncated, corrupt or not NIfTI-1/2.
+    """
+    gz = path.name.lower().endswith(".gz")
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rb") as fh:
+            header = fh.read(540)
+            layout = _nifti_data_layout(header)
+            if layout is None:
+                raise DataError(f"{path}: not a NIfTI-1/2 file (no valid header)")
+            needed = layout[0] + layout[1]
+            found = len(header)
+            while chunk := fh.read(1 << 22):  # gzip checks the CRC and length at the end
+                found += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise DataError(f"{path}: corrupt or truncated file ({exc})") from None
+    if found < needed:
+        raise DataError(f"{path}: truncated: its header announces {needed} bytes of header and "
+                        f"voxels, the file holds {found}")
+
+
+def _nifti_data_layout(header: bytes) -> tuple[int, int] | None:
+    """(voxel offset, voxel bytes) of a NIfTI-1/2 header, or None when it is not one.
+
+    Field offsets are those of nifti1.h / nifti2.h (dim, bitpix, vox_offset).
+    """
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack_from(endian + "i", header)[0] == 348:
+            dims = struct.unpack_from(endian + "8h", header, 40)
+            bitpix = struct.unpack_from(endian + "h", header, 72)[0]
+            offset = int(struct.unpack_from(endian + "f", header, 108)[0])
+        elif len(header) >= 540 and struct.unpack_from(endian + "i", header)[0] == 540:
+            bitpix = struct.unpack_from(endian + "h", header, 14)[0]
+            dims = struct.unpack_from(endian + "8q", header, 16)
+            offset = struct.unpack_from(endian + "q", header, 168)[0]
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or bitpix <= 0:
+            return None
+        total = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + dims[0]]], dtype=np.int64))
+        return offset, total * bitpix // 8
+    return None
 
 
 def _nifti_nonfinite_voxels(path: Path) -> tuple[int, int]:
@@ -376,9 +504,23 @@ def write_image(
         compress = final.name.lower().endswith(".gz")
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
-        sitk.WriteImage(img, str(staging / final.name), useCompression=compress)
+        written = staging / final.name
+        try:
+            sitk.WriteImage(img, str(written), useCompression=compress)
+        except RuntimeError as exc:
+            raise DataError(f"{final}: cannot write the image: {_sitk_reason(exc)}") from None
+        # ITK does not raise when the disk is full ("wrote only 0 of N bytes"): verify
+        if not written.is_file():
+            raise DataError(f"{final}: the image writer produced no file")
+        try:
+            check_image_file(written)
+        except DataError as exc:
+            raise DataError(f"{final}: the image was not written completely (disk full?): "
+                            f"{exc}") from None
         for produced in sorted(staging.iterdir(), key=lambda p: p.name == final.name):
             os.replace(produced, final.parent / produced.name)
+    except OSError as exc:
+        raise DataError(f"{final}: cannot write the image: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -393,6 +535,10 @@ def read_volume(path: Path, case_id: str) -> tuple[np.ndarray, sitk.Image]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"case {case_id}: resampled image {path} does not exist")
+    try:
+        check_image_file(path)
+    except DataError as exc:
+        raise DataError(f"case {case_id}: {exc}") from None
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:

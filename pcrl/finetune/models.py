@@ -25,7 +25,6 @@ another release (PCRL's, Models Genesis' public weights; ``state_dict`` wrapper 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ from typing import Any, get_args
 import torch
 from torch import Tensor, nn
 
+from pcrl.hashing import file_digest
+from pcrl.torchfile import load_checked, require_finite
 from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.tasks import TaskSpec, get_task
 from pcrl.networks import LoadReport, UNet3D, load_pretrained, unwrap_state_dict
@@ -181,12 +182,9 @@ def read_init_record(path: str | Path, name: str) -> InitRecord:
     if not path.is_file():
         raise DataError(f"{path}: initialisation weights not found (run the pretrain or "
                         "init-weights stage first)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        raise DataError(f"{path}: unreadable weights file ({exc})") from exc
-    if not isinstance(obj, Mapping) or "parts" not in obj or "state_dict" not in obj:
-        keys = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
+    obj = load_checked(path, "initialisation weights")
+    if "parts" not in obj or "state_dict" not in obj:
+        keys = sorted(map(str, obj))
         raise DataError(f"{path}: not an initialisation record (needs 'state_dict' and "
                         f"'parts'; found {keys}); rerun the stage that wrote it")
     parts = tuple(str(p) for p in obj["parts"])
@@ -196,6 +194,7 @@ def read_init_record(path: str | Path, name: str) -> InitRecord:
     state = obj["state_dict"]
     if parts and not state:
         raise DataError(f"{path}: declares parts {list(parts)} but holds no weights")
+    require_finite(state, path, "initialisation")
     return InitRecord(name, str(obj.get("method", name)), parts, state,
                       str(obj.get("config", "{}")))
 
@@ -204,15 +203,8 @@ def _load_external(path: Path) -> Mapping[str, Any]:
     """``torch.load`` without code execution; argparse namespaces (release options) allowed."""
     if not path.is_file():
         raise ConfigError(f"{path}: external checkpoint not found (finetune.external)")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot be loaded without executing code or is corrupt "
-                        f"({exc}); save its state_dict alone with torch.save") from exc
-    if not isinstance(obj, Mapping):
-        raise DataError(f"{path}: expected a checkpoint mapping, got {type(obj).__name__}")
-    return obj
+    return load_checked(path, "external checkpoint", require_digest=False,
+                        allowed=[argparse.Namespace])
 
 
 def import_checkpoint(path: str | Path, name: str) -> InitRecord:
@@ -234,8 +226,9 @@ def import_checkpoint(path: str | Path, name: str) -> InitRecord:
         sample = sorted(state)[:8]
         raise ConfigError(f"{path}: no encoder key ({ENCODER_PREFIX}*) in the checkpoint; "
                           f"keys found: {sample}{' ...' if len(state) > 8 else ''}")
+    require_finite(kept, path, "external checkpoint")
     parts = tuple(p for p, prefix in _PARTS.items() if any(k.startswith(prefix) for k in kept))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_digest(path)
     first = kept.get(FIRST_CONV_KEY)
     config = {"source": str(path), "sha256": digest,
               "base": int(first.shape[0]) if first is not None else None,

@@ -33,7 +33,8 @@ import torch.distributed as tdist
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from pcrl.atomic import atomic_path, write_json
+from pcrl.torchfile import load_checked, save_checked
+from pcrl.atomic import write_json
 from pcrl.distributed import DistInfo
 from pcrl.engine import TrainConfig, last_checkpoint, load_checkpoint, train
 from pcrl.errors import ConfigError, DataError
@@ -306,8 +307,8 @@ class ValidationHook:
         self.state.record(epoch, metrics)
         if self.state.best_epoch == epoch:
             state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            with atomic_path(self.best_path) as tmp:
-                torch.save({"state_dict": state, "epoch": epoch, "metrics": dict(metrics)}, tmp)
+            save_checked({"state_dict": state, "epoch": epoch, "metrics": dict(metrics)},
+                         self.best_path)
         write_json(self.state_path, self.state.to_json())
         if live is not None:
             for name, value in metrics.items():
@@ -325,7 +326,7 @@ class ValidationHook:
         if self.state.best_epoch is None or not self.best_path.is_file():
             raise DataError(f"{self.state_path}: no epoch has a finite validation "
                             f"{self.state.monitor}; nothing to keep")
-        return torch.load(self.best_path, map_location="cpu", weights_only=True)
+        return load_checked(self.best_path, "best-epoch checkpoint")
 
 
 def _catch_up(hook: ValidationHook, module: FinetuneModule, state_dir: Path) -> int:

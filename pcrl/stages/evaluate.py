@@ -16,9 +16,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from pcrl.atomic import atomic_dir, write_json
+from pcrl.torchfile import load_checked, require_finite
 from pcrl.distributed import init_distributed
 from pcrl.errors import DataError
 from pcrl.finetune.data import load_split, read_candidate_rows, read_volume_cases
@@ -43,13 +43,11 @@ def read_model(folder: Path) -> dict[str, Any]:
     path = Path(folder) / MODEL_NAME
     if not path.is_file():
         raise DataError(f"{path}: fine-tuned model not found (run the finetune stage first)")
-    try:
-        model = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        raise DataError(f"{path}: unreadable model ({exc})") from exc
-    missing = [k for k in _MODEL_KEYS if not isinstance(model, dict) or k not in model]
+    model = load_checked(path, "fine-tuned model")
+    missing = [k for k in _MODEL_KEYS if k not in model]
     if missing:
         raise DataError(f"{path}: not a fine-tuned model (missing {missing})")
+    require_finite(model["state_dict"], path, "fine-tuned model")
     return model
 
 

@@ -26,7 +26,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from pcrl.atomic import atomic_dir, atomic_path, write_json
+from pcrl.torchfile import save_checked
+from pcrl.hashing import file_digest
+from pcrl.outputs import prepare_state
+from pcrl.atomic import atomic_dir, write_json
 from pcrl.distributed import cleanup, init_distributed
 from pcrl.engine import TrainConfig
 from pcrl.errors import ConfigError
@@ -68,26 +71,6 @@ def run_params(task: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The params that define a fine-tuning run of ``task`` (its stage's params sections)."""
     return {"network": settings["network"], "amp": settings["amp"],
             "validation": settings["validation"], task: settings[task]}
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _prepare_state(state: Path, fingerprint: str) -> None:
-    """Start afresh when ``state`` holds another run (settings, data or weights changed)."""
-    marker = state / "fingerprint.txt"
-    if state.exists() and (not marker.is_file() or marker.read_text().strip() != fingerprint):
-        log.warning("%s holds the state of another run: starting afresh", state)
-        shutil.rmtree(state)
-    state.mkdir(parents=True, exist_ok=True)
-    if not marker.is_file():
-        with atomic_path(marker) as tmp:
-            tmp.write_text(fingerprint + "\n")
 
 
 def _data(spec: TaskSpec, task_settings: dict[str, Any], validation: dict[str, Any],
@@ -193,10 +176,10 @@ def run_finetune(
     params = run_params(task, settings)
     fingerprint = hashlib.sha256(json.dumps(
         {"task": task, "init": init, "fraction": fraction, "seed": seed, "params": params,
-         "split": dataclasses.asdict(split), "weights": _file_digest(weights / WEIGHTS_NAME)},
+         "split": dataclasses.asdict(split), "weights": file_digest(weights / WEIGHTS_NAME)},
         sort_keys=True).encode()).hexdigest()
     if dist.is_main:
-        _prepare_state(state, fingerprint)
+        prepare_state(state, fingerprint)
     if dist.is_distributed:
         torch.distributed.barrier()
     result = finetune(module, dataset, validate, config, state, monitor=MONITOR[spec.kind],
@@ -211,8 +194,7 @@ def run_finetune(
                 "best_epoch": result.best_epoch, "val_metrics": result.best_metrics,
                 "provenance": provenance({"finetune": params}, device=dist.device),
             }
-            with atomic_path(tmp / MODEL_NAME) as t:
-                torch.save(model, t)
+            save_checked(model, tmp / MODEL_NAME)
             write_json(tmp / "summary.json", {
                 "task": task, "init": init, "fraction": fraction, "seed": seed,
                 "train_cases": len(split.train), "val_cases": len(split.val),

@@ -18,9 +18,8 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
-from pcrl.atomic import atomic_dir, atomic_path, write_json
+from pcrl.atomic import atomic_dir, write_json
+from pcrl.torchfile import save_checked
 from pcrl.errors import ConfigError
 from pcrl.finetune.models import import_checkpoint, scratch_record
 
@@ -47,8 +46,7 @@ def run_init_weights(name: str, *, checkpoint: Path | None, out: Path) -> Path:
                           "initialisation needs one (finetune.external)")
     record = scratch_record() if checkpoint is None else import_checkpoint(checkpoint, name)
     with atomic_dir(out) as tmp:
-        with atomic_path(tmp / "weights.pt") as t:
-            torch.save(record.to_file(), t)
+        save_checked(record.to_file(), tmp / "weights.pt")
         write_json(tmp / "summary.json", {"name": name, "method": record.method,
                                           "parts": list(record.parts),
                                           "tensors": len(record.state_dict),

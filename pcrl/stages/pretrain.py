@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
-from pcrl.atomic import atomic_dir, atomic_path, read_json, write_json
+from pcrl.torchfile import save_checked
+from pcrl.outputs import prepare_state
+from pcrl.atomic import atomic_dir, read_json, write_json
 from pcrl.data.pairs import PairsDataset, pair_files
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig, train
@@ -53,17 +55,6 @@ def fingerprint(method: str, settings: dict[str, Any], pairs_index: Any) -> str:
     """Hash of everything that defines a run: a state folder of another run is discarded."""
     blob = json.dumps({"method": method, "settings": settings, "pairs": pairs_index}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _prepare_state(state: Path, digest: str) -> None:
-    marker = state / "fingerprint.txt"
-    if state.exists() and (not marker.is_file() or marker.read_text().strip() != digest):
-        log.warning("%s holds the state of another run (params or data changed): starting afresh", state)
-        shutil.rmtree(state)
-    state.mkdir(parents=True, exist_ok=True)
-    if not marker.is_file():
-        with atomic_path(marker) as tmp:
-            tmp.write_text(digest + "\n")
 
 
 def _preview_hook(val: PairsDataset | None, previews: Path, device: torch.device, method_name: str):
@@ -121,7 +112,7 @@ def run_pretrain(
     )
     state = Path(state)
     if dist.rank == 0:
-        _prepare_state(state, fingerprint(method, settings, index))
+        prepare_state(state, fingerprint(method, settings, index))
     if dist.world_size > 1:
         torch.distributed.barrier()
     hook = _preview_hook(val, state / "previews", dist.device, method)
@@ -135,8 +126,7 @@ def run_pretrain(
                 "parts": list(PRETRAINED_PARTS[method]),
                 "config": json.dumps(values, default=str),
             }
-            with atomic_path(tmp / "weights.pt") as t:
-                torch.save(weights, t)
+            save_checked(weights, tmp / "weights.pt")
             shutil.copy2(result.checkpoint, tmp / "checkpoint.pt")
             shutil.copytree(state / "live", tmp / "live")
             if (state / "previews").is_dir():
