@@ -25,7 +25,9 @@ from pcrl.hashing import object_digest
 
 #: Key of the sha256 of a checkpoint's content, stored in the checkpoint itself.
 DIGEST_KEY = "content_sha256"
-_ADVICE = re.compile(r"(re-?running|rerun|set|retry).*weights_only\s*=\s*False", re.IGNORECASE)
+#: Lines of torch's error that advise loading with ``weights_only=False`` (unsafe).
+_ADVICE = re.compile(r"weights_only|arbitrary code|safe_globals|can still be loaded|trust the "
+                     r"source|Check the documentation", re.IGNORECASE)
 
 
 def save_checked(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
@@ -38,8 +40,9 @@ def save_checked(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
 def _reason(exc: BaseException) -> str:
     """The first line of torch's error, without the advice to load unsafely."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    kept = [line for line in lines if not _ADVICE.search(line) and "WARNING" not in line]
-    return (kept or lines or [type(exc).__name__])[0][:300]
+    kept = [line for line in lines if not _ADVICE.search(line)]
+    named = [line for line in kept if "Unsupported" in line]  # e.g. the global it refused
+    return re.sub(r"^WeightsUnpickler error:\s*", "", (named or kept or [type(exc).__name__])[0])[:300]
 
 
 def load_checked(

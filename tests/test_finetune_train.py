@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from pcrl.engine import TrainConfig, last_checkpoint, load_checkpoint, train
-from pcrl.errors import ConfigError
+from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.models import NetworkConfig, seeded_network
 from pcrl.finetune.train import (
     DiceBCELoss,
@@ -241,3 +241,12 @@ def test_a_validation_lost_in_a_crash_is_caught_up_on_resume(tmp_path: Path) -> 
                        monitor="dice_mean", patience=10, device=torch.device("cpu"))
     assert resumed.history == reference.history  # epoch 3 validated from last.pt, exactly
     assert resumed.best_epoch == reference.best_epoch
+
+
+def test_a_corrupt_best_checkpoint_is_named(tmp_path: Path) -> None:
+    hook = ValidationHook(lambda n: {"auc": 0.7}, tmp_path, monitor="auc", patience=3)
+    hook.record(1, torch.nn.Linear(2, 1), {"auc": 0.7})
+    hook.best_path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(DataError, match=f"{hook.best_path}: not a readable best-epoch checkpoint") as info:
+        hook.best()
+    assert "weights_only" not in str(info.value)

@@ -103,3 +103,28 @@ def test_snakemake_and_dvc_write_identical_outputs(dvc_run: Path, snakemake_run:
         assert a and a == b, folder
     logs = sorted(p.name for p in (snakemake_run / "logs").glob("*.log"))
     assert "cubes_pretrain.log" in logs and "download_luna16.log" in logs
+
+
+def test_dvc_repro_never_deletes_a_dataset_in_the_pipelines_folders(
+        repo_root: Path, tmp_path: Path) -> None:
+    """DVC deletes a stage's outputs before running it: a dataset that data.local_paths puts
+    at data/raw/msd_liver would be gone before `pcrl download` could object. The
+    check_params stage runs first and stops the DAG instead."""
+    import subprocess
+
+    from pcrl.data.phantom import generate_msd_liver
+
+    work = fresh_copy(repo_root, tmp_path / "clone")
+    dataset = work / "data" / "raw" / "msd_liver"
+    generate_msd_liver(dataset, cases=2, test_cases=0, seed=0, shape=(48, 48, 20))
+    before = _digest_tree(dataset)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"].update(source="local", datasets=["msd_liver"],
+                          local_paths={"msd_liver": "data/raw/msd_liver"})
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run(["dvc", "repro", "download@msd_liver"], cwd=work, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "data.local_paths.msd_liver: data/raw/msd_liver lies inside the pipeline's own data/" \
+        in proc.stdout + proc.stderr
+    assert _digest_tree(dataset) == before

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,45 @@ def test_external_checkpoint_that_does_not_fit_is_refused(world: dict, params: P
     assert code == 2 and not out.exists()
     assert "initialisation 'genesis_ct' (external)" in err
     assert "down_tr64.ops.0.conv1.weight (4, 1, 3, 3, 3) vs (2, 1, 3, 3, 3)" in err
+
+
+def test_external_checkpoint_with_nan_weights_is_refused_naming_file_and_tensor(
+        world: dict, params: Path, capsys) -> None:
+    root = world["root"]
+    with torch.random.fork_rng():
+        state = UNet3D(base=2).state_dict()
+    state["down_tr128.ops.0.conv1.weight"][0, 0, 0, 0, 0] = float("nan")
+    ckpt = root / "nan_weights.pt"
+    torch.save({"state_dict": state}, ckpt)
+    out = root / "pretrain" / "nan_init"
+    assert _run(params, "init-weights", "--init", "nan_init", "--checkpoint", str(ckpt),
+                "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt}: external checkpoint holds non-finite weights" in err
+    assert "down_tr128.ops.0.conv1.weight" in err and not out.exists()
+
+
+def test_bit_flipped_initialisation_is_an_error_naming_it(world: dict, params: Path,
+                                                          tmp_path: Path, capsys) -> None:
+    source = world["root"] / "pretrain" / "pcrl"
+    flipped = tmp_path / "pretrain" / "flipped"
+    shutil.copytree(source, flipped)
+    weights = flipped / "weights.pt"
+    data = bytearray(weights.read_bytes())
+    record = torch.load(weights, weights_only=True)
+    tensor = record["state_dict"]["down_tr64.ops.0.conv1.weight"]
+    needle = tensor.numpy().tobytes()[:16]  # the stored bytes of that tensor
+    at = bytes(data).find(needle)
+    assert at > 0
+    data[at + 3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    code = _run(params, "finetune", "--task", "ncc", "--init", "pcrl", "--fraction", "1.0",
+                "--seed", "0", "--processed", str(world["root"] / "processed" / "ncc"),
+                "--weights", str(flipped), "--out", str(tmp_path / "ft"),
+                "--state", str(tmp_path / "state"), "--workers", "1")
+    err = capsys.readouterr().err
+    assert code == 2 and f"{weights}: initialisation weights is corrupt" in err
+    assert not (tmp_path / "ft").exists()
 
 
 def test_test_cases_seen_in_training_are_refused(trained: dict, world: dict, params: Path,
