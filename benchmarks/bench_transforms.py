@@ -1,6 +1,6 @@
 """Benchmark: batched PCRL corruptions (``pcrl.transforms.corrupt``) against a per-sample reference.
 
-The reference (``reference_corrupt``) applies the same corruption rules (PCRL-SPEC "Views,
+The reference (``reference_corrupt``) applies the same corruption rules (docs/method.md "Views,
 corruptions and targets", Models Genesis) the straightforward way the release does: one
 crop at a time in NumPy, local pixel shuffling as a Python loop over 10,000 random blocks
 per crop, painting as a Python loop over boxes, randomness from ``numpy.random.default_rng``.

@@ -1,6 +1,6 @@
 """Atomic outputs: a file or folder appears under its final name only once complete.
 
-DESIGN.md principle 5: an interrupted job must never leave an output that looks
+docs/design.md, principle 5: an interrupted job must never leave an output that looks
 complete. Files are written to a temporary sibling and renamed (``os.replace`` is
 atomic on POSIX within one filesystem); stage folders are built in a temporary sibling
 folder and swapped in when the stage succeeds.

@@ -1,6 +1,6 @@
 """The ``pcrl`` command: one subcommand per pipeline stage.
 
-DESIGN.md principle 4: the CLI is the only reader of paths and params.yaml; it turns
+docs/design.md, principle 4: the CLI is the only reader of paths and params.yaml; it turns
 params sections into library arguments and library errors into one line on stderr and
 exit code 2 (``PcrlError``), or 143 when a job was preempted and checkpointed.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pcrl.config import DEFAULT_PARAMS, load_params, section
-from pcrl.errors import PcrlError
+from pcrl.errors import PcrlError, PreemptedError
 
 log = logging.getLogger("pcrl")
 
@@ -50,17 +50,10 @@ def cmd_download(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def cmd_check_params(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    """Validate params.yaml before any stage runs; write the data settings it checked.
+    """Validate params.yaml before any stage runs; write the data settings it checked."""
+    from pcrl.stages.check_params import run_check_params
 
-    DVC and Snakemake delete a stage's outputs before running it, so a dataset the user
-    points ``data.local_paths`` at inside ``data/`` would be gone before ``pcrl download``
-    could refuse it. This stage runs first (the download stages depend on it) and stops
-    the DAG on invalid params, before anything is deleted.
-    """
-    from pcrl.atomic import atomic_dir, write_json
-
-    with atomic_dir(Path(args.out)) as tmp:
-        write_json(tmp / "data.json", section(params, "data"))
+    run_check_params(section(params, "data"), out=Path(args.out))
 
 
 def cmd_resample(args: argparse.Namespace, params: dict[str, Any]) -> None:
@@ -246,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder, e.g. data/finetune/lcs/pcrl/f0.5/s0")
     p.add_argument("--state", required=True, help="resumable state folder (checkpoints), kept across reruns")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers, at least 1 (default: from the CPUs allotted)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader workers, at least 1 (default: from the CPUs allotted)")
 
     p = add("evaluate", cmd_evaluate, "score a fine-tuned model on the test split (params: evaluate)")
     p.add_argument("--task", required=True, choices=tasks)
@@ -289,6 +283,14 @@ def check_stage_paths(args: argparse.Namespace, params: dict[str, Any]) -> None:
                      markers=STATE_MARKERS if name == "state" else (MARKER,))
 
 
+def relaunched(argv: list[str]) -> int | None:
+    """Run a training stage as one torchrun worker per GPU when given several (exit code),
+    or None to run it in this process."""
+    from pcrl.launch import maybe_relaunch
+
+    return maybe_relaunch(argv)
+
+
 #: Stages that train, and run one process per GPU when given several (pcrl.launch).
 TRAINING_STAGES = {"pretrain", "finetune"}
 
@@ -306,20 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = load_params(args.params)
         check_stage_paths(args, params)
         if args.command in TRAINING_STAGES:
-            from pcrl.launch import maybe_relaunch
-
-            code = maybe_relaunch(argv)
+            code = relaunched(argv)
             if code is not None:  # the torchrun workers did the work
                 return code
         args.func(args, params)
     except PcrlError as exc:
         print(f"pcrl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except Exception as exc:  # a preempted job: checkpointed, rerun resumes
-        from pcrl.engine import Preempted
-
-        if not isinstance(exc, Preempted):
-            raise
+    except PreemptedError as exc:  # checkpointed: a rerun resumes
         print(f"pcrl {args.command}: preempted ({exc}); rerun to resume", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
 """params.yaml: loading and validation against one JSON schema.
 
-DESIGN.md principle 2: params.yaml is the only place for science settings, one section
+docs/design.md, principle 2: params.yaml is the only place for science settings, one section
 per stage, validated by ``pcrl/schemas/params.schema.yaml``. Every error names the file and
 the dotted key at fault (``cubes.pretrain.min_iou``).
 """
@@ -34,7 +34,7 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode,
     loader.flatten_mapping(node)
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         line = key_node.start_mark.line + 1
         if key in seen:
             raise ConfigError(f"key {key!r} appears twice in one mapping (lines {seen[key]} "

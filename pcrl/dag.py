@@ -1,4 +1,4 @@
-"""The pipeline's DAG as DVC parses it, for the Snakefile (DESIGN.md principle 1).
+"""The pipeline's DAG as DVC parses it, for the Snakefile (docs/design.md, principle 1).
 
 dvc.yaml owns the stages; DVC's parser resolves its ``foreach`` fan-out and ``${...}``
 interpolation from params.yaml, and this module hands the resolved stages to Snakemake

@@ -19,5 +19,16 @@ class DataError(PcrlError):
     """An input file is missing, truncated, corrupt or inconsistent; the message names it."""
 
 
+class PreemptedError(Exception):
+    """A job stopped on a scheduler's signal after checkpointing; the CLI exits with
+    :attr:`exit_code` (128 + the signal number) and a rerun resumes. Not a PcrlError: the
+    run is not at fault. Raised as :class:`pcrl.engine.Preempted`."""
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number (143: SIGTERM)."""
+        return 143
+
+
 class ChecksumError(DataError):
     """A downloaded or local file does not match its published checksum."""

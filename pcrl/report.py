@@ -3,7 +3,7 @@
 PCRL (Zhou et al., ICCV 2021) compares initialisations — random (``scratch``), Models
 Genesis (``genesis``, restoration only), a MoCo v2 style contrastive baseline (``moco``) and
 PCRL (``pcrl``) — fine-tuned on each task of the Models Genesis benchmark with a fraction of
-the training labels (e.g. 10 %, 20 %, 50 %, 100 %) and several seeds (PCRL-SPEC, "Protocol:
+the training labels (e.g. 10 %, 20 %, 50 %, 100 %) and several seeds (docs/method.md, "Protocol:
 pretrain, then fine-tune"). This module reads the evaluate stage's ``metrics.json`` files
 (:func:`collect_runs`), reduces them over seeds (:func:`summarise`), states in plain
 sentences what the numbers say (:func:`verdict`), and writes a paper-style table, the

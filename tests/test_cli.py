@@ -81,7 +81,8 @@ def test_local_copy_is_verified_not_copied(local_luna, tmp_path: Path) -> None:
     assert _run(params, "download", "--dataset", "luna16", "--out", str(out)) == 0
     assert sorted(p.name for p in out.iterdir()) == [".pcrl-output", "manifest.json"]
     interim = tmp_path / "interim"
-    assert _run(params, "resample", "--dataset", "luna16", "--raw", str(out), "--out", str(interim), "--workers", "1") == 0
+    assert _run(params, "resample", "--dataset", "luna16", "--raw", str(out), "--out", str(interim),
+                "--workers", "1") == 0
     assert len(list(interim.glob("*.nii.gz"))) == LUNA_SIZES["scans"]
 
 
@@ -89,11 +90,13 @@ def test_candidate_outside_its_scan(local_luna, tmp_path: Path, capsys) -> None:
     root, params = local_luna
     out, interim, cubes = tmp_path / "raw_out", tmp_path / "interim", tmp_path / "ncc"
     assert _run(params, "download", "--dataset", "luna16", "--out", str(out)) == 0
-    assert _run(params, "resample", "--dataset", "luna16", "--raw", str(out), "--out", str(interim), "--workers", "1") == 0
+    assert _run(params, "resample", "--dataset", "luna16", "--raw", str(out), "--out", str(interim),
+                "--workers", "1") == 0
     uid = _first(root, "subset0/*.mhd").stem
     with open(root / "candidates.csv", "a") as fh:
         fh.write(f"{uid},5000.0,5000.0,5000.0,1\n")
-    assert _run(params, "cubes", "--task", "ncc", "--raw", str(out), "--interim", str(interim), "--out", str(cubes)) == 2
+    assert _run(params, "cubes", "--task", "ncc", "--raw", str(out), "--interim", str(interim),
+                "--out", str(cubes)) == 2
     err = capsys.readouterr().err
     assert uid in err and "5000" in err
     assert not cubes.exists()
@@ -102,7 +105,8 @@ def test_candidate_outside_its_scan(local_luna, tmp_path: Path, capsys) -> None:
 def _liver_copy(tmp_path: Path, demo_params: dict) -> tuple[Path, Path]:
     root = tmp_path / "Task03_Liver"
     generate_msd_liver(root, cases=3, test_cases=0, seed=1, shape=(48, 48, 20))
-    params = _params(tmp_path, demo_params, source="local", datasets=["msd_liver"], local_paths={"msd_liver": str(root)})
+    params = _params(tmp_path, demo_params, source="local", datasets=["msd_liver"],
+                     local_paths={"msd_liver": str(root)})
     return root, params
 
 
@@ -128,7 +132,8 @@ def test_bad_voxels_and_dimensions(tmp_path: Path, demo_params: dict, capsys, de
         sitk.WriteImage(img, str(image))
     raw, interim = tmp_path / "raw_out", tmp_path / "interim"
     assert _run(params, "download", "--dataset", "msd_liver", "--out", str(raw)) == 0
-    assert _run(params, "resample", "--dataset", "msd_liver", "--raw", str(raw), "--out", str(interim), "--workers", "1") == 2
+    assert _run(params, "resample", "--dataset", "msd_liver", "--raw", str(raw), "--out", str(interim),
+                "--workers", "1") == 2
     err = capsys.readouterr().err
     assert image.name in err
     assert ("non-finite" in err) if defect != "2d" else ("2D" in err or "dimension" in err)

@@ -17,7 +17,7 @@ def test_demo_and_paper_params_are_valid(repo_root: Path) -> None:
     paper = load_params(repo_root / "configs" / "paper.yaml")
     assert demo["data"]["source"] == "phantom"
     assert paper["data"]["source"] == "download"
-    # the paper's protocol (PCRL-SPEC): 64x64x32 cubes, LUNA16 at 1 mm, IoU > 0.25
+    # the paper's protocol (docs/method.md): 64x64x32 cubes, LUNA16 at 1 mm, IoU > 0.25
     assert paper["cubes"]["pretrain"]["cube_size"] == [64, 64, 32]
     assert paper["resample"]["luna16"]["spacing"] == [1.0, 1.0, 1.0]
     assert paper["cubes"]["pretrain"]["min_iou"] == 0.25

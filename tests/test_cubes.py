@@ -1,4 +1,4 @@
-"""Tests of pcrl.data.cubes: PCRL pretraining pairs (PCRL-SPEC "Views")."""
+"""Tests of pcrl.data.cubes: PCRL pretraining pairs (docs/method.md "Views")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One DAG, two runners: Snakemake's rules equal DVC's stages (DESIGN.md principle 1)."""
+"""One DAG, two runners: Snakemake's rules equal DVC's stages (docs/design.md, principle 1)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,8 @@ def test_stage_helpers() -> None:
 
 def test_resources(tmp_path: Path) -> None:
     path = tmp_path / "res.yaml"
-    path.write_text(yaml.safe_dump({"default": {"threads": 2, "mem_mb": 100}, "pretrain": {"gpus": 4, "slurm_extra": "--qos=x"}}))
+    path.write_text(yaml.safe_dump({"default": {"threads": 2, "mem_mb": 100},
+                                    "pretrain": {"gpus": 4, "slurm_extra": "--qos=x"}}))
     res = load_resources(path)
     pre = res.for_stage("pretrain")
     assert (pre.threads, pre.mem_mb, pre.gpus) == (2, 100, 4)

@@ -311,10 +311,17 @@ def test_amp_resolution() -> None:
         resolve_amp("fp8", cpu)  # type: ignore[arg-type]
 
 
-def test_bf16_autocast_on_cpu_trains(tmp_path: Path) -> None:
-    result = run(tmp_path, epochs=1, amp="bf16")
-    assert load_checkpoint(result.checkpoint)["amp"] == "bf16"
-    assert math.isfinite(result.final_metrics["train/loss"])
+def test_bf16_autocast_on_cpu_trains_like_fp32_within_bf16_precision(tmp_path: Path) -> None:
+    """bf16 autocast runs the same steps as fp32 up to bf16 rounding (8 bits of mantissa,
+    a relative error of 2**-8 per operation): the epoch loss agrees within 5 %, but not
+    bit for bit (autocast was really active)."""
+    bf16 = run(tmp_path / "bf16", epochs=2, amp="bf16")
+    fp32 = run(tmp_path / "fp32", epochs=2, amp="off")
+    assert load_checkpoint(bf16.checkpoint)["amp"] == "bf16"
+    assert load_checkpoint(fp32.checkpoint)["amp"] == "off"
+    loss_bf16, loss_fp32 = bf16.final_metrics["train/loss"], fp32.final_metrics["train/loss"]
+    assert abs(loss_bf16 - loss_fp32) <= 0.05 * abs(loss_fp32)
+    assert loss_bf16 != loss_fp32
 
 
 @pytest.mark.parametrize(("overrides", "key"), [

@@ -111,9 +111,13 @@ def test_queue_rejects_wrong_dim() -> None:
         KeyQueue(5, 2).enqueue(torch.zeros(4, 3))
 
 
-def test_single_process_gather_is_identity() -> None:
-    t = torch.arange(6.0).view(3, 2)
-    assert concat_all_gather(t) is t
+def test_single_process_gather_returns_the_batch_without_gradient() -> None:
+    """Outside torch.distributed the gather is the batch itself, detached like the
+    all-gathered keys (MoCo gathers without gradient), and leaves the input untouched."""
+    t = torch.arange(6.0).view(3, 2).requires_grad_()
+    gathered = concat_all_gather(t)
+    torch.testing.assert_close(gathered, torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]))
+    assert gathered.shape == (3, 2)
 
 
 def test_batch_shuffle_round_trip_and_bn_equivariance() -> None:

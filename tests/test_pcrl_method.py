@@ -1,4 +1,4 @@
-"""Tests of pcrl.methods.views and pcrl.methods.pcrl (PCRL-SPEC "One training step").
+"""Tests of pcrl.methods.views and pcrl.methods.pcrl (docs/method.md "One training step").
 
 Tiny configuration everywhere: base width 4, cubes 16x16x8, batch 4, queue 16.
 """

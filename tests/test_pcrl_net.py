@@ -1,7 +1,8 @@
-"""Tests of pcrl.networks.pcrl_net (projection head and TCA, PCRL-SPEC "Networks")."""
+"""Tests of pcrl.networks.pcrl_net (projection head and TCA, docs/method.md "Networks")."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -115,16 +116,29 @@ def test_tca_gate_matches_hand_reference() -> None:
         torch.testing.assert_close(net.tca_gate(codes.long()), gate)
 
 
-def test_tca_gate_broadcasts_over_the_deepest_map() -> None:
+def test_tca_gate_equals_a_hand_written_mlp_per_channel() -> None:
+    """gate = sigmoid(W2 relu(W1 c + b1) + b2), one value per channel of the deepest map
+    (docs/method.md "Transformation-conditioned attention"), computed here from the weights."""
     net = PCRLNet3D(base=4).eval()
-    codes = torch.zeros(2, TCA_CODE_DIM)
-    codes[:, 3] = 1.0
+    codes = torch.tensor([[1.0, 0, 1, 0, 0, 1, 0], [0, 1, 0, 1, 0, 0, 0]])
+    w1, b1 = net.aug_fc1.weight.detach(), net.aug_fc1.bias.detach()
+    w2, b2 = net.aug_fc2.weight.detach(), net.aug_fc2.bias.detach()
+    width = w1.shape[0]  # 256 at base 32, scaled with the base
+    assert w1.shape == (width, TCA_CODE_DIM) and w2.shape == (64, width)
+    hidden = [[max(0.0, sum(float(w1[j, i]) * float(c[i]) for i in range(7)) + float(b1[j]))
+               for j in range(width)] for c in codes]
+    expected = torch.tensor([[1 / (1 + math.exp(-(sum(float(w2[o, j]) * h[j] for j in range(width))
+                                                  + float(b2[o])))) for o in range(64)]
+                             for h in hidden])
     with torch.no_grad():
-        features = net.encode(torch.rand(2, 1, 16, 16, 8, generator=_gen(3)))
-        gated = features[3] * net.tca_gate(codes)
-        out = net.decode([*features[:3], gated])
-    assert gated.shape == features[3].shape == (2, 64, 2, 2, 1)
-    assert out.shape == (2, 1, 16, 16, 8)
+        gate = net.tca_gate(codes)
+    assert gate.shape == (2, 64, 1, 1, 1)
+    torch.testing.assert_close(gate.flatten(1), expected, atol=1e-5, rtol=1e-5)
+    # multiplied into the deepest map, the gate scales each channel by its own value
+    with torch.no_grad():
+        deepest = net.encode(torch.rand(2, 1, 16, 16, 8, generator=_gen(3)))[3]
+    gated = deepest * gate
+    torch.testing.assert_close(gated[1, 5], deepest[1, 5] * expected[1, 5])
 
 
 @pytest.mark.parametrize("shape", [(2, 6), (2, 7, 1), (7,)])

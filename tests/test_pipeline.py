@@ -81,6 +81,7 @@ def test_dvc_repro_reaches_the_report(dvc_run: Path) -> None:
             path = dvc_run / "data" / "evaluate" / task / init / "f1.0" / "s0" / "metrics.json"
             result = json.loads(path.read_text())
             assert (result["task"], result["init"], result["seed"]) == (task, init, 0)
+            assert result["primary"] == metric
             assert 0.0 <= result["metrics"][result["primary"]] <= 1.0
             assert result["provenance"]["params_sha256"]
     report = (dvc_run / "results" / "report" / "report.md").read_text()

@@ -95,7 +95,8 @@ def test_pcrl_on_phantom_pairs_lowers_the_loss(pairs_dir: Path, tmp_path: Path, 
 def test_pretrain_stage_writes_weights_previews_summary(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
     torch.set_num_threads(1)
     settings = _settings(demo_params, epochs=2)
-    out = run_pretrain("pcrl", settings, pairs=pairs_dir, out=tmp_path / "out", state=tmp_path / "state", device="cpu", progress=False)
+    out = run_pretrain("pcrl", settings, pairs=pairs_dir, out=tmp_path / "out", state=tmp_path / "state",
+                       device="cpu", progress=False)
     losses = _epoch_losses(out)
     assert len(losses) == 2 and all(np.isfinite(losses))
     weights = torch.load(out / "weights.pt", weights_only=True)
@@ -126,26 +127,32 @@ def _cli(params: Path, pairs: Path, out: Path, state: Path, method: str = "genes
 
 def test_killed_job_resumes_without_repeating_epochs(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
     """kill -9 after the first checkpoint; the rerun finishes the remaining epochs only,
-    with the same weights as an uninterrupted run."""
+    with the same weights as an uninterrupted run.
+
+    The job is frozen (SIGSTOP) the moment its first checkpoint appears, then killed, so it
+    cannot race past the remaining epochs between the check and the kill."""
+    epochs = 6
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PCRL_NO_DVC_COMMIT": "1"}
-    params = _params_file(tmp_path, demo_params, _settings(demo_params, epochs=4))
+    params = _params_file(tmp_path, demo_params, _settings(demo_params, epochs=epochs))
     state, out = tmp_path / "state", tmp_path / "out"
     job = subprocess.Popen(_cli(params, pairs_dir, out, state), env=env)
     checkpoint = state / "checkpoints" / "last.pt"
     deadline = time.time() + 300
     while not checkpoint.exists() and time.time() < deadline and job.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.01)
+    job.send_signal(signal.SIGSTOP)
+    assert job.poll() is None, "the job ended before it could be killed"
     job.send_signal(signal.SIGKILL)
     job.wait()
     assert checkpoint.exists() and not out.exists(), "killed job must leave state but no output"
     done = int(load_checkpoint(checkpoint)["epoch"])
-    assert 1 <= done < 4
+    assert 1 <= done < epochs
     subprocess.run(_cli(params, pairs_dir, out, state), env=env, check=True, timeout=600)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["epochs_run_by_this_job"] == list(range(done + 1, 5))
+    assert summary["epochs_run_by_this_job"] == list(range(done + 1, epochs + 1))
     steps = [int(r.split("\t")[0]) for r in
              (out / "live/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
-    assert steps == [1, 2, 3, 4]
+    assert steps == list(range(1, epochs + 1))
 
     ref_out = tmp_path / "ref_out"
     subprocess.run(_cli(params, pairs_dir, ref_out, tmp_path / "ref_state"), env=env, check=True, timeout=600)
@@ -158,8 +165,10 @@ def test_killed_job_resumes_without_repeating_epochs(pairs_dir: Path, tmp_path: 
 
 def test_changed_params_discard_stale_state(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
     state = tmp_path / "state"
-    run_pretrain("genesis", _settings(demo_params, epochs=1), pairs=pairs_dir, out=tmp_path / "a", state=state, device="cpu", progress=False)
-    out = run_pretrain("genesis", _settings(demo_params, epochs=2, lr=0.02), pairs=pairs_dir, out=tmp_path / "b", state=state, device="cpu", progress=False)
+    run_pretrain("genesis", _settings(demo_params, epochs=1), pairs=pairs_dir, out=tmp_path / "a", state=state,
+                 device="cpu", progress=False)
+    out = run_pretrain("genesis", _settings(demo_params, epochs=2, lr=0.02), pairs=pairs_dir, out=tmp_path / "b",
+                       state=state, device="cpu", progress=False)
     assert json.loads((out / "summary.json").read_text())["epochs_run_by_this_job"] == [1, 2]
 
 
@@ -171,4 +180,13 @@ def test_torchrun_two_processes_on_cpu(pairs_dir: Path, tmp_path: Path, demo_par
     subprocess.run(_cli(params, pairs_dir, out, tmp_path / "state", method="pcrl"), env=env, check=True, timeout=600)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
-    assert np.isfinite(summary["final"]["train/loss"])
+    # the same global batch in one process: the two runs see the same pairs in the same
+    # global order; they differ by each rank's own corruption stream and per-rank batch
+    # norm, so the epoch loss agrees within a tolerance, not exactly
+    single = run_pretrain("pcrl", _settings(demo_params, epochs=1), pairs=pairs_dir, out=tmp_path / "single",
+                          state=tmp_path / "single_state", device="cpu", progress=False)
+    reference = json.loads((single / "summary.json").read_text())["final"]
+    for term in ("train/loss", "train/reconstruction"):
+        if term in reference:
+            assert abs(summary["final"][term] - reference[term]) <= 0.15 * abs(reference[term]), term
+    assert summary["final"]["train/lr"] == reference["train/lr"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
@@ -79,6 +78,14 @@ def test_specs_are_consistent(name: str) -> None:
     assert spec.downloadable or spec.manual
 
 
-def test_specs_are_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        DATASETS["luna16"].folder = "x"  # type: ignore[misc]
+def test_mirror_keeps_checksums_and_replaces_only_hosts() -> None:
+    """What a frozen spec is for: a mirrored copy changes URLs only, never the verification."""
+    from pcrl.stages.download import with_mirror
+
+    spec = DATASETS["msd_liver"]
+    mirrored = with_mirror(spec, "https://mirror.example.org/msd/")
+    assert [f.url for f in mirrored.files] == ["https://mirror.example.org/msd/Task03_Liver.tar"]
+    assert [(f.md5, f.size, f.filename) for f in mirrored.files] == \
+        [(f.md5, f.size, f.filename) for f in spec.files]
+    assert spec.files[0].url != mirrored.files[0].url  # the registry itself is unchanged
+    assert with_mirror(spec, None) is spec

@@ -113,7 +113,8 @@ def trained(world: dict[str, Path], params: Path) -> dict[str, Path]:
 
 def test_finetune_outputs(trained: dict, world: dict) -> None:
     out = trained["bms", "pcrl"]
-    assert sorted(p.name for p in out.iterdir()) == [".pcrl-output", "live", "model.pt", "summary.json", "validation.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".pcrl-output", "live", "model.pt", "summary.json",
+                                                     "validation.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["first_conv_adapted"] is True and summary["train_cases"] == 2
     assert summary["init_loaded"].startswith("loaded 104")  # encoder + decoder, not out_tr

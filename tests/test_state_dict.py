@@ -1,4 +1,4 @@
-"""Tests of pcrl.networks.state_dict (loading released checkpoints, PCRL-SPEC "Networks")."""
+"""Tests of pcrl.networks.state_dict (loading released checkpoints, docs/method.md "Networks")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""pcrl.transforms: spatial codes, Models Genesis corruptions and augmentation (PCRL-SPEC)."""
+"""pcrl.transforms: spatial codes, Models Genesis corruptions and augmentation (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -144,8 +144,21 @@ def test_local_shuffle_probability_and_identity() -> None:
     out = T.local_pixel_shuffle(x, gen(), prob=0.0)
     assert torch.equal(out, x) and out.data_ptr() != x.data_ptr()
     assert torch.equal(T.local_pixel_shuffle(x, gen(), prob=1.0, coverage=0.0), x)
-    changed = [(T.local_pixel_shuffle(x, gen(s), prob=0.5)[i] != x[i]).any().item() for s in range(8) for i in range(4)]
-    assert 4 <= sum(changed) <= 28  # about half of 32 samples
+
+
+
+def test_local_shuffle_coin_is_drawn_per_sample() -> None:
+    """With prob 0.5 each sample of a batch is shuffled independently: over 40 batches of 16
+    the count per batch follows Binomial(16, 0.5) (a per-batch coin would give only 0 or 16),
+    and the total over 640 samples lies within 4 standard deviations (4 * sqrt(160)) of 320."""
+    x = torch.rand(16, 1, 32, 32, 20, generator=torch.Generator().manual_seed(0))
+    counts = [int((T.local_pixel_shuffle(x, gen(s), prob=0.5) != x).flatten(1).any(1).sum())
+              for s in range(40)]
+    assert abs(sum(counts) - 320) <= 4 * 160 ** 0.5
+    mixed = [c for c in counts if 0 < c < 16]
+    assert len(mixed) >= 38  # P(a batch of 16 is all-or-none) = 2 * 2**-16
+    variance = sum((c - 8) ** 2 for c in counts) / len(counts)
+    assert 2 <= variance <= 8  # binomial variance 16 * 0.25 = 4; a per-batch coin gives 64
 
 
 # ------------------------------------------------------------------------ painting

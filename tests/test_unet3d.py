@@ -1,4 +1,4 @@
-"""Tests of pcrl.networks.unet3d (Models Genesis 3D U-Net, PCRL-SPEC "Networks")."""
+"""Tests of pcrl.networks.unet3d (Models Genesis 3D U-Net, docs/method.md "Networks")."""
 
 from __future__ import annotations
 

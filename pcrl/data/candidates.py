@@ -1,4 +1,4 @@
-"""NCC candidate cubes: cubes centred on the LUNA16 nodule candidates (PCRL-SPEC protocol).
+"""NCC candidate cubes: cubes centred on the LUNA16 nodule candidates (docs/method.md protocol).
 
 Models Genesis' NCC task (lung nodule false-positive reduction) classifies cubes cut around
 the LUNA16 candidates, given in world coordinates (mm) in ``candidates.csv``
@@ -79,7 +79,7 @@ def _centre_voxels(centers_vox: np.ndarray) -> np.ndarray:
 def outside_scan(centers_vox: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Boolean (n,): whether each centre's voxel (rounded half up) lies outside the scan."""
     centre = _centre_voxels(centers_vox).reshape(-1, 3)
-    return ((centre < 0) | (centre >= np.asarray(shape)[None, :])).any(axis=1)
+    return np.asarray(((centre < 0) | (centre >= np.asarray(shape)[None, :])).any(axis=1))
 
 
 def extract_candidate_cubes(
@@ -97,9 +97,9 @@ def extract_candidate_cubes(
     Raises:
         DataError: a centre lies outside the scan (its row number is given).
     """
-    size = tuple(int(s) for s in size)
-    if len(size) != 3 or min(size) < 1:
-        raise ConfigError(f"cube size must be 3 positive ints (x, y, z), got {list(size)}")
+    dims = tuple(int(s) for s in size)
+    if len(dims) != 3 or min(dims) < 1:
+        raise ConfigError(f"cube dims must be 3 positive ints (x, y, z), got {list(dims)}")
     centre = _centre_voxels(centers_vox).reshape(-1, 3)
     outside = np.flatnonzero(outside_scan(centre, volume.shape))
     if len(outside):
@@ -107,10 +107,10 @@ def extract_candidate_cubes(
             f"candidate rows {outside[:5].tolist()} lie outside the scan of shape {volume.shape} "
             f"(centres {centre[outside[:5]].tolist()})"
         )
-    half = np.asarray(size) // 2
-    widths = [(int(h), int(s - h - 1)) for h, s in zip(half, size)]
+    half = np.asarray(dims) // 2
+    widths = [(int(h), int(s - h - 1)) for h, s in zip(half, dims)]
     padded = np.pad(volume, widths, mode="constant", constant_values=pad_value)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, size)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, dims)
     # With `half` voxels of padding before, the window starting at centre - half starts at centre.
     return np.ascontiguousarray(windows[centre[:, 0], centre[:, 1], centre[:, 2]])
 

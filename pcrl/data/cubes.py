@@ -1,6 +1,6 @@
 """PCRL pretraining pairs: two overlapping crops of one CT volume, resized to one cube size.
 
-PCRL-SPEC "Views, corruptions and targets": from one preprocessed volume (1 mm, HU clipped
+docs/method.md "Views, corruptions and targets": from one preprocessed volume (1 mm, HU clipped
 to ``hu_range`` and scaled to [0, 1]) two crops x1, x2 of the same region are taken with 3D
 IoU > ``min_iou``, each of a size drawn from ``crop_sizes`` (x, y, z), and resized to
 ``cube_size``; crops mostly outside the body/lung are rejected.
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm import tqdm
 
+from pcrl.seeding import named_rng
 from pcrl.atomic import save_npy
 from pcrl.data.imageio import read_volume
 from pcrl.errors import ConfigError, DataError
@@ -86,7 +87,7 @@ _BATCH = 1024
 
 @dataclass(frozen=True)
 class PairConfig:
-    """How pretraining pairs are drawn (PCRL-SPEC "Views, corruptions and targets").
+    """How pretraining pairs are drawn (docs/method.md "Views, corruptions and targets").
 
     Attributes:
         crop_sizes: Crop sizes (x, y, z) in voxels; each is clipped to the volume.
@@ -150,7 +151,7 @@ def _size3(value: Sequence[int], key: str) -> Size3:
     size = tuple(int(v) for v in value)
     if len(size) != 3 or min(size) < 1:
         raise ConfigError(f"PairConfig.{key}: sizes must be 3 positive ints (x, y, z), got {list(value)}")
-    return size  # type: ignore[return-value]
+    return size
 
 
 # --------------------------------------------------------------------------- boxes
@@ -298,7 +299,7 @@ def sample_pairs(
     """Draw ``n_pairs`` PCRL view pairs from one [0, 1]-scaled volume (x, y, z).
 
     Args:
-        volume: 3D array, HU window scaled to [0, 1] (PCRL-SPEC preprocessing).
+        volume: 3D array, HU window scaled to [0, 1] (docs/method.md preprocessing).
         n_pairs: Number of pairs wanted.
         config: Sampling rule (see the module docstring).
         rng: Source of randomness; the result depends only on it, the volume and config.
@@ -370,9 +371,7 @@ def case_rng(seed: int, case_id: str) -> np.random.Generator:
     Keyed by the id, not by the position, so the cubes of a case do not change when cases are
     reordered, added or processed in parallel.
     """
-    digest = hashlib.sha256(case_id.encode("utf-8")).digest()
-    key = tuple(int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4))
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+    return named_rng(seed, case_id)
 
 
 def write_pretrain_pairs(

@@ -159,6 +159,8 @@ def _download_part(
         part.unlink()
         offset = 0
         response = _open(url, 0, timeout)
+    if response is None:  # a 416 to a request without a range: the server is broken
+        raise DataError(f"cannot download {url}: the server refused the whole file (HTTP 416)")
     with response:
         offset = _resume_offset(response, offset, url, part)
         length = _content_length(response)

@@ -23,7 +23,7 @@ import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import SimpleITK as sitk
@@ -55,6 +55,12 @@ _MAX_HEADER_BYTES = 1 << 16
 _FLOAT_PIXEL_IDS = frozenset(
     {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
 )
+
+
+class _Readable(Protocol):
+    """A binary stream (a file, or a gzip stream)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def read_image(
@@ -354,29 +360,6 @@ def check_nifti(path: Path) -> None:
                         f"voxels, the file holds {found}")
 
 
-def _nifti_data_layout(header: bytes) -> tuple[int, int] | None:
-    """(voxel offset, voxel bytes) of a NIfTI-1/2 header, or None when it is not one.
-
-    Field offsets are those of nifti1.h / nifti2.h (dim, bitpix, vox_offset).
-    """
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack_from(endian + "i", header)[0] == 348:
-            dims = struct.unpack_from(endian + "8h", header, 40)
-            bitpix = struct.unpack_from(endian + "h", header, 72)[0]
-            offset = int(struct.unpack_from(endian + "f", header, 108)[0])
-        elif len(header) >= 540 and struct.unpack_from(endian + "i", header)[0] == 540:
-            bitpix = struct.unpack_from(endian + "h", header, 14)[0]
-            dims = struct.unpack_from(endian + "8q", header, 16)
-            offset = struct.unpack_from(endian + "q", header, 168)[0]
-        else:
-            continue
-        if not 1 <= dims[0] <= 7 or bitpix <= 0:
-            return None
-        total = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + dims[0]]], dtype=np.int64))
-        return offset, total * bitpix // 8
-    return None
-
-
 def _nifti_nonfinite_voxels(path: Path) -> tuple[int, int]:
     """Count the NaN/inf voxels stored in a floating-point NIfTI file, and all voxels.
 
@@ -392,30 +375,55 @@ def _nifti_nonfinite_voxels(path: Path) -> tuple[int, int]:
         return _count_nonfinite(fh, dtype, total), total
 
 
-def _nifti_float_layout(header: bytes) -> tuple[np.dtype, int, int] | None:
-    """(dtype, voxel count, data offset) of a NIfTI-1/2 header with float voxels, else None.
+class _NiftiHeader(NamedTuple):
+    """The fields of a NIfTI-1/2 header that locate its voxels."""
 
-    Field offsets are those of nifti1.h / nifti2.h (dim, datatype, vox_offset).
-    """
+    endian: str
+    datatype: int
+    bitpix: int
+    voxels: int
+    offset: int
+
+
+def _nifti_header(header: bytes) -> _NiftiHeader | None:
+    """Parse the first bytes of a NIfTI-1 (348-byte) or NIfTI-2 (540-byte) header; None
+    when they are neither. Field offsets are those of nifti1.h / nifti2.h."""
     for endian in "<>":
         if len(header) >= 348 and struct.unpack_from(endian + "i", header)[0] == 348:
             dims = struct.unpack_from(endian + "8h", header, 40)
-            datatype = struct.unpack_from(endian + "h", header, 70)[0]
+            datatype, bitpix = struct.unpack_from(endian + "2h", header, 70)
             offset = int(struct.unpack_from(endian + "f", header, 108)[0])
         elif len(header) >= 540 and struct.unpack_from(endian + "i", header)[0] == 540:
-            datatype = struct.unpack_from(endian + "h", header, 12)[0]
+            datatype, bitpix = struct.unpack_from(endian + "2h", header, 12)
             dims = struct.unpack_from(endian + "8q", header, 16)
             offset = struct.unpack_from(endian + "q", header, 168)[0]
         else:
             continue
-        if datatype not in _NIFTI_FLOAT_DTYPES:
+        if not 1 <= dims[0] <= 7:
             return None
-        total = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + dims[0]]], dtype=np.int64))
-        return np.dtype(endian + _NIFTI_FLOAT_DTYPES[datatype]), total, offset
+        voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + dims[0]]], dtype=np.int64))
+        return _NiftiHeader(endian, int(datatype), int(bitpix), voxels, int(offset))
     return None
 
 
-def _count_nonfinite(fh: BinaryIO, dtype: np.dtype, total: int) -> int:
+def _nifti_data_layout(header: bytes) -> tuple[int, int] | None:
+    """(voxel offset, voxel bytes) of a NIfTI-1/2 header, or None when it is not one."""
+    parsed = _nifti_header(header)
+    if parsed is None or parsed.bitpix <= 0:
+        return None
+    return parsed.offset, parsed.voxels * parsed.bitpix // 8
+
+
+def _nifti_float_layout(header: bytes) -> tuple[np.dtype, int, int] | None:
+    """(dtype, voxel count, data offset) of a NIfTI-1/2 header with float voxels, else None."""
+    parsed = _nifti_header(header)
+    if parsed is None or parsed.datatype not in _NIFTI_FLOAT_DTYPES:
+        return None
+    dtype = np.dtype(parsed.endian + _NIFTI_FLOAT_DTYPES[parsed.datatype])
+    return dtype, parsed.voxels, parsed.offset
+
+
+def _count_nonfinite(fh: _Readable, dtype: np.dtype, total: int) -> int:
     """Count non-finite values among the next ``total`` elements of ``dtype`` in ``fh``."""
     bad, left = 0, total
     while left > 0:
@@ -491,7 +499,7 @@ def write_image(
     The image is written under its final name into a hidden temporary folder next to
     ``path`` (so the extension, and for ``.mhd`` the ``ElementDataFile`` name, are the
     final ones), then moved into place, header last: an interrupted write never leaves
-    a file under the final name (DESIGN.md principle 5).
+    a file under the final name (docs/design.md, principle 5).
 
     Args:
         path: output file.

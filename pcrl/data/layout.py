@@ -194,7 +194,7 @@ def _decathlon_id(image: str) -> str:
 
 def _decathlon_cases(meta: dict[str, Any], dataset_json: Path) -> list[dict[str, Any]]:
     """Cases of the ``training`` (group train) then ``test`` (group test) lists."""
-    cases = []
+    cases: list[dict[str, Any]] = []
     for i, item in enumerate(meta.get("training", [])):
         if not isinstance(item, dict):
             raise DataError(f"{dataset_json}: training[{i}] is not an object with image/label")

@@ -2,7 +2,7 @@
 
 ``pcrl cubes --task pretrain`` writes ``data/processed/pretrain/pairs/<id>.npy`` per scan,
 each an array of shape (n, 2, X, Y, Z) (float16): n pairs of views (x1, x2) of the same
-region (PCRL-SPEC "Views, corruptions and targets"), and ``split.json`` with the ids of
+region (docs/method.md "Views, corruptions and targets"), and ``split.json`` with the ids of
 the train and val scans. :class:`PairsDataset` concatenates such files; the corruptions
 and spatial transforms are applied later, batched, by the method on the training device.
 

@@ -1,6 +1,6 @@
 """Registry of the public datasets of the PCRL protocol: where they live and their layout.
 
-Sources (PCRL-SPEC.md, "Public downloads"):
+Sources (docs/method.md, "Public downloads"):
 
 - LUNA16: Zenodo records 3723295 (subsets 0-6 and the CSVs) and 4121926 (subsets 7-9),
   Setio et al., Medical Image Analysis 42, 2017.
@@ -57,7 +57,7 @@ class DatasetSpec:
     Attributes:
         name: Registry key (``luna16``, ``msd_liver``, ...).
         title: Human-readable name.
-        tasks: Protocol tasks it serves (PCRL-SPEC.md: pretrain, ncc, lcs, bms, chest14).
+        tasks: Protocol tasks it serves (docs/method.md: pretrain, ncc, lcs, bms, chest14).
         layout: Native layout verified by :mod:`pcrl.data.layout`.
         files: The published files, in download order.
         folder: Folder inside the extracted archives that holds the layout (e.g.

@@ -1,6 +1,6 @@
 """The resample stage's library: one grid spacing and intensity scale for every case.
 
-PCRL-SPEC ("Views, corruptions and targets") pretrains on CT resampled to 1 mm
+docs/method.md ("Views, corruptions and targets") pretrains on CT resampled to 1 mm
 isotropic voxels with HU clipped to [-1000, 1000] and scaled to [0, 1]; the liver task
 uses the abdominal window [-160, 240] HU (as Models Genesis did for LCS) and the
 BraTS MRI channels are scaled per channel between percentiles of their foreground.
@@ -284,11 +284,11 @@ def resample_case(
     label_path = Path(case["label"]) if case.get("label") else None
     original = read_image(image_path, allow_channels=True)
     label = read_image(label_path) if label_path else None
-    if label is not None:
+    if label is not None and label_path is not None:
         check_same_grid(original, label, image_path, label_path)
     image = _normalized(resample_image(original, spacing, is_label=False), normalization)
     write_image(Path(out_dir) / f"{case_id}.nii.gz", image)
-    if label is not None:
+    if label is not None and label_path is not None:
         label = _label_as_uint8(label_path, resample_image(label, spacing, is_label=True))
         write_image(Path(out_dir) / f"{case_id}_label.nii.gz", label)
     return _case_entry(case_id, case.get("group"), image, original, has_label=label is not None)

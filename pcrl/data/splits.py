@@ -1,4 +1,4 @@
-"""Patient-level splits and nested label fractions (PCRL-SPEC protocol).
+"""Patient-level splits and nested label fractions (docs/method.md protocol).
 
 Splits are always by case (patient / scan id), never by cube, so no cube of a test patient
 is ever seen in training. LUNA16 is split by its subsets (the release pretrains on subsets
@@ -45,9 +45,9 @@ def split_by_group(cases: list[dict], groups: dict[str, list[str]]) -> dict[str,
             owner[group] = name
     split: dict[str, list[str]] = {name: [] for name in groups}
     for case in cases:
-        name = owner.get(str(case.get("group")))
-        if name is not None:
-            split[name].append(str(case["id"]))
+        owner_name = owner.get(str(case.get("group")))
+        if owner_name is not None:
+            split[owner_name].append(str(case["id"]))
     for name, ids in split.items():
         if not ids:
             raise DataError(f"split {name!r} is empty: no case has a group in {list(groups[name])}")

@@ -1,6 +1,6 @@
 """Fine-tuning pretrained encoders on the downstream tasks of the PCRL protocol.
 
-PCRL-SPEC "Protocol: pretrain, then fine-tune" (the Models Genesis benchmark): NCC (lung
+docs/method.md "Protocol" (the Models Genesis benchmark): NCC (lung
 nodule false-positive reduction, AUC), LCS (liver segmentation, Dice/IoU) and BMS (brain
 tumour segmentation, Dice of the BraTS regions), each fine-tuned from every
 initialisation at several label fractions and seeds.

@@ -29,13 +29,14 @@ import csv
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
+from pcrl.seeding import mix_seed
 from pcrl.atomic import read_json
 from pcrl.data.splits import check_disjoint, fraction_key
 from pcrl.errors import ConfigError, DataError
@@ -75,8 +76,8 @@ def loader_seed(fallback: int) -> int:
 
 
 def _item_seed(*keys: int) -> int:
-    """A 32-bit seed mixing non-negative integers (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([k % 2**63 for k in keys]).generate_state(1)[0])
+    """A 32-bit seed mixing integers (:func:`pcrl.seeding.mix_seed`)."""
+    return mix_seed(*keys, bits=32)
 
 
 # ------------------------------------------------------------------ splits
@@ -461,8 +462,9 @@ class PatchSet(Dataset[tuple[Tensor, Tensor]]):
                                       num_samples=self.samples)
         # set after construction: MONAI's Compose would reseed from its global counter
         crop.set_random_state(state=np.random.RandomState(seed))
-        padded = SpatialPadd(keys=keys, spatial_size=self.patch)({"image": image, "target": target})
-        return crop(padded)
+        sample: Any = {"image": image, "target": target}
+        padded = SpatialPadd(keys=keys, spatial_size=self.patch)(sample)
+        return cast(list[dict[str, Any]], crop(padded))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image, target = load_case(self.cases[index], self.task)

@@ -1,7 +1,7 @@
 """Task networks and their initialisation from pretrained (or external) weights.
 
 Networks (Models Genesis, Zhou et al., MICCAI 2019 / MedIA 2021, whose target models PCRL
-reuses, PCRL-SPEC "Protocol"):
+reuses, docs/method.md "Protocol"):
 
 - segmentation (LCS, BMS): the 3D U-Net :class:`pcrl.networks.UNet3D` with one output
   channel per region, returning logits (the sigmoid belongs to the loss and the metrics);

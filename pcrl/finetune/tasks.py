@@ -1,6 +1,6 @@
 """The downstream tasks of the PCRL protocol (the Models Genesis benchmark).
 
-PCRL-SPEC "Protocol: pretrain, then fine-tune": pretrained encoders are fine-tuned on
+docs/method.md "Protocol": pretrained encoders are fine-tuned on
 
 - **NCC**, lung nodule false-positive reduction on the LUNA16 candidates: a binary
   classifier of the cubes centred on each candidate; metric ROC AUC.

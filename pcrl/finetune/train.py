@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.distributed as tdist
@@ -294,7 +294,7 @@ class ValidationHook:
 
     def __call__(self, epoch: int, method: nn.Module, live: Any) -> bool:
         """Validate ``method.net`` after ``epoch``; True to stop training."""
-        net = getattr(method, "module", method).net
+        net = cast(nn.Module, getattr(method, "module", method).net)
         return self.record(epoch, net, self.validate(net), live)
 
     def record(self, epoch: int, net: nn.Module, metrics: Mapping[str, float],

@@ -3,7 +3,7 @@
 The Models Genesis 3D U-Net (:class:`~pcrl.networks.unet3d.UNet3D`) restores the clean
 view from its corrupted version (local pixel shuffling, in-/out-painting, optionally the
 Bezier intensity curve) with a mean-squared error; there is no contrastive term, no
-momentum encoder and no spatial transform of the target (PCRL-SPEC "Protocol":
+momentum encoder and no spatial transform of the target (docs/method.md "Protocol":
 "Models Genesis (restoration only)"). The two crops of a pretraining pair are used as
 two independent samples, so a step sees ``2N`` volumes, the same data as a PCRL step.
 """

@@ -1,6 +1,6 @@
 """Contrastive and reconstruction losses of PCRL and its baselines.
 
-PCRL-SPEC "One training step": the contrastive term compares a query ``q`` with its
+docs/method.md "One training step": the contrastive term compares a query ``q`` with its
 positive key ``k`` and with a queue of past momentum keys (16384 x 128, temperature 0.2).
 Two estimators are offered:
 
@@ -13,7 +13,7 @@ Two estimators are offered:
   noise distribution ``Pn = 1/n_data`` with ``m = K`` noise samples per query.
 
 ``n_data`` is the number of training *samples*; the release passed the number of batches
-(PCRL-SPEC "Known defects of the release"). With ``Z`` estimated as above, ``n_data``
+(docs/method.md "Known defects of the release"). With ``Z`` estimated as above, ``n_data``
 cancels out of ``P / (P + K Pn)`` (``P`` scales as ``1/n_data``, and so does ``K Pn``), so
 the defect changes the loss only through ``eps``; it matters when a ``Z`` is reused with
 another ``n_data`` (tests/test_losses.py checks both facts).
@@ -197,7 +197,7 @@ class NCELoss(nn.Module):
 
 
 def reconstruction_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error between a reconstruction and its target (PCRL-SPEC, Models Genesis).
+    """Mean squared error between a reconstruction and its target (docs/method.md, Models Genesis).
 
     Args:
         prediction: decoder output (N, C, x, y, z).

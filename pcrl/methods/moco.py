@@ -1,6 +1,6 @@
 """MoCo v2 baseline: contrastive only (He et al., CVPR 2020; Chen et al., arXiv 2003.04297).
 
-The contrastive half of PCRL on the same backbone (PCRL-SPEC "Protocol": "contrastive
+The contrastive half of PCRL on the same backbone (docs/method.md "Protocol": "contrastive
 baselines (MoCo v2 style)"): the encoder of :class:`~pcrl.networks.pcrl_net.PCRLNet3D`
 and its projection head give the query of view 1; a momentum copy with shuffled BN gives
 the key of view 2; InfoNCE against a queue of past keys (T = 0.2, K = 16384, m = 0.999).

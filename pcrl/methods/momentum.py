@@ -1,13 +1,13 @@
 """Momentum-contrast parts: EMA update, key queue, shuffled batch norm.
 
-MoCo (He et al., CVPR 2020, Sec. 3.2 and Algorithm 1), reused by PCRL (PCRL-SPEC
+MoCo (He et al., CVPR 2020, Sec. 3.2 and Algorithm 1), reused by PCRL (docs/method.md
 "Networks" and "One training step"):
 
 * :func:`update_momentum`: the momentum (key) encoder follows the student as an
   exponential moving average, ``theta_k <- m theta_k + (1 - m) theta_q`` (m = 0.999);
 * :class:`KeyQueue`: a FIFO dictionary of the last ``K`` keys (16384 x 128), held as a
   registered buffer so that it is saved with checkpoints and moved with ``.to(device)``;
-  keys are enqueued once per training step (the release enqueued three times: PCRL-SPEC
+  keys are enqueued once per training step (the release enqueued three times: docs/method.md
   "Known defects of the release");
 * :func:`batch_shuffle` / :func:`batch_unshuffle`: "shuffling BN", which keeps the
   key encoder's batch statistics from leaking which sample is the positive. On several
@@ -74,8 +74,8 @@ def update_momentum(student: nn.Module, teacher: nn.Module, m: float) -> None:
                 f"{tuple(t.shape)} in the teacher"
             )
         t.mul_(m).add_(s.detach(), alpha=1.0 - m)
-    for name, t in t_buffers.items():
-        t.copy_(s_buffers[name])
+    for name, buffer in t_buffers.items():
+        buffer.copy_(s_buffers[name])
 
 
 @torch.no_grad()

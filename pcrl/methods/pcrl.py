@@ -1,6 +1,6 @@
 """PCRL: preservational contrastive representation learning (Zhou et al., ICCV 2021).
 
-The method is assembled from parts (PCRL-SPEC "Networks", "One training step"):
+The method is assembled from parts (docs/method.md "Networks", "One training step"):
 
 * a student :class:`~pcrl.networks.pcrl_net.PCRLNet3D` (encoder, decoder, projection head
   ``fc1/fc2``, TCA ``aug_fc1/aug_fc2``) trained by SGD;
@@ -31,7 +31,7 @@ Choices where the release and the paper leave room (each documented at its place
 * both TCA gates come from the student's ``aug_fc`` layers (the momentum copy's are unused);
 * the mixup pass has no TCA, so its targets are the *untransformed* targets (the clean views
   for ``target="intent"``), mixed after the augmentation, aligned with the mixed inputs
-  (the release mixed copies taken before the augmentation: PCRL-SPEC "Known defects");
+  (the release mixed copies taken before the augmentation: docs/method.md "Known defects");
 * the mixture of keys ``lam * k + (1 - lam) * k[perm]`` is re-normalised to unit length
   before the loss, like every other key; the mixture of the vectors ``q`` is not needed by
   any of the three terms and is not formed;
@@ -76,7 +76,7 @@ RECONSTRUCTION_TERMS = ("mse_plain", "mse_hybrid", "mse_mix_plain", "mse_mix_hyb
 
 @dataclass(frozen=True)
 class PCRLConfig:
-    """Settings of :class:`PCRL` (PCRL-SPEC "Networks" and "One training step").
+    """Settings of :class:`PCRL` (docs/method.md "Networks" and "One training step").
 
     Attributes:
         in_channels: image channels (1 for CT).
@@ -228,7 +228,7 @@ class PCRL(nn.Module):
         return outs[0], outs[1:]
 
     def forward(self, x1: Tensor, x2: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        """One training step's losses (PCRL-SPEC "One training step").
+        """One training step's losses (docs/method.md "One training step").
 
         Draws from ``generator``, in order: the views (:func:`make_views`), the momentum
         shuffle, alpha1; then lambda and the mixup permutation, the second shuffle, alpha2.

@@ -1,6 +1,6 @@
 """Inputs and reconstruction targets of a pretraining step, built on the batch's device.
 
-PCRL-SPEC "Views, corruptions and targets": each view of a pair (two crops of one region,
+docs/method.md "Views, corruptions and targets": each view of a pair (two crops of one region,
 values in [0, 1]) is augmented (flip / affine / blur), then corrupted (local pixel
 shuffling, in- or out-painting, optionally a Bezier intensity curve); a spatial transform
 ``T`` (flips, quarter turns in x-y) with code ``c`` is drawn per view, and the
@@ -126,7 +126,7 @@ def identity_codes(n: int, device: torch.device | str) -> Tensor:
 
 
 def make_views(x1: Tensor, x2: Tensor, config: ViewConfig, generator: torch.Generator) -> Views:
-    """Build inputs, codes and targets from a batch of clean pairs (PCRL-SPEC "Views").
+    """Build inputs, codes and targets from a batch of clean pairs (docs/method.md "Views").
 
     Draw order from ``generator`` (fixed, for reproducibility): augment+corrupt view 1,
     augment+corrupt view 2, codes of view 1, codes of view 2.
@@ -176,7 +176,7 @@ def make_views(x1: Tensor, x2: Tensor, config: ViewConfig, generator: torch.Gene
 def folded_uniform(generator: torch.Generator, device: torch.device | str) -> Tensor:
     """A draw of ``max(u, 1 - u)``, ``u ~ Beta(1, 1) = Uniform(0, 1)``: a 0-d tensor in [0.5, 1].
 
-    PCRL's hybrid coefficient ``alpha`` and mixup coefficient ``lambda`` (PCRL-SPEC "One
+    PCRL's hybrid coefficient ``alpha`` and mixup coefficient ``lambda`` (docs/method.md "One
     training step").
     """
     u = torch.rand((), generator=generator, device=device)

@@ -1,6 +1,6 @@
 """Networks: the Models Genesis 3D U-Net, PCRL's heads, and checkpoint loading.
 
-See PCRL-SPEC "Networks" and docs/INTERFACES.md (pcrl/networks).
+See docs/method.md "Networks" and docs/INTERFACES.md (pcrl/networks).
 """
 
 from pcrl.networks.pcrl_net import TCA_CODE_DIM, PCRLNet3D

@@ -1,6 +1,6 @@
 """PCRL's 3D network: the U-Net backbone plus projection head and TCA.
 
-PCRL-SPEC "Networks" (Zhou et al., ICCV 2021, Sec. 3):
+docs/method.md "Networks" (Zhou et al., ICCV 2021, Sec. 3):
 
 * projection head: global average pool of the deepest map (``16b`` channels) ->
   ``fc1`` (16b -> proj_dim) -> ReLU -> ``fc2`` (proj_dim -> proj_dim), L2-normalised
@@ -22,12 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pcrl.transforms.spatial import CODE_SIZE
 from pcrl.networks.unet3d import NormName, OutActivation, UNet3D, require_positive_int
 
 __all__ = ["TCA_CODE_DIM", "PCRLNet3D"]
 
 #: Length of a spatial-transformation code: 3 flips + one-hot of 4 quarter turns.
-TCA_CODE_DIM = 7
+#: Entries of a transformation code (docs/method.md "Transformation-conditioned attention").
+TCA_CODE_DIM = CODE_SIZE
 
 
 class PCRLNet3D(UNet3D):

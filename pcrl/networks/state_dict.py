@@ -1,6 +1,6 @@
 """Loading released checkpoints (PCRL, Models Genesis) into the networks for fine-tuning.
 
-PCRL-SPEC "Networks": checkpoints of the PCRL release and Models Genesis' public 3D
+docs/method.md "Networks": checkpoints of the PCRL release and Models Genesis' public 3D
 weights use the module names of :class:`pcrl.networks.UNet3D` (``down_tr64 ...``,
 ``up_tr256 ...``, ``out_tr``; PCRL adds ``fc1``, ``fc2``, ``aug_fc1``, ``aug_fc2``), are
 stored under ``'state_dict'`` and, when saved from ``DataParallel``, prefix every key

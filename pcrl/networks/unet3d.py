@@ -1,6 +1,6 @@
 """The Models Genesis 3D U-Net, the backbone of PCRL.
 
-PCRL-SPEC "Networks": the backbone is the 3D U-Net of Models Genesis (Zhou et al.,
+docs/method.md "Networks": the backbone is the 3D U-Net of Models Genesis (Zhou et al.,
 MICCAI 2019), reused unchanged by PCRL (Zhou et al., ICCV 2021). Module and parameter
 names follow the original releases (``down_tr64 ... down_tr512``, ``up_tr256 ... up_tr64``,
 ``out_tr.final_conv``, every norm layer named ``bn1``) so that their checkpoints load
@@ -208,7 +208,7 @@ def require_positive_int(name: str, value: object) -> int:
 
 
 class UNet3D(nn.Module):
-    """Models Genesis 3D U-Net (PCRL-SPEC "Networks"); module names as the release.
+    """Models Genesis 3D U-Net (docs/method.md "Networks"); module names as the release.
 
     Args:
         in_channels: image channels (1 for CT, 4 for BraTS).

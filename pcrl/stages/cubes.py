@@ -1,6 +1,6 @@
 """``pcrl cubes``: patient splits, nested label fractions and the cubes of one task.
 
-Tasks (PCRL-SPEC "Protocol"): ``pretrain`` (LUNA16 pairs of overlapping crops), ``ncc``
+Tasks (docs/method.md "Protocol"): ``pretrain`` (LUNA16 pairs of overlapping crops), ``ncc``
 (LUNA16 candidate cubes for false-positive reduction), ``lcs`` (liver) and ``bms``
 (brain tumour), whose fine-tuning reads the resampled volumes directly.
 """

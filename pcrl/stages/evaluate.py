@@ -22,7 +22,7 @@ from pcrl.torchfile import load_checked, require_finite
 from pcrl.distributed import init_distributed
 from pcrl.errors import DataError
 from pcrl.finetune.data import load_split, read_candidate_rows, read_volume_cases
-from pcrl.finetune.inference import (
+from pcrl.evaluation.scoring import (
     SegmentationSettings,
     score_candidates,
     score_volumes,

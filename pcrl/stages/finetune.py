@@ -19,9 +19,9 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -42,7 +42,7 @@ from pcrl.finetune.data import (
     read_candidate_rows,
     read_volume_cases,
 )
-from pcrl.finetune.inference import (
+from pcrl.evaluation.scoring import (
     SegmentationSettings,
     score_candidates,
     score_volumes,
@@ -80,18 +80,18 @@ def _data(spec: TaskSpec, task_settings: dict[str, Any], validation: dict[str, A
     if spec.kind == "classification":
         train_rows = read_candidate_rows(processed, split.train, spec)
         val_rows = read_candidate_rows(processed, split.val, spec)
-        dataset = CandidateCubeSet(train_rows, task_settings.get("negatives_per_positive"), seed)
+        cubes = CandidateCubeSet(train_rows, task_settings.get("negatives_per_positive"), seed)
         batch = int(validation["batch_size"])
 
-        def validate(net: torch.nn.Module) -> dict[str, float]:
+        def validate_cubes(net: torch.nn.Module) -> dict[str, float]:
             return score_candidates(net, val_rows, device=device, batch_size=batch)
 
-        cube = tuple(int(s) for s in dataset.store.cubes(dataset.positives[:1]).shape[1:])
-        return dataset, validate, cube
+        cube = tuple(int(s) for s in cubes.store.cubes(cubes.positives[:1]).shape[1:])
+        return cubes, validate_cubes, cube
     if interim is None:
         raise ConfigError(f"task {spec.name} reads volumes: give --interim "
                           f"(data/interim/{spec.dataset})")
-    patch = tuple(int(s) for s in task_settings["patch_size"])
+    patch = cast(tuple[int, int, int], tuple(int(s) for s in task_settings["patch_size"]))
     dataset = PatchSet(read_volume_cases(interim, split.train), spec, patch,
                        task_settings["patches_per_volume"],
                        task_settings.get("foreground_prob", 0.5), seed)
@@ -168,7 +168,7 @@ def run_finetune(
     module = FinetuneModule(net, build_loss(spec, task_settings.get("loss", "dice_bce")),
                             flip=task_settings.get("augment", True))
     config = TrainConfig(**{k: task_settings[k] for k in TRAIN_KEYS if k in task_settings},
-                         batch_size=_batch_size(task_settings["batch_size"], len(dataset),
+                         batch_size=_batch_size(task_settings["batch_size"], len(cast(Sized, dataset)),
                                                 dist.world_size, f"{task} f{fraction}"),
                          amp=settings["amp"],
                          seed=seed, checkpoint_every=task_settings["epochs"],
@@ -198,7 +198,7 @@ def run_finetune(
             write_json(tmp / "summary.json", {
                 "task": task, "init": init, "fraction": fraction, "seed": seed,
                 "train_cases": len(split.train), "val_cases": len(split.val),
-                "train_items": len(dataset), "batch_size": config.batch_size,
+                "train_items": len(cast(Sized, dataset)), "batch_size": config.batch_size,
                 "epochs": task_settings["epochs"], "epochs_done": result.epochs_done,
                 "stopped_early": result.stopped_early, "best_epoch": result.best_epoch,
                 "val": result.best_metrics,

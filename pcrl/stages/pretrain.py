@@ -18,7 +18,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 #: The parts each method trains (MoCo v2 has no decoder loss: its decoder stays random).
 PRETRAINED_PARTS = {"pcrl": ("encoder", "decoder"), "genesis": ("encoder", "decoder"), "moco": ("encoder",)}
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "checkpoint_every", "amp", "seed", "max_grad_norm")
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "checkpoint_every", "amp", "seed",
+              "max_grad_norm")
 PREVIEW_SEED = 1234
 
 
@@ -69,7 +70,7 @@ def _preview_hook(val: PairsDataset | None, previews: Path, device: torch.device
         generator = torch.Generator(device=device).manual_seed(PREVIEW_SEED)
         was_training = unwrapped.training
         unwrapped.eval()
-        images = unwrapped.preview(x1.to(device), x2.to(device), generator)
+        images = cast(Any, unwrapped).preview(x1.to(device), x2.to(device), generator)
         unwrapped.train(was_training)
         if images is not None:
             save_preview(images, previews / f"epoch_{epoch:03d}.png", title=f"{method_name}, epoch {epoch}")
@@ -116,12 +117,13 @@ def run_pretrain(
     if dist.world_size > 1:
         torch.distributed.barrier()
     hook = _preview_hook(val, state / "previews", dist.device, method)
-    result = train(model, dataset, config, state, device=dist.device, dist=dist if dist.world_size > 1 else None, on_epoch_end=hook)
+    result = train(model, dataset, config, state, device=dist.device,
+                   dist=dist if dist.world_size > 1 else None, on_epoch_end=hook)
 
     if dist.rank == 0:
         with atomic_dir(out) as tmp:
             weights = {
-                "state_dict": getattr(model, "module", model).encoder_state_dict(),
+                "state_dict": cast(Any, getattr(model, "module", model)).encoder_state_dict(),
                 "method": method,
                 "parts": list(PRETRAINED_PARTS[method]),
                 "config": json.dumps(values, default=str),

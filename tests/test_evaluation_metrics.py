@@ -1,4 +1,4 @@
-"""Tests of pcrl.evaluate: AUC, Dice / IoU and sliding-window inference against hand values."""
+"""Tests of pcrl.evaluation.metrics: AUC, Dice / IoU and sliding-window inference against hand values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pcrl.errors import DataError
-from pcrl.evaluate import binarize, classification_metrics, predict_volume, segmentation_metrics
+from pcrl.evaluation.metrics import binarize, classification_metrics, predict_volume, segmentation_metrics
 
 # ---------------------------------------------------------------------- AUC
 

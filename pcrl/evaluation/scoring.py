@@ -5,10 +5,10 @@ and the evaluate stage, so the number that selects a checkpoint and the number r
 are computed the same way (Models Genesis' protocol):
 
 - NCC: sigmoid scores of every candidate cube, then ROC AUC
-  (:func:`pcrl.evaluate.classification_metrics`);
+  (:func:`pcrl.evaluation.metrics.classification_metrics`);
 - LCS/BMS: sliding-window inference over each whole resampled volume
-  (:func:`pcrl.evaluate.predict_volume`, sigmoid per region), thresholded, then Dice and
-  IoU per region (:func:`pcrl.evaluate.segmentation_metrics`), averaged over volumes.
+  (:func:`pcrl.evaluation.metrics.predict_volume`, sigmoid per region), thresholded, then Dice and
+  IoU per region (:func:`pcrl.evaluation.metrics.segmentation_metrics`), averaged over volumes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcrl.evaluate import (
+from pcrl.evaluation.metrics import (
     binarize,
     classification_metrics,
     predict_volume,

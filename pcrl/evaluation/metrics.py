@@ -1,6 +1,6 @@
 """Evaluation of fine-tuned models: the metrics of the Models Genesis benchmark, via MONAI.
 
-PCRL (Zhou et al., ICCV 2021, "Protocol: pretrain, then fine-tune" in PCRL-SPEC) is
+PCRL (Zhou et al., ICCV 2021, "Protocol" in docs/method.md) is
 evaluated on the Models Genesis benchmark (Zhou et al., MICCAI 2019 / MedIA 2021):
 
 - NCC, lung nodule false-positive reduction: ROC AUC of the candidate scores
@@ -71,7 +71,7 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, 
             f"{positives} positive(s) and {negatives} negative(s)"
         )
     auc = compute_roc_auc(torch.from_numpy(y_score), torch.from_numpy(y_true.astype(np.int64)))
-    return {"auc": float(auc), "n": int(y_true.size), "positives": positives}
+    return {"auc": float(np.asarray(auc)), "n": int(y_true.size), "positives": positives}
 
 
 def _as_vector(values: np.ndarray, name: str) -> np.ndarray:

@@ -1,0 +1,178 @@
+"""Models Genesis local pixel shuffling, batched (docs/method.md "Views, corruptions and targets").
+
+How the block grid differs from the release's sequential, possibly overlapping blocks is
+described under "Deviations" in the :mod:`pcrl.transforms` docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pcrl.transforms._checks import (
+    _check_batch,
+    _check_generator,
+    _check_prob,
+    _floor_fraction,
+    _rand,
+    _randint,
+)
+
+__all__ = ["ShufflePlan", "local_pixel_shuffle"]
+
+
+class ShufflePlan(NamedTuple):
+    """The random layout of one :func:`local_pixel_shuffle` call.
+
+    Attributes:
+        samples: (M,) int64 indices of the samples that are shuffled (the others are copied).
+        index: (M, V) int64, V = x*y*z: ``out[samples[i]].flat[v] = x[samples[i]].flat[index[i, v]]``
+            for every channel.
+        block: (M, x, y, z) int64 block id of every voxel (unique within a sample), or
+            ``None`` unless asked for.
+        shuffled: (M, x, y, z) bool, True where the voxel's block (of 2 voxels or more) was
+            picked for shuffling (voxels elsewhere keep their value), or ``None``.
+    """
+
+    samples: Tensor
+    index: Tensor  # type: ignore[assignment]  # shadows tuple.index, by design of the field name
+    block: Tensor | None
+    shuffled: Tensor | None
+
+
+def _block_shuffle_index(
+    sizes: Sequence[int],
+    sides: Sequence[int],
+    phases: Sequence[int],
+    coverage: float,
+    generator: torch.Generator,
+    device: torch.device,
+    *,
+    layout: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """One sample's shuffling: a grid of ``sides`` blocks shifted by ``phases``, permuted inside.
+
+    Block ``(a, b, c)`` holds the voxels ``(i, j, l)`` with ``(i + phase_x) // side_x == a`` (and
+    alike for y, z): blocks tile the volume, those at the border may be cut. Voxel ids are
+    laid out one block per row, the padding outside the volume marked -1. A picked row is
+    ordered by random keys (a uniform permutation of its voxels), another by position,
+    padding last either way; the k-th voxel of a row in raster order then takes the value
+    of the k-th voxel in key order.
+
+    Returns:
+        ``(index, block, shuffled)``: (V,) source of every voxel; with ``layout`` also the
+        (x, y, z) block ids and the (x, y, z) mask of voxels in shuffled blocks.
+    """
+    volume = math.prod(sizes)
+    counts = [-(-(size + phase) // side) for size, side, phase in zip(sizes, sides, phases)]
+    pad: list[int] = []
+    for size, side, phase, count in reversed(list(zip(sizes, sides, phases, counts))):
+        pad += [phase, count * side - size - phase]  # F.pad lists the last dim first
+    ids = torch.arange(volume, device=device).view(*sizes)
+    grid = F.pad(ids, pad, value=-1).view(counts[0], sides[0], counts[1], sides[1], counts[2], sides[2])
+    rows = grid.permute(0, 2, 4, 1, 3, 5).reshape(math.prod(counts), math.prod(sides))
+    n_rows, width = rows.shape
+    valid = rows >= 0
+    picked = _rand((n_rows, 1), generator, device) < coverage
+    position = torch.arange(width, device=device, dtype=torch.float32)
+    key = torch.where(valid & picked, _rand((n_rows, width), generator, device) * width, position)
+    key = key.masked_fill_(~valid, 2.0 * width)  # padding last (ties there are harmless)
+    order = key.argsort(dim=1)
+    rank = (valid.cumsum(dim=1) - 1).clamp_(min=0)  # raster rank among the row's voxels
+    source = rows.gather(1, order.gather(1, rank))
+    target = torch.where(valid, rows, volume).flatten()  # padding goes to a spare slot
+    index = torch.empty(volume + 1, dtype=torch.long, device=device).scatter_(0, target, source.flatten())
+    if not layout:
+        return index[:volume], None, None
+    block_id = torch.arange(n_rows, device=device)[:, None].expand(n_rows, width).flatten()
+    block = torch.empty(volume + 1, dtype=torch.long, device=device).scatter_(0, target, block_id)
+    moved = (picked & (valid.sum(dim=1, keepdim=True) > 1)).expand(n_rows, width).flatten()
+    shuffled = torch.empty(volume + 1, dtype=torch.bool, device=device).scatter_(0, target, moved)
+    return index[:volume], block[:volume].view(*sizes), shuffled[:volume].view(*sizes)
+
+
+def _shuffle_plan(
+    shape: Sequence[int],
+    generator: torch.Generator,
+    device: torch.device,
+    *,
+    prob: float = 0.5,
+    coverage: float = 0.8,
+    max_block_fraction: float = 0.1,
+    layout: bool = False,
+) -> ShufflePlan:
+    """Draw the blocks and permutations of :func:`local_pixel_shuffle` for a batch shape.
+
+    Per shuffled sample: block sides uniform in [1, max(1, floor(size * max_block_fraction))]
+    per axis, a grid phase uniform in [0, side) per axis, then :func:`_block_shuffle_index`.
+    The Python loop runs over the shuffled samples (each of its steps is vectorised over the
+    sample's voxels). ``layout`` adds the block ids and shuffled mask (for tests); the
+    random draws do not depend on it.
+    """
+    n = int(shape[0])
+    sizes = [int(s) for s in shape[-3:]]
+    chosen = (_rand((n,), generator, device) < prob).nonzero().squeeze(1)
+    m = int(chosen.numel())
+    max_sides = torch.tensor([max(1, _floor_fraction(s, max_block_fraction)) for s in sizes], device=device)
+    sides = _randint(torch.ones_like(max_sides).expand(m, 3), max_sides.expand(m, 3), generator)
+    phases = _randint(torch.zeros_like(sides), sides - 1, generator)
+    plans = [
+        _block_shuffle_index(sizes, side, phase, coverage, generator, device, layout=layout)
+        for side, phase in zip(sides.tolist(), phases.tolist())
+    ]
+    empty = torch.zeros((0, *sizes), dtype=torch.long, device=device)
+    index = torch.stack([p[0] for p in plans]) if plans else empty.reshape(0, math.prod(sizes))
+    if not layout:
+        return ShufflePlan(chosen, index, None, None)
+    block = torch.stack([cast(Tensor, p[1]) for p in plans]) if plans else empty
+    shuffled = torch.stack([cast(Tensor, p[2]) for p in plans]) if plans else empty.bool()
+    return ShufflePlan(chosen, index, block, shuffled)
+
+
+def local_pixel_shuffle(
+    x: Tensor,
+    generator: torch.Generator,
+    *,
+    prob: float = 0.5,
+    coverage: float = 0.8,
+    max_block_fraction: float = 0.1,
+) -> Tensor:
+    """Models Genesis local pixel shuffling, batched (docs/method.md "Views, corruptions and targets").
+
+    With probability ``prob`` a sample is cut into a grid of non-overlapping blocks of one
+    random shape, each side uniform in [1, floor(size * max_block_fraction)] (Models
+    Genesis: size // 10), shifted by a random phase per axis; each block, with probability
+    ``coverage``, has its voxels permuted uniformly at random (the same permutation for
+    every channel). Every block keeps its multiset of values; local texture is destroyed.
+    See "Deviations" in the :mod:`pcrl.transforms` docstring for how this differs from the
+    release's sequential blocks.
+
+    Args:
+        x: (N, C, x, y, z) batch in [0, 1].
+        generator: randomness, on ``x.device``.
+        prob: probability that a sample is shuffled (release: 0.5).
+        coverage: probability that a block is shuffled (about the fraction of voxels moved).
+        max_block_fraction: largest block side as a fraction of the volume's side.
+
+    Returns:
+        The shuffled batch (a new tensor).
+    """
+    _check_batch(x)
+    _check_generator(generator, x.device)
+    _check_prob(prob, "prob")
+    _check_prob(coverage, "coverage")
+    _check_prob(max_block_fraction, "max_block_fraction")
+    plan = _shuffle_plan(
+        x.shape, generator, x.device, prob=prob, coverage=coverage, max_block_fraction=max_block_fraction
+    )
+    out = x.clone()
+    if plan.samples.numel():
+        flat = x[plan.samples].reshape(plan.samples.numel(), x.shape[1], -1)
+        shuffled = flat.gather(2, plan.index[:, None, :].expand_as(flat))
+        out.index_copy_(0, plan.samples, shuffled.view(-1, *x.shape[1:]))
+    return out

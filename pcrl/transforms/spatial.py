@@ -1,0 +1,170 @@
+"""Spatial codes and the flips / quarter turns they describe (docs/method.md, TCA).
+
+A spatial code is a 7-vector per sample (docs/method.md "Transformation-conditioned
+attention"): flips of x, y, z as 0/1, then a one-hot of k = 0..3 quarter turns in the x-y
+plane (dims -3, -2). :func:`apply_spatial` flips first, then turns; :func:`invert_spatial`
+undoes it exactly. Both gather voxels by index, so they are exact for any dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pcrl.transforms._checks import _check_batch, _check_generator, _DeviceLike, _rand
+
+__all__ = ["CODE_SIZE", "apply_spatial", "decode_spatial", "encode_spatial", "invert_spatial", "spatial_codes"]
+
+#: Length of a spatial code: 3 flip bits (x, y, z) and a one-hot of k = 0..3 quarter turns.
+CODE_SIZE = 7
+
+
+def encode_spatial(flips: Tensor, k: Tensor) -> Tensor:
+    """Spatial codes from flip bits and quarter-turn counts (docs/method.md, TCA).
+
+    Args:
+        flips: (N, 3) bool or 0/1, flips of x, y, z.
+        k: (N,) integers in 0..3, quarter turns in the x-y plane.
+
+    Returns:
+        (N, 7) float32 codes: flips, then the one-hot of ``k``.
+    """
+    if flips.ndim != 2 or flips.shape[1] != 3 or k.shape != flips.shape[:1]:
+        raise ValueError(f"flips must be (N, 3) and k (N,); got {tuple(flips.shape)} and {tuple(k.shape)}")
+    k = k.long()
+    if k.numel() and (int(k.min()) < 0 or int(k.max()) > 3):
+        raise ValueError(f"k must be in 0..3; got values in [{int(k.min())}, {int(k.max())}]")
+    return torch.cat([flips.to(torch.float32), F.one_hot(k, 4).to(torch.float32)], dim=1)
+
+
+def decode_spatial(codes: Tensor) -> tuple[Tensor, Tensor]:
+    """Flip bits and quarter-turn counts of spatial codes, after checking they are valid.
+
+    Args:
+        codes: (N, 7) codes: three 0/1 flip bits, then a one-hot of k = 0..3.
+
+    Returns:
+        ``(flips, k)``: (N, 3) bool and (N,) int64.
+
+    Raises:
+        ValueError: if the shape is not (N, 7), an entry is not 0/1, or the last four
+            entries of a row are not a one-hot.
+    """
+    if codes.ndim != 2 or codes.shape[1] != CODE_SIZE:
+        raise ValueError(f"codes must be (N, {CODE_SIZE}); got shape {tuple(codes.shape)}")
+    binary = (codes == 0) | (codes == 1)
+    one_hot = codes[:, 3:].sum(dim=1) == 1
+    if not bool(binary.all() & one_hot.all()):
+        bad = int((~(binary.all(dim=1) & one_hot)).nonzero()[0, 0])
+        raise ValueError(
+            f"codes must hold 3 flip bits then a one-hot of k = 0..3; row {bad} is {codes[bad].tolist()}"
+        )
+    return codes[:, :3] > 0.5, codes[:, 3:].argmax(dim=1)
+
+
+def spatial_codes(n: int, generator: torch.Generator, device: _DeviceLike = None) -> Tensor:
+    """Random spatial transforms as codes, one per sample (docs/method.md, TCA).
+
+    Each flip has probability 1/2 and k is uniform in 0..3, as in the release.
+
+    Args:
+        n: number of codes.
+        generator: source of randomness, on ``device``.
+        device: where the codes are created; the generator's device when ``None``.
+
+    Returns:
+        (n, 7) float32 codes (see :func:`encode_spatial`).
+    """
+    device = generator.device if device is None else torch.device(device)
+    _check_generator(generator, device)
+    flips = _rand((n, 3), generator, device) < 0.5
+    k = torch.randint(0, 4, (n,), generator=generator, device=device)
+    return encode_spatial(flips, k)
+
+
+def _turn_source(i: Tensor, j: Tensor, k: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Source indices of ``torch.rot90(a, k, dims=(0, 1))`` for output indices ``(i, j)``.
+
+    ``a`` has shape (height, width); ``i``, ``j`` and ``k`` broadcast. The four cases:
+    k=0 ``a[i, j]``; k=1 ``a[j, W-1-i]``; k=2 ``a[H-1-i, W-1-j]``; k=3 ``a[H-1-j, i]``.
+    """
+    src_i = torch.where(k == 0, i, torch.where(k == 1, j, torch.where(k == 2, height - 1 - i, height - 1 - j)))
+    src_j = torch.where(k == 0, j, torch.where(k == 1, width - 1 - i, torch.where(k == 2, width - 1 - j, i)))
+    return src_i, src_j
+
+
+def _gather_xyz(x: Tensor, xs: Tensor, ys: Tensor, zs: Tensor) -> Tensor:
+    """``out[n, c, i, j, l] = x[n, c, xs[n, i, j], ys[n, i, j], zs[n, l]]``."""
+    n = torch.arange(x.shape[0], device=x.device)[:, None, None, None]
+    out = x.permute(0, 2, 3, 4, 1)[n, xs[..., None], ys[..., None], zs[:, None, None, :]]
+    return out.permute(0, 4, 1, 2, 3).contiguous()
+
+
+def _spatial(x: Tensor, codes: Tensor, *, inverse: bool) -> Tensor:
+    """Apply (``inverse=False``) or undo (``inverse=True``) the transforms of ``codes``."""
+    _check_batch(x)
+    if codes.shape[:1] != x.shape[:1]:
+        raise ValueError(f"codes {tuple(codes.shape)} do not match the batch {tuple(x.shape)}")
+    flips, k = decode_spatial(codes.to(x.device))
+    n, _, size_x, size_y, size_z = x.shape
+    odd = k % 2 == 1
+    if size_x != size_y and n and bool(odd.any()) and not bool(odd.all()):
+        raise ValueError(
+            f"batch {tuple(x.shape)}: quarter turns with odd and even k in one batch need x and y "
+            f"of equal size ({size_x} != {size_y})"
+        )
+    swap = bool(odd[0]) if n else False
+    out_x, out_y = (size_y, size_x) if swap else (size_x, size_y)
+    fx, fy, fz = (flips[:, a, None, None] for a in range(3))
+    kk = k[:, None, None]
+    i = torch.arange(out_x, device=x.device)[:, None]
+    j = torch.arange(out_y, device=x.device)[None, :]
+    if not inverse:
+        # out = rot_k(flip(x)): turn back to the flipped volume's indices, then unflip them.
+        p, q = _turn_source(i, j, kk, size_x, size_y)
+        xs = torch.where(fx, size_x - 1 - p, p)
+        ys = torch.where(fy, size_y - 1 - q, q)
+    else:
+        # out = flip(rot_{-k}(x)), x of shape (size_x, size_y): flips are involutions.
+        p = torch.where(fx, out_x - 1 - i, i)
+        q = torch.where(fy, out_y - 1 - j, j)
+        xs, ys = _turn_source(p, q, (4 - kk) % 4, size_x, size_y)
+    ls = torch.arange(size_z, device=x.device)[None, :]
+    zs = torch.where(flips[:, 2, None], size_z - 1 - ls, ls)
+    xs, ys = torch.broadcast_tensors(xs, ys)
+    return _gather_xyz(x, xs.expand(n, out_x, out_y), ys.expand(n, out_x, out_y), zs.expand(n, size_z))
+
+
+def apply_spatial(x: Tensor, codes: Tensor) -> Tensor:
+    """Apply each sample's spatial transform: flips of x, y, z, then k quarter turns in x-y.
+
+    Equals ``torch.rot90(torch.flip(x[i], flipped_dims), k, dims=(-3, -2))`` sample by
+    sample (the release's ``np.flip`` then ``np.rot90(axes=(1, 2))``), computed for the whole
+    batch by one gather. docs/method.md "Views, corruptions and targets": targets are T(view).
+
+    Args:
+        x: (N, C, x, y, z) batch.
+        codes: (N, 7) codes (:func:`spatial_codes`).
+
+    Returns:
+        The transformed batch; x and y sizes are swapped when k is odd.
+
+    Raises:
+        ValueError: on invalid codes, or odd and even k in one batch whose x and y sizes
+            differ (the outputs would not share a shape).
+    """
+    return _spatial(x, codes, inverse=False)
+
+
+def invert_spatial(x: Tensor, codes: Tensor) -> Tensor:
+    """Exact inverse of :func:`apply_spatial`: ``invert_spatial(apply_spatial(x, c), c) == x``.
+
+    Args:
+        x: (N, C, x, y, z) batch of transformed volumes.
+        codes: the (N, 7) codes they were transformed with.
+
+    Returns:
+        The batch before the transform.
+    """
+    return _spatial(x, codes, inverse=True)
