@@ -1,6 +1,6 @@
 # Two commands do everything (see README.md):
 #   make demo   installs, then runs the whole pipeline on the embedded phantom (dvc repro)
-#   make test   installs, then runs the test suite
+#   make test   installs, then runs lint (ruff, mypy, snakemake --lint) and the test suite
 # Both install into a virtual environment: the active one ($VIRTUAL_ENV) if there is one,
 # else ./.venv, created fresh from python3. Nothing installed elsewhere on the machine is used.
 SYSTEM_PYTHON ?= python3
@@ -24,7 +24,9 @@ demo: install
 	dvc repro
 
 lint: install
+	ruff check pcrl tests benchmarks
+	mypy
 	snakemake --lint
 
-test: install
+test: install lint
 	$(PYTHON) -m pytest -ra
