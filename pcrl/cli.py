@@ -174,32 +174,32 @@ def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pcrl",
-        description="PCRL pretraining pipeline (Zhou et al., ICCV 2021): one subcommand per stage.",
-    )
-    parser.add_argument(
-        "--params", default=str(DEFAULT_PARAMS), help="params file (default: %(default)s)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+#: The downstream tasks (``finetune`` and ``evaluate`` choices).
+_DOWNSTREAM_TASKS = ["ncc", "lcs", "bms"]
 
-    def add(name: str, func: Callable, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=func.__doc__)
-        p.set_defaults(func=func)
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
-        return p
 
-    p = add("check-params", cmd_check_params, "validate params.yaml before any stage runs")
+def _add_stage(sub: argparse._SubParsersAction, name: str, func: Callable,
+               help_: str) -> argparse.ArgumentParser:
+    """Add the subcommand ``name`` running ``func`` (``func.__doc__`` as its description)."""
+    p = sub.add_parser(name, help=help_, description=func.__doc__)
+    p.set_defaults(func=func)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _add_data_stages(sub: argparse._SubParsersAction) -> None:
+    """check-params, download, resample and cubes: the stages before any training."""
+    p = _add_stage(sub, "check-params", cmd_check_params,
+                   "validate params.yaml before any stage runs")
     p.add_argument("--out", required=True, help="output folder, e.g. data/params")
 
     datasets = ["luna16", "msd_liver", "msd_brain", "chestxray14"]
-    p = add("download", cmd_download, "fetch/generate/verify a dataset (params: data)")
+    p = _add_stage(sub, "download", cmd_download, "fetch/generate/verify a dataset (params: data)")
     p.add_argument("--dataset", required=True, choices=datasets)
     p.add_argument("--out", required=True, help="output folder, e.g. data/raw/luna16")
 
-    p = add("resample", cmd_resample, "resample a dataset (params: resample.<dataset>)")
+    p = _add_stage(sub, "resample", cmd_resample,
+                   "resample a dataset (params: resample.<dataset>)")
     p.add_argument("--dataset", required=True, choices=datasets)
     p.add_argument("--raw", required=True, help="download stage output (holds manifest.json)")
     p.add_argument("--out", required=True, help="output folder, e.g. data/interim/luna16")
@@ -207,13 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=0, help="parallel cases (default: the CPUs allotted)"
     )
 
-    p = add("cubes", cmd_cubes, "splits, fractions and cubes of a task (params: cubes.<task>)")
+    p = _add_stage(sub, "cubes", cmd_cubes,
+                   "splits, fractions and cubes of a task (params: cubes.<task>)")
     p.add_argument("--task", required=True, choices=["pretrain", "ncc", "lcs", "bms"])
     p.add_argument("--raw", required=True, help="download stage output of the task's dataset")
     p.add_argument("--interim", required=True, help="resample stage output of the task's dataset")
     p.add_argument("--out", required=True, help="output folder, e.g. data/processed/ncc")
 
-    p = add("pretrain", cmd_pretrain, "pretrain one method (params: pretrain)")
+
+def _add_training_stages(sub: argparse._SubParsersAction) -> None:
+    """pretrain, init-weights and finetune: the stages that write network weights."""
+    p = _add_stage(sub, "pretrain", cmd_pretrain, "pretrain one method (params: pretrain)")
     p.add_argument("--method", required=True, choices=["pcrl", "genesis", "moco"])
     p.add_argument("--pairs", required=True, help="cubes@pretrain output (data/processed/pretrain)")
     p.add_argument("--out", required=True, help="output folder, e.g. data/pretrain/pcrl")
@@ -221,15 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (default: from the CPUs allotted)")
 
-    tasks = ["ncc", "lcs", "bms"]
-    p = add("init-weights", cmd_init_weights,
-            "write the scratch initialisation or import an external checkpoint")
+    p = _add_stage(sub, "init-weights", cmd_init_weights,
+                   "write the scratch initialisation or import an external checkpoint")
     p.add_argument("--init", required=True, help="scratch, or the checkpoint's name in finetune.external")
     p.add_argument("--checkpoint", help="external checkpoint (PCRL release / Models Genesis layout)")
     p.add_argument("--out", required=True, help="output folder, e.g. data/pretrain/scratch")
 
-    p = add("finetune", cmd_finetune, "fine-tune a task (params: finetune)")
-    p.add_argument("--task", required=True, choices=tasks)
+    p = _add_stage(sub, "finetune", cmd_finetune, "fine-tune a task (params: finetune)")
+    p.add_argument("--task", required=True, choices=_DOWNSTREAM_TASKS)
     p.add_argument("--init", required=True, help="initialisation name (scratch, pcrl, genesis, moco, external)")
     p.add_argument("--fraction", required=True, type=float, help="label fraction (a key of fractions.json)")
     p.add_argument("--seed", required=True, type=int)
@@ -242,17 +245,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader workers, at least 1 (default: from the CPUs allotted)")
 
-    p = add("evaluate", cmd_evaluate, "score a fine-tuned model on the test split (params: evaluate)")
-    p.add_argument("--task", required=True, choices=tasks)
+
+def _add_downstream_stages(sub: argparse._SubParsersAction) -> None:
+    """evaluate and report: the stages that score the fine-tuned models."""
+    p = _add_stage(sub, "evaluate", cmd_evaluate,
+                   "score a fine-tuned model on the test split (params: evaluate)")
+    p.add_argument("--task", required=True, choices=_DOWNSTREAM_TASKS)
     p.add_argument("--model", required=True, help="finetune stage output holding model.pt")
     p.add_argument("--processed", required=True, help="cubes stage output, e.g. data/processed/lcs")
     p.add_argument("--interim", help="resample stage output (segmentation), e.g. data/interim/msd_liver")
     p.add_argument("--out", required=True, help="output folder, e.g. data/evaluate/lcs/pcrl/f0.5/s0")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
 
-    p = add("report", cmd_report, "report every evaluated run (params: finetune, report)")
+    p = _add_stage(sub, "report", cmd_report,
+                   "report every evaluated run (params: finetune, report)")
     p.add_argument("--evaluations", required=True, help="evaluate stages' parent folder (data/evaluate)")
     p.add_argument("--out", required=True, help="output folder, e.g. results/report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pcrl",
+        description="PCRL pretraining pipeline (Zhou et al., ICCV 2021): one subcommand per stage.",
+    )
+    parser.add_argument(
+        "--params", default=str(DEFAULT_PARAMS), help="params file (default: %(default)s)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    _add_data_stages(sub)
+    _add_training_stages(sub)
+    _add_downstream_stages(sub)
     return parser
 
 
@@ -291,6 +314,43 @@ def relaunched(argv: list[str]) -> int | None:
     return maybe_relaunch(argv)
 
 
+RESOURCES_FILE = Path("workflow") / "resources.yaml"
+
+
+def resource_group(args: argparse.Namespace) -> str:
+    """The workflow/resources.yaml entry of a command (its dvc.yaml stage group)."""
+    command = args.command.replace("-", "_")
+    if command == "init_weights":
+        return "init_scratch" if args.init == "scratch" else "init_external"
+    if command in ("finetune", "evaluate"):
+        return f"{command}_{args.task}"
+    return command
+
+
+def configure_threads(args: argparse.Namespace) -> int:
+    """Give the stage the same CPU thread count under every runner, and return it.
+
+    CPU results are bit-exact only for a given thread count. Snakemake sets
+    ``OMP_NUM_THREADS`` to the rule's threads (from workflow/resources.yaml, capped by
+    ``--cores``) and SLURM jobs inherit it; under ``dvc repro`` nothing does, so the stage's
+    threads are read from the same file here, capped by the CPUs this process may use. The
+    variable is set before torch starts its thread pool (and for DataLoader workers).
+    """
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    if "torch" in sys.modules:  # called in-process (tests, notebooks): leave the pool as it is
+        return int(sys.modules["torch"].get_num_threads())
+    threads = available_cpus()
+    resources = Path(args.params).resolve().parent / RESOURCES_FILE
+    if resources.is_file():
+        from pcrl.dag import load_resources
+
+        threads = min(threads, load_resources(resources).for_stage(resource_group(args)).threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
+
+
 #: Stages that train, and run one process per GPU when given several (pcrl.launch).
 TRAINING_STAGES = {"pretrain", "finetune"}
 
@@ -307,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         check_stage_paths(args, params)
+        log.debug("%d CPU threads", configure_threads(args))
         if args.command in TRAINING_STAGES:
             code = relaunched(argv)
             if code is not None:  # the torchrun workers did the work

@@ -161,18 +161,31 @@ def load_resources(path: str | Path) -> Resources:
     return Resources(table)
 
 
-def record_in_dvc(stages: list[Stage], root: str | Path = ".") -> list[str]:
-    """Record the outputs a Snakemake run produced in dvc.lock (``dvc commit``).
+def built_since(stage: Stage, started: float, root: Path) -> bool:
+    """Whether every output of ``stage`` was written at or after ``started`` (a Unix time).
+
+    A stage's output folder appears by a rename of the folder it was built in
+    (:func:`pcrl.atomic.atomic_dir`), whose modification time is that of its last entry,
+    written by the job; an output left from an earlier run is older.
+    """
+    outs = [root / o for o in stage.outs]
+    return bool(outs) and all(o.exists() and o.stat().st_mtime >= started for o in outs)
+
+
+def record_in_dvc(stages: list[Stage], root: str | Path = ".", *, started: float) -> list[str]:
+    """Record in dvc.lock (``dvc commit``) the stages a Snakemake run built.
 
     Called by the Snakefile's ``onsuccess`` handler, so that after a cluster run
-    ``dvc repro`` finds everything up to date and ``dvc metrics diff`` compares with
-    the previous commit. Only stages whose outputs all exist are committed. Set
-    ``PCRL_NO_DVC_COMMIT=1`` to skip. Returns the committed stage names.
+    ``dvc repro`` finds everything up to date and ``dvc metrics diff`` compares with the
+    previous commit. Only the stages whose outputs this run wrote (at or after
+    ``started``, the run's start) are committed: those ran with the current params and
+    deps. An output left from an earlier run, stale after a params edit, is not recorded
+    as current. Set ``PCRL_NO_DVC_COMMIT=1`` to skip. Returns the committed stage names.
     """
     if os.environ.get("PCRL_NO_DVC_COMMIT") == "1":
         return []
     root = Path(root)
-    done = [s.name for s in stages if s.outs and all((root / o).exists() for o in s.outs)]
+    done = [s.name for s in stages if built_since(s, started, root)]
     if not done:
         return []
     proc = subprocess.run(["dvc", "commit", "--force", "--quiet", *done], cwd=root, capture_output=True, text=True)

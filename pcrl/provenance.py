@@ -64,6 +64,18 @@ def git_commit(repo: str | Path = ".") -> str:
     return commit if proc.returncode == 0 and commit else UNKNOWN
 
 
+def git_dirty(repo: str | Path = ".") -> bool | None:
+    """Whether ``repo`` has uncommitted changes to tracked files (``git status
+    --porcelain --untracked-files=no``), so that a result cannot be traced to its commit
+    alone; None without git or outside a repository."""
+    try:
+        proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                              capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
     """Installed versions of ``names`` (:data:`UNKNOWN` for one that is not installed)."""
     versions: dict[str, str] = {"python": platform.python_version()}
@@ -96,12 +108,16 @@ def provenance(params: Mapping[str, Any], *, device: torch.device | str,
         repo: The repository whose commit is recorded.
 
     Returns:
-        ``{"git_commit", "params_sha256", "params_sections", "versions", "device"}``.
+        ``{"git_commit", "git_dirty", "params_sha256", "params_sections", "versions",
+        "device", "threads"}``; ``threads`` is torch's intra-op thread count, on which CPU
+        results depend bit for bit.
     """
     return {
         "git_commit": git_commit(repo),
+        "git_dirty": git_dirty(repo),
         "params_sha256": params_digest(params),
         "params_sections": sorted(params),
         "versions": library_versions(),
         "device": device_name(device),
+        "threads": torch.get_num_threads(),
     }

@@ -203,3 +203,32 @@ def test_console_script_help_and_exit_code(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "bad.yaml" in proc.stderr and "datasets" in proc.stderr
+
+
+def test_threads_come_from_the_stage_resources_under_every_runner(tmp_path: Path) -> None:
+    """`dvc repro` sets no thread count: the CLI takes the stage's threads from
+    workflow/resources.yaml (capped by the CPUs it may use), as Snakemake does; a count
+    already set (Snakemake, SLURM) is kept. Checked in a fresh process, before torch starts."""
+    import os
+    import sys
+
+    (tmp_path / "workflow").mkdir()
+    (tmp_path / "workflow" / "resources.yaml").write_text(
+        "default: {threads: 1}\nresample: {threads: 1}\nfinetune_lcs: {threads: 2}\n")
+    probe = ("import argparse, os, sys; from pcrl.cli import configure_threads; "
+             "args = argparse.Namespace(command=sys.argv[1], task='lcs', init='scratch', "
+             "params=sys.argv[2]); "
+             "n = configure_threads(args); import torch; "
+             "print(n, os.environ['OMP_NUM_THREADS'], torch.get_num_threads())")
+    params = str(tmp_path / "params.yaml")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cpus = len(os.sched_getaffinity(0))
+
+    def probe_run(command: str, **extra: str) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", probe, command, params], env={**env, **extra},
+                             capture_output=True, text=True, check=True).stdout
+        return [int(v) for v in out.split()]
+
+    assert probe_run("resample") == [1, 1, 1]
+    assert probe_run("finetune") == [min(2, cpus)] * 3
+    assert probe_run("finetune", OMP_NUM_THREADS="1") == [1, 1, 1]  # Snakemake's or SLURM's

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pcrl.data.download import download_dataset, fetch, safe_extract
+from pcrl.data.download import download_dataset, fetch
 from pcrl.data.layout import scan_decathlon
 from pcrl.data.registry import DATASETS, DatasetSpec, RemoteFile
 from pcrl.errors import ChecksumError, ConfigError, DataError
@@ -281,75 +281,6 @@ def test_unreachable_server_names_url(tmp_path: Path, monkeypatch: pytest.Monkey
         fetch(url, tmp_path / "f.bin", progress=False, timeout=5)
 
 
-# --------------------------------------------------------------------------- safe_extract
-
-
-def test_safe_extract_tar_gz(tmp_path: Path) -> None:
-    archive = write(tmp_path / "tiny.tar.gz", tar_bytes(TINY_FILES))
-    target = tmp_path / "out"
-    files = safe_extract(archive, target)
-    assert files == sorted(target / name for name in TINY_FILES)
-    for name, data in TINY_FILES.items():
-        assert (target / name).read_bytes() == data
-    assert entries(tmp_path) == {"tiny.tar.gz", "out"}
-
-
-def test_safe_extract_zip_merges_into_existing_target(tmp_path: Path) -> None:
-    target = tmp_path / "out"
-    (target / "subset0").mkdir(parents=True)
-    write(target / "subset0" / "old.mhd", b"old")
-    write(target / "keep.csv", b"keep")
-    members = {"subset0/a.mhd": b"a", "subset0/a.raw": b"r"}
-    archive = write(tmp_path / "subset0.zip", zip_bytes(members))
-    files = safe_extract(archive, target)
-    assert files == [target / "subset0" / "a.mhd", target / "subset0" / "a.raw"]
-    assert entries(target / "subset0") == {"a.mhd", "a.raw"}  # replaced, not merged
-    assert (target / "keep.csv").read_bytes() == b"keep"
-
-
-@pytest.mark.parametrize(
-    ("member", "links"),
-    [
-        ("../evil", None),
-        ("/abs.txt", None),
-        ("link", {"link": (tarfile.SYMTYPE, "/etc/passwd")}),
-        ("Task/up", {"Task/up": (tarfile.SYMTYPE, "../../outside")}),
-        ("hard", {"hard": (tarfile.LNKTYPE, "../outside")}),
-    ],
-)
-def test_unsafe_tar_member_is_refused(
-    tmp_path: Path, member: str, links: dict[str, tuple[bytes, str]] | None
-) -> None:
-    files = {"Task/ok.txt": b"ok"} if links else {"Task/ok.txt": b"ok", member: b"evil"}
-    archive = write(tmp_path / "bad.tar.gz", tar_bytes(files, links))
-    with pytest.raises(DataError) as info:
-        safe_extract(archive, tmp_path / "sub" / "out")
-    assert repr(member) in str(info.value) and "bad.tar.gz" in str(info.value)
-    assert entries(tmp_path) == {"bad.tar.gz", "sub"}
-    assert entries(tmp_path / "sub") == set()  # no target, no temporary folder left
-
-
-def test_unsafe_zip_member_is_refused(tmp_path: Path) -> None:
-    archive = write(tmp_path / "bad.zip", zip_bytes({"ok.txt": b"ok", "../evil": b"evil"}))
-    with pytest.raises(DataError, match="'../evil'"):
-        safe_extract(archive, tmp_path / "sub" / "out")
-    assert entries(tmp_path) == {"bad.zip", "sub"}
-    assert entries(tmp_path / "sub") == set()
-
-
-def test_truncated_archive_leaves_nothing(tmp_path: Path) -> None:
-    data = tar_bytes({"Task/a.bin": bytes(range(256)) * 200})
-    archive = write(tmp_path / "cut.tar.gz", data[: len(data) // 2])
-    with pytest.raises(DataError, match="cut.tar.gz"):
-        safe_extract(archive, tmp_path / "sub" / "out")
-    assert entries(tmp_path / "sub") == set()
-
-
-def test_unknown_archive_format(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="unknown archive format"):
-        safe_extract(write(tmp_path / "a.rar", b"x"), tmp_path / "out")
-
-
 # --------------------------------------------------------------------------- download_dataset
 
 
@@ -477,9 +408,3 @@ def test_corrupt_cached_archive_is_replaced(server: Server, tmp_path: Path) -> N
     download_dataset(spec, cache, tmp_path / "raw", progress=False)
     assert (cache / "tiny.zip").read_bytes() == good
     assert len(server.state.requests) == 1
-
-
-def test_extraction_error_says_which_file_to_delete(tmp_path: Path) -> None:
-    archive = write(tmp_path / "bad.tar.gz", b"\x1f\x8b not really gzip")
-    with pytest.raises(DataError, match=f"delete {archive} and rerun"):
-        safe_extract(archive, tmp_path / "out")

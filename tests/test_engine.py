@@ -434,3 +434,19 @@ def test_dist_info_without_process_group_is_refused(tmp_path: Path) -> None:
     info = DistInfo(rank=0, world_size=2, device=torch.device("cpu"))
     with pytest.raises(ConfigError, match="process group"):
         train(make_method(), ArrayPairs(8), config(), tmp_path, device="cpu", dist=info)
+
+
+def test_deterministic_training_sets_the_flags_for_the_run_only(tmp_path: Path) -> None:
+    seen = []
+
+    def hook(epoch: int, method: nn.Module, live: object) -> bool:
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                     torch.backends.cudnn.benchmark))
+        return False
+
+    before = torch.are_deterministic_algorithms_enabled()
+    first = run(tmp_path / "a", epochs=2, deterministic=True, hook=hook)
+    assert seen == [(True, True, False)] * 2
+    assert torch.are_deterministic_algorithms_enabled() == before
+    second = run(tmp_path / "b", epochs=2, deterministic=True)
+    assert_same_state(load_checkpoint(first.checkpoint)["method"], load_checkpoint(second.checkpoint)["method"])

@@ -14,14 +14,13 @@ from pcrl.atomic import save_npy, write_json
 from pcrl.data.imageio import array_to_image, write_image
 from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.data import (
-    CandidateCubeSet,
-    PatchSet,
     cube_batches,
     load_case,
     load_split,
     read_candidate_rows,
     read_volume_cases,
 )
+from pcrl.finetune.datasets import CandidateCubeSet, PatchSet
 
 GEOMETRY = {"spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0),
             "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}

@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pcrl.data.imageio import (
-    array_to_image,
-    check_metaimage,
-    image_to_array,
-    read_image,
-    write_image,
-)
+from pcrl.data.imagecheck import check_metaimage
+from pcrl.data.imageio import array_to_image, image_to_array, read_image, write_image
 from pcrl.errors import DataError
 
 ROTATION_Z90 = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)

@@ -9,6 +9,7 @@ fraction, one epoch each); the full demo is `make demo`.
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from pathlib import Path
 
@@ -129,3 +130,133 @@ def test_dvc_repro_never_deletes_a_dataset_in_the_pipelines_folders(
     assert "data.local_paths.msd_liver: data/raw/msd_liver lies inside the pipeline's own data/" \
         in proc.stdout + proc.stderr
     assert _digest_tree(dataset) == before
+
+
+def test_editing_one_methods_params_leaves_the_others_up_to_date(dvc_run: Path) -> None:
+    """pretrain@pcrl depends on the shared pretrain keys and pretrain.pcrl only."""
+    params_file = dvc_run / "params.yaml"
+    original = params_file.read_text()
+
+    def changed_after(edit) -> set[str]:
+        params = yaml.safe_load(original)
+        edit(params["pretrain"])
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        return _dvc_status(dvc_run)
+
+    try:
+        assert "pretrain@pcrl" not in changed_after(lambda p: p["moco"].update(temperature=0.3))
+        assert "pretrain@pcrl" not in changed_after(lambda p: p.update(methods=["pcrl", "moco"]))
+        assert "pretrain@pcrl" in changed_after(lambda p: p["pcrl"].update(temperature=0.3))
+        assert "pretrain@pcrl" in changed_after(lambda p: p.update(lr=0.5))
+    finally:
+        params_file.write_text(original)
+    assert _dvc_status(dvc_run) == set()
+
+
+def _dvc_status(work: Path) -> set[str]:
+    """Names of the stages `dvc status` reports as changed."""
+    import subprocess
+
+    proc = subprocess.run(["dvc", "status", "--json"], cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout or "{}"))
+
+
+AUDITED = ["check_params", "download@luna16", "resample@msd_liver", "cubes@lcs", "pretrain@pcrl",
+           "init_scratch", "finetune_lcs@pcrl-1.0-0", "evaluate_lcs@pcrl-1.0-0", "report"]
+HARNESS = Path(__file__).resolve().parent / "tools" / "audited_pcrl.py"
+#: DVC's own files, which dvclive reads to find the repository it logs in, and its scratch
+#: folder .dvc/tmp, where dvclive marks each completed step for DVC's editor extension:
+#: neither is pipeline data (nor are the git files it reads to name the experiment).
+DVC_OWN = [".dvc", ".dvcignore", ".git", ".gitignore"]
+#: params.yaml, declared per key (`params:`), and the stage's thread count, read from
+#: workflow/resources.yaml as Snakemake does (how a stage runs, recorded in provenance,
+#: not a dep: neither runner reruns a stage when its resources change).
+RUN_SETTINGS = {Path("params.yaml"), Path("workflow/resources.yaml")}
+
+
+def _observed(work: Path, cmd: str, log: Path) -> tuple[set[Path], set[Path], set[Path]]:
+    """(files read, paths written, folders made) inside ``work`` by one run of the stage's command,
+    which imports the package from ``work`` itself (PYTHONPATH), so code reads show."""
+    import subprocess
+    import sys
+
+    argv = cmd.split()[1:]
+    env = {**os.environ, "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1",
+           "PCRL_NO_DVC_COMMIT": "1"}
+    proc = subprocess.run([sys.executable, str(HARNESS), str(log), "--", *argv], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reads, writes, folders = set(), set(), set()
+    for line in log.read_text().splitlines():
+        kind, path = line.split("\t", 1)
+        p = Path(path)
+        if p == work or work not in p.parents or "__pycache__" in p.parts or "__editable__" in p.name:
+            continue  # outside the copy, bytecode caches, the import system's path hooks
+        {"read": reads, "write": writes, "mkdir": folders}[kind].add(p.relative_to(work))
+    return reads, writes, folders
+
+
+def _within(path: Path, folders: list[str]) -> bool:
+    return any(path == Path(f) or Path(f) in path.parents for f in folders)
+
+
+def _atomic_sibling(path: Path, outs: list[str]) -> bool:
+    """Inside a temporary sibling ``.<out name>.*`` that pcrl.atomic builds an out in."""
+    for out in map(Path, outs):
+        for folder in (path, *path.parents):
+            name = folder.name
+            if folder.parent == out.parent and name.startswith(".") and name.lstrip(".").startswith(f"{out.name}."):
+                return True
+    return False
+
+
+def test_every_stage_reads_only_its_deps_and_writes_only_its_outs(dvc_run: Path, tmp_path: Path) -> None:
+    """Observed, not inferred: each stage group's command runs once more under an audit hook
+    (sys.addaudithook on open, rename, mkdir, remove); every file it reads inside the
+    repository is a declared dep (or params.yaml, read per key), every path it writes lies in
+    a declared out, its temporary sibling, or the stage's state folder under data/state.
+    ITK reads image bytes in C++, unseen by the hook; pcrl opens every image file in Python
+    first (gzip CRC, header checks), so those reads are seen."""
+    from pcrl.dag import load_stages
+
+    stages = {s.name: s for s in load_stages(dvc_run)}
+    problems = {}
+    for name in AUDITED:
+        stage = stages[name]
+        reads, writes, folders = _observed(dvc_run, stage.cmd, tmp_path / f"{name}.log")
+        assert any(str(p).startswith("pcrl/") for p in reads), f"{name}: no code read observed"
+        deps, outs = list(stage.deps), list(stage.outs)
+        owned = [*outs, "data/state"]
+        undeclared = sorted(str(p) for p in reads if not _within(p, deps + owned + DVC_OWN)
+                            and not _atomic_sibling(p, outs) and p not in RUN_SETTINGS)
+        parents = {q for o in owned for q in Path(o).parents}  # made with parents=True
+        stray = sorted(str(p) for p in writes | (folders - parents)
+                       if not _within(p, owned + [".dvc/tmp"]) and not _atomic_sibling(p, outs))
+        if undeclared or stray:
+            problems[name] = {"reads not declared": undeclared[:10], "writes outside outs": stray[:10]}
+    if problems:
+        pytest.fail(json.dumps(problems, indent=1))
+
+
+def test_snakemake_records_only_what_it_built(snakemake_run: Path) -> None:
+    """After a params edit, a partial Snakemake run records in dvc.lock the stages it built
+    (cubes@ncc, rebuilt here) and not the stale ones it left alone (resample@msd_liver,
+    whose spacing changed): `dvc status` still reports those as changed."""
+    import shutil
+
+    work = snakemake_run
+    params_file = work / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["resample"]["msd_liver"]["spacing"] = [2.5, 2.5, 2.5]
+    try:
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        shutil.rmtree(work / "data" / "processed" / "ncc")
+        out = run(["snakemake", "--cores", "2", "data/processed/ncc"], work)
+        assert "recorded" in out
+        changed = _dvc_status(work)
+        assert "resample@msd_liver" in changed and "cubes@lcs" in changed
+        assert "cubes@ncc" not in changed and "resample@luna16" not in changed
+    finally:
+        params_file.write_text(original)

@@ -163,6 +163,21 @@ def test_killed_job_resumes_without_repeating_epochs(pairs_dir: Path, tmp_path: 
         torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=1e-6, msg=key)
 
 
+def test_a_method_reads_only_the_shared_keys_and_its_own_section(demo_params: dict) -> None:
+    from pcrl.stages.pretrain import SHARED_KEYS, used_settings
+
+    settings = copy.deepcopy(demo_params["pretrain"])
+    before = used_settings("pcrl", settings)
+    assert set(before) == {k for k in SHARED_KEYS if k in settings} | {"pcrl"}
+    settings["moco"]["temperature"] = 0.5
+    settings["genesis"] = {"extra": 1}
+    settings["methods"] = ["pcrl"]
+    assert used_settings("pcrl", settings) == before
+    settings["network"]["base"] = 8
+    assert used_settings("pcrl", settings) != before
+    assert used_settings("moco", settings)["moco"]["temperature"] == 0.5
+
+
 def test_changed_params_discard_stale_state(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
     state = tmp_path / "state"
     run_pretrain("genesis", _settings(demo_params, epochs=1), pairs=pairs_dir, out=tmp_path / "a", state=state,

@@ -1,14 +1,12 @@
-"""Resumable, verified downloads and safe archive extraction.
+"""Resumable, verified downloads of a registered dataset.
 
 - :func:`fetch` downloads one URL to a ``.part`` file, resumes it with an HTTP ``Range``
   request (RFC 9110, section 14) after an interruption, verifies the published checksum,
-  and only then renames it to its final name.
-- :func:`safe_extract` refuses archive members that would land outside the target folder
-  (absolute names, ``..``, links pointing out) before extracting anything, then extracts
-  tars with the standard library's ``filter="data"`` (PEP 706) into a temporary folder that
-  is moved into place once complete.
-- :func:`download_dataset` does both for every file of a registered dataset, with the
-  downloads kept in a cache folder so that a second run downloads nothing.
+  size or Content-Length (and any further check, e.g. an archive's CRCs), and only then
+  renames it to its final name.
+- :func:`download_dataset` fetches every file of a registered dataset into a cache folder
+  (a second run downloads nothing) and unpacks them with
+  :func:`pcrl.data.archives.safe_extract`.
 """
 
 from __future__ import annotations
@@ -16,24 +14,19 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import posixpath
 import re
 import shutil
-import stat
 import sys
-import tarfile
-import tempfile
 import urllib.error
 import urllib.request
-import zipfile
-import zlib
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from collections.abc import Callable
 from typing import BinaryIO
 
 from tqdm import tqdm
 
 from pcrl.atomic import atomic_dir
+from pcrl.data.archives import archive_problem, safe_extract
 from pcrl.hashing import file_digest
 from pcrl.data.registry import DatasetSpec, RemoteFile
 from pcrl.errors import ChecksumError, ConfigError, DataError
@@ -42,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 _USER_AGENT = "pcrl-downloader"
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)  # URLError, timeouts, IncompleteRead
 
 
@@ -251,166 +243,7 @@ def fetch(
     return dest
 
 
-# --------------------------------------------------------------------------- extraction
-
-
-def _escapes(name: str) -> bool:
-    """Whether the relative archive path ``name`` leaves its root once normalised."""
-    normalised = posixpath.normpath(posixpath.join("/root", name))
-    return posixpath.commonpath(["/root", normalised]) != "/root"
-
-
-def _is_absolute(name: str) -> bool:
-    """Whether an archive member name is absolute (POSIX root, Windows drive or UNC)."""
-    return name.startswith(("/", "\\")) or bool(PureWindowsPath(name).drive)
-
-
-def _check_name(archive: Path, name: str) -> None:
-    """Refuse a member whose own path is absolute or leaves the target folder."""
-    if _is_absolute(name):
-        raise DataError(f"archive {archive}: member {name!r} has an absolute path; not extracted")
-    if _escapes(name.replace("\\", "/")):
-        raise DataError(f"archive {archive}: member {name!r} escapes the target folder")
-
-
-def _check_tar_member(archive: Path, member: tarfile.TarInfo) -> None:
-    """Refuse unsafe tar members: bad names, links pointing out, device files.
-
-    Symlink targets are relative to the link's folder, hardlink targets to the archive root.
-    """
-    _check_name(archive, member.name)
-    if member.issym() or member.islnk():
-        base = posixpath.dirname(member.name) if member.issym() else ""
-        link = member.linkname
-        if _is_absolute(link) or _escapes(posixpath.join(base, link)):
-            raise DataError(
-                f"archive {archive}: link member {member.name!r} points to {link!r}, "
-                f"outside the target folder"
-            )
-    elif not (member.isfile() or member.isdir()):
-        raise DataError(f"archive {archive}: member {member.name!r} is a special file")
-
-
-def _check_zip_member(archive: Path, info: zipfile.ZipInfo) -> None:
-    """Refuse unsafe zip members: bad names and symlink entries."""
-    _check_name(archive, info.filename)
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise DataError(f"archive {archive}: member {info.filename!r} is a symlink")
-
-
-def _extract_tar(archive: Path, into: Path) -> None:
-    """Check every member of a tar, then extract it with the ``data`` filter."""
-    with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        for member in members:
-            _check_tar_member(archive, member)
-        tar.extractall(into, members=members, filter="data")
-
-
-def _extract_zip(archive: Path, into: Path) -> None:
-    """Check every member of a zip, then extract it."""
-    with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        for info in infos:
-            _check_zip_member(archive, info)
-        zf.extractall(into, members=infos)
-
-
-def _archive_kind(archive: Path) -> str:
-    """``tar`` or ``zip`` from the file name; DataError for another format."""
-    name = archive.name.lower()
-    if name.endswith(_TAR_SUFFIXES):
-        return "tar"
-    if name.endswith(".zip"):
-        return "zip"
-    raise DataError(f"{archive}: unknown archive format (expected {_TAR_SUFFIXES} or .zip)")
-
-
-def _remove(path: Path) -> None:
-    """Delete a file, link or folder tree."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
-def _replace(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing whatever ``dst`` is (file or folder)."""
-    old = None
-    if dst.exists() or dst.is_symlink():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        _remove(old)
-
-
-def _files_under(folder: Path) -> list[Path]:
-    """Every non-folder entry under ``folder``, relative to it, sorted; links not followed."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        names = filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]
-        found += [(Path(dirpath) / n).relative_to(folder) for n in names]
-    return sorted(found)
-
-
-def safe_extract(archive: Path, target: Path) -> list[Path]:
-    """Extract a tar (.tar, .tar.gz, .tgz, ...) or .zip archive into ``target`` safely.
-
-    Every member is checked before anything is written (no absolute name, no ``..``
-    escape, no link pointing outside, no device file). The archive is extracted into a
-    temporary folder next to ``target``; once complete, each of its top-level entries is
-    moved into ``target`` (replacing an entry of the same name), so a failure leaves
-    nothing half-extracted. Other entries of ``target`` are kept.
-
-    Returns:
-        The extracted files (not folders) under ``target``, sorted.
-
-    Raises:
-        DataError: unsafe member (named), unknown format, or corrupt/truncated archive.
-    """
-    archive, target = Path(archive), Path(target)
-    extract = _extract_zip if _archive_kind(archive) == "zip" else _extract_tar
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
-    try:
-        try:
-            extract(archive, staging)
-        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
-            raise DataError(f"cannot extract {archive}: {err}; delete {archive} and rerun to "
-                            "download it again") from err
-        files = _files_under(staging)
-        target.mkdir(exist_ok=True)
-        for entry in sorted(staging.iterdir()):
-            _replace(entry, target / entry.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [target / rel for rel in files]
-
-
 # --------------------------------------------------------------------------- datasets
-
-
-def archive_problem(archive: Path, name: str | None = None) -> str | None:
-    """Read a whole archive, testing zip CRCs and the tar's compression stream; None if sound.
-
-    ``name`` (the final file name) decides the format when ``archive`` is a ``.part`` file.
-    """
-    kind = _archive_kind(Path(name or archive.name))
-    try:
-        if kind == "zip":
-            with zipfile.ZipFile(archive) as zf:
-                bad = zf.testzip()
-            return None if bad is None else f"member {bad!r} fails its CRC check"
-        with tarfile.open(archive) as tar:
-            for member in tar:
-                if member.isfile():
-                    stream = tar.extractfile(member)
-                    while stream is not None and stream.read(1 << 22):
-                        pass
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error) as err:
-        return f"not a complete {kind} archive ({err})"
-    return None
 
 
 def _fetch_remote(remote: RemoteFile, cache_dir: Path, *, progress: bool) -> Path:

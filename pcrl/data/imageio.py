@@ -3,10 +3,10 @@
 SimpleITK reads MetaImage (LUNA16 ``.mhd``/``.raw``) and NIfTI (Medical Segmentation
 Decathlon ``.nii.gz``) with their spacing, origin and direction, but a truncated ``.raw``
 is reported as "File cannot be read ... No such file or directory", and ITK before
-version 6 reads the NaN/inf voxels of a NIfTI file as 0. :func:`read_image` checks the
-MetaImage header against the size of its data file before SimpleITK runs (header keys
-of https://itk.org/Wiki/ITK/MetaIO/Documentation), the dimension and the non-finite
-voxels after, and raises :class:`pcrl.errors.DataError` naming the file.
+version 6 reads the NaN/inf voxels of a NIfTI file as 0. :func:`read_image` verifies the
+file's bytes before SimpleITK runs (:mod:`pcrl.data.imagecheck`), the dimension, spacing
+and non-finite voxels after, and raises :class:`pcrl.errors.DataError` naming the file;
+:func:`write_image` verifies what SimpleITK wrote the same way.
 
 Arrays follow docs/CONVENTIONS.md: volumes are (x, y, z), multi-channel volumes
 (C, x, y, z), whereas ``sitk.GetArrayFromImage`` returns (z, y, x).
@@ -14,53 +14,23 @@ Arrays follow docs/CONVENTIONS.md: volumes are (x, y, z), multi-channel volumes
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import shutil
-import struct
 import tempfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol
 
 import numpy as np
 import SimpleITK as sitk
 
+from pcrl.data.imagecheck import _NIFTI_SUFFIXES, _check_is_file, _nifti_nonfinite_voxels, check_image_file
 from pcrl.errors import DataError
 
-#: Bytes per element of the MetaIO scalar element types (MET_ValueTypeSize in MetaIO).
-MET_ELEMENT_BYTES: dict[str, int] = {
-    "MET_CHAR": 1,
-    "MET_UCHAR": 1,
-    "MET_SHORT": 2,
-    "MET_USHORT": 2,
-    "MET_INT": 4,
-    "MET_UINT": 4,
-    "MET_LONG": 4,
-    "MET_ULONG": 4,
-    "MET_LONG_LONG": 8,
-    "MET_ULONG_LONG": 8,
-    "MET_FLOAT": 4,
-    "MET_DOUBLE": 8,
-}
 
-_META_SUFFIXES = (".mhd", ".mha")
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-#: NIfTI datatype codes of real floating-point voxels (nifti1.h: FLOAT32, FLOAT64).
-_NIFTI_FLOAT_DTYPES = {16: "f4", 64: "f8"}
-_CHUNK_ELEMENTS = 1 << 22
-_MAX_HEADER_BYTES = 1 << 16
 _FLOAT_PIXEL_IDS = frozenset(
     {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
 )
-
-
-class _Readable(Protocol):
-    """A binary stream (a file, or a gzip stream)."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def read_image(
@@ -95,33 +65,10 @@ def read_image(
     return img
 
 
-def check_image_file(path: Path) -> None:
-    """Verify the bytes of an image file before (or after) SimpleITK touches it.
-
-    MetaImage: :func:`check_metaimage`. NIfTI: :func:`check_nifti` (the whole gzip
-    stream with its CRC and length, and the voxel bytes the header announces). SimpleITK
-    reads a ``.nii.gz`` cut in half or with corrupt bytes without an error, filling the
-    missing voxels, so this is the only check that catches it.
-    """
-    name = path.name.lower()
-    if path.suffix.lower() in _META_SUFFIXES:
-        check_metaimage(path)
-    elif name.endswith(_NIFTI_SUFFIXES):
-        check_nifti(path)
-
-
 def _check_spacing(path: Path, spacing: Sequence[float]) -> None:
     """Raise DataError unless every spacing is a finite number > 0."""
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise DataError(f"{path}: spacing {tuple(spacing)} must be finite and > 0 on every axis")
-
-
-def _check_is_file(path: Path) -> None:
-    """Raise DataError unless ``path`` is an existing regular file."""
-    if not path.exists():
-        raise DataError(f"{path}: file does not exist")
-    if not path.is_file():
-        raise DataError(f"{path}: is not a file")
 
 
 def _sitk_reason(exc: RuntimeError) -> str:
@@ -129,172 +76,6 @@ def _sitk_reason(exc: RuntimeError) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     reason = lines[-1] if lines else "unknown error"
     return re.sub(r"^(sitk::ERROR:|ITK ERROR:\s*\w+\(0x[0-9a-f]+\):)\s*", "", reason)
-
-
-def parse_metaimage_header(path: Path) -> tuple[dict[str, str], int]:
-    """Parse the ``key = value`` lines of a MetaImage header.
-
-    Reading stops after ``ElementDataFile``, which MetaIO requires to be the last key
-    (with ``LOCAL`` the binary data follows it in the same file).
-
-    Returns:
-        The header fields (keys as written) and the number of header bytes read.
-
-    Raises:
-        DataError: the header has no ``ElementDataFile`` within its first 64 KiB.
-    """
-    fields: dict[str, str] = {}
-    consumed = 0
-    with open(path, "rb") as fh:
-        while consumed < _MAX_HEADER_BYTES:
-            raw_line = fh.readline(_MAX_HEADER_BYTES)
-            if not raw_line:
-                break
-            consumed += len(raw_line)
-            key, sep, value = raw_line.decode("latin-1").partition("=")
-            if sep:
-                fields[key.strip()] = value.strip()
-            if key.strip() == "ElementDataFile":
-                return fields, consumed
-    raise DataError(f"{path}: not a MetaImage header (no ElementDataFile key)")
-
-
-def check_metaimage(path: Path) -> None:
-    """Check a MetaImage header against its data file: present and of the right size.
-
-    The size is checked only for uncompressed data (``prod(DimSize)`` elements of
-    ``ElementType`` times ``ElementNumberOfChannels``, plus ``HeaderSize``) and, for
-    compressed data, against ``CompressedDataSize`` when the header gives it.
-
-    Raises:
-        DataError: naming the header and the missing or truncated data file.
-    """
-    fields, header_bytes = parse_metaimage_header(path)
-    _check_header_spacing(path, fields)
-    data_name = fields["ElementDataFile"]
-    if data_name == "LIST" or "%" in data_name:
-        raise DataError(f"{path}: ElementDataFile = {data_name}: multi-file MetaImages are "
-                        "not supported (one data file per header)")
-    local = data_name == "LOCAL"
-    data_path = path if local else path.parent / data_name
-    if not local and not data_path.resolve().is_relative_to(path.parent.resolve()):
-        raise DataError(f"{path}: ElementDataFile = {data_name} lies outside the header's "
-                        "folder; refusing to read a file outside the dataset")
-    if not data_path.is_file():
-        raise DataError(
-            f"{path}: its data file {data_path} (ElementDataFile = {data_name}) does not exist"
-        )
-    compressed = fields.get("CompressedData", "False").lower() == "true"
-    if compressed and "CompressedDataSize" not in fields:
-        raise DataError(f"{path}: CompressedData = True without CompressedDataSize: a "
-                        "truncated data file could not be detected")
-    expected = _expected_data_bytes(path, fields)
-    if expected is None:
-        return
-    offset = header_bytes if local else _header_size(path, fields)
-    found = data_path.stat().st_size
-    if offset < 0:  # HeaderSize = -1: the data are the last bytes, after any header
-        if found < expected:
-            _check_size(data_path, path, expected, found)
-        return
-    _check_size(data_path, path, offset + expected, found)
-    raw_bytes = _raw_data_bytes(path, fields)
-    if compressed and raw_bytes is not None:
-        _check_zlib_stream(data_path, offset, expected, raw_bytes)
-
-
-def _check_header_spacing(path: Path, fields: dict[str, str]) -> None:
-    """Raise DataError unless ``ElementSpacing`` / ``ElementSize`` are finite and > 0.
-
-    ITK turns a negative spacing into a flip of the axis (a negative direction), silently.
-    """
-    for key in ("ElementSpacing", "ElementSize"):
-        if key not in fields:
-            continue
-        try:
-            values = [float(v) for v in fields[key].split()]
-        except ValueError:
-            raise DataError(f"{path}: {key} = {fields[key]!r} is not a list of numbers") from None
-        if not values or not all(np.isfinite(v) and v > 0 for v in values):
-            raise DataError(f"{path}: {key} = {fields[key]!r}: every spacing must be finite "
-                            "and > 0 (a negative one would silently flip the axis)")
-
-
-def _check_zlib_stream(data_path: Path, offset: int, size: int, raw_bytes: int) -> None:
-    """Inflate a compressed MetaImage data block: a complete stream of ``raw_bytes`` bytes."""
-    inflater = zlib.decompressobj()
-    produced = 0
-    try:
-        with open(data_path, "rb") as fh:
-            fh.seek(offset)
-            left = size
-            while left > 0 and not inflater.eof:
-                chunk = fh.read(min(left, 1 << 20))
-                if not chunk:
-                    break
-                left -= len(chunk)
-                produced += len(inflater.decompress(chunk))
-            produced += len(inflater.flush())
-    except zlib.error as exc:
-        raise DataError(f"{data_path}: corrupt compressed image data ({exc})") from None
-    if not inflater.eof or produced != raw_bytes:
-        raise DataError(f"{data_path}: compressed image data inflate to {produced} bytes, "
-                        f"expected {raw_bytes} (truncated or corrupt)")
-
-
-def _check_size(data_path: Path, header: Path, expected: int, found: int) -> None:
-    """Raise DataError when a data file does not hold exactly ``expected`` bytes."""
-    if found == expected:
-        return
-    what = "truncated" if found < expected else "too large"
-    raise DataError(
-        f"{data_path}: {what}: expected {expected} bytes, found {found} (header {header})"
-    )
-
-
-def _expected_data_bytes(path: Path, fields: dict[str, str]) -> int | None:
-    """Bytes of image data the header announces (compressed bytes when compressed);
-    ``None`` when they cannot be known."""
-    if fields.get("CompressedData", "False").lower() == "true":
-        size = fields.get("CompressedDataSize")
-        return _header_int(path, "CompressedDataSize", size) if size else None
-    return _raw_data_bytes(path, fields)
-
-
-def _raw_data_bytes(path: Path, fields: dict[str, str]) -> int | None:
-    """Uncompressed bytes of the voxels the header announces; None for exotic element types."""
-    element_type = _required(path, fields, "ElementType")
-    if element_type not in MET_ELEMENT_BYTES:
-        return None  # let SimpleITK judge exotic element types
-    dims = [_header_int(path, "DimSize", v) for v in _required(path, fields, "DimSize").split()]
-    ndims = fields.get("NDims")
-    if ndims is not None and _header_int(path, "NDims", ndims) != len(dims):
-        raise DataError(f"{path}: NDims = {ndims} but DimSize has {len(dims)} values")
-    if any(d <= 0 for d in dims):
-        raise DataError(f"{path}: DimSize must be positive, got {dims}")
-    channels_text = fields.get("ElementNumberOfChannels", "1")
-    channels = _header_int(path, "ElementNumberOfChannels", channels_text)
-    return int(np.prod(dims, dtype=np.int64)) * MET_ELEMENT_BYTES[element_type] * channels
-
-
-def _header_size(path: Path, fields: dict[str, str]) -> int:
-    """``HeaderSize`` of a MetaImage data file (bytes to skip; -1: data at the end)."""
-    return _header_int(path, "HeaderSize", fields.get("HeaderSize", "0"))
-
-
-def _required(path: Path, fields: dict[str, str], key: str) -> str:
-    """The value of a header key that must be present."""
-    if key not in fields:
-        raise DataError(f"{path}: MetaImage header lacks {key}")
-    return fields[key]
-
-
-def _header_int(path: Path, key: str, value: str) -> int:
-    """Parse one integer of a MetaImage header, naming the key when it is not one."""
-    try:
-        return int(value)
-    except ValueError:
-        raise DataError(f"{path}: {key} must be an integer, got {value!r}") from None
 
 
 def _check_dimension(
@@ -332,108 +113,6 @@ def _check_finite(path: Path, img: sitk.Image) -> None:
         bad, total = int(values.size - np.count_nonzero(np.isfinite(values))), values.size
     if bad:
         raise DataError(f"{path}: {bad} non-finite voxels (NaN or inf) of {total}")
-
-
-def check_nifti(path: Path) -> None:
-    """Verify a NIfTI file: every voxel byte its header announces is there, and for
-    ``.nii.gz`` the whole gzip stream decompresses with a matching CRC and length.
-
-    Raises:
-        DataError: naming the file when it is truncated, corrupt or not NIfTI-1/2.
-    """
-    gz = path.name.lower().endswith(".gz")
-    opener = gzip.open if gz else open
-    try:
-        with opener(path, "rb") as fh:
-            header = fh.read(540)
-            layout = _nifti_data_layout(header)
-            if layout is None:
-                raise DataError(f"{path}: not a NIfTI-1/2 file (no valid header)")
-            needed = layout[0] + layout[1]
-            found = len(header)
-            while chunk := fh.read(1 << 22):  # gzip checks the CRC and length at the end
-                found += len(chunk)
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise DataError(f"{path}: corrupt or truncated file ({exc})") from None
-    if found < needed:
-        raise DataError(f"{path}: truncated: its header announces {needed} bytes of header and "
-                        f"voxels, the file holds {found}")
-
-
-def _nifti_nonfinite_voxels(path: Path) -> tuple[int, int]:
-    """Count the NaN/inf voxels stored in a floating-point NIfTI file, and all voxels.
-
-    Returns (0, 0) when the file's voxels are not floating point.
-    """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        layout = _nifti_float_layout(fh.read(540))
-        if layout is None:
-            return 0, 0
-        dtype, total, offset = layout
-        fh.seek(offset)
-        return _count_nonfinite(fh, dtype, total), total
-
-
-class _NiftiHeader(NamedTuple):
-    """The fields of a NIfTI-1/2 header that locate its voxels."""
-
-    endian: str
-    datatype: int
-    bitpix: int
-    voxels: int
-    offset: int
-
-
-def _nifti_header(header: bytes) -> _NiftiHeader | None:
-    """Parse the first bytes of a NIfTI-1 (348-byte) or NIfTI-2 (540-byte) header; None
-    when they are neither. Field offsets are those of nifti1.h / nifti2.h."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack_from(endian + "i", header)[0] == 348:
-            dims = struct.unpack_from(endian + "8h", header, 40)
-            datatype, bitpix = struct.unpack_from(endian + "2h", header, 70)
-            offset = int(struct.unpack_from(endian + "f", header, 108)[0])
-        elif len(header) >= 540 and struct.unpack_from(endian + "i", header)[0] == 540:
-            datatype, bitpix = struct.unpack_from(endian + "2h", header, 12)
-            dims = struct.unpack_from(endian + "8q", header, 16)
-            offset = struct.unpack_from(endian + "q", header, 168)[0]
-        else:
-            continue
-        if not 1 <= dims[0] <= 7:
-            return None
-        voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + dims[0]]], dtype=np.int64))
-        return _NiftiHeader(endian, int(datatype), int(bitpix), voxels, int(offset))
-    return None
-
-
-def _nifti_data_layout(header: bytes) -> tuple[int, int] | None:
-    """(voxel offset, voxel bytes) of a NIfTI-1/2 header, or None when it is not one."""
-    parsed = _nifti_header(header)
-    if parsed is None or parsed.bitpix <= 0:
-        return None
-    return parsed.offset, parsed.voxels * parsed.bitpix // 8
-
-
-def _nifti_float_layout(header: bytes) -> tuple[np.dtype, int, int] | None:
-    """(dtype, voxel count, data offset) of a NIfTI-1/2 header with float voxels, else None."""
-    parsed = _nifti_header(header)
-    if parsed is None or parsed.datatype not in _NIFTI_FLOAT_DTYPES:
-        return None
-    dtype = np.dtype(parsed.endian + _NIFTI_FLOAT_DTYPES[parsed.datatype])
-    return dtype, parsed.voxels, parsed.offset
-
-
-def _count_nonfinite(fh: _Readable, dtype: np.dtype, total: int) -> int:
-    """Count non-finite values among the next ``total`` elements of ``dtype`` in ``fh``."""
-    bad, left = 0, total
-    while left > 0:
-        buf = fh.read(min(left, _CHUNK_ELEMENTS) * dtype.itemsize)
-        values = np.frombuffer(buf[: len(buf) - len(buf) % dtype.itemsize], dtype=dtype)
-        if values.size == 0:
-            break
-        bad += int(values.size - np.count_nonzero(np.isfinite(values)))
-        left -= values.size
-    return bad
 
 
 def image_to_array(img: sitk.Image) -> np.ndarray:

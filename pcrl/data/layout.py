@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 
 from pcrl.data.registry import get_dataset
-from pcrl.data.imageio import check_metaimage
+from pcrl.data.imagecheck import check_metaimage
 from pcrl.errors import ConfigError, DataError
 
 MANIFEST_NAME = "manifest.json"

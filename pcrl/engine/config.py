@@ -75,6 +75,9 @@ class TrainConfig:
         num_workers: DataLoader worker processes per training process.
         max_grad_norm: Clip the gradient norm to this value; None disables clipping.
         progress: Show a tqdm progress bar (rank 0).
+        deterministic: Use only deterministic algorithms (``torch.use_deterministic_algorithms``,
+            cuDNN's deterministic mode, no cuDNN benchmarking): bit-exact reruns on a GPU at a
+            speed cost. CPU runs are bit-exact for a given thread count without it.
         find_unused_parameters: Passed to DistributedDataParallel.
         stop_after_epoch: Return after this epoch (checkpoint written) instead of
             running to ``epochs``; a later call with the same ``out_dir`` continues.
@@ -91,6 +94,7 @@ class TrainConfig:
     num_workers: int = 0
     max_grad_norm: float | None = None
     progress: bool = True
+    deterministic: bool = False
     find_unused_parameters: bool = False
     stop_after_epoch: int | None = None
 

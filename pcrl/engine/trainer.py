@@ -12,11 +12,13 @@ when AMP is on, wrapped in DistributedDataParallel with several processes.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import dataclasses
 import math
 import signal
 import time
-from collections.abc import Mapping, Sized
+from collections.abc import Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -385,5 +387,26 @@ def train(
     """
     device = torch.device(device)
     info = dist if dist is not None else DistInfo(device=device)
-    trainer = _Trainer(method, dataset, config, Path(out_dir), device, info, on_epoch_end)
-    return trainer.run()
+    with _determinism(config.deterministic):
+        trainer = _Trainer(method, dataset, config, Path(out_dir), device, info, on_epoch_end)
+        return trainer.run()
+
+
+@contextlib.contextmanager
+def _determinism(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms and cuDNN flags for the block when ``enabled``; the
+    process's previous settings are restored afterwards. cuBLAS needs a fixed workspace
+    for deterministic matrix products (CUBLAS_WORKSPACE_CONFIG, set if absent)."""
+    if not enabled:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1], saved[2]

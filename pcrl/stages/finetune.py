@@ -30,31 +30,38 @@ from pcrl.torchfile import save_checked
 from pcrl.hashing import file_digest
 from pcrl.outputs import prepare_state
 from pcrl.atomic import atomic_dir, write_json
-from pcrl.distributed import cleanup, init_distributed
+from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig
 from pcrl.errors import ConfigError
 from pcrl.finetune.data import (
-    CandidateCubeSet,
-    PatchSet,
     TaskSplit,
     check_cases,
     load_split,
     read_candidate_rows,
     read_volume_cases,
 )
+from pcrl.finetune.datasets import CandidateCubeSet, PatchSet
 from pcrl.evaluation.scoring import (
     SegmentationSettings,
     score_candidates,
     score_volumes,
 )
 from pcrl.finetune.models import (
+    InitRecord,
     NetworkConfig,
     apply_init,
     read_init_record,
     seeded_network,
 )
 from pcrl.finetune.tasks import TaskSpec, get_task
-from pcrl.finetune.train import STATE_NAME, FinetuneModule, build_loss, finetune
+from pcrl.finetune.train import (
+    STATE_NAME,
+    FinetuneModule,
+    FinetuneResult,
+    build_loss,
+    finetune,
+)
+from pcrl.networks import LoadReport
 from pcrl.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -64,7 +71,7 @@ WEIGHTS_NAME = "weights.pt"
 #: Validation metric that selects the checkpoint, per task kind.
 MONITOR = {"classification": "auc", "segmentation": "dice_mean"}
 Validator = Callable[[torch.nn.Module], dict[str, float]]
-TRAIN_KEYS = ("epochs", "lr", "momentum", "weight_decay", "max_grad_norm")
+TRAIN_KEYS = ("epochs", "lr", "momentum", "weight_decay", "max_grad_norm", "deterministic")
 
 
 def run_params(task: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +123,79 @@ def _batch_size(wanted: int, items: int, world: int, what: str) -> int:
     return size
 
 
+def _module(spec: TaskSpec, network: NetworkConfig, record: InitRecord,
+            task_settings: dict[str, Any], *, task: str, init: str, seed: int
+            ) -> tuple[FinetuneModule, LoadReport | None]:
+    """The seeded task network with the initialisation loaded, wrapped with its loss."""
+    net = seeded_network(spec, network, seed)
+    report = apply_init(net, record, spec)
+    if report is not None:
+        log.info("%s: initialised from %s: %s", task, init, report.summary())
+    module = FinetuneModule(net, build_loss(spec, task_settings.get("loss", "dice_bce")),
+                            flip=task_settings.get("augment", True))
+    return module, report
+
+
+def _train_config(task_settings: dict[str, Any], settings: dict[str, Any], items: int,
+                  dist: DistInfo, *, seed: int, num_workers: int, progress: bool,
+                  what: str) -> TrainConfig:
+    """The engine's settings: the task's training keys, the capped batch size, AMP, workers."""
+    return TrainConfig(**{k: task_settings[k] for k in TRAIN_KEYS if k in task_settings},
+                       batch_size=_batch_size(task_settings["batch_size"], items,
+                                              dist.world_size, what),
+                       amp=settings["amp"],
+                       seed=seed, checkpoint_every=task_settings["epochs"],
+                       num_workers=max(1, num_workers), progress=progress and dist.is_main)
+
+
+def _fingerprint(run: dict[str, Any], params: dict[str, Any], split: TaskSplit,
+                 weights_file: Path) -> str:
+    """What the resumable state belongs to: the run, its params, cases and initial weights."""
+    return hashlib.sha256(json.dumps(
+        {**run, "params": params, "split": dataclasses.asdict(split),
+         "weights": file_digest(weights_file)},
+        sort_keys=True).encode()).hexdigest()
+
+
+def _prepare_state(state: Path, fingerprint: str, dist: DistInfo) -> None:
+    """Check or reset the state folder on the main process; the others wait for it."""
+    if dist.is_main:
+        prepare_state(state, fingerprint)
+    if dist.is_distributed:
+        torch.distributed.barrier()
+
+
+def _write_outputs(out: Path, state: Path, result: FinetuneResult, run: dict[str, Any], *,
+                   network: NetworkConfig, roi: tuple[int, ...], split: TaskSplit,
+                   params: dict[str, Any], device: torch.device, report: LoadReport | None,
+                   train_items: int, batch_size: int, epochs: int) -> None:
+    """Swap in ``out`` (model.pt, summary.json, validation.json, the dvclive folder); log it."""
+    with atomic_dir(out) as tmp:
+        model = {
+            "state_dict": result.best_state, **run, "network": dataclasses.asdict(network),
+            "roi_size": list(roi), "train_ids": list(split.train), "val_ids": list(split.val),
+            "best_epoch": result.best_epoch, "val_metrics": result.best_metrics,
+            "provenance": provenance({"finetune": params}, device=device),
+        }
+        save_checked(model, tmp / MODEL_NAME)
+        write_json(tmp / "summary.json", {
+            **run,
+            "train_cases": len(split.train), "val_cases": len(split.val),
+            "train_items": train_items, "batch_size": batch_size,
+            "epochs": epochs, "epochs_done": result.epochs_done,
+            "stopped_early": result.stopped_early, "best_epoch": result.best_epoch,
+            "val": result.best_metrics,
+            "init_loaded": report.summary() if report is not None else "nothing (scratch)",
+            "first_conv_adapted": bool(report and report.adapted),
+        })
+        shutil.copy2(state / "checkpoints" / STATE_NAME, tmp / "validation.json")
+        if (state / "live").is_dir():
+            shutil.copytree(state / "live", tmp / "live")
+    log.info("%s/%s f%s s%s: best epoch %d of %d, val %s -> %s", run["task"], run["init"],
+             run["fraction"], run["seed"], result.best_epoch, result.epochs_done,
+             result.best_metrics, out)
+
+
 def run_finetune(
     task: str,
     init: str,
@@ -161,54 +241,19 @@ def run_finetune(
     dataset, validate, roi = _data(spec, task_settings, settings["validation"], split,
                                    processed=processed, interim=Path(interim) if interim else None,
                                    seed=seed, device=dist.device)
-    net = seeded_network(spec, network, seed)
-    report = apply_init(net, record, spec)
-    if report is not None:
-        log.info("%s: initialised from %s: %s", task, init, report.summary())
-    module = FinetuneModule(net, build_loss(spec, task_settings.get("loss", "dice_bce")),
-                            flip=task_settings.get("augment", True))
-    config = TrainConfig(**{k: task_settings[k] for k in TRAIN_KEYS if k in task_settings},
-                         batch_size=_batch_size(task_settings["batch_size"], len(cast(Sized, dataset)),
-                                                dist.world_size, f"{task} f{fraction}"),
-                         amp=settings["amp"],
-                         seed=seed, checkpoint_every=task_settings["epochs"],
-                         num_workers=max(1, num_workers), progress=progress and dist.is_main)
+    module, report = _module(spec, network, record, task_settings, task=task, init=init, seed=seed)
+    config = _train_config(task_settings, settings, len(cast(Sized, dataset)), dist, seed=seed,
+                           num_workers=num_workers, progress=progress, what=f"{task} f{fraction}")
     params = run_params(task, settings)
-    fingerprint = hashlib.sha256(json.dumps(
-        {"task": task, "init": init, "fraction": fraction, "seed": seed, "params": params,
-         "split": dataclasses.asdict(split), "weights": file_digest(weights / WEIGHTS_NAME)},
-        sort_keys=True).encode()).hexdigest()
-    if dist.is_main:
-        prepare_state(state, fingerprint)
-    if dist.is_distributed:
-        torch.distributed.barrier()
+    run = {"task": task, "init": init, "fraction": fraction, "seed": seed}
+    _prepare_state(state, _fingerprint(run, params, split, weights / WEIGHTS_NAME), dist)
     result = finetune(module, dataset, validate, config, state, monitor=MONITOR[spec.kind],
                       patience=task_settings["patience"], device=dist.device,
                       dist=dist if dist.is_distributed else None)
     if result is not None:
-        with atomic_dir(out) as tmp:
-            model = {
-                "state_dict": result.best_state, "task": task, "init": init,
-                "fraction": fraction, "seed": seed, "network": dataclasses.asdict(network),
-                "roi_size": list(roi), "train_ids": list(split.train), "val_ids": list(split.val),
-                "best_epoch": result.best_epoch, "val_metrics": result.best_metrics,
-                "provenance": provenance({"finetune": params}, device=dist.device),
-            }
-            save_checked(model, tmp / MODEL_NAME)
-            write_json(tmp / "summary.json", {
-                "task": task, "init": init, "fraction": fraction, "seed": seed,
-                "train_cases": len(split.train), "val_cases": len(split.val),
-                "train_items": len(cast(Sized, dataset)), "batch_size": config.batch_size,
-                "epochs": task_settings["epochs"], "epochs_done": result.epochs_done,
-                "stopped_early": result.stopped_early, "best_epoch": result.best_epoch,
-                "val": result.best_metrics,
-                "init_loaded": report.summary() if report is not None else "nothing (scratch)",
-                "first_conv_adapted": bool(report and report.adapted),
-            })
-            shutil.copy2(state / "checkpoints" / STATE_NAME, tmp / "validation.json")
-            if (state / "live").is_dir():
-                shutil.copytree(state / "live", tmp / "live")
-        log.info("%s/%s f%s s%s: best epoch %d of %d, val %s -> %s", task, init, fraction, seed,
-                 result.best_epoch, result.epochs_done, result.best_metrics, out)
+        _write_outputs(out, state, result, run, network=network, roi=roi, split=split,
+                       params=params, device=dist.device, report=report,
+                       train_items=len(cast(Sized, dataset)), batch_size=config.batch_size,
+                       epochs=task_settings["epochs"])
     cleanup()
     return out

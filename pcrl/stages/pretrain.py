@@ -37,8 +37,20 @@ log = logging.getLogger(__name__)
 #: The parts each method trains (MoCo v2 has no decoder loss: its decoder stays random).
 PRETRAINED_PARTS = {"pcrl": ("encoder", "decoder"), "genesis": ("encoder", "decoder"), "moco": ("encoder",)}
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "checkpoint_every", "amp", "seed",
-              "max_grad_norm")
+              "max_grad_norm", "deterministic")
 PREVIEW_SEED = 1234
+#: The pretrain params every method reads; each method also reads its own section
+#: (``pretrain.<method>``). dvc.yaml lists exactly these as the params of ``pretrain@<method>``.
+SHARED_KEYS = (*TRAIN_KEYS, "network", "corruption", "augment")
+
+
+def used_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The part of the ``pretrain`` params that ``method`` reads: the shared keys and its own
+    section. Editing another method's section changes nothing here, so that method's stage
+    and state are left alone."""
+    used = {key: settings[key] for key in SHARED_KEYS if key in settings}
+    used[method] = settings.get(method) or {}
+    return used
 
 
 def method_settings(method: str, settings: dict[str, Any], *, n_data: int) -> dict[str, Any]:
@@ -89,7 +101,11 @@ def run_pretrain(
     num_workers: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Pretrain ``method`` on ``pairs`` (the cubes@pretrain output); write ``out``."""
+    """Pretrain ``method`` on ``pairs`` (the cubes@pretrain output); write ``out``.
+
+    Only :func:`used_settings` of ``settings`` is read.
+    """
+    settings = used_settings(method, settings)
     pairs = Path(pairs)
     hint = "run 'pcrl cubes --task pretrain' first"
     split = read_json(pairs / "split.json", hint=hint)
