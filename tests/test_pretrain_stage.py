@@ -167,7 +167,7 @@ def test_a_method_reads_only_the_shared_keys_and_its_own_section(demo_params: di
     from pcrl.stages.pretrain import SHARED_KEYS, used_settings
 
     settings = copy.deepcopy(demo_params["pretrain"])
-    before = used_settings("pcrl", settings)
+    before = copy.deepcopy(used_settings("pcrl", settings))
     assert set(before) == {k for k in SHARED_KEYS if k in settings} | {"pcrl"}
     settings["moco"]["temperature"] = 0.5
     settings["genesis"] = {"extra": 1}
