@@ -155,6 +155,7 @@ def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
         processed=Path(args.processed),
         interim=Path(args.interim) if args.interim else None,
         out=Path(args.out),
+        record_out=Path(args.record) if args.record else None,
         device=args.device,
     )
 
@@ -255,6 +256,8 @@ def _add_downstream_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--processed", required=True, help="cubes stage output, e.g. data/processed/lcs")
     p.add_argument("--interim", help="resample stage output (segmentation), e.g. data/interim/msd_liver")
     p.add_argument("--out", required=True, help="output folder, e.g. data/evaluate/lcs/pcrl/f0.5/s0")
+    p.add_argument("--record", help="output folder of the run's record and provenance, e.g. "
+                                     "data/records/evaluate/lcs/pcrl/f0.5/s0")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
 
     p = _add_stage(sub, "report", cmd_report,
@@ -282,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: Options naming what a stage reads, and what it writes (replaces or may discard).
 INPUT_OPTIONS = ("raw", "interim", "pairs", "processed", "weights", "model", "evaluations",
                  "checkpoint")
-OUTPUT_OPTIONS = ("out", "state")
+OUTPUT_OPTIONS = ("out", "state", "record")
 
 
 def check_stage_paths(args: argparse.Namespace, params: dict[str, Any]) -> None:

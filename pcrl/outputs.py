@@ -131,6 +131,18 @@ def check_output(
         )
 
 
+def discard_state(state: Path) -> None:
+    """Remove a training state folder once its stage succeeded (its outputs hold the result).
+
+    The state only lets an interrupted job resume; a finished one needs none, and its kept
+    checkpoints would otherwise stay on disk. Only a folder the pipeline marked is removed.
+    """
+    state = Path(state)
+    if state.is_dir() and has_marker(state, STATE_MARKERS):
+        shutil.rmtree(state)
+        log.info("%s: stage done, training state removed", state)
+
+
 def prepare_state(state: Path, fingerprint: str) -> None:
     """Make ``state`` the resumable state folder of the run identified by ``fingerprint``.
 

@@ -83,12 +83,32 @@ def collect_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 def _read_run(path: Path) -> dict[str, Any]:
     """One metrics.json, parsed and checked."""
+    run = _check_run(read_metrics_json(path), str(path))
+    run["path"] = str(path)
+    return run
+
+
+def read_metrics_json(path: Path) -> Any:
+    """A metrics JSON file; DataError naming it when missing or unreadable."""
     try:
-        obj = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"{path}: metrics file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: not a readable metrics JSON file ({err})") from None
+
+
+def read_numbers_run(path: Path, *, task: str, init: str, fraction: float, seed: int,
+                     primary: str) -> dict[str, Any]:
+    """A run whose ``metrics.json`` holds numbers only (the evaluate stage's output): which
+    run it is comes from its folder (``<task>/<init>/f<fraction>/s<seed>``), the headline
+    metric from the task. ``test_cases`` is a count, not a metric."""
+    numbers = read_metrics_json(path)
+    if not isinstance(numbers, Mapping):
+        raise DataError(f"{path}: expected a JSON object of numbers, got {type(numbers).__name__}")
+    metrics = {k: v for k, v in numbers.items() if k != "test_cases"}
+    obj = {"task": task, "init": init, "fraction": fraction, "seed": seed, "metrics": metrics,
+           "primary": primary}
     run = _check_run(obj, str(path))
     run["path"] = str(path)
     return run

@@ -151,3 +151,19 @@ def test_check_output_relations(tmp_path: Path) -> None:
     os.symlink(data / "raw", link)
     with pytest.raises(UnsafeOutputError, match="is the input"):  # links resolved
         check_output(link, inputs=[data / "raw"])
+
+
+def test_discard_state_removes_only_a_marked_state_folder(tmp_path: Path) -> None:
+    from pcrl.outputs import discard_state
+
+    state = tmp_path / "state"
+    prepare_state(state, "run-1")
+    (state / "checkpoints").mkdir()
+    (state / "checkpoints" / "epoch_001.pt").write_bytes(b"kept copy")
+    discard_state(state)
+    assert not state.exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    discard_state(foreign)
+    assert (foreign / "notes.txt").read_text() == "keep"

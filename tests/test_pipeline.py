@@ -79,12 +79,14 @@ def test_dvc_repro_builds_every_stage(dvc_run: Path) -> None:
 def test_dvc_repro_reaches_the_report(dvc_run: Path) -> None:
     for task, metric in (("ncc", "auc"), ("lcs", "dice_liver"), ("bms", "dice_mean")):
         for init in ("scratch", "pcrl"):
-            path = dvc_run / "data" / "evaluate" / task / init / "f1.0" / "s0" / "metrics.json"
-            result = json.loads(path.read_text())
+            run_dir = Path(task) / init / "f1.0" / "s0"
+            numbers = json.loads((dvc_run / "data" / "evaluate" / run_dir / "metrics.json").read_text())
+            assert 0.0 <= numbers[metric] <= 1.0
+            assert all(isinstance(v, (int, float)) for v in numbers.values())  # numbers only
+            result = json.loads((dvc_run / "data" / "records" / "evaluate" / run_dir / "record.json").read_text())
             assert (result["task"], result["init"], result["seed"]) == (task, init, 0)
-            assert result["primary"] == metric
-            assert 0.0 <= result["metrics"][result["primary"]] <= 1.0
-            assert result["provenance"]["params_sha256"]
+            assert result["primary"] == metric and result["metrics"][metric] == numbers[metric]
+            assert result["provenance"]["params_sha256"] and "threads" in result["provenance"]
     report = (dvc_run / "results" / "report" / "report.md").read_text()
     for task in ("ncc", "lcs", "bms"):
         assert task in report

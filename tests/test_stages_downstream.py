@@ -94,8 +94,10 @@ def _finetune(params: Path, root: Path, task: str, init: str, fraction: str = "1
 def _evaluate(params: Path, root: Path, task: str, model: Path, out: Path) -> int:
     interim = {"lcs": ["--interim", str(root / "interim" / "liver")],
                "bms": ["--interim", str(root / "interim" / "brain")]}.get(task, [])
+    record = root / "records" / out.relative_to(root)
     return _run(params, "evaluate", "--task", task, "--model", str(model),
-                "--processed", str(root / "processed" / task), *interim, "--out", str(out))
+                "--processed", str(root / "processed" / task), *interim, "--out", str(out),
+                "--record", str(record))
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +132,15 @@ def test_finetune_outputs(trained: dict, world: dict) -> None:
     assert {"train", "val"} <= set(metrics) and "dice_mean" in metrics["val"]
 
 
-def test_a_rerun_resumes_from_the_state_and_trains_nothing(trained: dict, world: dict, params: Path) -> None:
+def test_state_is_removed_on_success_and_a_rerun_gives_the_same_model(trained: dict, world: dict,
+                                                                       params: Path) -> None:
+    """The state folder only serves an interrupted job: gone once the stage succeeded; a
+    rerun then trains again from the seeded start and writes bit-identical weights (CPU)."""
     root = world["root"]
-    state = root / "state" / "lcs" / "scratch" / "1.0" / "checkpoints"
-    before = (state / "last.pt").read_bytes()
+    state = root / "state" / "lcs" / "scratch" / "1.0"
+    assert not state.exists()
     code, out = _finetune(params, root, "lcs", "scratch", out=root / "again")
-    assert code == 0 and (state / "last.pt").read_bytes() == before
+    assert code == 0 and not state.exists()
     first = torch.load(trained["lcs", "scratch"] / "model.pt", weights_only=True)["state_dict"]
     second = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(first[k], second[k]) for k in first)
@@ -146,18 +151,21 @@ def test_evaluate_writes_the_interface_record(trained: dict, world: dict, params
     for (task, init), model in trained.items():
         out = root / "evaluate" / task / init / "f1.0" / "s0"
         assert _evaluate(params, root, task, model, out) == 0
-        record = json.loads((out / "metrics.json").read_text())
+        numbers = json.loads((out / "metrics.json").read_text())
+        assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values()), numbers
+        record = json.loads((root / "records" / out.relative_to(root) / "record.json").read_text())
         assert set(record) == {"task", "init", "fraction", "seed", "metrics", "primary", "provenance"}
         assert (record["task"], record["init"], record["fraction"], record["seed"]) == (task, init, 1.0, 0)
         assert record["primary"] in record["metrics"]
+        assert numbers == {**record["metrics"], "test_cases": record["provenance"]["test_cases"]}
         prov = record["provenance"]
         evaluate = yaml.safe_load(params.read_text())["evaluate"]
         assert prov["params_sha256"] == params_digest({"evaluate": evaluate})
         assert {"git_commit", "versions", "device", "finetune"} <= set(prov)
         assert {"torch", "monai", "SimpleITK", "pcrl"} <= set(prov["versions"])
-    ncc = json.loads((root / "evaluate/ncc/scratch/f1.0/s0/metrics.json").read_text())["metrics"]
+    ncc = json.loads((root / "evaluate/ncc/scratch/f1.0/s0/metrics.json").read_text())
     assert ncc["n"] == 9 and ncc["positives"] == 3 and 0 <= ncc["auc"] <= 1  # c3 + c4 candidates
-    bms = json.loads((root / "evaluate/bms/pcrl/f1.0/s0/metrics.json").read_text())["metrics"]
+    bms = json.loads((root / "evaluate/bms/pcrl/f1.0/s0/metrics.json").read_text())
     assert {"dice_wt", "dice_tc", "dice_et", "iou_wt", "dice_mean"} <= set(bms)
     assert bms["dice_mean"] == pytest.approx(np.mean([bms["dice_wt"], bms["dice_tc"], bms["dice_et"]]))
 

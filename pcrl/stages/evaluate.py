@@ -77,9 +77,15 @@ def run_evaluate(
     processed: Path,
     interim: Path | None,
     out: Path,
+    record_out: Path | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate ``model_dir/model.pt`` on the test split of ``task``; write ``out/metrics.json``.
+
+    ``metrics.json`` holds numbers only (the task's metrics and ``test_cases``), so that
+    ``dvc metrics show`` / ``diff`` list metrics, not strings; which run it is (task, init,
+    fraction, seed, primary metric) and its provenance go to ``record_out/record.json``, a
+    folder DVC does not read as metrics.
 
     Args:
         task: ``ncc``, ``lcs`` or ``bms``; must be the model's task.
@@ -87,7 +93,8 @@ def run_evaluate(
         model_dir: The fine-tune stage's output folder.
         processed: ``data/processed/<task>``.
         interim: ``data/interim/<dataset>`` (segmentation tasks).
-        out: Output folder.
+        out: Output folder (metrics).
+        record_out: Output folder of the run's record and provenance (None: not written).
         device: "auto", "cpu" or "cuda".
 
     Returns:
@@ -122,7 +129,10 @@ def run_evaluate(
                        "test_cases": len(ids)},
     }
     with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", record)
+        write_json(tmp / "metrics.json", {**metrics, "test_cases": len(ids)})
+    if record_out is not None:
+        with atomic_dir(record_out) as tmp:
+            write_json(tmp / "record.json", record)
     log.info("%s/%s f%s s%s: %s = %.4f on %d test cases", spec.name, model["init"],
              model["fraction"], model["seed"], spec.primary, metrics[spec.primary], len(ids))
     return record

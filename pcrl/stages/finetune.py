@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from pcrl.torchfile import save_checked
 from pcrl.hashing import file_digest
-from pcrl.outputs import prepare_state
+from pcrl.outputs import discard_state, prepare_state
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig
@@ -255,5 +255,6 @@ def run_finetune(
                        params=params, device=dist.device, report=report,
                        train_items=len(cast(Sized, dataset)), batch_size=config.batch_size,
                        epochs=task_settings["epochs"])
+        discard_state(state)
     cleanup()
     return out

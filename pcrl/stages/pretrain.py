@@ -23,7 +23,7 @@ from typing import Any, cast
 import torch
 
 from pcrl.torchfile import save_checked
-from pcrl.outputs import prepare_state
+from pcrl.outputs import discard_state, prepare_state
 from pcrl.atomic import atomic_dir, read_json, write_json
 from pcrl.data.pairs import PairsDataset, pair_files
 from pcrl.distributed import DistInfo, cleanup, init_distributed
@@ -161,5 +161,6 @@ def run_pretrain(
                 "provenance": provenance({"pretrain": settings}, device=dist.device),
             })
         log.info("%s: pretrained %d epochs on %d pairs -> %s", method, settings["epochs"], len(dataset), out)
+        discard_state(state)
     cleanup()
     return Path(out)

@@ -20,8 +20,8 @@ from typing import Any
 from pcrl.atomic import atomic_dir
 from pcrl.data.splits import fraction_key
 from pcrl.errors import DataError
-from pcrl.finetune.tasks import TASKS
-from pcrl.report import collect_runs, summarise, write_report
+from pcrl.finetune.tasks import TASKS, get_task
+from pcrl.report import collect_runs, read_metrics_json, read_numbers_run, summarise, write_report
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,22 @@ def expected_runs(tasks: Sequence[str], inits: Sequence[str], fractions: Sequenc
                   seeds: Sequence[int]) -> list[tuple[str, str, float, int]]:
     """Every (task, init, fraction, seed) of the protocol, in a stable order."""
     return list(itertools.product(tasks, inits, fractions, seeds))
+
+
+def _read_present(run: tuple[str, str, float, int], path: Path) -> dict[str, Any]:
+    """One evaluated run: numbers-only metrics (identity from the folder), or a full record
+    (``{"task", ..., "metrics": {...}}``, written by earlier versions) checked against it."""
+    task, init, fraction, seed = run
+    content = read_metrics_json(path)
+    if not isinstance(content, dict) or "metrics" not in content:
+        return read_numbers_run(path, task=task, init=init, fraction=fraction, seed=seed,
+                                primary=get_task(task).primary)
+    found = collect_runs([path])[0]
+    said = (found["task"], found["init"], fraction_key(found["fraction"]), found["seed"])
+    if said != (task, init, fraction_key(fraction), seed):
+        raise DataError(f"{found['path']}: describes task {said[0]}, init {said[1]}, "
+                        f"fraction {said[2]}, seed {said[3]}, not the run of its folder")
+    return found
 
 
 def run_report(finetune: dict[str, Any], settings: dict[str, Any], *, evaluations: Path,
@@ -66,12 +82,7 @@ def run_report(finetune: dict[str, Any], settings: dict[str, Any], *, evaluation
     for path in missing:
         log.warning("no metrics yet: %s", path)
     present = {run: p for run, p in paths.items() if p.is_file()}
-    collected = collect_runs(list(present.values()))
-    for (task, init, fraction, seed), found in zip(present, collected, strict=True):
-        said = (found["task"], found["init"], fraction_key(found["fraction"]), found["seed"])
-        if said != (task, init, fraction_key(fraction), seed):
-            raise DataError(f"{found['path']}: describes task {said[0]}, init {said[1]}, "
-                            f"fraction {said[2]}, seed {said[3]}, not the run of its folder")
+    collected = [_read_present(run, path) for run, path in present.items()]
     summary = summarise(collected)
     with atomic_dir(out) as tmp:
         write_report(summary, tmp)
