@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 #: Written into every folder a stage creates; a folder without it is never replaced.
 MARKER = ".pcrl-output"
-MARKER_TEXT = "written by the pcrl pipeline: the stage that wrote this folder may replace it\n"
+#: Empty: DVC parses every file of a folder declared as metrics (data/evaluate), and an
+#: empty file adds no metric to `dvc metrics show`, where any text would.
+MARKER_TEXT = ""
 #: The fingerprint of the run a state folder belongs to.
 FINGERPRINT = "fingerprint.txt"
 #: What shows a state folder is the pipeline's (the fingerprint alone: folders of older runs).
