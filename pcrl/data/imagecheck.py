@@ -17,7 +17,7 @@ import gzip
 import struct
 import zlib
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,40 +41,31 @@ MET_ELEMENT_BYTES: dict[str, int] = {
 
 
 _META_SUFFIXES = (".mhd", ".mha")
-
-
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
 #: NIfTI datatype codes of real floating-point voxels (nifti1.h: FLOAT32, FLOAT64).
 _NIFTI_FLOAT_DTYPES = {16: "f4", 64: "f8"}
-
-
-_CHUNK_ELEMENTS = 1 << 22
-
-
+_CHUNK_BYTES = 1 << 22
 _MAX_HEADER_BYTES = 1 << 16
 
 
-class _Readable(Protocol):
-    """A binary stream (a file, or a gzip stream)."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-def check_image_file(path: Path) -> None:
+def check_image_file(path: Path) -> tuple[int, int] | None:
     """Verify the bytes of an image file before (or after) SimpleITK touches it.
 
     MetaImage: :func:`check_metaimage`. NIfTI: :func:`check_nifti` (the whole gzip
     stream with its CRC and length, and the voxel bytes the header announces). SimpleITK
     reads a ``.nii.gz`` cut in half or with corrupt bytes without an error, filling the
     missing voxels, so this is the only check that catches it.
+
+    Returns:
+        For NIfTI, (non-finite voxels, voxels) of floating-point data ((0, 0) for other
+        data types); None for other formats.
     """
     name = path.name.lower()
     if path.suffix.lower() in _META_SUFFIXES:
         check_metaimage(path)
     elif name.endswith(_NIFTI_SUFFIXES):
-        check_nifti(path)
+        return check_nifti(path)
+    return None
 
 
 def _check_is_file(path: Path) -> None:
@@ -116,9 +107,10 @@ def parse_metaimage_header(path: Path) -> tuple[dict[str, str], int]:
 def check_metaimage(path: Path) -> None:
     """Check a MetaImage header against its data file: present and of the right size.
 
-    The size is checked only for uncompressed data (``prod(DimSize)`` elements of
-    ``ElementType`` times ``ElementNumberOfChannels``, plus ``HeaderSize``) and, for
-    compressed data, against ``CompressedDataSize`` when the header gives it.
+    Uncompressed data must hold exactly ``prod(DimSize)`` elements of ``ElementType`` times
+    ``ElementNumberOfChannels`` (plus ``HeaderSize``); compressed data must give
+    ``CompressedDataSize``, hold that many bytes and inflate to exactly the voxels announced.
+    The spacing must be finite and > 0, and the data file lie in the header's folder.
 
     Raises:
         DataError: naming the header and the missing or truncated data file.
@@ -251,45 +243,67 @@ def _header_int(path: Path, key: str, value: str) -> int:
         raise DataError(f"{path}: {key} must be an integer, got {value!r}") from None
 
 
-def check_nifti(path: Path) -> None:
+def check_nifti(path: Path) -> tuple[int, int]:
     """Verify a NIfTI file: every voxel byte its header announces is there, and for
     ``.nii.gz`` the whole gzip stream decompresses with a matching CRC and length.
+
+    The same single pass counts the NaN/inf voxels of floating-point data: ITK before
+    version 6 reads them as 0 (its nifti_read_buffer; fixed by ITK pull request 6683), so
+    they can only be seen in the file.
+
+    Returns:
+        (non-finite voxels, voxels) of floating-point data; (0, 0) for other data types.
 
     Raises:
         DataError: naming the file when it is truncated, corrupt or not NIfTI-1/2.
     """
-    gz = path.name.lower().endswith(".gz")
-    opener = gzip.open if gz else open
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
             header = fh.read(540)
             layout = _nifti_data_layout(header)
             if layout is None:
                 raise DataError(f"{path}: not a NIfTI-1/2 file (no valid header)")
-            needed = layout[0] + layout[1]
-            found = len(header)
-            while chunk := fh.read(1 << 22):  # gzip checks the CRC and length at the end
+            counter = _NonFiniteCounter(_nifti_float_layout(header))
+            found, chunk = 0, header
+            while chunk:  # gzip checks the CRC and length at the end of the stream
+                counter.feed(chunk, found)
                 found += len(chunk)
+                chunk = fh.read(_CHUNK_BYTES)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise DataError(f"{path}: corrupt or truncated file ({exc})") from None
+    needed = layout[0] + layout[1]
     if found < needed:
         raise DataError(f"{path}: truncated: its header announces {needed} bytes of header and "
                         f"voxels, the file holds {found}")
+    return counter.bad, counter.total
 
 
-def _nifti_nonfinite_voxels(path: Path) -> tuple[int, int]:
-    """Count the NaN/inf voxels stored in a floating-point NIfTI file, and all voxels.
+class _NonFiniteCounter:
+    """Counts the NaN/inf values among the voxel bytes of a file read in chunks.
 
-    Returns (0, 0) when the file's voxels are not floating point.
+    Args:
+        layout: (dtype, voxel count, data offset) of floating-point data, or None (nothing
+            to count).
     """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        layout = _nifti_float_layout(fh.read(540))
-        if layout is None:
-            return 0, 0
-        dtype, total, offset = layout
-        fh.seek(offset)
-        return _count_nonfinite(fh, dtype, total), total
+
+    def __init__(self, layout: tuple[np.dtype, int, int] | None) -> None:
+        self.dtype: np.dtype
+        self.dtype, self.total, self.start = layout if layout else (np.dtype("f4"), 0, 0)
+        self.end = self.start + self.total * self.dtype.itemsize
+        self.bad = 0
+        self._carry = b""
+
+    def feed(self, chunk: bytes, position: int) -> None:
+        """Count the voxels of ``chunk``, which starts at byte ``position`` of the file."""
+        if not self.total:
+            return
+        part = chunk[max(0, self.start - position) : max(0, self.end - position)]
+        buffer = self._carry + part
+        whole = len(buffer) - len(buffer) % self.dtype.itemsize
+        values = np.frombuffer(buffer[:whole], dtype=self.dtype)
+        self.bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+        self._carry = buffer[whole:]
 
 
 class _NiftiHeader(NamedTuple):
@@ -338,16 +352,3 @@ def _nifti_float_layout(header: bytes) -> tuple[np.dtype, int, int] | None:
         return None
     dtype = np.dtype(parsed.endian + _NIFTI_FLOAT_DTYPES[parsed.datatype])
     return dtype, parsed.voxels, parsed.offset
-
-
-def _count_nonfinite(fh: _Readable, dtype: np.dtype, total: int) -> int:
-    """Count non-finite values among the next ``total`` elements of ``dtype`` in ``fh``."""
-    bad, left = 0, total
-    while left > 0:
-        buf = fh.read(min(left, _CHUNK_ELEMENTS) * dtype.itemsize)
-        values = np.frombuffer(buf[: len(buf) - len(buf) % dtype.itemsize], dtype=dtype)
-        if values.size == 0:
-            break
-        bad += int(values.size - np.count_nonzero(np.isfinite(values)))
-        left -= values.size
-    return bad

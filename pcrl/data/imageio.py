@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pcrl.data.imagecheck import _NIFTI_SUFFIXES, _check_is_file, _nifti_nonfinite_voxels, check_image_file
+from pcrl.data.imagecheck import _check_is_file, check_image_file
 from pcrl.errors import DataError
 
 
@@ -54,14 +54,14 @@ def read_image(
     """
     path = Path(path)
     _check_is_file(path)
-    check_image_file(path)
+    nifti_counts = check_image_file(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise DataError(f"{path}: SimpleITK cannot read it: {_sitk_reason(exc)}") from exc
     _check_dimension(path, img, expect_dim, allow_channels)
     _check_spacing(path, img.GetSpacing())
-    _check_finite(path, img)
+    _check_finite(path, img, nifti_counts)
     return img
 
 
@@ -97,17 +97,18 @@ def _check_dimension(
         )
 
 
-def _check_finite(path: Path, img: sitk.Image) -> None:
+def _check_finite(path: Path, img: sitk.Image, nifti_counts: tuple[int, int] | None) -> None:
     """Raise DataError when a floating-point image holds NaN or infinite voxels.
 
     ITK before version 6 silently turns the NaN/inf voxels of a NIfTI file into 0
-    (its nifti_read_buffer; fixed by ITK pull request 6683), so for NIfTI the voxels
-    are counted in the file itself rather than in the image SimpleITK returns.
+    (its nifti_read_buffer; fixed by ITK pull request 6683), so for NIfTI the voxels are
+    those counted in the file itself (``nifti_counts``, from the single pass of
+    :func:`pcrl.data.imagecheck.check_nifti`) rather than in the image SimpleITK returns.
     """
     if img.GetPixelID() not in _FLOAT_PIXEL_IDS:
         return
-    if path.name.lower().endswith(_NIFTI_SUFFIXES):
-        bad, total = _nifti_nonfinite_voxels(path)
+    if nifti_counts is not None:
+        bad, total = nifti_counts
     else:
         values = sitk.GetArrayViewFromImage(img)
         bad, total = int(values.size - np.count_nonzero(np.isfinite(values))), values.size
