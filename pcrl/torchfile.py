@@ -3,7 +3,7 @@
 Every ``.pt`` file the pipeline writes (training checkpoints, initialisation records,
 fine-tuned models, the best epoch) is a mapping saved with :func:`save_checked`, which
 adds :data:`DIGEST_KEY`: the sha256 of everything else in the mapping
-(:func:`pcrl.hashing.object_digest`). :func:`load_checked` loads with
+(:func:`object_digest`). :func:`load_checked` loads with
 ``weights_only=True`` (no code can run from a checkpoint), verifies that digest, and turns
 every failure into a :class:`pcrl.errors.DataError` naming the file, without torch's
 advice to retry with ``weights_only=False``, which would execute the file's code.
@@ -11,6 +11,7 @@ advice to retry with ``weights_only=False``, which would execute the file's code
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -21,13 +22,41 @@ import torch
 
 from pcrl.atomic import atomic_path
 from pcrl.errors import DataError
-from pcrl.hashing import object_digest
 
 #: Key of the sha256 of a checkpoint's content, stored in the checkpoint itself.
 DIGEST_KEY = "content_sha256"
 #: Lines of torch's error that advise loading with ``weights_only=False`` (unsafe).
 _ADVICE = re.compile(r"weights_only|arbitrary code|safe_globals|can still be loaded|trust the "
                      r"source|Check the documentation", re.IGNORECASE)
+
+
+def _update(digest: Any, key: str, value: Any) -> None:
+    """Feed one (key path, value) leaf, or every leaf below a container, into ``digest``."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}|tensor|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    elif isinstance(value, Mapping):
+        digest.update(f"{key}|mapping|{len(value)}|".encode())
+        for name in sorted(value, key=str):
+            _update(digest, f"{key}/{name}", value[name])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{key}|{type(value).__name__}|{len(value)}|".encode())
+        for i, item in enumerate(value):
+            _update(digest, f"{key}/{i}", item)
+    else:
+        digest.update(f"{key}|{type(value).__name__}|{value!r}|".encode())
+
+
+def object_digest(obj: Any) -> str:
+    """sha256 over every tensor's bytes, dtype and shape and every other value of ``obj``.
+
+    Containers are walked in a fixed order (mapping keys sorted), so the digest of a
+    checkpoint depends only on its content: a flipped bit anywhere changes it.
+    """
+    digest = hashlib.sha256()
+    _update(digest, "", obj)
+    return digest.hexdigest()
 
 
 def save_checked(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> None:

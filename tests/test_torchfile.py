@@ -103,7 +103,7 @@ def test_non_finite_weights_name_the_file_and_first_tensor(tmp_path: Path) -> No
 
 
 def test_digest_covers_dtype_shape_and_values() -> None:
-    from pcrl.hashing import object_digest
+    from pcrl.torchfile import object_digest
 
     base = {"w": torch.zeros(2, 3)}
     assert object_digest(base) == object_digest({"w": torch.zeros(2, 3)})
