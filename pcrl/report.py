@@ -83,8 +83,14 @@ def collect_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 def _read_run(path: Path) -> dict[str, Any]:
     """One metrics.json, parsed and checked."""
-    run = _check_run(read_metrics_json(path), str(path))
-    run["path"] = str(path)
+    return record_run(read_metrics_json(path), str(path))
+
+
+def record_run(obj: Any, source: str) -> dict[str, Any]:
+    """A full run record (``{"task", "init", "fraction", "seed", "metrics", "primary"}``),
+    checked; ``source`` (the file it came from) is kept as ``path``."""
+    run = _check_run(obj, source)
+    run["path"] = source
     return run
 
 
@@ -98,20 +104,16 @@ def read_metrics_json(path: Path) -> Any:
         raise DataError(f"{path}: not a readable metrics JSON file ({err})") from None
 
 
-def read_numbers_run(path: Path, *, task: str, init: str, fraction: float, seed: int,
-                     primary: str) -> dict[str, Any]:
-    """A run whose ``metrics.json`` holds numbers only (the evaluate stage's output): which
-    run it is comes from its folder (``<task>/<init>/f<fraction>/s<seed>``), the headline
-    metric from the task. ``test_cases`` is a count, not a metric."""
-    numbers = read_metrics_json(path)
+def numbers_run(numbers: Any, source: str, *, task: str, init: str, fraction: float, seed: int,
+                primary: str) -> dict[str, Any]:
+    """A run from a numbers-only ``metrics.json`` (the evaluate stage's output): which run it
+    is comes from its folder (``<task>/<init>/f<fraction>/s<seed>``), the headline metric from
+    the task. ``test_cases`` is a count, not a metric."""
     if not isinstance(numbers, Mapping):
-        raise DataError(f"{path}: expected a JSON object of numbers, got {type(numbers).__name__}")
+        raise DataError(f"{source}: expected a JSON object of numbers, got {type(numbers).__name__}")
     metrics = {k: v for k, v in numbers.items() if k != "test_cases"}
-    obj = {"task": task, "init": init, "fraction": fraction, "seed": seed, "metrics": metrics,
-           "primary": primary}
-    run = _check_run(obj, str(path))
-    run["path"] = str(path)
-    return run
+    return record_run({"task": task, "init": init, "fraction": fraction, "seed": seed,
+                       "metrics": metrics, "primary": primary}, source)
 
 
 def _check_run(obj: Any, source: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pcrl.atomic import atomic_dir
 from pcrl.data.splits import fraction_key
 from pcrl.errors import DataError
 from pcrl.finetune.tasks import TASKS, get_task
-from pcrl.report import collect_runs, read_metrics_json, read_numbers_run, summarise, write_report
+from pcrl.report import numbers_run, read_metrics_json, record_run, summarise, write_report
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ def _read_present(run: tuple[str, str, float, int], path: Path) -> dict[str, Any
     task, init, fraction, seed = run
     content = read_metrics_json(path)
     if not isinstance(content, dict) or "metrics" not in content:
-        return read_numbers_run(path, task=task, init=init, fraction=fraction, seed=seed,
-                                primary=get_task(task).primary)
-    found = collect_runs([path])[0]
+        return numbers_run(content, str(path), task=task, init=init, fraction=fraction, seed=seed,
+                           primary=get_task(task).primary)
+    found = record_run(content, str(path))
     said = (found["task"], found["init"], fraction_key(found["fraction"]), found["seed"])
     if said != (task, init, fraction_key(fraction), seed):
         raise DataError(f"{found['path']}: describes task {said[0]}, init {said[1]}, "
