@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from pcrl.errors import ConfigError
+from pcrl.outputs import is_within
 
 DEFAULT_PARAMS = Path("params.yaml")
 #: Folders the pipeline writes (DVC outputs, state, caches), relative to the params file:
@@ -64,8 +65,7 @@ def check_local_paths(params: dict[str, Any], root: Path, source: str) -> None:
         folder = Path(given).expanduser()
         folder = (folder if folder.is_absolute() else root / folder).resolve()
         for owned in PIPELINE_FOLDERS:
-            pipeline = (root / owned).resolve()
-            if folder == pipeline or pipeline in folder.parents:
+            if is_within(folder, (root / owned).resolve()):
                 raise ConfigError(
                     f"{source}: data.local_paths.{name}: {given} lies inside the pipeline's "
                     f"own {owned}/ folder, whose contents DVC and Snakemake delete and "

@@ -44,7 +44,7 @@ def _resolved(path: str | os.PathLike[str]) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _inside(child: Path, parent: Path) -> bool:
+def is_within(child: Path, parent: Path) -> bool:
     """Whether ``child`` is ``parent`` or lies below it (both resolved)."""
     return child == parent or parent in child.parents
 
@@ -108,9 +108,9 @@ def check_output(
         path = _resolved(given)
         if target == path:
             relation = "is"
-        elif _inside(path, target):
+        elif is_within(path, target):
             relation = "contains"
-        elif _inside(target, path):
+        elif is_within(target, path):
             relation = "lies inside"
         else:
             continue
@@ -120,7 +120,7 @@ def check_output(
         )
     for given in protected:
         path = _resolved(given)
-        if _inside(path, target):
+        if is_within(path, target):
             relation = "is" if path == target else "contains"
             raise UnsafeOutputError(
                 f"{option} {out} {relation} {given} (the repository or your home folder); "

@@ -4,6 +4,7 @@ one of the stage's deps, so a change of that code reruns the stage.
 
 The imports are found by parsing the source (an independent reading of the code, not of
 dvc.yaml), starting from the CLI and the stage's driver module ``pcrl/stages/<command>.py``.
+``python tests/tools/stage_deps.py <command>`` prints the deps a stage needs.
 """
 
 from __future__ import annotations

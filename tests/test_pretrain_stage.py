@@ -205,3 +205,11 @@ def test_torchrun_two_processes_on_cpu(pairs_dir: Path, tmp_path: Path, demo_par
         if term in reference:
             assert abs(summary["final"][term] - reference[term]) <= 0.15 * abs(reference[term]), term
     assert summary["final"]["train/lr"] == reference["train/lr"]
+
+
+def test_dvc_yaml_declares_exactly_the_keys_a_method_reads(repo_root: Path) -> None:
+    """dvc.yaml lists the shared keys by hand: they must be SHARED_KEYS and the method's own."""
+    from pcrl.stages.pretrain import SHARED_KEYS
+
+    stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["pretrain"]["do"]
+    assert set(stage["params"]) == {f"pretrain.{k}" for k in SHARED_KEYS} | {"pretrain.${item}"}

@@ -99,7 +99,7 @@ def extract_candidate_cubes(
     """
     dims = tuple(int(s) for s in size)
     if len(dims) != 3 or min(dims) < 1:
-        raise ConfigError(f"cube dims must be 3 positive ints (x, y, z), got {list(dims)}")
+        raise ConfigError(f"cube size must be 3 positive ints (x, y, z), got {list(dims)}")
     centre = _centre_voxels(centers_vox).reshape(-1, 3)
     outside = np.flatnonzero(outside_scan(centre, volume.shape))
     if len(outside):

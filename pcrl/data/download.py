@@ -19,8 +19,8 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from tqdm import tqdm
