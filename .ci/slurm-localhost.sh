@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real single-node SLURM on localhost, for the cluster tests (run as root).
 #   .ci/slurm-localhost.sh start   install (Debian packages) if needed, configure, start, wait until idle
-#   .ci/slurm-localhost.sh stop    stop the daemons by the PIDs in their pid files
+#   .ci/slurm-localhost.sh stop    stop slurmd, slurmctld and munged by the PIDs in their pid files
 # No accounting database: the Snakemake profile queries job states with squeue.
 set -euo pipefail
 
@@ -68,8 +68,12 @@ CONF
 }
 
 stop() {
-  for pid_file in "$RUN/slurmd.pid" "$RUN/slurmctld.pid"; do
-    [ -f "$pid_file" ] && kill "$(cat "$pid_file")" 2>/dev/null || true
+  local pid_file pid
+  for pid_file in "$RUN/slurmd.pid" "$RUN/slurmctld.pid" /run/munge/munged.pid; do
+    [ -f "$pid_file" ] || continue
+    pid=$(cat "$pid_file")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   done
 }
 

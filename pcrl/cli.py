@@ -41,12 +41,23 @@ def cmd_download(args: argparse.Namespace, params: dict[str, Any]) -> None:
     """Fetch, generate or verify one dataset and write its manifest."""
     from pcrl.stages.download import run_download
 
+    data = section(params, "data")
     run_download(
         args.dataset,
-        section(params, "data"),
+        data,
         out=Path(args.out),
+        shard=_shard(args, data),
         progress=not args.no_progress,
     )
+
+
+def _shard(args: argparse.Namespace, data: dict[str, Any]) -> tuple[int, int]:
+    """``(k, n)`` of ``--shard k`` among ``data.shards`` (the whole dataset without it)."""
+    from pcrl.data.shards import check_shard
+
+    if args.shard is None:
+        return (0, 1)
+    return check_shard(args.shard, data.get("shards", [0]))
 
 
 def cmd_check_params(args: argparse.Namespace, params: dict[str, Any]) -> None:
@@ -64,6 +75,7 @@ def cmd_resample(args: argparse.Namespace, params: dict[str, Any]) -> None:
         section(params, "resample", args.dataset),
         raw=Path(args.raw),
         out=Path(args.out),
+        shard=_shard(args, section(params, "data")),
         workers=args.workers or available_cpus(),
         progress=not args.no_progress,
     )
@@ -197,13 +209,16 @@ def _add_data_stages(sub: argparse._SubParsersAction) -> None:
     datasets = ["luna16", "msd_liver", "msd_brain", "chestxray14"]
     p = _add_stage(sub, "download", cmd_download, "fetch/generate/verify a dataset (params: data)")
     p.add_argument("--dataset", required=True, choices=datasets)
-    p.add_argument("--out", required=True, help="output folder, e.g. data/raw/luna16")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/raw/luna16/0")
+    p.add_argument("--shard", type=int, help="download shard k of data.shards (default: all of it)")
 
     p = _add_stage(sub, "resample", cmd_resample,
                    "resample a dataset (params: resample.<dataset>)")
     p.add_argument("--dataset", required=True, choices=datasets)
-    p.add_argument("--raw", required=True, help="download stage output (holds manifest.json)")
-    p.add_argument("--out", required=True, help="output folder, e.g. data/interim/luna16")
+    p.add_argument("--raw", required=True,
+                   help="download stage output: manifest.json, or a folder per shard (data/raw/luna16)")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/interim/luna16/0")
+    p.add_argument("--shard", type=int, help="resample shard k of data.shards (default: every case)")
     p.add_argument(
         "--workers", type=int, default=0, help="parallel cases (default: the CPUs allotted)"
     )

@@ -6,7 +6,10 @@ is allotted several GPUs (``CUDA_VISIBLE_DEVICES`` as SLURM sets it, i.e.
 itself again under ``torch.distributed.run`` (torchrun) with one process per GPU; on
 several nodes through ``srun`` with one torchrun per node and a c10d rendezvous on the
 first node. ``PCRL_NPROC_PER_NODE`` overrides the count (e.g. 2 CPU processes with the
-gloo backend, for tests). A process already started by torchrun or srun runs as it is.
+gloo backend, for tests). ``PCRL_NNODES`` overrides the node count: that many torchrun
+agents, one per srun task, join one rendezvous; inside an allocation of fewer nodes they
+share them (simulated nodes: a two-node launch tested on one machine, tests/test_cluster.py).
+A process already started by torchrun or srun runs as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pcrl.errors import ConfigError
 log = logging.getLogger(__name__)
 
 OVERRIDE = "PCRL_NPROC_PER_NODE"
+NODES_OVERRIDE = "PCRL_NNODES"
 DEFAULT_PORT = 29500
 
 
@@ -65,7 +69,11 @@ def plan(env: Mapping[str, str] | None = None, *, gpus: int | None = None) -> La
 
         gpus = torch.cuda.device_count()
     nproc = _int(env, OVERRIDE, max(1, gpus))
-    nnodes = _int(env, "SLURM_JOB_NUM_NODES", 1) if "SLURM_JOB_ID" in env else 1
+    allocated = _int(env, "SLURM_JOB_NUM_NODES", 1) if "SLURM_JOB_ID" in env else 1
+    nnodes = _int(env, NODES_OVERRIDE, allocated)
+    if nnodes > 1 and "SLURM_JOB_ID" not in env:
+        raise ConfigError(f"{NODES_OVERRIDE}={nnodes}: several nodes are launched with srun, "
+                          "inside a SLURM allocation (sbatch or salloc)")
     return LaunchPlan(nproc_per_node=nproc, nnodes=nnodes)
 
 
@@ -79,8 +87,15 @@ def launch_command(argv: Sequence[str], launch: LaunchPlan, env: Mapping[str, st
     if not nodelist:
         raise ConfigError("several nodes requested but SLURM_JOB_NODELIST is not set")
     endpoint = f"{first_host(nodelist)}:{_int(env, 'MASTER_PORT', DEFAULT_PORT)}"
+    allocated = _int(env, "SLURM_JOB_NUM_NODES", 1)
+    if allocated >= launch.nnodes:  # one agent per node
+        placement = [f"--nodes={launch.nnodes}", "--ntasks-per-node=1"]
+    else:  # agents share the allocation's nodes (simulated nodes)
+        log.warning("%d torchrun agents on %d allocated node(s): the agents share nodes",
+                    launch.nnodes, allocated)
+        placement = [f"--nodes={allocated}", f"--ntasks={launch.nnodes}", "--cpus-per-task=1"]
     return [
-        "srun", f"--nodes={launch.nnodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+        "srun", *placement, "--kill-on-bad-exit=1",
         *torchrun, f"--nnodes={launch.nnodes}", "--rdzv-backend=c10d",
         f"--rdzv-endpoint={endpoint}", f"--rdzv-id={env.get('SLURM_JOB_ID', 'pcrl')}", *target,
     ]

@@ -60,7 +60,8 @@ def both(repo_root: Path) -> tuple[dict, dict]:
 def test_same_stage_names(both: tuple[dict, dict]) -> None:
     dvc, smk = both
     assert set(smk) - {"all"} == set(dvc)
-    for expected in ("download_luna16", "resample_msd_brain", "cubes_pretrain", "cubes_ncc"):
+    for expected in ("download_luna16_0", "download_luna16_1", "resample_msd_brain_1", "cubes_pretrain",
+                     "cubes_ncc"):
         assert expected in dvc
 
 

@@ -171,7 +171,7 @@ def write(path: Path, data: bytes) -> Path:
 
 def entries(folder: Path) -> set[str]:
     """Names directly inside ``folder`` (to prove nothing else was left there)."""
-    return {p.name for p in folder.iterdir()}
+    return {p.name for p in folder.iterdir() if p.name != ".locks"}  # the shards' fetch locks
 
 
 # --------------------------------------------------------------------------- fetch

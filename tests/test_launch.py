@@ -44,10 +44,28 @@ def test_single_node_command() -> None:
 
 
 def test_multi_node_command_uses_srun_and_the_first_host() -> None:
-    env = {"SLURM_JOB_ID": "991", "SLURM_JOB_NODELIST": "gpu[07-09,12]", "MASTER_PORT": "29611"}
+    env = {"SLURM_JOB_ID": "991", "SLURM_JOB_NODELIST": "gpu[07-09,12]", "SLURM_JOB_NUM_NODES": "4",
+           "MASTER_PORT": "29611"}
     cmd = launch_command(["finetune"], LaunchPlan(2, 4), env)
     assert cmd[:4] == ["srun", "--nodes=4", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert "--rdzv-endpoint=gpu07:29611" in cmd and "--rdzv-id=991" in cmd and "--nnodes=4" in cmd
     assert cmd[-3:] == ["-m", "pcrl.cli", "finetune"]
     with pytest.raises(ConfigError, match="SLURM_JOB_NODELIST"):
         launch_command(["x"], LaunchPlan(1, 2), {"SLURM_JOB_ID": "1"})
+
+
+def test_more_agents_than_allocated_nodes_share_them() -> None:
+    """PCRL_NNODES=2 in a one-node allocation: two srun tasks, each a torchrun agent of a
+    two-node rendezvous on that node (the simulated two-node launch of tests/test_cluster.py)."""
+    env = {"SLURM_JOB_ID": "12", "SLURM_JOB_NODELIST": "vm", "SLURM_JOB_NUM_NODES": "1",
+           "PCRL_NNODES": "2"}
+    launch = plan(env, gpus=0)
+    assert launch == LaunchPlan(1, 2)
+    cmd = launch_command(["pretrain"], launch, env)
+    assert cmd[:5] == ["srun", "--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--kill-on-bad-exit=1"]
+    assert "--nnodes=2" in cmd and "--rdzv-endpoint=vm:29500" in cmd and "--nproc-per-node=1" in cmd
+
+
+def test_several_nodes_outside_slurm_are_refused() -> None:
+    with pytest.raises(ConfigError, match="PCRL_NNODES=2.*SLURM allocation"):
+        plan({"PCRL_NNODES": "2"}, gpus=0)

@@ -169,6 +169,29 @@ def _parse_row(path: Path, line: int, row: dict[str, str | None]) -> tuple[list[
     return coords, int(text)
 
 
+def gather_candidates(sources: Path | Sequence[tuple[Path, set[str]]], cases: Sequence[dict]) -> CandidateTable:
+    """The candidates of ``cases`` from one ``candidates.csv`` or from each download shard's
+    (``(csv, ids of the scans it holds)``), rows ordered by case (in ``cases`` order), then
+    as listed: the same table however the dataset is sharded."""
+    if isinstance(sources, (str, Path)):
+        table = read_candidates(Path(sources))
+    else:
+        parts = []
+        for path, ids in sources:
+            part = read_candidates(path)
+            parts.append(part.take(np.isin(part.seriesuid, sorted(ids))))
+        table = CandidateTable(np.concatenate([p.seriesuid for p in parts]) if parts else np.array([], dtype=str),
+                               np.concatenate([p.world for p in parts]) if parts else np.empty((0, 3)),
+                               np.concatenate([p.label for p in parts]) if parts else np.empty(0, np.int64))
+    position = {str(c.get("id")): i for i, c in enumerate(cases)}
+    known = np.array([u in position for u in table.seriesuid], dtype=bool)
+    if not known.all():
+        log.warning("%d of %d candidates belong to no listed case and are ignored", (~known).sum(), len(table))
+    table = table.take(known)
+    rank = np.array([position[u] for u in table.seriesuid], dtype=np.int64)
+    return table.take(np.argsort(rank, kind="stable"))
+
+
 def subsample_negatives(table: CandidateTable, ratio: float, seed: int) -> CandidateTable:
     """Keep every positive and ``ceil(ratio * positives)`` negatives drawn at random (seeded).
 
@@ -208,7 +231,7 @@ def _case_rows(case_id: str, relative: str, table: CandidateTable, voxels: np.nd
 def write_ncc_cubes(
     cases: list[dict],
     interim_dir: Path,
-    candidates_csv: Path,
+    candidates_csv: Path | Sequence[tuple[Path, set[str]]],
     out_dir: Path,
     *,
     size: tuple[int, int, int],
@@ -222,7 +245,8 @@ def write_ncc_cubes(
     Args:
         cases: Entries of the resample stage's ``cases.json`` (``id`` = LUNA16 seriesuid, ``image``).
         interim_dir: Folder of ``cases.json``; ``image`` paths are relative to it.
-        candidates_csv: LUNA16 candidates in world mm.
+        candidates_csv: LUNA16 candidates in world mm: one file, or each download shard's
+            with the ids of its scans (see :func:`gather_candidates`).
         out_dir: Stage output folder.
         size: Cube size (x, y, z) in voxels.
         pad_value: Value of cube voxels beyond the scan (0 = -1000 HU on the [0, 1] scale).
@@ -239,11 +263,7 @@ def write_ncc_cubes(
         DataError: a candidate of a listed case lies outside its scan (seriesuid and world
             coordinate named), or an input is missing or malformed.
     """
-    table = read_candidates(candidates_csv)
-    known = np.isin(table.seriesuid, [str(c.get("id")) for c in cases])
-    if not known.all():
-        log.warning("%d of %d candidates belong to no listed case and are ignored", (~known).sum(), len(table))
-    table = table.take(known)
+    table = gather_candidates(candidates_csv, cases)
     if negatives_per_positive is not None:
         table = subsample_negatives(table, negatives_per_positive, seed)
     by_case = _rows_by_uid(table.seriesuid)

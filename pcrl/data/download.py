@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import logging
 import os
@@ -250,22 +251,28 @@ def _fetch_remote(remote: RemoteFile, cache_dir: Path, *, progress: bool) -> Pat
     """Fetch one registered file into ``cache_dir`` under its registered file name.
 
     An archive without a published checksum is read whole (CRCs tested) before it is
-    cached, and again before a cached copy is reused.
+    cached, and again before a cached copy is reused. Download shards running at once
+    share the cache (every LUNA16 shard needs its CSVs): an exclusive lock on
+    ``.locks/<file>.lock`` lets one fetch a file while the others wait, then reuse it.
     """
     verified = remote.md5 is not None or remote.sha256 is not None
     check = None
     if remote.extract and not verified:
         def check(path: Path) -> str | None:
             return archive_problem(path, remote.filename)
-    return fetch(
-        remote.url,
-        cache_dir / remote.filename,
-        md5=remote.md5,
-        sha256=remote.sha256,
-        size=remote.size,
-        progress=progress,
-        check=check,
-    )
+    locks = cache_dir / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{remote.filename}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return fetch(
+            remote.url,
+            cache_dir / remote.filename,
+            md5=remote.md5,
+            sha256=remote.sha256,
+            size=remote.size,
+            progress=progress,
+            check=check,
+        )
 
 
 def _install(remote: RemoteFile, cached: Path, folder: Path) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,6 +22,7 @@ import jsonschema
 
 from pcrl.data.registry import get_dataset
 from pcrl.data.imagecheck import check_metaimage
+from pcrl.data.shards import shard_folders
 from pcrl.errors import ConfigError, DataError
 
 MANIFEST_NAME = "manifest.json"
@@ -42,7 +43,6 @@ _MANIFEST_SCHEMA: dict[str, Any] = {
         "root": {"type": "string", "minLength": 1},
         "cases": {
             "type": "array",
-            "minItems": 1,
             "items": {
                 "type": "object",
                 "required": ["id", "image", "label", "group"],
@@ -57,6 +57,32 @@ _MANIFEST_SCHEMA: dict[str, Any] = {
         "extras": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
+
+
+#: The order of a layout's cases in its manifest (and so in every later stage).
+CASE_ORDER: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "luna16": lambda c: (c["group"], c["id"]),
+    "decathlon": lambda c: (c["group"] != "train", c["id"]),
+}
+
+
+def case_order(dataset: str) -> Callable[[dict[str, Any]], Any]:
+    """The sort key of ``dataset``'s cases (see :data:`CASE_ORDER`)."""
+    return CASE_ORDER[get_dataset(dataset).layout]
+
+
+def _subset_number(case: dict[str, Any]) -> int:
+    return int(str(case["group"]).removeprefix("subset"))
+
+
+def shard_cases(dataset: str, cases: list[dict[str, Any]], shard: int, count: int) -> list[dict[str, Any]]:
+    """The cases of download shard ``shard`` of ``count`` among a whole dataset's ``cases``:
+    LUNA16 by subset (subset i in shard i mod n, as its archives), others by position."""
+    if count == 1:
+        return cases
+    if get_dataset(dataset).layout == "luna16":
+        return [c for c in cases if _subset_number(c) % count == shard]
+    return [c for i, c in enumerate(cases) if i % count == shard]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -150,7 +176,7 @@ def scan_luna16(root: Path) -> dict[str, Any]:
             cases.append({"id": mhd.stem, "image": image, "label": None, "group": subset.name})
     if not cases:
         raise DataError(f"LUNA16 dataset folder {root} holds no subset*/ folder with .mhd scans")
-    cases.sort(key=lambda c: (c["group"], c["id"]))
+    cases.sort(key=CASE_ORDER["luna16"])
     _check_unique_ids(cases, root)
     extras = {"annotations": "annotations.csv", "candidates": "candidates.csv"}
     return {"cases": cases, "extras": extras}
@@ -228,7 +254,7 @@ def scan_decathlon(root: Path) -> dict[str, Any]:
     missing = [p for p in listed if not (root / p).is_file()]
     if missing:
         raise _missing_error(missing, root, "Decathlon")
-    cases.sort(key=lambda c: (c["group"] != "train", c["id"]))
+    cases.sort(key=CASE_ORDER["decathlon"])
     _check_unique_ids(cases, root)
     return {"cases": cases, "extras": {"dataset_json": "dataset.json"}}
 
@@ -246,7 +272,8 @@ def _stored_root(root: Path, manifest_dir: Path) -> str:
     return root.as_posix()
 
 
-def build_manifest(dataset: str, root: Path, *, source: str, manifest_dir: Path) -> dict[str, Any]:
+def build_manifest(dataset: str, root: Path, *, source: str, manifest_dir: Path,
+                   shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Verify the native layout of ``dataset`` under ``root`` and return its manifest.
 
     Args:
@@ -255,6 +282,8 @@ def build_manifest(dataset: str, root: Path, *, source: str, manifest_dir: Path)
         source: ``phantom``, ``download`` or ``local``.
         manifest_dir: Folder the manifest will be written to (``root`` is stored relative
             to it when inside it).
+        shard: ``(k, n)``: list only the cases of download shard k of n
+            (:func:`shard_cases`); for a folder that holds the whole dataset (a local copy).
 
     Raises:
         ConfigError: unknown dataset or source, or a layout without scanner.
@@ -271,9 +300,14 @@ def build_manifest(dataset: str, root: Path, *, source: str, manifest_dir: Path)
         "dataset": dataset,
         "source": source,
         "root": _stored_root(Path(root), Path(manifest_dir)),
-        "cases": scanned["cases"],
+        "cases": shard_cases(dataset, scanned["cases"], *shard),
         "extras": scanned["extras"],
     }
+
+
+def empty_manifest(dataset: str, source: str) -> dict[str, Any]:
+    """The manifest of a download shard with no case (more shards than archives)."""
+    return {"dataset": dataset, "source": source, "root": ".", "cases": [], "extras": {}}
 
 
 def validate_manifest(manifest: Any, where: str) -> None:
@@ -349,3 +383,32 @@ def resolve_extras(manifest: dict[str, Any], manifest_path: Path) -> dict[str, P
     """The manifest's ``extras`` (CSVs, dataset.json) as absolute paths."""
     root = manifest_root(manifest, manifest_path)
     return {key: root / rel for key, rel in manifest["extras"].items()}
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def read_manifests(raw: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """``(path, manifest)`` of every download shard of ``raw`` (:mod:`pcrl.data.shards`), in
+    shard order; ``raw`` itself when it holds ``manifest.json``."""
+    return [(folder / MANIFEST_NAME, load_manifest(folder / MANIFEST_NAME))
+            for folder in shard_folders(raw, MANIFEST_NAME)]
+
+
+def gathered_cases(raw: Path, order: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+    """Every case of every download shard (absolute paths), sorted by ``order``.
+
+    Raises:
+        DataError: The shards hold no case, or two shards hold the same case id.
+    """
+    cases: list[dict[str, Any]] = []
+    seen: dict[str, Path] = {}
+    for path, manifest in read_manifests(raw):
+        for case in resolve_case_paths(manifest, path):
+            if case["id"] in seen:
+                raise DataError(f"case {case['id']!r} is in {seen[case['id']]} and in {path}")
+            seen[case["id"]] = path
+            cases.append(case)
+    if not cases:
+        raise DataError(f"{raw}: no download shard lists a case")
+    return sorted(cases, key=order)

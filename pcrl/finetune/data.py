@@ -241,9 +241,11 @@ def read_volume_cases(interim: str | Path, ids: Sequence[str]) -> list[VolumeCas
     Raises:
         DataError: ``cases.json`` missing; an id absent from it or without a label.
     """
+    from pcrl.data.shards import read_cases
+
     interim = Path(interim)
-    entries = read_json(interim / CASES_FILE, hint="run 'pcrl resample' first")
-    by_id = {str(c.get("id")): c for c in entries} if isinstance(entries, list) else {}
+    entries = read_cases(interim)  # every shard of the resample stage
+    by_id = {str(c.get("id")): c for c in entries}
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise DataError(f"{interim / CASES_FILE}: no case {missing[:5]}")

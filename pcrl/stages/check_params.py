@@ -13,10 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from pcrl.atomic import atomic_dir, write_json
+from pcrl.data.shards import shard_count
 
 
 def run_check_params(data: dict[str, Any], *, out: Path) -> Path:
-    """Write ``out/data.json``: the validated ``data`` section the downloads will use."""
+    """Write ``out/data.json``: the validated ``data`` section the downloads will use.
+
+    Beyond the schema (checked when params.yaml was read): ``data.shards`` must be
+    ``[0, ..., n-1]``, as every shard's ``--shard k`` is read against it.
+    """
+    shard_count(data.get("shards", [0]))
     with atomic_dir(out) as tmp:
         write_json(tmp / "data.json", data)
     return Path(out)

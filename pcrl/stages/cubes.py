@@ -12,24 +12,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pcrl.atomic import atomic_dir, atomic_path, read_json, write_json
+from pcrl.atomic import atomic_dir, atomic_path, write_json
 from pcrl.data.candidates import write_ncc_cubes
 from pcrl.data.cubes import PairConfig, write_pretrain_pairs
-from pcrl.data.layout import load_manifest, resolve_extras
+from pcrl.data.layout import read_manifests, resolve_extras
+from pcrl.data.shards import read_cases as gathered_interim
 from pcrl.data.splits import check_disjoint, nested_fractions, split_by_group, split_random
 from pcrl.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-CASES_FILE = "cases.json"
-
-
 def read_cases(interim: Path) -> list[dict[str, Any]]:
-    """The resample stage's ``cases.json``; DataError when it is missing (stage incomplete)."""
-    path = Path(interim) / CASES_FILE
-    cases = read_json(path, hint="run 'pcrl resample' first")
-    if not isinstance(cases, list) or not cases:
-        raise DataError(f"{path}: expected a non-empty list of cases")
+    """The resample stage's cases, every shard gathered (:func:`pcrl.data.shards.read_cases`);
+    DataError when a shard is missing or none lists a case."""
+    cases = gathered_interim(interim)
+    if not cases:
+        raise DataError(f"{interim}: the resampled dataset lists no case")
     return cases
 
 
@@ -82,15 +80,25 @@ def _pretrain(settings: dict, seed: int, cases: list[dict], interim: Path, out: 
     write_json(out / "pairs.json", index)
 
 
+def _candidate_tables(raw: Path) -> list[tuple[Path, set[str]]]:
+    """Each download shard's ``candidates.csv`` with the ids of the scans it holds."""
+    tables = []
+    for path, manifest in read_manifests(raw):
+        if not manifest["cases"]:
+            continue
+        extras = resolve_extras(manifest, path)
+        if "candidates" not in extras:
+            raise DataError(f"{path}: the dataset has no candidates.csv (needed by NCC)")
+        tables.append((extras["candidates"], {c["id"] for c in manifest["cases"]}))
+    return tables
+
+
 def _ncc(settings: dict, seed: int, cases: list[dict], raw: Path, interim: Path, out: Path, progress: bool) -> None:
-    manifest_path = Path(raw) / "manifest.json"
-    extras = resolve_extras(load_manifest(manifest_path), manifest_path)
-    if "candidates" not in extras:
-        raise DataError(f"{manifest_path}: the dataset has no candidates.csv (needed by NCC)")
+    tables = _candidate_tables(raw)
     rows = write_ncc_cubes(
         cases,
         interim,
-        extras["candidates"],
+        tables,
         out,
         size=tuple(settings["cube_size"]),
         negatives_per_positive=settings.get("negatives_per_positive"),
@@ -98,7 +106,8 @@ def _ncc(settings: dict, seed: int, cases: list[dict], raw: Path, interim: Path,
         progress=progress,
     )
     if not any(int(r["class"]) == 1 for r in rows):
-        raise DataError(f"{extras['candidates']}: no positive candidate in the NCC scans")
+        names = ", ".join(str(csv_path) for csv_path, _ in tables)
+        raise DataError(f"{names}: no positive candidate in the NCC scans")
     _write_csv(out / "candidates.csv", rows)
 
 

@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from pcrl.atomic import atomic_dir, write_json
-from pcrl.data.layout import build_manifest
+from pcrl.data.layout import build_manifest, empty_manifest
 from pcrl.data.registry import DatasetSpec, get_dataset
+from pcrl.data.shards import shard_files
 from pcrl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def _phantom(dataset: str, data: dict[str, Any], into: Path) -> Path:
+def _phantom(dataset: str, data: dict[str, Any], into: Path, shard: tuple[int, int]) -> Path:
     from pcrl.data.phantom import GENERATORS
 
     if dataset not in GENERATORS:
@@ -24,7 +25,7 @@ def _phantom(dataset: str, data: dict[str, Any], into: Path) -> Path:
         )
     phantom = data.get("phantom", {})
     sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in phantom.get(dataset, {}).items()}
-    GENERATORS[dataset](into, seed=phantom.get("seed", 0), **sizes)
+    GENERATORS[dataset](into, seed=phantom.get("seed", 0), **sizes, shard=shard)
     return into
 
 
@@ -38,8 +39,12 @@ def with_mirror(spec: DatasetSpec, mirror: str | None) -> DatasetSpec:
     return dataclasses.replace(spec, files=files)
 
 
-def run_download(dataset: str, data: dict[str, Any], *, out: Path, progress: bool = True) -> Path:
+def run_download(dataset: str, data: dict[str, Any], *, out: Path, shard: tuple[int, int] = (0, 1),
+                 progress: bool = True) -> Path:
     """Write ``out`` = the dataset's native layout (or a pointer to it) + ``manifest.json``.
+
+    ``shard`` = (k, n): only download shard k of n (:mod:`pcrl.data.shards`): its archives,
+    its phantom cases, or the cases of its slice of a local copy.
 
     ``data.source`` picks how: ``phantom`` generates the embedded demo data, ``download``
     fetches the published archives (resumable, checksum-verified, cached in
@@ -51,19 +56,25 @@ def run_download(dataset: str, data: dict[str, Any], *, out: Path, progress: boo
     source = data["source"]
     spec = with_mirror(get_dataset(dataset), data.get("mirror"))
     with atomic_dir(out) as tmp:
+        keep = (0, 1)  # the cases of the folder: all, unless it holds the whole dataset
         if source == "phantom":
-            root = _phantom(dataset, data, tmp)
+            root = _phantom(dataset, data, tmp, shard)
         elif source == "download":
             from pcrl.data.download import download_dataset
 
+            spec = dataclasses.replace(spec, files=tuple(shard_files(spec.files, *shard)))
+            if not spec.files:  # more shards than archives: this one has nothing to fetch
+                log.info("%s: shard %d of %d has no archive", dataset, *shard)
+                write_json(tmp / "manifest.json", empty_manifest(dataset, source))
+                return out
             cache = Path(data.get("cache_dir", "data/downloads"))
             root = download_dataset(spec, cache, tmp / "native", progress=progress)
         else:
             local = Path(data["local_paths"][dataset]).expanduser()
             if not local.is_dir():
                 raise ConfigError(f"data.local_paths.{dataset}: {local} is not a folder")
-            root = local.resolve()
-        manifest = build_manifest(dataset, root, source=source, manifest_dir=tmp)
+            root, keep = local.resolve(), shard
+        manifest = build_manifest(dataset, root, source=source, manifest_dir=tmp, shard=keep)
         write_json(tmp / "manifest.json", manifest)
         log.info("%s: %d cases verified (%s)", dataset, len(manifest["cases"]), source)
     return out

@@ -1,4 +1,4 @@
-"""``pcrl resample``: every case of one dataset at the target spacing, normalised."""
+"""``pcrl resample``: the cases of one shard of a dataset at the target spacing, normalised."""
 
 from __future__ import annotations
 
@@ -6,26 +6,31 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pcrl.atomic import atomic_dir
-from pcrl.data.layout import load_manifest, resolve_case_paths
-from pcrl.data.resample import Normalization, resample_dataset
+from pcrl.atomic import atomic_dir, write_json
+from pcrl.data.layout import case_order, gathered_cases, read_manifests
+from pcrl.data.resample import CASES_FILE, Normalization, resample_dataset
+from pcrl.data.shards import in_shard
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-
 
 def run_resample(
-    settings: dict[str, Any], *, raw: Path, out: Path, workers: int = 1, progress: bool = True
+    settings: dict[str, Any], *, raw: Path, out: Path, shard: tuple[int, int] = (0, 1),
+    workers: int = 1, progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Resample the cases listed in ``raw/manifest.json`` into ``out`` (one file per case).
+    """Resample shard k of n of the cases of ``raw`` into ``out`` (one file per case).
 
-    ``settings`` is ``params.resample.<dataset>``: ``spacing`` (mm, x y z) and
-    ``normalization``. ``out`` appears only when every case succeeded.
+    ``raw`` is the download stage's folder: one ``manifest.json``, or one shard folder per
+    download job (:mod:`pcrl.data.shards`). Its cases are gathered in the order an
+    unsharded manifest lists them; this shard takes positions k, k + n, ... and records
+    each case's position (``order``) in ``cases.json`` so later stages read the shards
+    back in that order. ``settings`` is ``params.resample.<dataset>``: ``spacing`` (mm,
+    x y z) and ``normalization``. ``out`` appears only when every case succeeded.
     """
-    manifest_path = Path(raw) / MANIFEST
-    manifest = load_manifest(manifest_path)
-    cases = resolve_case_paths(manifest, manifest_path)
+    dataset = read_manifests(raw)[0][1]["dataset"]
+    everything = gathered_cases(raw, case_order(dataset))
+    mine = [(i, case) for i, case in enumerate(everything) if in_shard(i, *shard)]
+    cases = [case for _, case in mine]
     with atomic_dir(out) as tmp:
         entries = resample_dataset(
             cases,
@@ -35,5 +40,9 @@ def run_resample(
             workers=min(workers, max(1, len(cases))),
             progress=progress,
         )
-    log.info("%s: %d cases resampled to %s mm", manifest["dataset"], len(entries), settings["spacing"])
+        for entry, (position, _) in zip(entries, mine, strict=True):
+            entry["order"] = position
+        write_json(tmp / CASES_FILE, entries)
+    log.info("%s: shard %d of %d, %d of %d cases resampled to %s mm", dataset, shard[0] + 1,
+             shard[1], len(entries), len(everything), settings["spacing"])
     return entries

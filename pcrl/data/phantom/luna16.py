@@ -359,13 +359,16 @@ def _luna16_csvs(cases: list[PhantomCase]) -> tuple[str, str]:
 
 
 def generate_luna16(
-    root: Path, *, scans: int = 10, subsets: int = 10, seed: int = 0, shape: Sequence[int] = (96, 96, 48)
+    root: Path, *, scans: int = 10, subsets: int = 10, seed: int = 0, shape: Sequence[int] = (96, 96, 48),
+    shard: tuple[int, int] = (0, 1),
 ) -> None:
     """Write a LUNA16-like dataset into ``root`` (replaced as a whole, atomically).
 
     Layout: ``subset0`` .. ``subset{subsets-1}`` (all created; scan i goes to subset
     i mod subsets) with ``<seriesuid>.mhd`` + uncompressed ``<seriesuid>.raw`` (MET_SHORT
-    HU), ``annotations.csv`` and ``candidates.csv``.
+    HU), ``annotations.csv`` and ``candidates.csv``. ``shard`` = (k, n) writes only the
+    subsets s with s mod n = k and the CSV rows of their scans (one download shard, as the
+    archives ``subset<s>.zip`` of the real dataset are shared out).
 
     Raises:
         ConfigError: a count, the seed or the shape is invalid.
@@ -374,11 +377,13 @@ def generate_luna16(
     subsets = _check_count("luna16", "subsets", subsets, 1)
     seed = _check_count("luna16", "seed", seed, 0)
     shape = _check_shape("luna16", shape)
-    cases = [luna16_case(seed, i, shape) for i in range(scans)]
+    mine = [k for k in range(subsets) if k % shard[1] == shard[0]]
+    indices = [i for i in range(scans) if i % subsets in mine]
+    cases = [luna16_case(seed, i, shape) for i in indices]
     with atomic_dir(root) as tmp:
-        for k in range(subsets):
+        for k in mine:
             (tmp / f"subset{k}").mkdir()
-        for i, case in enumerate(cases):
+        for i, case in zip(indices, cases):
             _write_case_image(tmp / f"subset{i % subsets}" / f"{case.case_id}.mhd", case)
         annotations, candidates = _luna16_csvs(cases)
         (tmp / "annotations.csv").write_text(annotations)

@@ -125,13 +125,17 @@ def brain_case(seed: int, index: int, shape: Sequence[int] = (48, 48, 40)) -> Ph
 
 
 def generate_msd_brain(
-    root: Path, *, cases: int = 8, test_cases: int = 2, seed: int = 0, shape: Sequence[int] = (48, 48, 40)
+    root: Path, *, cases: int = 8, test_cases: int = 2, seed: int = 0,
+    shape: Sequence[int] = (48, 48, 40),
+    shard: tuple[int, int] = (0, 1),
 ) -> None:
     """Write a Task01_BrainTumour-like dataset into ``root`` (replaced as a whole, atomically).
 
     ``imagesTr/BRATS_NNN.nii.gz`` are 4D (x, y, z, 4) float32 in the order FLAIR, T1w,
     t1gd, T2w; ``labelsTr`` uint8 (0 background, 1 edema, 2 non-enhancing tumour,
     3 enhancing tumour); ``imagesTs`` and ``dataset.json`` as MSD ships them.
+
+    ``shard`` = (k, n) writes only the cases i with i mod n = k (one download shard).
 
     Raises:
         ConfigError: a count, the seed or the shape is invalid.
@@ -148,4 +152,4 @@ def generate_msd_brain(
         {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
         seed,
     )
-    _write_decathlon(root, lambda i: brain_case(seed, i, shape), cases, test_cases, meta)
+    _write_decathlon(root, lambda i: brain_case(seed, i, shape), cases, test_cases, meta, shard)

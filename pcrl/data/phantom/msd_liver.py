@@ -138,12 +138,16 @@ def liver_case(seed: int, index: int, shape: Sequence[int] = (64, 64, 48)) -> Ph
 
 
 def generate_msd_liver(
-    root: Path, *, cases: int = 8, test_cases: int = 2, seed: int = 0, shape: Sequence[int] = (64, 64, 48)
+    root: Path, *, cases: int = 8, test_cases: int = 2, seed: int = 0,
+    shape: Sequence[int] = (64, 64, 48),
+    shard: tuple[int, int] = (0, 1),
 ) -> None:
     """Write a Task03_Liver-like dataset into ``root`` (replaced as a whole, atomically).
 
     ``imagesTr/liver_N.nii.gz`` (int16 HU), ``labelsTr/liver_N.nii.gz`` (uint8: 0
     background, 1 liver, 2 cancer), ``imagesTs/liver_M.nii.gz`` and ``dataset.json``.
+
+    ``shard`` = (k, n) writes only the cases i with i mod n = k (one download shard).
 
     Raises:
         ConfigError: a count, the seed or the shape is invalid.
@@ -159,4 +163,4 @@ def generate_msd_liver(
         {"0": "background", "1": "liver", "2": "cancer"},
         seed,
     )
-    _write_decathlon(root, lambda i: liver_case(seed, i, shape), cases, test_cases, meta)
+    _write_decathlon(root, lambda i: liver_case(seed, i, shape), cases, test_cases, meta, shard)

@@ -73,12 +73,16 @@ def _decathlon_json(meta: dict[str, object], train_ids: list[str], test_ids: lis
 
 
 def _write_decathlon(
-    root: Path, make_case: Callable[[int], PhantomCase], cases: int, test_cases: int, meta: dict[str, object]
+    root: Path, make_case: Callable[[int], PhantomCase], cases: int, test_cases: int, meta: dict[str, object],
+    shard: tuple[int, int] = (0, 1),
 ) -> None:
-    """Write cases 0..cases-1 as training (image + label), the next ``test_cases`` as test."""
+    """Write cases 0..cases-1 as training (image + label), the next ``test_cases`` as test;
+    of those, only the indices i with i mod n = k for ``shard`` = (k, n)."""
     with atomic_dir(root) as tmp:
         train_ids, test_ids = [], []
         for index in range(cases + test_cases):
+            if index % shard[1] != shard[0]:
+                continue
             case = make_case(index)
             if index < cases:
                 _write_case_image(tmp / "imagesTr" / f"{case.case_id}.nii.gz", case)
