@@ -221,7 +221,11 @@ def record_in_dvc(stages: list[Stage], root: str | Path = ".", *, started: float
     done = [s.name for s in stages if built_since(s, started, root)]
     if not done:
         return []
-    proc = subprocess.run(["dvc", "commit", "--force", "--quiet", *done], cwd=root, capture_output=True, text=True)
+    # `dvc commit` builds the pipeline's graph once per named stage (~4 s each for the demo's
+    # 71); with every stage built, one commit of the whole pipeline is the same and ~12x faster
+    targets = [] if len(done) == len(stages) else done
+    proc = subprocess.run(["dvc", "commit", "--force", "--quiet", *targets], cwd=root, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         log.warning("dvc commit failed (outputs not recorded in dvc.lock): %s", proc.stderr.strip())
         return []

@@ -60,3 +60,26 @@ def run(cmd: list[str], cwd: Path, timeout: int = 1500, env: dict | None = None)
                           env={**os.environ, **(env or {})})
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
+
+
+def narrowed(work: Path) -> Path:
+    """Narrow the demo's fan-out in a fresh copy (same stages, fewer runs): one pretraining
+    method for 2 epochs (a preemption test stops it after the first), scratch vs PCRL, one
+    label fraction, one fine-tuning epoch."""
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["pretrain"].update(methods=["pcrl"], epochs=2)
+    params["finetune"].update(inits=["scratch", "pcrl"], fractions=[1.0], seeds=[0])
+    for task in ("ncc", "lcs", "bms"):
+        params["finetune"][task]["epochs"] = 1
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(work, "commit", "-qam", "narrow the demo fan-out")
+    return work
+
+
+@pytest.fixture(scope="session")
+def dvc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`dvc repro` of the narrowed demo in a fresh copy: the local reference that the
+    Snakemake and SLURM runs (tests/test_pipeline.py, tests/test_cluster.py) must equal."""
+    work = narrowed(fresh_copy(REPO, tmp_path_factory.mktemp("dvc_clone")))
+    run(["dvc", "repro"], work)
+    return work
