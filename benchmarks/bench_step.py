@@ -1,19 +1,18 @@
-"""Benchmark: full PCRL training steps (samples/s, peak memory) and data-loading headroom.
+"""Benchmark: full pretraining steps configured by a params file (samples/s, peak memory,
+the share of the step outside convolutions) and data-loading headroom.
 
-Each configuration runs in a fresh subprocess so that its peak memory (CPU: the process's
-maximum resident set; CUDA: ``torch.cuda.max_memory_allocated``) is its own:
+The method's whole configuration (width, loss, target mode, ablations, corruption,
+augmentation) is read from ``--params``, as the pretrain stage reads it
+(benchmarks/steps.py), so ``--params configs/paper.yaml --method pcrl`` measures the
+release-faithful configuration of the paper (NCE loss, base 32, 64x64x32 cubes).
+Each measurement runs in a fresh subprocess so that its peak memory (CPU: maximum resident
+set; CUDA: ``torch.cuda.max_memory_allocated``) is its own; on CUDA with AMP off and as the
+params say (the ratio is the AMP speed-up). The loading check times a DataLoader over pair
+files alone: when it delivers more samples/s than the step consumes, loading never starves
+the device.
 
-- ``demo``: the demo params (base width 4, 32x32x16 cubes, batch 8);
-- ``paper``: the paper's network (base width 32, 64x64x32 cubes) at a per-device batch
-  (``--paper-batch``, 4 = the release's 16 over 4 GPUs).
-
-On CUDA each configuration is measured with AMP off and on in the same run (the ratio is
-the AMP speed-up). The data-loading check times a DataLoader over phantom-sized pair files
-alone: when it delivers more samples/s than the step consumes, loading never starves the
-device.
-
-    python benchmarks/bench_step.py --device cpu --steps 3 --out benchmarks/out/step.json
-    python benchmarks/bench_step.py --device cuda --steps 20
+    python benchmarks/bench_step.py --params configs/paper.yaml --batch 2 --steps 3
+    python benchmarks/bench_step.py --params params.yaml --params configs/paper.yaml --device cuda
 """
 
 from __future__ import annotations
@@ -29,65 +28,36 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIGS = {
-    "demo": {"base": 4, "size": (32, 32, 16), "batch": 8, "queue": 256},
-    "paper": {"base": 32, "size": (64, 64, 32), "batch": 4, "queue": 16384},
-}
 
-
-def _measure(name: str, device: str, steps: int, amp: str, batch: int | None) -> dict:
-    """Run ``steps`` timed PCRL steps (after 1 warm-up) of one configuration, in this process."""
+def _measure(params: Path, method: str, device: str, steps: int, amp: str | None, batch: int | None) -> dict:
+    """``steps`` timed steps (after 1 warm-up) in this process, then a profiled pair."""
     import torch
 
-    from pcrl.engine import resolve_amp
-    from pcrl.methods import PCRL, PCRLConfig
+    from steps import build_step, outside_convolutions, synchronize
 
-    cfg = dict(CONFIGS[name])
-    if batch:
-        cfg["batch"] = batch
-    torch.manual_seed(0)
     dev = torch.device(device)
-    method = PCRL(PCRLConfig(base=cfg["base"], queue_size=cfg["queue"], loss="infonce")).to(dev)
-    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    gen = torch.Generator(device=dev).manual_seed(0)
-    x1 = torch.rand(cfg["batch"], 1, *cfg["size"], device=dev)
-    x2 = torch.rand(cfg["batch"], 1, *cfg["size"], device=dev)
-    mode = resolve_amp(amp, dev)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
-    scaler = torch.amp.GradScaler(dev.type, enabled=dtype is torch.float16)
-
-    def step() -> None:
-        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = method(x1, x2, gen)["loss"]
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        method.after_step()
-
-    step()  # warm-up (allocations, cuDNN autotuning)
+    step = build_step(params, method, dev, amp=amp, batch=batch)
+    step.run()  # warm-up (allocations, cuDNN autotuning)
+    synchronize(dev)
     if dev.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+        step.run()
+    synchronize(dev)
     elapsed = time.perf_counter() - start
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if dev.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {
-        "config": name, "amp": str(mode), "batch": cfg["batch"], "size": list(cfg["size"]), "base": cfg["base"],
-        "seconds_per_step": elapsed / steps, "samples_per_s": cfg["batch"] * steps / elapsed, "peak_mem_mib": peak,
+        "params": str(params), "method": method, "amp": step.amp, "batch": step.batch, "size": list(step.size),
+        "seconds_per_step": elapsed / steps, "samples_per_s": step.batch * steps / elapsed,
+        "peak_mem_mib": peak, "outside_conv_share": outside_convolutions(step, dev, steps=1),
+        "torch_threads": torch.get_num_threads(),
     }
 
 
-def _loader_throughput(size: tuple[int, int, int], batch: int, workers: int, n_pairs: int = 256) -> float:
-    """Samples/s a DataLoader over .npy pair files delivers on its own."""
+def loader_throughput(size: tuple[int, ...], batch: int, workers: int, n_pairs: int = 256) -> float:
+    """Samples/s a DataLoader over .npy pair files (float16, as the cubes stage writes) delivers."""
     import numpy as np
     import torch
 
@@ -100,7 +70,8 @@ def _loader_throughput(size: tuple[int, int, int], batch: int, workers: int, n_p
             path = Path(tmp) / f"case{i}.npy"
             np.save(path, rng.random((n_pairs // 8, 2, *size), dtype=np.float32).astype(np.float16))
             files.append(path)
-        loader = torch.utils.data.DataLoader(PairsDataset(files), batch_size=batch, shuffle=True, num_workers=workers)
+        loader = torch.utils.data.DataLoader(PairsDataset(files), batch_size=batch, shuffle=True,
+                                             num_workers=workers)
         start = time.perf_counter()
         count = sum(x1.shape[0] for x1, _ in loader)
         return count / (time.perf_counter() - start)
@@ -108,41 +79,47 @@ def _loader_throughput(size: tuple[int, int, int], batch: int, workers: int, n_p
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, action="append", help="params file(s); default params.yaml")
+    parser.add_argument("--method", default="pcrl", choices=["pcrl", "genesis", "moco"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--paper-batch", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the loading check")
+    parser.add_argument("--batch", type=int, help="per-device batch (default: the file's pretrain.batch_size)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the loading check")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "AMP"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("PARAMS", "AMP"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:  # one measurement in a fresh process
-        name, amp = args.child
-        batch = args.paper_batch if name == "paper" else None
-        print(json.dumps(_measure(name, args.device, args.steps, amp, batch)))
+        path, amp = args.child
+        print(json.dumps(_measure(Path(path), args.method, args.device, args.steps,
+                                  None if amp == "params" else amp, args.batch)))
         return 0
 
-    amps = ["off", "auto"] if args.device.startswith("cuda") else ["off"]
+    files = args.params or [Path("params.yaml")]
+    amps = ["off", "params"] if args.device.startswith("cuda") else ["params"]
     rows = []
-    for name in args.configs:
+    for path in files:
         for amp in amps:
-            cmd = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps),
-                   "--paper-batch", str(args.paper_batch), "--child", name, amp]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            cmd = [sys.executable, __file__, "--method", args.method, "--device", args.device,
+                   "--steps", str(args.steps), "--child", str(path), amp]
+            if args.batch:
+                cmd += ["--batch", str(args.batch)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"{name:6s} amp={row['amp']:10s} batch {row['batch']:3d}: {row['samples_per_s']:8.2f} samples/s, "
-                  f"{row['seconds_per_step']:7.3f} s/step, peak {row['peak_mem_mib']:8.0f} MiB")
+            print(f"{path} {args.method} amp={row['amp']:4s} batch {row['batch']:3d} {row['size']}: "
+                  f"{row['samples_per_s']:8.2f} samples/s, {row['seconds_per_step']:7.3f} s/step, "
+                  f"peak {row['peak_mem_mib']:8.0f} MiB, {100 * row['outside_conv_share']:4.1f} % outside "
+                  "convolutions")
     loading = {}
-    for name in args.configs:
-        cfg = CONFIGS[name]
-        batch = args.paper_batch if name == "paper" else cfg["batch"]
-        loading[name] = _loader_throughput(cfg["size"], batch, args.workers)
-        step_rate = max(r["samples_per_s"] for r in rows if r["config"] == name)
-        print(f"{name:6s} loader {loading[name]:8.1f} samples/s vs step {step_rate:8.2f} samples/s: "
-              f"{'loading keeps up' if loading[name] > step_rate else 'LOADING STARVES THE DEVICE'} "
-              f"(x{loading[name] / step_rate:.1f})")
+    for row in rows:
+        key = f"{row['params']}:{row['batch']}"
+        if key not in loading:
+            loading[key] = loader_throughput(tuple(row["size"]), row["batch"], args.workers)
+        print(f"{row['params']} loader {loading[key]:8.1f} samples/s vs step {row['samples_per_s']:8.2f}: "
+              f"{'loading keeps up' if loading[key] > row['samples_per_s'] else 'LOADING STARVES THE DEVICE'}")
     result = {"device": args.device, "platform": platform.platform(), "cpus": os.cpu_count(),
               "steps": rows, "loader_samples_per_s": loading}
     if args.out:

@@ -4,8 +4,12 @@ The reference (``reference_corrupt``) applies the same corruption rules (docs/me
 corruptions and targets", Models Genesis) the straightforward way the release does: one
 crop at a time in NumPy, local pixel shuffling as a Python loop over 10,000 random blocks
 per crop, painting as a Python loop over boxes, randomness from ``numpy.random.default_rng``.
-The batched version corrupts the whole batch at once with torch on the chosen device. Both
-are timed in the same run (warm-up, then the median of several repeats) on the same batch
+The measured chain is what a pretraining view costs: corrupt the crop and build its
+reconstruction target, the clean crop under a random spatial transform (flips of x, y, z,
+then k quarter turns in x-y; ``reference_spatial``: ``np.flip`` then ``np.rot90``).
+The batched version does both for the whole batch at once with torch on the chosen device
+(``corrupt`` + ``apply_spatial``). Both
+are timed in the same run (warm-up, then the mean over the same seeds) on the same batch
 of synthetic chest-like crops, their repeats interleaved so that the load of a shared
 machine weighs on both alike.
 
@@ -32,7 +36,7 @@ import numpy as np
 import torch
 
 from pcrl.atomic import write_json
-from pcrl.transforms import CorruptionConfig, augment, corrupt
+from pcrl.transforms import CorruptionConfig, apply_spatial, augment, corrupt, spatial_codes
 
 # ---------------------------------------------------------------- reference (slow)
 
@@ -108,6 +112,19 @@ def reference_out_paint(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def reference_spatial(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The target's spatial transform for one crop: random flips of x, y, z, then k
+    quarter turns in the x-y plane (a copy, as a target must be)."""
+    flips = [axis + 1 for axis in range(3) if rng.random() < 0.5]
+    out = np.flip(x, axis=flips) if flips else x
+    return np.ascontiguousarray(np.rot90(out, int(rng.integers(0, 4)), axes=(1, 2)))
+
+
+def reference_view(x: np.ndarray, config: CorruptionConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One crop's network input (corrupted) and reconstruction target (transformed)."""
+    return reference_corrupt(x, config, rng), reference_spatial(x, rng)
+
+
 def reference_corrupt(x: np.ndarray, config: CorruptionConfig, rng: np.random.Generator) -> np.ndarray:
     """The corruption chain for one crop (C, x, y, z): shuffle -> non-linear -> painting."""
     if rng.random() < config.shuffle_prob:
@@ -138,24 +155,25 @@ def synthetic_crops(batch: int, size: tuple[int, int, int], rng: np.random.Gener
 
 
 def interleaved_seconds(
-    fns: dict[str, Callable[[], object]], repeats: dict[str, int], sync: Callable[[], None]
+    fns: dict[str, Callable[[int], object]], repeats: int, sync: Callable[[], None], seed: int = 0
 ) -> dict[str, list[float]]:
     """Time every function of ``fns`` after one warm-up call each, interleaving their repeats.
 
-    Round r runs each function that still has repeats left once, so a change in the load of
-    a shared machine affects all of them alike. Returns the durations (seconds) per name.
+    Round r calls each function with the seed ``seed + r``: every function draws its
+    randomness afresh from that seed, so the batched and reference chains average over the
+    same random draws (how many samples are shuffled, painted, ...), and a change in the
+    load of a shared machine affects all of them alike. Returns the durations per name.
     """
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
-        fn()
+        fn(seed + repeats)  # warm-up, with a seed of its own
         sync()
-    for round_ in range(max(repeats.values())):
+    for round_ in range(repeats):
         for name, fn in fns.items():
-            if round_ < repeats[name]:
-                start = time.perf_counter()
-                fn()
-                sync()
-                times[name].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            fn(seed + round_)
+            sync()
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -164,8 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, nargs=3, default=(64, 64, 32), metavar=("X", "Y", "Z"))
     parser.add_argument("--device", default="cpu", help="torch device of the batched version (cpu, cuda, ...)")
-    parser.add_argument("--repeats", type=int, default=9, help="timed repeats of the batched version")
-    parser.add_argument("--ref-repeats", type=int, default=5, help="timed repeats of the reference")
+    parser.add_argument("--repeats", type=int, default=8, help="timed repeats (seeds) of every chain")
     parser.add_argument(
         "--threads",
         type=int,
@@ -185,39 +202,59 @@ def main(argv: list[str] | None = None) -> dict:
     config = CorruptionConfig()
     crops = synthetic_crops(args.batch, tuple(args.size), np.random.default_rng(args.seed))
     batch = torch.from_numpy(crops).to(device)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    generator = torch.Generator(device=device)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    def seeded(seed: int) -> torch.Generator:
+        return generator.manual_seed(seed)
+
+    def batched_views(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = seeded(seed)
+        return corrupt(batch, config, g), apply_spatial(batch, spatial_codes(len(batch), g))
+
+    def reference_views(seed: int) -> list:
+        rng = np.random.default_rng(seed)
+        return [reference_view(crop, config, rng) for crop in crops]
+
+    def reference_corrupt_only(seed: int) -> list:
+        rng = np.random.default_rng(seed)
+        return [reference_corrupt(crop, config, rng) for crop in crops]
+
     load_before = os.getloadavg()
     times = interleaved_seconds(
         {
-            "batched": lambda: corrupt(batch, config, generator),
-            "reference": lambda: [reference_corrupt(crop, config, rng) for crop in crops],
-            "augment": lambda: augment(batch, generator),
+            "batched": batched_views,
+            "reference": reference_views,
+            "batched_corrupt_only": lambda seed: corrupt(batch, config, seeded(seed)),
+            "reference_corrupt_only": reference_corrupt_only,
+            "augment": lambda seed: augment(batch, seeded(seed)),
         },
-        {"batched": args.repeats, "reference": args.ref_repeats, "augment": args.repeats},
+        args.repeats,
         sync,
+        args.seed,
     )
     batched, reference, augmented = times["batched"], times["reference"], times["augment"]
-    batched_rate = args.batch / statistics.median(batched)
-    reference_rate = args.batch / statistics.median(reference)
+    batched_rate = args.batch / statistics.mean(batched)
+    reference_rate = args.batch / statistics.mean(reference)
     figures = {
         "batch_shape": list(batch.shape),
         "device": str(device),
         "config": asdict(config),
-        "batched": {"seconds": batched, "median_s": statistics.median(batched), "samples_per_s": batched_rate},
+        "batched": {"seconds": batched, "mean_s": statistics.mean(batched), "samples_per_s": batched_rate},
         "reference": {
             "seconds": reference,
-            "median_s": statistics.median(reference),
+            "mean_s": statistics.mean(reference),
             "samples_per_s": reference_rate,
             "shuffle_blocks": 10_000,
         },
         "speedup": batched_rate / reference_rate,
-        "augment_samples_per_s": args.batch / statistics.median(augmented),
+        "chain": "corrupt + target spatial transform",
+        "speedup_corrupt_only": statistics.mean(times["reference_corrupt_only"])
+        / statistics.mean(times["batched_corrupt_only"]),
+        "augment_samples_per_s": args.batch / statistics.mean(augmented),
         "cpu_count": os.cpu_count(),
         "load_average_1min": [load_before[0], os.getloadavg()[0]],  # before and after: a shared machine
         "torch_threads": torch.get_num_threads(),
@@ -227,9 +264,11 @@ def main(argv: list[str] | None = None) -> dict:
         ),
     }
     print(
-        f"corrupt {tuple(batch.shape)} on {device}: batched {batched_rate:.1f} samples/s "
-        f"(median {statistics.median(batched) * 1e3:.1f} ms per batch); reference {reference_rate:.2f} samples/s "
-        f"(median {statistics.median(reference):.2f} s per batch); speed-up {figures['speedup']:.0f}x; "
+        f"corrupt + target transform {tuple(batch.shape)} on {device}: batched {batched_rate:.1f} samples/s "
+        f"(mean {statistics.mean(batched) * 1e3:.1f} ms per batch); reference {reference_rate:.2f} samples/s "
+        f"(mean {statistics.mean(reference):.2f} s per batch, the same {args.repeats} seeds); "
+        f"speed-up {figures['speedup']:.0f}x "
+        f"(corruption alone {figures['speedup_corrupt_only']:.0f}x); "
         f"augment {figures['augment_samples_per_s']:.1f} samples/s"
     )
     if args.out:

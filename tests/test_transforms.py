@@ -49,12 +49,17 @@ def test_spatial_codes_are_valid_and_cover_every_transform() -> None:
     assert 0.35 < flips.float().mean() < 0.65  # each flip has probability 1/2
 
 
-def test_apply_spatial_matches_flip_then_rot90_for_every_code() -> None:
+@pytest.mark.parametrize("gather", [False, True], ids=["grouped copies (CPU)", "index gather (GPU)"])
+def test_apply_spatial_matches_flip_then_rot90_for_every_code(gather: bool) -> None:
+    from pcrl.transforms.spatial import _spatial
+
     codes = all_codes()
     x = batch((32, 2, 6, 6, 5))
-    out = T.apply_spatial(x, codes)  # one code per sample, all 32 in one batch
+    out = _spatial(x, codes, inverse=False, gather=gather)  # one code per sample, all 32 in one batch
     for i in range(32):
         assert torch.equal(out[i], reference_spatial(x[i], codes[i])), codes[i].tolist()
+    back = _spatial(out, codes, inverse=True, gather=gather)
+    assert torch.equal(back, x)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from pcrl.atomic import write_json
+from pcrl.data.arrays import write_arrays
 from pcrl.data.imageio import array_to_image, image_to_array, read_image, write_image
 from pcrl.errors import ConfigError, DataError, PcrlError
 
@@ -262,8 +263,10 @@ def resample_case(
     *,
     spacing: Sequence[float],
     normalization: Normalization,
+    arrays: bool = False,
 ) -> dict[str, Any]:
-    """Resample and normalise one case; write ``<id>.nii.gz`` and ``<id>_label.nii.gz``.
+    """Resample and normalise one case; write ``<id>.nii.gz`` and ``<id>_label.nii.gz``
+    (and with ``arrays`` their uncompressed, memory-mappable copies, :mod:`pcrl.data.arrays`).
 
     Args:
         case: manifest entry with absolute ``image`` and optional ``label`` paths,
@@ -291,7 +294,11 @@ def resample_case(
     if label is not None and label_path is not None:
         label = _label_as_uint8(label_path, resample_image(label, spacing, is_label=True))
         write_image(Path(out_dir) / f"{case_id}_label.nii.gz", label)
-    return _case_entry(case_id, case.get("group"), image, original, has_label=label is not None)
+    entry = _case_entry(case_id, case.get("group"), image, original, has_label=label is not None)
+    if arrays:
+        entry["arrays"] = write_arrays(Path(out_dir), case_id, image_to_array(image),
+                                       None if label is None else image_to_array(label))
+    return entry
 
 
 def _normalized(img: sitk.Image, normalization: Normalization) -> sitk.Image:
@@ -331,6 +338,7 @@ def resample_dataset(
     normalization: Normalization,
     workers: int = 1,
     progress: bool = True,
+    arrays: bool = False,
 ) -> list[dict[str, Any]]:
     """Resample every case into ``out_dir``, then write ``cases.json`` last.
 
@@ -345,6 +353,7 @@ def resample_dataset(
         normalization: intensity scaling.
         workers: processes; 1 runs in this process.
         progress: show a tqdm progress bar.
+        arrays: also write each case's memory-mappable arrays (:mod:`pcrl.data.arrays`).
 
     Returns:
         The ``cases.json`` entries, in the order of ``cases``.
@@ -360,9 +369,11 @@ def resample_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CASES_FILE).unlink(missing_ok=True)
+    work = partial(resample_case, out_dir=out_dir, spacing=spacing, normalization=normalization,
+                   arrays=arrays)
     with tqdm(total=len(cases), desc="resample", unit="case", disable=not progress) as bar:
         run = _run_parallel if workers > 1 and len(cases) > 1 else _run_serial
-        entries = run(cases, out_dir, spacing, normalization, workers, bar)
+        entries = run(cases, work, workers, bar)
     write_json(out_dir / CASES_FILE, entries)
     return entries
 
@@ -374,31 +385,19 @@ def _check_unique_ids(cases: Sequence[Mapping[str, Any]]) -> None:
         raise DataError(f"duplicate case ids: {', '.join(duplicates)}")
 
 
-def _run_serial(
-    cases: Sequence[Mapping[str, Any]],
-    out_dir: Path,
-    spacing: Spacing,
-    normalization: Normalization,
-    workers: int,
-    bar: tqdm,
-) -> list[dict[str, Any]]:
+Work = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def _run_serial(cases: Sequence[Mapping[str, Any]], work: Work, workers: int, bar: tqdm) -> list[dict[str, Any]]:
     """Resample the cases one after the other in this process."""
     entries = []
     for case in cases:
-        run = partial(resample_case, case, out_dir, spacing=spacing, normalization=normalization)
-        entries.append(_collect(case, run))
+        entries.append(_collect(case, partial(work, case)))
         bar.update()
     return entries
 
 
-def _run_parallel(
-    cases: Sequence[Mapping[str, Any]],
-    out_dir: Path,
-    spacing: Spacing,
-    normalization: Normalization,
-    workers: int,
-    bar: tqdm,
-) -> list[dict[str, Any]]:
+def _run_parallel(cases: Sequence[Mapping[str, Any]], work: Work, workers: int, bar: tqdm) -> list[dict[str, Any]]:
     """Resample the cases in ``workers`` processes; cancel pending ones on a failure."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     entries: list[dict[str, Any]] = [{} for _ in cases]
@@ -408,12 +407,7 @@ def _run_parallel(
         initializer=_init_worker,
         initargs=(threads,),
     ) as pool:
-        futures: dict[Future, int] = {
-            pool.submit(
-                resample_case, dict(case), out_dir, spacing=spacing, normalization=normalization
-            ): i
-            for i, case in enumerate(cases)
-        }
+        futures: dict[Future, int] = {pool.submit(work, dict(case)): i for i, case in enumerate(cases)}
         try:
             for future in as_completed(futures):
                 index = futures[future]

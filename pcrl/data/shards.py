@@ -86,8 +86,8 @@ def shard_folders(root: Path, marker: str) -> list[Path]:
 
 def read_cases(interim: Path) -> list[dict[str, Any]]:
     """The resampled cases of every shard of ``interim``, as one ``cases.json`` would list
-    them: in the unsharded order (``order`` of each entry, else shard order), ``image`` and
-    ``label`` relative to ``interim``.
+    them: in the unsharded order (``order`` of each entry, else shard order), ``image``,
+    ``label`` and ``arrays`` relative to ``interim``.
 
     Raises:
         DataError: A shard's ``cases.json`` is missing (stage incomplete) or not a list.
@@ -105,6 +105,8 @@ def read_cases(interim: Path) -> list[dict[str, Any]]:
             for key in ("image", "label"):
                 if entry.get(key):
                     entry[key] = prefix + entry[key]
+            if isinstance(entry.get("arrays"), dict):
+                entry["arrays"] = {k: prefix + v for k, v in entry["arrays"].items()}
             entries.append(entry)
     return sorted(entries, key=lambda e: e.get("order", 0))
 

@@ -228,11 +228,23 @@ def cube_batches(rows: CandidateRows, batch_size: int) -> Iterator[tuple[Tensor,
 
 @dataclass(frozen=True)
 class VolumeCase:
-    """A resampled case: its id, image (C or 1 channel) and label files."""
+    """A resampled case: its id, image (C or 1 channel) and label files, and the
+    memory-mappable copies of both when the resample stage wrote them (``arrays``: names
+    relative to ``folder``, :mod:`pcrl.data.arrays`)."""
 
     id: str
     image: Path
     label: Path
+    arrays: dict[str, str] | None = None
+    folder: Path | None = None
+
+    def open_arrays(self) -> Any:
+        """The case's memory-mapped :class:`pcrl.data.arrays.CaseArrays` (None without)."""
+        from pcrl.data.arrays import open_arrays
+
+        if self.arrays is None or self.folder is None:
+            return None
+        return open_arrays(self.folder, self.arrays)
 
 
 def read_volume_cases(interim: str | Path, ids: Sequence[str]) -> list[VolumeCase]:
@@ -252,7 +264,8 @@ def read_volume_cases(interim: str | Path, ids: Sequence[str]) -> list[VolumeCas
     unlabelled = [i for i in ids if not by_id[i].get("label")]
     if unlabelled:
         raise DataError(f"{interim / CASES_FILE}: case(s) without a label: {unlabelled[:5]}")
-    return [VolumeCase(i, interim / by_id[i]["image"], interim / by_id[i]["label"]) for i in ids]
+    return [VolumeCase(i, interim / by_id[i]["image"], interim / by_id[i]["label"],
+                       by_id[i].get("arrays"), interim) for i in ids]
 
 
 def load_case(case: VolumeCase, task: TaskSpec | str) -> tuple[np.ndarray, np.ndarray]:
@@ -268,6 +281,13 @@ def load_case(case: VolumeCase, task: TaskSpec | str) -> tuple[np.ndarray, np.nd
     )
 
     spec = get_task(task)
+    stored = case.open_arrays()
+    if stored is not None:  # the same voxels, without inflating a .nii.gz
+        image, label = np.array(stored.image), np.array(stored.label)
+        if image.shape[0] != spec.in_channels:
+            raise DataError(f"{case.image}: {image.shape[0]} channel(s), task {spec.name} needs "
+                            f"{spec.in_channels}")
+        return image, segmentation_target(spec, label, source=str(case.label))
     image = image_to_array(read_image(case.image, allow_channels=spec.in_channels > 1))
     if image.ndim == 3:
         image = image[None]
@@ -311,6 +331,13 @@ def check_cases(cases: Sequence[VolumeCase], task: TaskSpec | str) -> None:
 
     spec = get_task(task)
     for case in cases:
+        stored = case.open_arrays()
+        if stored is not None:  # header of the .npy, the label read without inflating
+            if stored.image.shape[0] != spec.in_channels:
+                raise DataError(f"{case.image}: {stored.image.shape[0]} channel(s), task "
+                                f"{spec.name} needs {spec.in_channels}")
+            segmentation_target(spec, np.asarray(stored.label), source=str(case.label))
+            continue
         channels, size = _image_layout(case.image)
         if channels != spec.in_channels:
             raise DataError(f"{case.image}: {channels} channel(s), task {spec.name} needs "

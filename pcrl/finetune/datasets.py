@@ -17,7 +17,9 @@ uninterrupted one. Without workers (tests, debugging) the base seed is the datas
 - :class:`PatchSet`, LCS/BMS: one item per training volume, ``patches_per_volume`` random
   patches of ``patch_size`` drawn by MONAI's ``RandCropByPosNegLabeld`` (centres on the
   foreground with probability ``foreground_prob``, else on the background) after
-  ``SpatialPadd`` to at least the patch size.
+  ``SpatialPadd`` to at least the patch size; from volumes stored as arrays
+  (``resample.<dataset>.arrays``) the same rule cuts patches from memory maps
+  (:mod:`pcrl.finetune.patches`), reading only the patches' bytes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from torch.utils.data import Dataset, get_worker_info
 
 from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.data import CandidateRows, CubeStore, VolumeCase, check_cases, load_case
-from pcrl.finetune.tasks import TaskSpec, get_task
+from pcrl.finetune.patches import cut, draw_centres
+from pcrl.finetune.tasks import TaskSpec, get_task, segmentation_target
 from pcrl.seeding import mix_seed
 
 __all__ = ["CandidateCubeSet", "PatchSet", "loader_seed"]
@@ -171,10 +174,23 @@ class PatchSet(Dataset[tuple[Tensor, Tensor]]):
         padded = SpatialPadd(keys=keys, spatial_size=self.patch)(sample)
         return cast(list[dict[str, Any]], crop(padded))
 
+    def _mapped(self, case: VolumeCase, arrays: Any, seed: int) -> tuple[Tensor, Tensor]:
+        """K patches cut from the memory-mapped arrays (:mod:`pcrl.finetune.patches`)."""
+        rng = np.random.RandomState(seed)
+        centres = draw_centres(rng, arrays, self.samples, self.foreground_prob)
+        images = np.stack([cut(arrays.image, c, self.patch) for c in centres])
+        labels = [cut(arrays.label, c, self.patch) for c in centres]
+        targets = np.stack([segmentation_target(self.task, lab, source=str(case.label)) for lab in labels])
+        return torch.from_numpy(images).float(), torch.from_numpy(targets).float()
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image, target = load_case(self.cases[index], self.task)
-        crops = self._crops(image, target.astype(np.float32),
-                            _item_seed(loader_seed(self.seed), index))
+        case = self.cases[index]
+        seed = _item_seed(loader_seed(self.seed), index)
+        arrays = case.open_arrays()
+        if arrays is not None:
+            return self._mapped(case, arrays, seed)
+        image, target = load_case(case, self.task)
+        crops = self._crops(image, target.astype(np.float32), seed)
         images = torch.stack([torch.as_tensor(c["image"]).as_subclass(Tensor) for c in crops])
         targets = torch.stack([torch.as_tensor(c["target"]).as_subclass(Tensor) for c in crops])
         return images.float(), targets.float()

@@ -139,6 +139,7 @@ def segmentation_target(task: TaskSpec | str, label: np.ndarray, *,
     table = np.zeros((spec.out_channels, max(spec.label_values) + 1), dtype=np.uint8)
     for channel, region in enumerate(spec.regions):
         table[channel, list(region)] = 1
-    present = np.flatnonzero(np.bincount(values.ravel(), minlength=table.shape[1]))
-    check_label_values(present, spec, source)
-    return table[:, values]
+    if set(spec.label_values) != set(range(table.shape[1])):  # a gap: count what is there
+        present = np.flatnonzero(np.bincount(values.ravel(), minlength=table.shape[1]))
+        check_label_values(present, spec, source)
+    return np.take(table, values, axis=1)  # (values in 0..max checked above)

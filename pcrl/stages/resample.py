@@ -25,7 +25,8 @@ def run_resample(
     unsharded manifest lists them; this shard takes positions k, k + n, ... and records
     each case's position (``order``) in ``cases.json`` so later stages read the shards
     back in that order. ``settings`` is ``params.resample.<dataset>``: ``spacing`` (mm,
-    x y z) and ``normalization``. ``out`` appears only when every case succeeded.
+    x y z), ``normalization`` and ``arrays`` (also write memory-mappable arrays for
+    fine-tuning, :mod:`pcrl.data.arrays`). ``out`` appears only when every case succeeded.
     """
     dataset = read_manifests(raw)[0][1]["dataset"]
     everything = gathered_cases(raw, case_order(dataset))
@@ -39,6 +40,7 @@ def run_resample(
             normalization=Normalization(**settings["normalization"]),
             workers=min(workers, max(1, len(cases))),
             progress=progress,
+            arrays=bool(settings.get("arrays", False)),
         )
         for entry, (position, _) in zip(entries, mine, strict=True):
             entry["order"] = position

@@ -60,9 +60,9 @@ def _block_shuffle_index(
     Block ``(a, b, c)`` holds the voxels ``(i, j, l)`` with ``(i + phase_x) // side_x == a`` (and
     alike for y, z): blocks tile the volume, those at the border may be cut. Voxel ids are
     laid out one block per row, the padding outside the volume marked -1. A picked row is
-    ordered by random keys (a uniform permutation of its voxels), another by position,
-    padding last either way; the k-th voxel of a row in raster order then takes the value
-    of the k-th voxel in key order.
+    ordered by random keys (a uniform permutation of its voxels), padding last; the k-th
+    voxel of the row in raster order then takes the value of the k-th voxel in key order.
+    Rows not picked (or of one voxel) keep their voxels, without keys drawn or sorted.
 
     Returns:
         ``(index, block, shuffled)``: (V,) source of every voxel; with ``layout`` also the
@@ -79,12 +79,16 @@ def _block_shuffle_index(
     n_rows, width = rows.shape
     valid = rows >= 0
     picked = _rand((n_rows, 1), generator, device) < coverage
-    position = torch.arange(width, device=device, dtype=torch.float32)
-    key = torch.where(valid & picked, _rand((n_rows, width), generator, device) * width, position)
-    key = key.masked_fill_(~valid, 2.0 * width)  # padding last (ties there are harmless)
-    order = key.argsort(dim=1)
-    rank = (valid.cumsum(dim=1) - 1).clamp_(min=0)  # raster rank among the row's voxels
-    source = rows.gather(1, order.gather(1, rank))
+    # only the picked rows of 2 voxels or more move: draw keys and sort those rows alone
+    moving = (picked[:, 0] & (valid.sum(dim=1) > 1)).nonzero().squeeze(1)
+    source = rows.clone()  # the other rows keep their voxels (padding: -1, never read)
+    if moving.numel():
+        inside = valid.index_select(0, moving)
+        key = _rand((int(moving.numel()), width), generator, device) * width
+        key = key.masked_fill_(~inside, 2.0 * width)  # padding last (ties there are harmless)
+        order = key.argsort(dim=1)
+        rank = (inside.cumsum(dim=1) - 1).clamp_(min=0)  # raster rank among the row's voxels
+        source.index_copy_(0, moving, rows.index_select(0, moving).gather(1, order.gather(1, rank)))
     target = torch.where(valid, rows, volume).flatten()  # padding goes to a spare slot
     index = torch.empty(volume + 1, dtype=torch.long, device=device).scatter_(0, target, source.flatten())
     if not layout:

@@ -3,7 +3,8 @@
 A spatial code is a 7-vector per sample (docs/method.md "Transformation-conditioned
 attention"): flips of x, y, z as 0/1, then a one-hot of k = 0..3 quarter turns in the x-y
 plane (dims -3, -2). :func:`apply_spatial` flips first, then turns; :func:`invert_spatial`
-undoes it exactly. Both gather voxels by index, so they are exact for any dtype.
+undoes it exactly. Both move voxels without arithmetic (a gather by index on a GPU, one
+strided copy per distinct code on the CPU), so they are exact for any dtype.
 """
 
 from __future__ import annotations
@@ -101,8 +102,33 @@ def _gather_xyz(x: Tensor, xs: Tensor, ys: Tensor, zs: Tensor) -> Tensor:
     return out.permute(0, 4, 1, 2, 3).contiguous()
 
 
-def _spatial(x: Tensor, codes: Tensor, *, inverse: bool) -> Tensor:
-    """Apply (``inverse=False``) or undo (``inverse=True``) the transforms of ``codes``."""
+def _grouped(x: Tensor, flips: Tensor, k: Tensor, out_xy: tuple[int, int], *, inverse: bool) -> Tensor:
+    """The transforms as ``torch.flip`` / ``torch.rot90`` copies, one per distinct code.
+
+    On the CPU a strided copy per group is several times faster than the index gather of
+    :func:`_gather_xyz` (which reads through 64-bit index tensors); the results are the same
+    permutation of voxels. Codes are at most 32 distinct (8 flip sets x 4 turns).
+    """
+    n, c, _, _, size_z = x.shape
+    out = x.new_empty((n, c, *out_xy, size_z))
+    keys = (flips.long() * torch.tensor([1, 2, 4], device=x.device)).sum(dim=1) + 8 * k
+    for key in keys.unique().tolist():
+        rows = (keys == key).nonzero().squeeze(1)
+        dims = [2 + a for a in range(3) if (key >> a) & 1]
+        turns = key >> 3
+        part = x.index_select(0, rows)
+        if not inverse:
+            part = torch.rot90(part.flip(dims) if dims else part, turns, dims=(2, 3))
+        else:
+            part = torch.rot90(part, -turns, dims=(2, 3))
+            part = part.flip(dims) if dims else part
+        out.index_copy_(0, rows, part)
+    return out
+
+
+def _spatial(x: Tensor, codes: Tensor, *, inverse: bool, gather: bool | None = None) -> Tensor:
+    """Apply (``inverse=False``) or undo (``inverse=True``) the transforms of ``codes``; by
+    one index gather (``gather``; default off the CPU) or by grouped copies."""
     _check_batch(x)
     if codes.shape[:1] != x.shape[:1]:
         raise ValueError(f"codes {tuple(codes.shape)} do not match the batch {tuple(x.shape)}")
@@ -115,6 +141,8 @@ def _spatial(x: Tensor, codes: Tensor, *, inverse: bool) -> Tensor:
             f"of equal size ({size_x} != {size_y})"
         )
     swap = bool(odd[0]) if n else False
+    if not (x.device.type != "cpu" if gather is None else gather):
+        return _grouped(x, flips, k, (size_y, size_x) if swap else (size_x, size_y), inverse=inverse)
     out_x, out_y = (size_y, size_x) if swap else (size_x, size_y)
     fx, fy, fz = (flips[:, a, None, None] for a in range(3))
     kk = k[:, None, None]
