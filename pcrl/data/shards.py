@@ -28,7 +28,6 @@ from typing import Any
 from pcrl.atomic import read_json
 from pcrl.errors import ConfigError, DataError
 
-MANIFEST = "manifest.json"
 CASES = "cases.json"
 
 

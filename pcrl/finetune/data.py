@@ -268,6 +268,13 @@ def read_volume_cases(interim: str | Path, ids: Sequence[str]) -> list[VolumeCas
                        by_id[i].get("arrays"), interim) for i in ids]
 
 
+def _check_channels(case: VolumeCase, channels: int, spec: TaskSpec) -> None:
+    """DataError naming the image when it has not the task's channel count."""
+    if channels != spec.in_channels:
+        raise DataError(f"{case.image}: {channels} channel(s), task {spec.name} needs "
+                        f"{spec.in_channels}")
+
+
 def load_case(case: VolumeCase, task: TaskSpec | str) -> tuple[np.ndarray, np.ndarray]:
     """Image (C, x, y, z) float32 and region target (out_channels, x, y, z) uint8 of a case.
 
@@ -284,16 +291,12 @@ def load_case(case: VolumeCase, task: TaskSpec | str) -> tuple[np.ndarray, np.nd
     stored = case.open_arrays()
     if stored is not None:  # the same voxels, without inflating a .nii.gz
         image, label = np.array(stored.image), np.array(stored.label)
-        if image.shape[0] != spec.in_channels:
-            raise DataError(f"{case.image}: {image.shape[0]} channel(s), task {spec.name} needs "
-                            f"{spec.in_channels}")
+        _check_channels(case, image.shape[0], spec)
         return image, segmentation_target(spec, label, source=str(case.label))
     image = image_to_array(read_image(case.image, allow_channels=spec.in_channels > 1))
     if image.ndim == 3:
         image = image[None]
-    if image.shape[0] != spec.in_channels:
-        raise DataError(f"{case.image}: {image.shape[0]} channel(s), task {spec.name} needs "
-                        f"{spec.in_channels}")
+    _check_channels(case, image.shape[0], spec)
     label = image_to_array(read_image(case.label))
     if label.shape != image.shape[1:]:
         raise DataError(f"{case.label}: size {label.shape} differs from its image "
@@ -333,15 +336,11 @@ def check_cases(cases: Sequence[VolumeCase], task: TaskSpec | str) -> None:
     for case in cases:
         stored = case.open_arrays()
         if stored is not None:  # header of the .npy, the label read without inflating
-            if stored.image.shape[0] != spec.in_channels:
-                raise DataError(f"{case.image}: {stored.image.shape[0]} channel(s), task "
-                                f"{spec.name} needs {spec.in_channels}")
+            _check_channels(case, stored.image.shape[0], spec)
             segmentation_target(spec, np.asarray(stored.label), source=str(case.label))
             continue
         channels, size = _image_layout(case.image)
-        if channels != spec.in_channels:
-            raise DataError(f"{case.image}: {channels} channel(s), task {spec.name} needs "
-                            f"{spec.in_channels}")
+        _check_channels(case, channels, spec)
         label = image_to_array(read_image(case.label))
         if label.shape != size:
             raise DataError(f"{case.label}: size {label.shape} differs from its image {size} "
