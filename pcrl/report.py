@@ -5,19 +5,30 @@ Genesis (``genesis``, restoration only), a MoCo v2 style contrastive baseline (`
 PCRL (``pcrl``) — fine-tuned on each task of the Models Genesis benchmark with a fraction of
 the training labels (e.g. 10 %, 20 %, 50 %, 100 %) and several seeds (docs/method.md, "Protocol:
 pretrain, then fine-tune"). This module reads the evaluate stage's ``metrics.json`` files
-(:func:`collect_runs`), reduces them over seeds (:func:`summarise`), states in plain
-sentences what the numbers say (:func:`verdict`), and writes a paper-style table, the
-summary as JSON and one plot per task (:func:`write_report`).
+(:func:`collect_runs`), reduces them over seeds (:func:`summarise`), pairs the runs of two
+initialisations by seed (:func:`paired_difference`), states in plain sentences what the
+numbers can and cannot show (:func:`verdict`), and writes a paper-style table, a table of
+paired differences, the summary as JSON and one plot per task (:func:`write_report`).
 
 Summary layout (JSON-serialisable; fractions keyed by :func:`pcrl.data.splits.fraction_key`,
 e.g. ``"0.1"``, in increasing order; initialisations in :data:`INIT_ORDER`, others after)::
 
     {task: {fraction: {init: {"metric": "auc", "mean": 0.81, "std": 0.01, "n": 3,
-                              "values": [...], "seeds": [...], "metrics": {"auc": 0.81, ...}}}}}
+                              "values": [...], "seeds": [...], "metrics": {"auc": 0.81, ...},
+                              "paired": {other: {"n": 3, "seeds": [...], "differences": [...],
+                                                 "mean": 0.05, "ci": [0.01, 0.09],
+                                                 "verdict": "better", "reason": "..."}}}}}}
 
 ``mean``/``std``/``values`` are those of the task's headline (``primary``) metric; ``std`` is
 the sample standard deviation over seeds (0 with a single seed); ``metrics`` holds the mean
-over seeds of every metric the runs report.
+over seeds of every metric the runs report. ``paired`` (only in the cells of pretrained
+initialisations, i.e. every init but ``scratch``; keyed by every other init of the same task
+and fraction) compares this init with ``other``: per-seed differences this − other of the
+headline metric over the seeds both ran, their mean, the 95 % percentile bootstrap interval of
+that mean (``null`` below 2 paired seeds; :data:`BOOTSTRAP_RESAMPLES` resamples, generator
+seed :data:`BOOTSTRAP_SEED`) and the verdict ``"better"`` / ``"worse"`` (n >= 2 and the
+interval excludes 0) or ``"cannot tell"``, with the ``reason`` in words. Readers of the
+other keys are unaffected by it.
 """
 
 from __future__ import annotations
@@ -38,10 +49,15 @@ from pcrl.data.splits import fraction_key
 from pcrl.errors import DataError
 
 __all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "CONFIDENCE",
     "INIT_ORDER",
+    "bootstrap_interval",
     "collect_runs",
-    "compare",
+    "comparison_rows",
     "fraction_label",
+    "paired_difference",
     "render_markdown",
     "summarise",
     "verdict",
@@ -52,6 +68,12 @@ __all__ = [
 INIT_ORDER = ("scratch", "genesis", "moco", "pcrl")
 REFERENCE = "pcrl"
 BASELINE = "scratch"
+#: Paired comparisons: bootstrap resamples, generator seed and confidence level (fixed, so the
+#: report is reproducible).
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+_LEVEL = f"{CONFIDENCE * 100:g} %"
 _REQUIRED = ("task", "init", "fraction", "seed", "metrics", "primary")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -205,8 +227,17 @@ def _nest(cells: Mapping[tuple[str, str, str], list[dict[str, Any]]]) -> Summary
         summary[task] = {}
         for fraction in fractions:
             inits = _ordered_inits(i for t, i, f in cells if t == task and f == fraction)
-            summary[task][fraction] = {init: _cell(cells[task, init, fraction]) for init in inits}
+            summary[task][fraction] = _with_pairs({init: _cell(cells[task, init, fraction]) for init in inits})
     return summary
+
+
+def _with_pairs(inits: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Give each pretrained init's cell (every init but scratch) its ``paired`` comparisons
+    (:func:`paired_difference`) with every other init of the same task and fraction."""
+    for a, cell in inits.items():
+        if a != BASELINE:
+            cell["paired"] = {b: paired_difference(cell, other) for b, other in inits.items() if b != a}
+    return inits
 
 
 def _ordered_inits(inits: Iterable[str]) -> list[str]:
@@ -246,23 +277,86 @@ def _task_metric(task_summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) ->
     raise DataError("a task of the summary has no cells")
 
 
+# ------------------------------------------------------------------ paired statistics
+
+
+def bootstrap_interval(differences: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED, level: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``differences``.
+
+    Draws ``resamples`` samples of the ``n`` differences with replacement (one
+    ``(resamples, n)`` index draw from ``numpy.random.default_rng(seed)``), takes each
+    sample's mean, and returns the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of
+    those means (numpy's default, linear interpolation). A fresh generator per call makes every
+    interval reproducible on its own, whatever else the report computes.
+
+    Raises:
+        ValueError: no differences, ``resamples`` < 1 or ``level`` outside (0, 1).
+    """
+    values = np.asarray(differences, dtype=float)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError("bootstrap_interval needs a non-empty 1-D sequence of differences")
+    if resamples < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"bootstrap_interval: resamples must be >= 1 and level in (0, 1), "
+                         f"got {resamples} and {level}")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    low, high = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(low), float(high)
+
+
+def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Cell ``a`` minus cell ``b`` of the headline metric, paired by seed.
+
+    Only seeds present in both cells count. Returns ``{"n", "seeds", "differences", "mean",
+    "ci", "verdict", "reason"}``: ``mean`` is that of the per-seed differences (``None``
+    without a paired seed), ``ci`` its 95 % percentile bootstrap interval
+    (:func:`bootstrap_interval`; ``None`` below 2 paired seeds), ``verdict`` ``"better"`` /
+    ``"worse"`` when n >= 2 and the interval lies above / below 0, else ``"cannot tell"``;
+    ``reason`` says why in words.
+    """
+    theirs = dict(zip(b["seeds"], b["values"]))
+    pairs = [(s, float(v) - float(theirs[s])) for s, v in zip(a["seeds"], a["values"]) if s in theirs]
+    seeds = [s for s, _ in pairs]
+    diffs = [d for _, d in pairs]
+    result: dict[str, Any] = {"n": len(diffs), "seeds": seeds, "differences": diffs,
+                              "mean": float(np.mean(diffs)) if diffs else None, "ci": None}
+    if not diffs:
+        return {**result, "verdict": "cannot tell", "reason": "no seed was run by both"}
+    if len(diffs) == 1:
+        return {**result, "verdict": "cannot tell", "reason": "n = 1 paired seed"}
+    low, high = bootstrap_interval(diffs)
+    interval = f"the {_LEVEL} interval {_interval(low, high)}"
+    result["ci"] = [low, high]
+    if low > 0.0 or high < 0.0:
+        return {**result, "verdict": "better" if low > 0.0 else "worse", "reason": f"{interval} excludes 0"}
+    return {**result, "verdict": "cannot tell", "reason": f"{interval} contains 0"}
+
+
+def _pair(inits: Mapping[str, Mapping[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """``a`` − ``b`` at one task and fraction: the summary's record, or computed afresh."""
+    stored = inits[a].get("paired", {}).get(b)
+    return dict(stored) if stored is not None else paired_difference(inits[a], inits[b])
+
+
 # ------------------------------------------------------------------ verdict
 
 
 def verdict(summary: Summary) -> list[str]:
-    """Plain sentences, computed from the numbers, comparing PCRL with each other init.
+    """Plain sentences, computed from the paired statistics, comparing PCRL with each other init.
 
-    One sentence per task and label fraction, then one per task on whether PCRL is best at
-    every fraction. PCRL *beats* / *loses to* another initialisation when the difference of
-    means is at least the larger of the two standard deviations, and *ties with* it
-    otherwise (when both stds are 0, i.e. single seeds, only equal means tie). PCRL is *best*
-    at a fraction when it beats every other initialisation there, *tied for best* when it
-    loses to none. A missing PCRL or scratch run is stated, not guessed around.
+    One sentence per task and label fraction, giving PCRL's mean difference to each other
+    initialisation over the seeds both ran, its 95 % bootstrap interval and the verdict of
+    :func:`paired_difference` ("better" / "worse" only with n >= 2 paired seeds and an interval
+    excluding 0; otherwise "cannot tell", and why). Then one sentence per task: PCRL is *best at
+    every label fraction* only when every comparison at every fraction is "better"; otherwise
+    the sentence says where it is worse or what cannot be told. A missing PCRL or scratch run is
+    stated, not guessed around.
     """
     sentences: list[str] = []
     for task, fractions in summary.items():
         metric = _task_metric(fractions)
-        outcomes: dict[str, dict[str, str] | None] = {}
+        outcomes: dict[str, dict[str, dict[str, Any]] | None] = {}
         for fraction, inits in fractions.items():
             sentence, outcome = _fraction_sentence(task, metric, fraction, inits)
             sentences.append(sentence)
@@ -271,59 +365,43 @@ def verdict(summary: Summary) -> list[str]:
     return sentences
 
 
-def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
-    """``"beats"``, ``"loses to"`` or ``"ties with"``: cell ``a`` against cell ``b``.
-
-    A tie is ``|mean_a - mean_b| < max(std_a, std_b)``, or equal means (up to floating-point
-    rounding, see :func:`_same`) when both stds are 0.
-    """
-    diff = float(a["mean"]) - float(b["mean"])
-    if _same(a["mean"], b["mean"]) or abs(diff) < max(float(a["std"]), float(b["std"])):
-        return "ties with"
-    return "beats" if diff > 0 else "loses to"
-
-
-def _same(x: float, y: float) -> bool:
-    """Equal means: equal but for the rounding of summing the same values in another order."""
-    return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-12)
-
-
-def _clause(ours: Mapping[str, Any], name: str, theirs: Mapping[str, Any]) -> str:
-    """``beats scratch by +0.052`` / ``ties with moco (+0.003, within the larger std)``."""
-    outcome = compare(ours, theirs)
-    diff = float(ours["mean"]) - float(theirs["mean"])
-    if outcome != "ties with":
-        return f"{outcome} {name} by {_signed(diff)}"
-    if _same(ours["mean"], theirs["mean"]):
-        return f"ties with {name} (equal means)"
-    return f"ties with {name} ({_signed(diff)}, within the larger std)"
+def _clause(name: str, pair: Mapping[str, Any]) -> str:
+    """``Against scratch: +0.052 over 5 paired seeds, 95 % interval [...]; PCRL is better (...).``"""
+    if pair["n"] == 0:
+        return f"Against {name}: cannot tell ({pair['reason']})."
+    seeds = _count(pair["n"], "paired seed")
+    if pair["verdict"] == "cannot tell":
+        return f"Against {name}: {_signed(pair['mean'])} over {seeds}; cannot tell ({pair['reason']})."
+    low, high = pair["ci"]
+    return (f"Against {name}: {_signed(pair['mean'])} over {seeds}, {_LEVEL} interval "
+            f"{_interval(low, high)}; PCRL is {pair['verdict']} (the interval excludes 0).")
 
 
 def _fraction_sentence(
     task: str, metric: str, fraction: str, inits: Mapping[str, Mapping[str, Any]]
-) -> tuple[str, dict[str, str] | None]:
-    """The sentence of one task and fraction, and PCRL's outcome against each other init."""
+) -> tuple[str, dict[str, dict[str, Any]] | None]:
+    """The sentence of one task and fraction, and PCRL's paired comparison with each other init."""
     head = f"{task} ({metric}, {fraction_label(fraction)} labels)"
     if REFERENCE not in inits:
         present = ", ".join(inits) or "none"
         return f"{head}: no PCRL run, so PCRL cannot be compared (runs: {present}).", None
     ours = inits[REFERENCE]
     others = [name for name in inits if name != REFERENCE]
-    text = f"{head}: PCRL {_mean_std(ours)}"
+    text = f"{head}: PCRL {_mean_std(ours)} over {_count(ours['n'], 'seed')}."
     if not others:
-        return f"{text} has no other initialisation to compare with.", {}
-    outcome = {name: compare(ours, inits[name]) for name in others}
-    clauses = [_clause(ours, name, inits[name]) for name in others]
-    sentence = f"{text} {_join(clauses)}."
+        return f"{text} It has no other initialisation to compare with.", {}
+    outcome = {name: _pair(inits, REFERENCE, name) for name in others}
+    sentence = " ".join([text] + [_clause(name, pair) for name, pair in outcome.items()])
     if BASELINE not in inits:
         sentence += f" No {BASELINE} run, so the gain over random initialisation cannot be stated."
     return sentence, outcome
 
 
-def _best_sentence(task: str, metric: str, outcomes: Mapping[str, dict[str, str] | None]) -> str:
-    """Whether PCRL is best at every label fraction of ``task`` (``None``: no PCRL run there)."""
+def _best_sentence(task: str, metric: str, outcomes: Mapping[str, dict[str, dict[str, Any]] | None]) -> str:
+    """Whether PCRL is better than every other init at every label fraction of ``task``
+    (``None``: no PCRL run at that fraction)."""
     head = f"{task} ({metric})"
-    unknown = "so whether it is best at every label fraction cannot be said"
+    unknown = "so whether it is best at every label fraction cannot be told"
     missing = [fraction_label(f) for f, o in outcomes.items() if o is None]
     if missing:
         return f"{head}: PCRL has no run at {_join(missing)}, {unknown}."
@@ -331,14 +409,38 @@ def _best_sentence(task: str, metric: str, outcomes: Mapping[str, dict[str, str]
     if alone:
         return f"{head}: PCRL has no other initialisation to compare with at {_join(alone)}, {unknown}."
     results = {f: o for f, o in outcomes.items() if o is not None}
-    losses = {f: [n for n, v in o.items() if v == "loses to"] for f, o in results.items()}
-    where = [f"at {fraction_label(f)} to {_join(names)}" for f, names in losses.items() if names]
-    if where:
-        return f"{head}: PCRL is not best at every label fraction: it loses {'; '.join(where)}."
+    worse = _where(results, "worse")
+    undecided = _where(results, "cannot tell")
+    if worse:
+        sentence = f"{head}: PCRL is not best at every label fraction: it is worse {worse}"
+        return sentence + (f"; undecided {undecided}." if undecided else ".")
+    if undecided:
+        return f"{head}: whether PCRL is best at every label fraction cannot be told; undecided {undecided}."
     labels = _join([fraction_label(f) for f in outcomes])
-    if all(v == "beats" for o in results.values() for v in o.values()):
-        return f"{head}: PCRL is best at every label fraction ({labels})."
-    return f"{head}: PCRL is best or tied for best at every label fraction ({labels})."
+    return f"{head}: PCRL is best at every label fraction ({labels}): better than every other initialisation."
+
+
+def _where(results: Mapping[str, Mapping[str, Mapping[str, Any]]], outcome: str) -> str:
+    """``at 10% than moco and genesis; at 100% than scratch`` for one verdict ("" if none)."""
+    word = "than" if outcome == "worse" else "against"
+    parts = [f"at {fraction_label(f)} {word} {_join([n for n, p in o.items() if p['verdict'] == outcome])}"
+             for f, o in results.items() if any(p["verdict"] == outcome for p in o.values())]
+    return "; ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 seed`` / ``3 seeds``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _interval(low: float, high: float) -> str:
+    """``[-0.020, +0.050]``."""
+    return f"[{_signed(low)}, {_signed(high)}]"
+
+
+def _same(x: float, y: float) -> bool:
+    """Equal means: equal but for the rounding of summing the same values in another order."""
+    return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-12)
 
 
 def _mean_std(cell: Mapping[str, Any]) -> str:
@@ -347,6 +449,7 @@ def _mean_std(cell: Mapping[str, Any]) -> str:
 
 def _signed(diff: float) -> str:
     """``+0.052``; a non-zero difference that rounds to zero keeps its sign and digits."""
+    diff = float(diff) or 0.0  # -0.0 -> +0.000
     if diff != 0.0 and abs(diff) < 5e-4:
         return f"{diff:+.1e}"
     return f"{diff:+.3f}"
@@ -367,8 +470,9 @@ def write_report(summary: Summary, out_dir: str | Path) -> None:
 
     ``report.md`` has, per task, a table in the paper's layout (rows: initialisations,
     columns: label fractions, cells ``mean ± std (n)``, the best mean of each column in
-    bold), the verdict sentences and a note on the seeds. ``plots/<task>.csv`` (columns
-    ``fraction, init, mean, std``) is the same data for ``dvc plots``.
+    bold), a table of paired differences (:func:`render_markdown`), the verdict sentences and
+    notes on the statistics and seeds. ``plots/<task>.csv`` (columns ``fraction, init, mean,
+    std``) is the same data for ``dvc plots``.
     """
     out = Path(out_dir)
     write_text(out / "report.md", render_markdown(summary))
@@ -378,14 +482,30 @@ def write_report(summary: Summary, out_dir: str | Path) -> None:
         _plot_task(task, fractions, out / "plots" / f"{task}.png")
 
 
+#: Marks of the paired-difference table.
+MARKS = {"better": "✓", "worse": "✗", "cannot tell": "?"}
+
+
 def render_markdown(summary: Summary) -> str:
-    """The text of ``report.md``."""
+    """The text of ``report.md``.
+
+    Each task's paired table has one row per comparison A − B (each pretrained init − scratch,
+    then PCRL − each other pretrained init) and one column per label fraction; a cell reads
+    ``+0.052 [+0.010, +0.094] (n=5) ✓``: mean paired difference, 95 % bootstrap interval (absent
+    below 2 paired seeds), number of paired seeds and the verdict's mark (:data:`MARKS`).
+    """
     lines = ["# PCRL fine-tuning report", ""]
     for task, fractions in summary.items():
         metric = _task_metric(fractions)
         lines += [f"## {task}", "", f"Headline metric: **{metric}** (higher is better).", ""]
         lines += _table(fractions) + [""]
+        paired = _paired_table(fractions)
+        if paired:
+            lines += [f"Paired differences A − B of {metric} over the seeds both ran "
+                      f"(✓ better, ✗ worse, ? cannot tell; see Statistics):", ""]
+            lines += paired + [""]
     lines += ["## Verdict", ""] + [f"- {s}" for s in verdict(summary)] + [""]
+    lines += ["## Statistics", "", _statistics_note(), ""]
     lines += ["## Seeds", "", _seed_note(summary), ""]
     return "\n".join(lines)
 
@@ -411,6 +531,60 @@ def _table(fractions: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str
     return rows
 
 
+def comparison_rows(inits: Sequence[str]) -> list[tuple[str, str]]:
+    """The (A, B) rows of a task's paired table, for the inits present in it (table order):
+    PCRL − scratch, each other paper init − scratch, PCRL − each other paper init, then each
+    external init − scratch and PCRL − each external init."""
+    present = set(inits)
+    paper = [i for i in INIT_ORDER if i in present and i not in (BASELINE, REFERENCE)]
+    external = sorted(present - set(INIT_ORDER))
+    rows = [(a, BASELINE) for a in [REFERENCE, *paper]]
+    rows += [(REFERENCE, b) for b in paper]
+    rows += [(a, BASELINE) for a in external] + [(REFERENCE, b) for b in external]
+    return [(a, b) for a, b in rows if a in present and b in present]
+
+
+def _paired_table(fractions: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+    """Markdown rows of the paired differences (empty without any comparison)."""
+    rows = comparison_rows(_ordered_inits(i for cells in fractions.values() for i in cells))
+    if not rows:
+        return []
+    lines = [
+        "| comparison | " + " | ".join(fraction_label(f) for f in fractions) + " |",
+        "|---|" + "---:|" * len(fractions),
+    ]
+    for a, b in rows:
+        cells = [_paired_cell(_pair(by_init, a, b)) if a in by_init and b in by_init else "—"
+                 for by_init in fractions.values()]
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paired_cell(pair: Mapping[str, Any]) -> str:
+    """``+0.052 [+0.010, +0.094] (n=5) ✓``; ``+0.403 (n=1) ?``; ``— (n=0) ?``."""
+    mark = MARKS[pair["verdict"]]
+    if pair["n"] == 0:
+        return f"— (n=0) {mark}"
+    interval = f" {_interval(*pair['ci'])}" if pair["ci"] is not None else ""
+    return f"{_signed(pair['mean'])}{interval} (n={pair['n']}) {mark}"
+
+
+def _statistics_note() -> str:
+    """How the paired differences and verdicts are computed."""
+    return (
+        "Two initialisations are compared by pairing their runs by seed (only seeds both ran), "
+        "taking the per-seed differences A − B of the headline metric and their mean. The "
+        f"{_LEVEL} interval is a percentile bootstrap of that mean: the n paired differences are "
+        f"resampled with replacement {BOOTSTRAP_RESAMPLES:,} times (generator seed "
+        f"{BOOTSTRAP_SEED}, so the report is reproducible). A comparison is **better** (✓) or "
+        "**worse** (✗) only with at least 2 paired seeds and an interval that excludes 0; "
+        "otherwise it is **cannot tell** (?), with a single paired seed or an interval "
+        "containing 0. With few seeds the percentile bootstrap is optimistic (with 2 or 3 "
+        "paired seeds it is, almost surely, the range of the differences): a ✓ there is weak "
+        "evidence, not proof."
+    )
+
+
 def _seed_note(summary: Summary) -> str:
     """How many seeds the cells have."""
     counts = sorted({c["n"] for fr in summary.values() for cells in fr.values() for c in cells.values()})
@@ -418,8 +592,8 @@ def _seed_note(summary: Summary) -> str:
     note = (f"Each cell is the mean ± sample standard deviation over seeds; (n) is the number of "
             f"seeds, {spread} per cell here.")
     if counts[0] == 1:
-        note += (" Cells with a single seed show a std of 0: they are not replicated, and there only"
-                 " exactly equal means count as a tie.")
+        note += (" Cells with a single seed show a std of 0: they are not replicated, and no"
+                 " comparison with them can be told.")
     return note
 
 

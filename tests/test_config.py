@@ -52,6 +52,9 @@ def test_unknown_top_level_section_is_named(demo_params: dict) -> None:
         (("cubes", "ncc", "fractions"), [0.0, 0.5], r"cubes\.ncc\.fractions\.0"),
         (("data", "source"), "ftp", r"data\.source"),
         (("cubes", "pretrain", "cube_size"), [64, 64], r"cubes\.pretrain\.cube_size"),
+        (("pretrain", "augment", "flip_axes"), [0, 3], r"pretrain\.augment\.flip_axes\.1"),
+        (("pretrain", "pcrl", "nce"), "paper", r"pretrain\.pcrl\.nce"),
+        (("finetune", "network", "norm"), "batchstats", r"finetune\.network\.norm"),
     ],
 )
 def test_bad_values_name_their_key(demo_params: dict, keys: tuple, value, dotted: str) -> None:

@@ -154,9 +154,23 @@ def test_import_release_checkpoint_with_wrappers(tmp_path: Path) -> None:
     assert set(record.state_dict) == {k for k in weights if k.startswith(("down_tr", "up_tr"))}
     config = json.loads(record.config)
     assert config["base"] == 2 and len(config["sha256"]) == 64 and config["source"] == str(path)
+    assert config["layout"] == "pcrl"
     net = seeded_network("lcs", NET, 0)
     apply_init(net, record, "lcs")
     assert torch.equal(net.up_tr128.up_conv.weight, weights["up_tr128.up_conv.weight"])
+
+
+def test_models_genesis_weights_are_named_and_batch_stats_suggested(tmp_path: Path, caplog) -> None:
+    """Without a PCRL head the checkpoint is Models Genesis': its batch norm used batch statistics."""
+    path = tmp_path / "Genesis_Chest_CT.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in _pretrained().items()}}, path)
+    with caplog.at_level("WARNING", logger="pcrl.finetune.models"):
+        record = import_checkpoint(path, "genesis_chest_ct")
+    assert json.loads(record.config)["layout"] == "genesis"
+    assert "Genesis_Chest_CT.pt" in caplog.text and "norm: batch_stats" in caplog.text
+    net = seeded_network("ncc", NetworkConfig(base=2, norm="batch_stats"), 0)
+    apply_init(net, record, "ncc")  # the same keys load into batch-statistics layers
+    assert torch.equal(net.backbone.down_tr64.ops[0].bn1.weight, record.state_dict["down_tr64.ops.0.bn1.weight"])
 
 
 def test_import_refuses_checkpoints_without_encoder(tmp_path: Path) -> None:

@@ -148,3 +148,30 @@ def test_reconstruction_loss_is_mse_and_checks_shapes() -> None:
     assert reconstruction_loss(pred, target).item() == pytest.approx((1.0 + 0.0 + 0.25 + 0.0) / 4)
     with pytest.raises(ValueError, match=r"\(2, 2\).*\(2, 1\)"):
         reconstruction_loss(pred, target[:, :1])
+
+
+@pytest.mark.parametrize("setting", ["intent", "release"])
+def test_nce_settings_follow_their_sources(setting: str) -> None:
+    """intent: eps 1e-7, real Z (Wu et al.); release: eps 1e-5, Z truncated to an integer."""
+    t, n_data = 0.2, 10
+    eps = {"intent": 1e-7, "release": 1e-5}[setting]
+    scores = [math.exp(d / t) for row in DOTS for d in row]
+    z = sum(scores) / len(scores) * n_data
+    if setting == "release":
+        z = float(math.floor(z))  # positive: truncation is the floor
+    loss_fn = NCELoss.from_setting(setting, n_data, t)
+    loss = loss_fn(Q, K, QUEUE)
+    assert loss_fn.eps == eps
+    assert loss_fn.Z.item() == pytest.approx(z, rel=1e-6)
+    assert (loss_fn.Z.item() == int(loss_fn.Z.item())) == (setting == "release")
+    assert loss.item() == pytest.approx(_nce_reference(DOTS, t, n_data, z, eps), rel=1e-5)
+
+
+def test_nce_release_eps_matters_when_probabilities_are_small() -> None:
+    """With a large n_data (m Pn tiny) eps 1e-5 vs 1e-7 changes the loss: the setting is not cosmetic."""
+    t, n_data = 0.2, 10_000_000
+    intent = NCELoss.from_setting("intent", n_data, t)(Q, K, QUEUE).item()
+    release = NCELoss.from_setting("release", n_data, t)(Q, K, QUEUE).item()
+    assert abs(intent - release) > 1e-3
+    with pytest.raises(ValueError, match="setting must be one of"):
+        NCELoss.from_setting("paper", n_data, t)

@@ -6,6 +6,7 @@ Tiny configuration everywhere: base width 4, cubes 16x16x8, batch 4, queue 16.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -129,9 +130,15 @@ def _infonce_ref(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float
     return torch.stack(rows).mean()
 
 
-def test_forward_reproduces_every_term_of_the_spec(fresh) -> None:
-    """All seven terms recomputed by hand from the same draws (infonce, T = 0.2)."""
+@pytest.mark.parametrize("target", ["intent", "release"])
+def test_forward_reproduces_every_term_of_the_spec(fresh, target: str) -> None:
+    """All seven terms recomputed by hand from the same draws (infonce, T = 0.2).
+
+    In both target modes the mixup pass reconstructs the mixed *clean* views (the release
+    reconstructs its raw crops there); only the TCA passes' targets follow ``target``.
+    """
     method = copy.deepcopy(fresh["infonce"])
+    method.config = dataclasses.replace(method.config, target=target)
     with torch.no_grad():  # sharpen the TCA gates so that using the wrong code shows
         method.student.aug_fc2.weight.mul_(40.0)
     ref = copy.deepcopy(method)
@@ -181,6 +188,8 @@ def test_forward_reproduces_every_term_of_the_spec(fresh) -> None:
             (mix_hybrid - (alpha2 * mixed(v.clean1) + (1 - alpha2) * mixed(v.clean2))) ** 2
         ).mean(),
     }
+    if target == "release":  # the TCA targets are the corrupted views, transformed
+        torch.testing.assert_close(v.target1, transforms.apply_spatial(v.input1, v.codes1))
     for name, value in expected.items():
         torch.testing.assert_close(out[name], value, rtol=2e-5, atol=1e-7, msg=name)
     # Keys of this step enqueued once: rows 0..3 hold k, ptr moved by N (not 3N).

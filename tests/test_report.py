@@ -1,4 +1,5 @@
-"""Tests of pcrl.report: reading runs, statistics over seeds, verdict wording, written report."""
+"""Tests of pcrl.report: reading runs, statistics over seeds, paired bootstrap comparisons,
+verdict wording, written report."""
 
 from __future__ import annotations
 
@@ -8,10 +9,22 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pcrl.errors import DataError
-from pcrl.report import collect_runs, compare, fraction_label, summarise, verdict, write_report
+from pcrl.report import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    bootstrap_interval,
+    collect_runs,
+    comparison_rows,
+    fraction_label,
+    paired_difference,
+    summarise,
+    verdict,
+    write_report,
+)
 
 
 def _run(task: str, init: str, fraction: float, seed: int, value: float, primary: str = "auc", **extra) -> dict:
@@ -114,61 +127,171 @@ def test_fraction_labels():
     assert [fraction_label(f) for f in ("0.1", 0.2, 0.5, "1.0", 0.125)] == ["10%", "20%", "50%", "100%", "12.5%"]
 
 
-# ---------------------------------------------------------------------- verdict
+# ---------------------------------------------------------------------- paired statistics
 
 
-def test_verdict_win_loss_and_tie():
+def test_bootstrap_interval_of_two_or_three_differences_is_their_range():
+    # n = 2: the resampled means are d1, (d1+d2)/2 and d2 with probabilities 1/4, 1/2, 1/4, so the
+    # 2.5 % and 97.5 % quantiles are d1 and d2; n = 3: all-min / all-max has probability 1/27 > 2.5 %
+    assert bootstrap_interval([0.3, 0.1]) == pytest.approx((0.1, 0.3))
+    assert bootstrap_interval([0.02, -0.01, 0.05]) == pytest.approx((-0.01, 0.05))
+    assert bootstrap_interval([0.25, 0.25, 0.25]) == pytest.approx((0.25, 0.25))
+
+
+def test_bootstrap_interval_agrees_with_an_independent_bootstrap():
+    diffs = [0.052, 0.010, 0.094, 0.031, 0.075, -0.004, 0.060, 0.041]
+    rng = np.random.default_rng(2024)  # another stream, drawn another way: only Monte Carlo error is shared
+    means = sorted(sum(rng.choice(diffs, size=len(diffs), replace=True)) / len(diffs)
+                   for _ in range(BOOTSTRAP_RESAMPLES))
+    reference = (means[int(0.025 * BOOTSTRAP_RESAMPLES)], means[int(0.975 * BOOTSTRAP_RESAMPLES) - 1])
+    spread = np.std(diffs) / math.sqrt(len(diffs))  # sd of the bootstrap distribution of the mean
+    low, high = bootstrap_interval(diffs)
+    assert low == pytest.approx(reference[0], abs=0.15 * spread)
+    assert high == pytest.approx(reference[1], abs=0.15 * spread)
+    assert low < np.mean(diffs) < high
+
+
+def test_bootstrap_interval_for_many_differences_is_close_to_the_normal_interval():
+    diffs = np.random.default_rng(7).normal(0.05, 0.1, size=400)
+    half = 1.96 * diffs.std(ddof=1) / math.sqrt(diffs.size)
+    low, high = bootstrap_interval(diffs.tolist())
+    assert low == pytest.approx(diffs.mean() - half, abs=0.1 * half)
+    assert high == pytest.approx(diffs.mean() + half, abs=0.1 * half)
+
+
+def test_bootstrap_interval_is_reproducible_and_uses_its_seed():
+    diffs = [0.05, -0.02, 0.11, 0.03, 0.07]
+    assert bootstrap_interval(diffs) == bootstrap_interval(diffs)
+    assert bootstrap_interval(diffs, seed=BOOTSTRAP_SEED + 1) != bootstrap_interval(diffs)
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_interval([])
+
+
+def test_pairing_by_seed_leaves_out_seeds_missing_in_one_cell(tmp_path):
+    runs = [_run("ncc", "pcrl", 0.1, s, v) for s, v in ((0, 0.80), (1, 0.84), (2, 0.90))]
+    runs += [_run("ncc", "scratch", 0.1, s, v) for s, v in ((1, 0.70), (2, 0.78), (3, 0.99))]
+    summary = summarise(runs)
+    pair = summary["ncc"]["0.1"]["pcrl"]["paired"]["scratch"]
+    # seeds 1 and 2 only: differences 0.84 - 0.70 = 0.14 and 0.90 - 0.78 = 0.12
+    assert (pair["n"], pair["seeds"]) == (2, [1, 2])
+    assert pair["differences"] == pytest.approx([0.14, 0.12])
+    assert pair["mean"] == pytest.approx(0.13)
+    assert pair["ci"] == pytest.approx([0.12, 0.14])
+    assert pair["verdict"] == "better"
+    sentence = verdict(summary)[0]
+    assert sentence == ("ncc (auc, 10% labels): PCRL 0.847 ± 0.050 over 3 seeds. Against scratch: +0.130 over "
+                        "2 paired seeds, 95 % interval [+0.120, +0.140]; PCRL is better (the interval excludes 0).")
+    write_report(summary, tmp_path)
+    table = _markdown_table((tmp_path / "report.md").read_text(), "ncc", first="comparison")
+    assert table == {"pcrl − scratch": {"10%": "+0.130 [+0.120, +0.140] (n=2) ✓"}}
+
+
+def test_one_paired_seed_cannot_tell():
+    pair = paired_difference({"seeds": [0, 1], "values": [0.9, 0.8]}, {"seeds": [1, 5], "values": [0.6, 0.1]})
+    assert (pair["n"], pair["seeds"], pair["ci"]) == (1, [1], None)
+    assert pair["mean"] == pytest.approx(0.2)
+    assert (pair["verdict"], pair["reason"]) == ("cannot tell", "n = 1 paired seed")
+    none = paired_difference({"seeds": [0], "values": [0.9]}, {"seeds": [1], "values": [0.6]})
+    assert (none["n"], none["mean"], none["verdict"]) == (0, None, "cannot tell")
+
+
+def test_interval_containing_zero_cannot_tell():
+    runs = _runs({("scratch", 0.5): [0.70, 0.60], ("pcrl", 0.5): [0.68, 0.65]})  # differences -0.02, +0.05
+    summary = summarise(runs)
+    pair = summary["ncc"]["0.5"]["pcrl"]["paired"]["scratch"]
+    assert pair["ci"] == pytest.approx([-0.02, 0.05])
+    assert (pair["verdict"], pair["reason"]) == ("cannot tell", "the 95 % interval [-0.020, +0.050] contains 0")
+    sentence, best = verdict(summary)
+    assert sentence.endswith("Against scratch: +0.015 over 2 paired seeds; cannot tell "
+                             "(the 95 % interval [-0.020, +0.050] contains 0).")
+    assert best == ("ncc (auc): whether PCRL is best at every label fraction cannot be told; "
+                    "undecided at 50% against scratch.")
+    # an interval that touches 0 (differences 0 and +0.05: interval [0, +0.05]) does not exclude it
+    touching = paired_difference({"seeds": [0, 1], "values": [0.7, 0.75]}, {"seeds": [0, 1], "values": [0.7, 0.7]})
+    assert touching["ci"] == pytest.approx([0.0, 0.05])
+    assert (touching["verdict"], touching["reason"]) == ("cannot tell", "the 95 % interval [+0.000, +0.050] contains 0")
+
+
+def test_clear_differences_over_five_seeds_are_better_and_worse():
     runs = _runs({
-        ("scratch", 1.0): [0.69, 0.71],  # 0.70 +- 0.014: PCRL wins by 0.10
-        ("genesis", 1.0): [0.88, 0.92],  # 0.90 +- 0.028: PCRL loses by 0.10
-        ("moco", 1.0): [0.78, 0.80],     # 0.79 +- 0.014: diff 0.01 < PCRL's std 0.028 -> tie
-        ("pcrl", 1.0): [0.78, 0.82],     # 0.80 +- 0.028
+        ("scratch", 1.0): [0.70, 0.72, 0.69, 0.71, 0.70],
+        ("genesis", 1.0): [0.90, 0.91, 0.89, 0.92, 0.90],
+        ("pcrl", 1.0): [0.80, 0.83, 0.79, 0.82, 0.80],  # scratch + (0.10, 0.11, 0.10, 0.11, 0.10)
     })
-    (sentence, best) = verdict(summarise(runs))
-    assert sentence == (
-        "ncc (auc, 100% labels): PCRL 0.800 ± 0.028 beats scratch by +0.100, loses to genesis by -0.100 "
-        "and ties with moco (+0.010, within the larger std)."
-    )
-    assert best == "ncc (auc): PCRL is not best at every label fraction: it loses at 100% to genesis."
+    summary = summarise(runs)
+    cells = summary["ncc"]["1.0"]
+    up, down = cells["pcrl"]["paired"]["scratch"], cells["pcrl"]["paired"]["genesis"]
+    assert (up["n"], up["verdict"], down["verdict"]) == (5, "better", "worse")
+    assert up["mean"] == pytest.approx(0.104)
+    assert 0.10 - 1e-12 <= up["ci"][0] <= up["mean"] <= up["ci"][1] <= 0.11 + 1e-12
+    assert down["ci"][1] < 0
+    assert set(cells["genesis"]["paired"]) == {"scratch", "pcrl"} and "paired" not in cells["scratch"]
+    sentence, best = verdict(summary)
+    assert "Against scratch: +0.104 over 5 paired seeds, 95 % interval [" in sentence
+    assert "; PCRL is better (the interval excludes 0). Against genesis: -0.096" in sentence
+    assert "PCRL is worse (the interval excludes 0)." in sentence
+    assert best == "ncc (auc): PCRL is not best at every label fraction: it is worse at 100% than genesis."
 
 
-def test_tie_rule_is_the_larger_std_and_exact_equality_without_spread():
-    cell = lambda mean, std: {"mean": mean, "std": std}  # noqa: E731
-    assert compare(cell(0.80, 0.05), cell(0.76, 0.01)) == "ties with"  # 0.04 < 0.05
-    assert compare(cell(0.80, 0.01), cell(0.74, 0.05)) == "beats"      # 0.06 >= 0.05
-    assert compare(cell(0.70, 0.0), cell(0.7000001, 0.0)) == "loses to"
-    assert compare(cell(0.1 + 0.2, 0.0), cell(0.3, 0.0)) == "ties with"  # equal but for rounding
+def test_best_at_every_fraction_only_when_every_comparison_is_better():
+    better = {("scratch", f): [0.6, 0.62, 0.61] for f in (0.1, 1.0)}
+    better |= {("pcrl", f): [0.7, 0.73, 0.70] for f in (0.1, 1.0)}
+    assert verdict(summarise(_runs(better)))[-1] == (
+        "ncc (auc): PCRL is best at every label fraction (10% and 100%): better than every other initialisation.")
+    mixed = better | {("moco", 1.0): [0.71, 0.70, 0.74], ("genesis", 0.1): [0.8, 0.81, 0.82]}
+    assert verdict(summarise(_runs(mixed)))[-1] == (
+        "ncc (auc): PCRL is not best at every label fraction: it is worse at 10% than genesis; "
+        "undecided at 100% against moco.")
 
 
-def test_verdict_best_at_every_fraction_and_single_seed_equality():
-    runs = _runs({("scratch", 0.1): [0.6], ("pcrl", 0.1): [0.7], ("scratch", 1.0): [0.8], ("pcrl", 1.0): [0.9]})
-    lines = verdict(summarise(runs))
-    assert lines[0] == "ncc (auc, 10% labels): PCRL 0.700 ± 0.000 beats scratch by +0.100."
-    assert lines[-1] == "ncc (auc): PCRL is best at every label fraction (10% and 100%)."
-    tied = _runs({("scratch", 0.5): [0.8], ("pcrl", 0.5): [0.8]})
-    lines = verdict(summarise(tied))
-    assert lines[0].endswith("ties with scratch (equal means).")
-    assert lines[-1] == "ncc (auc): PCRL is best or tied for best at every label fraction (50%)."
+def test_demo_like_single_seed_never_claims_a_win(tmp_path):
+    runs = _runs({("scratch", 1.0): [0.500], ("genesis", 1.0): [0.61], ("pcrl", 1.0): [0.903]})
+    summary = summarise(runs)
+    lines = verdict(summary)
+    for line in lines:
+        assert not any(word in line.lower() for word in ("beat", "better", "best at every label fraction (")), line
+    assert lines[0] == ("ncc (auc, 100% labels): PCRL 0.903 ± 0.000 over 1 seed. Against scratch: +0.403 over "
+                        "1 paired seed; cannot tell (n = 1 paired seed). Against genesis: +0.293 over 1 paired "
+                        "seed; cannot tell (n = 1 paired seed).")
+    assert lines[1] == ("ncc (auc): whether PCRL is best at every label fraction cannot be told; "
+                        "undecided at 100% against scratch and genesis.")
+    write_report(summary, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    table = _markdown_table(text, "ncc", first="comparison")
+    assert table["pcrl − scratch"] == {"100%": "+0.403 (n=1) ?"}
+    assert "✓" not in "".join(c for row in table.values() for c in row.values())
+    assert "beats" not in text
 
 
 def test_verdict_states_missing_pcrl_and_scratch():
-    runs = _runs({("scratch", 0.1): [0.6], ("moco", 0.1): [0.7], ("pcrl", 1.0): [0.9], ("moco", 1.0): [0.8]})
+    runs = _runs({("scratch", 0.1): [0.6], ("moco", 0.1): [0.7], ("pcrl", 1.0): [0.9, 0.92], ("moco", 1.0): [0.8, 0.8]})
     lines = verdict(summarise(runs))
     assert lines[0] == "ncc (auc, 10% labels): no PCRL run, so PCRL cannot be compared (runs: scratch, moco)."
-    assert lines[1] == ("ncc (auc, 100% labels): PCRL 0.900 ± 0.000 beats moco by +0.100. "
+    assert lines[1] == ("ncc (auc, 100% labels): PCRL 0.910 ± 0.014 over 2 seeds. Against moco: +0.110 over 2 "
+                        "paired seeds, 95 % interval [+0.100, +0.120]; PCRL is better (the interval excludes 0). "
                         "No scratch run, so the gain over random initialisation cannot be stated.")
     assert lines[2].startswith("ncc (auc): PCRL has no run at 10%, so whether it is best")
-    assert not any("beats scratch" in line for line in lines)
+    assert not any("Against scratch" in line for line in lines)
+
+
+def test_comparison_rows_order():
+    assert comparison_rows(["scratch", "genesis", "moco", "pcrl", "imagenet"]) == [
+        ("pcrl", "scratch"), ("genesis", "scratch"), ("moco", "scratch"), ("pcrl", "genesis"), ("pcrl", "moco"),
+        ("imagenet", "scratch"), ("pcrl", "imagenet")]
+    assert comparison_rows(["moco", "pcrl"]) == [("pcrl", "moco")]
+    assert comparison_rows(["scratch"]) == []
 
 
 # ---------------------------------------------------------------------- write_report
 
 
-def _markdown_table(text: str, task: str) -> dict[str, dict[str, str]]:
-    """Parse the table under ``## <task>``: init -> column header -> cell text (bold stripped)."""
+def _markdown_table(text: str, task: str, first: str = "initialisation") -> dict[str, dict[str, str]]:
+    """Parse the table under ``## <task>`` whose header starts with ``first`` (the means table by
+    default, ``"comparison"`` for the paired one): row name -> column header -> cell (bold stripped)."""
     lines = text.splitlines()
     after = lines[lines.index(f"## {task}") + 1:]
-    first = next(i for i, line in enumerate(after) if line.startswith("|"))
+    after = after[:next((i for i, line in enumerate(after) if line.startswith("## ")), len(after))]
+    first = next(i for i, line in enumerate(after) if line.startswith(f"| {first} |"))
     rows = list(itertools.takewhile(lambda line: line.startswith("|"), after[first:]))
     header, *body = ([c.strip() for c in row.strip("|").split("|")] for row in rows)
     assert set("".join(body[0])) <= set("-:"), "second row must be the markdown separator"
@@ -195,8 +318,24 @@ def test_write_report_table_plots_and_json(tmp_path):
     for sentence in verdict(summary):
         assert f"- {sentence}" in text
     assert "between 1 and 2 per cell" in text
+    paired = _markdown_table(text, "ncc", first="comparison")
+    # 10%: seeds 0, 1 give 0.80 - 0.70 = +0.10 and 0.86 - 0.72 = +0.14; imagenet has one seed at 100%
+    assert paired == {
+        "pcrl − scratch": {"10%": "+0.120 [+0.100, +0.140] (n=2) ✓", "100%": "+0.060 [+0.050, +0.070] (n=2) ✓"},
+        "imagenet − scratch": {"10%": "—", "100%": "+0.010 (n=1) ?"},
+        "pcrl − imagenet": {"10%": "—", "100%": "+0.040 (n=1) ?"},
+    }
+    assert "10,000 times (generator seed 0" in text and "✓" in text.split("## Statistics")[1]
 
-    assert json.loads((out / "summary.json").read_text()) == summary
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored == summary
+    assert list(stored) == ["ncc"] and list(stored["ncc"]["1.0"]) == ["scratch", "pcrl", "imagenet"]
+    assert set(stored["ncc"]["1.0"]["pcrl"]["paired"]) == {"scratch", "imagenet"}
+    assert set(stored["ncc"]["1.0"]["imagenet"]["paired"]) == {"scratch", "pcrl"}
+    assert "paired" not in stored["ncc"]["1.0"]["scratch"]
+    assert stored["ncc"]["1.0"]["imagenet"]["paired"]["pcrl"] == {
+        "n": 1, "seeds": [0], "differences": [pytest.approx(-0.04)], "mean": pytest.approx(-0.04), "ci": None,
+        "verdict": "cannot tell", "reason": "n = 1 paired seed"}
     assert (out / "plots" / "ncc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "plots" / "ncc.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

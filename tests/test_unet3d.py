@@ -9,7 +9,7 @@ from torch import nn
 
 from pcrl.errors import ConfigError
 from pcrl.networks import UNet3D
-from pcrl.networks.unet3d import group_norm_groups
+from pcrl.networks.unet3d import BatchStatsNorm3d, group_norm_groups
 
 SHAPE = (32, 32, 16)
 
@@ -174,3 +174,36 @@ def test_group_norm_in_the_model_has_valid_groups_for_odd_widths() -> None:
     assert pairs == {(3, 3), (6, 6), (12, 6), (24, 8), (48, 8)}
     with torch.no_grad():
         assert net(_rand(1, 1, 8, 8, 8)).shape == (1, 1, 8, 8, 8)
+
+
+def test_batch_stats_norm_uses_batch_statistics_in_eval_mode_and_updates_running_ones_in_training() -> None:
+    """Models Genesis' batch norm, written out: (x - batch mean) / sqrt(biased var + eps) * w + b."""
+    layer = BatchStatsNorm3d(3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        layer.bias.copy_(torch.tensor([0.0, -1.0, 0.25]))
+    x = _rand(2, 3, 4, 4, 2) * 5 + 1
+    mean = x.mean(dim=(0, 2, 3, 4))
+    var = x.var(dim=(0, 2, 3, 4), unbiased=False)
+    shape = (1, 3, 1, 1, 1)
+    normalised = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + 1e-5)
+    expected = normalised * layer.weight.view(shape) + layer.bias.view(shape)
+    layer.eval()
+    torch.testing.assert_close(layer(x), expected.detach())
+    torch.testing.assert_close(layer.running_mean, torch.zeros(3))  # eval: untouched
+    plain = nn.BatchNorm3d(3).eval()
+    plain.load_state_dict(layer.state_dict())  # same keys: checkpoints load either way
+    assert not torch.allclose(plain(x), expected)  # running statistics (0, 1) differ
+    layer.train()
+    layer(x)
+    unbiased = x.var(dim=(0, 2, 3, 4), unbiased=True)
+    torch.testing.assert_close(layer.running_mean, 0.1 * mean)
+    torch.testing.assert_close(layer.running_var, 0.9 + 0.1 * unbiased)
+    assert int(layer.num_batches_tracked) == 1
+
+
+def test_norm_batch_stats_builds_batch_stats_layers_under_the_release_names() -> None:
+    net = UNet3D(base=4, norm="batch_stats")
+    norms = {name: m for name, m in net.named_modules() if isinstance(m, nn.BatchNorm3d)}
+    assert len(norms) == 14 and all(isinstance(m, BatchStatsNorm3d) for m in norms.values())
+    assert set(net.state_dict()) == set(UNet3D(base=4, norm="batch").state_dict())

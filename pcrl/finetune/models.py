@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,11 @@ from pcrl.finetune.tasks import TaskSpec, get_task
 from pcrl.networks import LoadReport, UNet3D, load_pretrained, unwrap_state_dict
 from pcrl.networks.state_dict import FIRST_CONV_KEY
 from pcrl.networks.unet3d import NormName
+
+log = logging.getLogger(__name__)
+
+#: A PCRL release checkpoint has its projection head; Models Genesis' public weights do not.
+PCRL_HEAD_KEY = "fc1.weight"
 
 __all__ = [
     "DECODER_MODULES",
@@ -70,7 +76,8 @@ class NetworkConfig:
 
     Attributes:
         base: U-Net base width b (32 in the paper).
-        norm: ``"batch"``, ``"group"`` or ``"instance"``.
+        norm: ``"batch"``, ``"batch_stats"`` (batch statistics in eval mode too: Models
+            Genesis' public weights), ``"group"`` or ``"instance"``.
     """
 
     base: int = 32
@@ -230,7 +237,12 @@ def import_checkpoint(path: str | Path, name: str) -> InitRecord:
     parts = tuple(p for p, prefix in _PARTS.items() if any(k.startswith(prefix) for k in kept))
     digest = file_digest(path)
     first = kept.get(FIRST_CONV_KEY)
-    config = {"source": str(path), "sha256": digest,
+    layout = "pcrl" if PCRL_HEAD_KEY in state else "genesis"
+    if layout == "genesis" and any(k.endswith("running_mean") for k in kept):
+        log.warning("%s: no PCRL projection head, so Models Genesis layout: its public weights were "
+                    "trained with batch statistics always; finetune.network.norm: batch_stats "
+                    "evaluates them as trained (norm: batch uses their running statistics)", path)
+    config = {"source": str(path), "sha256": digest, "layout": layout,
               "base": int(first.shape[0]) if first is not None else None,
               "dropped_keys": len(state) - len(kept)}
     return InitRecord(name, "external", parts, kept, json.dumps(config))

@@ -30,7 +30,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["InfoNCELoss", "NCELoss", "contrastive_logits", "reconstruction_loss"]
+__all__ = ["NCE_SETTINGS", "InfoNCELoss", "NCELoss", "contrastive_logits", "reconstruction_loss"]
+
+#: ``eps`` and ``Z`` rule of :class:`NCELoss`: the estimator's authors' (Wu et al., CVPR 2018;
+#: default) and the PCRL release's.
+NCE_SETTINGS: dict[str, dict[str, object]] = {
+    "intent": {"eps": 1e-7, "integer_z": False},
+    "release": {"eps": 1e-5, "integer_z": True},
+}
 
 
 def _check_qkq(name: str, q: Tensor, k: Tensor, queue: Tensor) -> None:
@@ -124,10 +131,17 @@ class NCELoss(nn.Module):
 
     (the posterior that the positive came from the data and each negative from the noise).
 
+    Two settings differ between the estimator's authors and the PCRL release, and
+    :data:`NCE_SETTINGS` names both: ``"intent"`` (default) — ``eps = 1e-7`` and a real-valued
+    ``Z``, as in Wu et al.'s instance discrimination; ``"release"`` — ``eps = 1e-5`` and ``Z``
+    truncated to an integer (the release keeps it in an integer buffer).
+
     Args:
         n_data: number of training samples (pairs) of the dataset, ``>= 1``.
         temperature: ``T`` (0.2 in PCRL's 3D release; 0.07 in Wu et al.).
-        eps: added to the denominators, as in the release (1e-7).
+        eps: added to the denominators (1e-7 intent; 1e-5 release).
+        integer_z: truncate the estimated ``Z`` towards zero to an integer (release), at
+            least 1.
 
     Attributes:
         Z: buffer holding the normalisation constant; negative until the first call.
@@ -138,7 +152,9 @@ class NCELoss(nn.Module):
 
     Z: Tensor
 
-    def __init__(self, n_data: int, temperature: float = 0.2, eps: float = 1e-7) -> None:
+    def __init__(
+        self, n_data: int, temperature: float = 0.2, eps: float = 1e-7, *, integer_z: bool = False
+    ) -> None:
         super().__init__()
         if isinstance(n_data, bool) or not isinstance(n_data, int) or n_data < 1:
             raise ValueError(
@@ -148,8 +164,18 @@ class NCELoss(nn.Module):
             raise ValueError(f"NCELoss: temperature must be positive, got {temperature}")
         self.n_data = n_data
         self.temperature = float(temperature)
+        if not eps >= 0:
+            raise ValueError(f"NCELoss: eps must be >= 0, got {eps}")
         self.eps = float(eps)
+        self.integer_z = bool(integer_z)
         self.register_buffer("Z", torch.tensor(-1.0))
+
+    @classmethod
+    def from_setting(cls, setting: str, n_data: int, temperature: float = 0.2) -> NCELoss:
+        """The loss with the ``eps`` and ``Z`` rule of ``setting`` (a key of :data:`NCE_SETTINGS`)."""
+        if setting not in NCE_SETTINGS:
+            raise ValueError(f"NCELoss: setting must be one of {sorted(NCE_SETTINGS)}, got {setting!r}")
+        return cls(n_data, temperature, **NCE_SETTINGS[setting])
 
     @property
     def initialised(self) -> bool:
@@ -162,6 +188,8 @@ class NCELoss(nn.Module):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(z)
             z /= dist.get_world_size()
+        if self.integer_z:
+            z = torch.clamp(torch.trunc(z), min=1.0)
         return z
 
     def forward(self, q: Tensor, k: Tensor, queue: Tensor) -> Tensor:
@@ -193,7 +221,8 @@ class NCELoss(nn.Module):
         return -(log_d1.sum() + log_d0.sum()) / q.shape[0]
 
     def extra_repr(self) -> str:
-        return f"n_data={self.n_data}, temperature={self.temperature}, eps={self.eps}"
+        return (f"n_data={self.n_data}, temperature={self.temperature}, eps={self.eps}, "
+                f"integer_z={self.integer_z}")
 
 
 def reconstruction_loss(prediction: Tensor, target: Tensor) -> Tensor:

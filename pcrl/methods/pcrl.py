@@ -29,9 +29,11 @@ The step's keys ``k`` are enqueued once, at the end (the release enqueued three 
 Choices where the release and the paper leave room (each documented at its place):
 
 * both TCA gates come from the student's ``aug_fc`` layers (the momentum copy's are unused);
-* the mixup pass has no TCA, so its targets are the *untransformed* targets (the clean views
-  for ``target="intent"``), mixed after the augmentation, aligned with the mixed inputs
-  (the release mixed copies taken before the augmentation: docs/method.md "Known defects");
+* the mixup pass has no TCA, so its targets are the untransformed *clean* views in both
+  target modes (``target="release"`` corrupts only the TCA passes' targets: the release
+  reconstructs the raw crops in its mixup pass), mixed after the augmentation, aligned with
+  the mixed inputs (the release mixed copies taken before the augmentation: docs/method.md
+  "Known defects");
 * the mixture of keys ``lam * k + (1 - lam) * k[perm]`` is re-normalised to unit length
   before the loss, like every other key; the mixture of the vectors ``q`` is not needed by
   any of the three terms and is not formed;
@@ -51,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
-from pcrl.methods.losses import InfoNCELoss, NCELoss, reconstruction_loss
+from pcrl.methods.losses import NCE_SETTINGS, InfoNCELoss, NCELoss, reconstruction_loss
 from pcrl.methods.momentum import KeyQueue, forward_shuffled, update_momentum
 from pcrl.methods.views import (
     TargetMode,
@@ -89,6 +91,8 @@ class PCRLConfig:
         loss: ``"nce"`` (default: the release's NCE estimator; the spec names no other
             intent) or ``"infonce"`` (MoCo v2's softmax).
         n_data: number of training samples (pairs); required by ``loss="nce"``.
+        nce: ``"intent"`` (default: ``eps`` 1e-7, real ``Z``, Wu et al.) or ``"release"``
+            (``eps`` 1e-5, integer ``Z``); see :class:`NCELoss`.
         target: ``"intent"`` (default) or ``"release"`` reconstruction targets.
         tca: transformation-conditioned attention (and transformed targets) on; off, the
             ``aug_fc`` layers are frozen (``requires_grad`` False).
@@ -111,6 +115,7 @@ class PCRLConfig:
     momentum: float = 0.999
     loss: ContrastiveLoss = "nce"
     n_data: int | None = None
+    nce: Literal["intent", "release"] = "intent"
     target: TargetMode = "intent"
     tca: bool = True
     hybrid: bool = True
@@ -130,6 +135,8 @@ class PCRLConfig:
             raise ConfigError(
                 f"PCRLConfig.loss must be one of {get_args(ContrastiveLoss)}, got {self.loss!r}"
             )
+        if self.nce not in NCE_SETTINGS:
+            raise ConfigError(f"PCRLConfig.nce must be one of {sorted(NCE_SETTINGS)}, got {self.nce!r}")
         if self.loss == "nce":
             if self.n_data is None:
                 raise ConfigError(
@@ -203,7 +210,7 @@ class PCRL(nn.Module):
         self.momentum_encoder = copy.deepcopy(self.student).requires_grad_(False)
         self.queue = KeyQueue(config.queue_size, config.proj_dim, generator=generator)
         self.contrastive: nn.Module = (
-            NCELoss(config.n_data, config.temperature)  # type: ignore[arg-type]
+            NCELoss.from_setting(config.nce, config.n_data, config.temperature)  # type: ignore[arg-type]
             if config.loss == "nce"
             else InfoNCELoss(config.temperature)
         )
@@ -267,7 +274,10 @@ class PCRL(nn.Module):
         # (3) batch mixup; the same pass on the mixed batch, without TCA.
         if cfg.mixup:
             mix = draw_mixup(x1.shape[0], generator, x1.device)
-            base1, base2 = mix(views.base1), mix(views.base2)
+            # The mixup pass reconstructs the clean views in both target modes: the release
+            # mixes the raw crops there (docs/method.md "One training step"); its corrupted
+            # views would make this term an identity.
+            base1, base2 = mix(views.clean1), mix(views.clean2)
             k_mix, feats_k_mix = self._momentum_forward(mix(views.input2), generator, features=cfg.hybrid)
             feats_q_mix = net.encode(mix(views.input1))
             q_mix = net.project(feats_q_mix[-1])

@@ -80,8 +80,8 @@ class Views:
         input1, input2: the corrupted views, the networks' inputs.
         codes1, codes2: (N, 7) spatial-transform codes (flips x, y, z; one-hot k = 0..3).
         base1, base2: the reconstruction targets before the spatial transform: the clean
-            views (``"intent"``) or the corrupted ones (``"release"``); aligned with the
-            inputs, so they are the targets of the mixup pass, which has no TCA.
+            views (``"intent"``) or the corrupted ones (``"release"``). (PCRL's mixup pass,
+            which has no TCA, reconstructs ``clean1``/``clean2`` in both modes.)
         target1, target2: ``apply_spatial(base, codes)``, the targets of the TCA passes.
     """
 

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Literal, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
@@ -40,11 +41,12 @@ __all__ = [
     "OutputTransition",
     "UNet3D",
     "UpTransition",
+    "BatchStatsNorm3d",
     "group_norm_groups",
     "make_norm",
 ]
 
-NormName = Literal["batch", "group", "instance"]
+NormName = Literal["batch", "batch_stats", "group", "instance"]
 OutActivation = Literal["sigmoid", "none"]
 
 #: Total downsampling of the encoder (three 2x max-pools): input sizes must divide by it.
@@ -84,11 +86,43 @@ def group_norm_groups(channels: int, max_groups: int = GROUP_NORM_MAX_GROUPS) ->
     return 1  # unreachable: 1 divides everything
 
 
+class BatchStatsNorm3d(nn.BatchNorm3d):
+    """Batch norm that normalises with the batch's statistics in eval mode too.
+
+    Models Genesis (Zhou et al., MICCAI 2019) trained its public 3D weights with such a layer:
+    the running statistics were updated but never used, so those weights meet activations
+    normalised by batch statistics only. Loaded into ``nn.BatchNorm3d`` they are evaluated with
+    running statistics instead (``norm: batch``); ``norm: batch_stats`` reproduces their
+    training condition. Parameters and buffers are those of ``nn.BatchNorm3d``, so checkpoints
+    load either way.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        momentum = self.momentum
+        if momentum is None:  # cumulative average, as nn.BatchNorm3d
+            momentum = 1.0 / max(1, int(self.num_batches_tracked))
+        running = self.training  # running statistics are updated while training, never used
+        return F.batch_norm(
+            x,
+            self.running_mean if running else None,
+            self.running_var if running else None,
+            self.weight,
+            self.bias,
+            True,
+            momentum,
+            self.eps,
+        )
+
+
 def make_norm(norm: NormName, channels: int) -> nn.Module:
     """Build the normalisation layer of a conv block.
 
     Args:
-        norm: ``"batch"`` (BatchNorm3d, the release default), ``"group"`` (GroupNorm with
+        norm: ``"batch"`` (BatchNorm3d, the release default), ``"batch_stats"``
+            (:class:`BatchStatsNorm3d`, batch statistics always: Models Genesis' public
+            weights), ``"group"`` (GroupNorm with
             :func:`group_norm_groups` groups) or ``"instance"`` (InstanceNorm3d with a
             learnable affine, as the release's "in" option).
         channels: number of channels.
@@ -97,10 +131,12 @@ def make_norm(norm: NormName, channels: int) -> nn.Module:
         The norm module.
 
     Raises:
-        ConfigError: if ``norm`` is not one of the three names.
+        ConfigError: if ``norm`` is not one of the four names.
     """
     if norm == "batch":
         return nn.BatchNorm3d(channels)
+    if norm == "batch_stats":
+        return BatchStatsNorm3d(channels)
     if norm == "group":
         return nn.GroupNorm(group_norm_groups(channels), channels)
     if norm == "instance":
