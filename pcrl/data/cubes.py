@@ -5,16 +5,42 @@ to ``hu_range`` and scaled to [0, 1]) two crops x1, x2 of the same region are ta
 IoU > ``min_iou``, each of a size drawn from ``crop_sizes`` (x, y, z), and resized to
 ``cube_size``; crops mostly outside the body/lung are rejected.
 
-The sampling rule, stated once (the benchmark's per-voxel reference follows it too):
+Two placement rules are offered, chosen by ``PairConfig.placement``.
+
+``"overlap"`` (default; the benchmark's per-voxel reference follows it too):
 
 1. Crop sizes (clipped to the volume) are drawn as a pair, uniformly among the pairs of
-   ``crop_sizes`` that can reach IoU > ``min_iou`` at all. This is the release's rule (two
-   independent uniform draws, rejected on IoU) with the hopeless pairs left out, which
-   changes nothing but the number of wasted draws.
+   ``crop_sizes`` that can reach IoU > ``min_iou`` at all.
 2. Box 1 is placed uniformly inside the volume; box 2 uniformly among the positions inside
    the volume where it intersects box 1.
 3. The pair is kept when IoU > ``min_iou`` and the foreground fraction of *each* box lies in
    ``[min_fraction, max_fraction]``.
+
+``"release"`` (the released code's rule; ``PairConfig.release()`` selects it):
+
+1. Two size indices are drawn independently and uniformly from ``crop_sizes`` (no
+   feasibility filter). A crop whose x start range is empty
+   (``size_x - crop_x - 1 - border_x <= border_x``) has its x and y sizes reduced by
+   ``shrink`` once (z unchanged).
+2. A volume too shallow for the deepest crop ``D`` (``size_z - D - depth_slack - 1 - border_z
+   < border_z``) is zero-padded at the end of z to ``D + depth_slack + 1 + 2 border_z + 1``
+   slices. (The release fixes ``D`` at 64, which leaves the 96-deep default crop no start in
+   volumes of fewer than 130 slices; the deepest of ``crop_sizes`` is used here.)
+3. Each box start is drawn independently (box 2 does not depend on box 1), uniformly among the
+   integers of ``[border_x, size_x - crop_x - 1 - border_x]``, the same in y, and
+   ``[border_z, size_z - crop_z - depth_slack - 1 - border_z]`` in z.
+4. Sizes and starts are redrawn until IoU > ``min_iou`` and the foreground fraction of each
+   box lies in ``[min_fraction, max_fraction]``.
+
+   The release then reads ``depth_slack`` extra slices below each crop for its depth
+   weighting; that is not reproduced (the crop is exactly the box).
+
+The two rules give different size mixes: on a 320x320x280 volume with the five default crop
+sizes and no foreground constraint, pairs of two 32x32x16 crops are 7.3 % of the pairs under
+``"overlap"`` and 0.1 % under ``"release"``; pairs of two 64x64x32 crops 8.1 % and 1.2 %
+(computed exactly from the two rules).
+``"release"`` needs volumes larger than about twice the border plus the largest crop in
+x and y (a DataError names the case otherwise).
 
 The foreground mask is chosen by ``PairConfig.foreground``:
 
@@ -24,7 +50,8 @@ The foreground mask is chosen by ``PairConfig.foreground``:
   spec states.
 * ``"dense"``: voxels at or above ``threshold_hu`` (soft tissue, bone). The release keeps a
   crop when at most 15 % of it is dense, i.e. lung-dominated crops:
-  ``PairConfig.release()`` sets ``foreground="dense", min_fraction=0, max_fraction=0.15``.
+  ``PairConfig.release()`` sets ``foreground="dense", min_fraction=0, max_fraction=0.15``
+  together with ``placement="release"``.
   (The release weights voxels by their distance to the next dense voxel along z, up to
   3 voxels, and compares with the volume of the crop before resizing; the plain
   fraction used here is its documented intent.)
@@ -36,7 +63,6 @@ per crop size and resized with ``torch.nn.functional.interpolate`` (trilinear).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 from collections.abc import Sequence
@@ -58,12 +84,15 @@ from pcrl.errors import ConfigError, DataError
 __all__ = [
     "DEFAULT_CROP_SIZES",
     "PairConfig",
+    "PairLayout",
     "box_iou_3d",
     "box_sums",
     "case_rng",
     "foreground_mask",
     "integral_image",
+    "pair_layout",
     "resize_crops",
+    "sample_boxes",
     "sample_pairs",
     "write_pretrain_pairs",
 ]
@@ -100,6 +129,15 @@ class PairConfig:
         max_fraction: A box is kept only if at most this fraction of it is foreground.
         hu_range: HU window that the volume's [0, 1] scale maps to.
         max_tries: Candidate pairs drawn per requested pair before giving up.
+        placement: ``"overlap"`` (box 2 among the positions intersecting box 1, sizes among
+            the feasible pairs) or ``"release"`` (the release's borders and independent
+            draws); see the module docstring.
+        border: ``"release"`` only: margin (x, y, z) in voxels kept free at both ends of
+            each axis (the release: 70, 70, 15).
+        depth_slack: ``"release"`` only: extra slices kept free below each crop in z
+            (the release: 3).
+        shrink: ``"release"`` only: voxels taken off the x and y sizes of a crop that does
+            not fit within the x border (the release: 32).
     """
 
     crop_sizes: tuple[Size3, ...] = DEFAULT_CROP_SIZES
@@ -111,6 +149,10 @@ class PairConfig:
     max_fraction: float = 1.0
     hu_range: tuple[float, float] = (-1000.0, 1000.0)
     max_tries: int = 1000
+    placement: Literal["overlap", "release"] = "overlap"
+    border: Size3 = (70, 70, 15)
+    depth_slack: int = 3
+    shrink: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_sizes", tuple(_size3(s, "crop_sizes") for s in self.crop_sizes))
@@ -131,11 +173,26 @@ class PairConfig:
             raise ConfigError(f"PairConfig.hu_range must be (low, high) with low < high, got {self.hu_range}")
         if int(self.max_tries) < 1:
             raise ConfigError(f"PairConfig.max_tries must be >= 1, got {self.max_tries}")
+        if self.placement not in ("overlap", "release"):
+            raise ConfigError(f"PairConfig.placement must be 'overlap' or 'release', got {self.placement!r}")
+        border = tuple(int(v) for v in self.border)
+        if len(border) != 3 or min(border) < 0:
+            raise ConfigError(f"PairConfig.border must be 3 ints >= 0 (x, y, z), got {list(self.border)}")
+        object.__setattr__(self, "border", border)
+        for key in ("depth_slack", "shrink"):
+            if int(getattr(self, key)) < 0:
+                raise ConfigError(f"PairConfig.{key} must be >= 0, got {getattr(self, key)}")
+            object.__setattr__(self, key, int(getattr(self, key)))
 
     @classmethod
     def release(cls, **overrides: object) -> PairConfig:
-        """The release's crop rejection: at most 15 % of a crop at or above -150 HU."""
-        settings: dict[str, object] = {"foreground": "dense", "min_fraction": 0.0, "max_fraction": 0.15}
+        """The release's rule: its placement, and at most 15 % of a crop at or above -150 HU."""
+        settings: dict[str, object] = {
+            "placement": "release",
+            "foreground": "dense",
+            "min_fraction": 0.0,
+            "max_fraction": 0.15,
+        }
         settings.update(overrides)
         return cls(**settings)  # type: ignore[arg-type]
 
@@ -228,6 +285,80 @@ def _fill_axial_holes(dense: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------ sampling
 
 
+@dataclass(frozen=True)
+class PairLayout:
+    """Where the boxes of one volume may lie under ``PairConfig.placement``.
+
+    Attributes:
+        shape: (3,) shape boxes are drawn in: the volume's, plus ``pad_z`` slices of z.
+        pad_z: Zero slices appended to the end of z before cropping (``"release"`` only).
+        sizes: (k, 3) crop size of each entry of ``crop_sizes``, as drawn: clipped to the
+            volume (``"overlap"``) or after the shrink rule (``"release"``).
+        low: (k, 3) lowest start of each crop size, inclusive.
+        high: (k, 3) highest start of each crop size, inclusive.
+        size_pairs: (m, 2) index pairs sizes are drawn from (``"overlap"``: the feasible
+            pairs); None for ``"release"``, which draws two independent indices.
+    """
+
+    shape: np.ndarray
+    pad_z: int
+    sizes: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    size_pairs: np.ndarray | None
+
+
+def pair_layout(shape: Sequence[int], config: PairConfig, *, case_id: str = "volume") -> PairLayout:
+    """The layout of a volume of ``shape`` (x, y, z) under ``config.placement``.
+
+    Raises:
+        DataError: ``"overlap"``: no two clipped sizes can reach IoU > ``min_iou``;
+            ``"release"``: a crop does not fit within the border even after the shrink.
+    """
+    if config.placement == "release":
+        return _release_layout(shape, config, case_id)
+    volume_shape = np.asarray(shape, dtype=np.int64)
+    sizes = _clipped_sizes(config, shape)
+    size_pairs = _feasible_size_pairs(sizes, config.min_iou)
+    if len(size_pairs) == 0:
+        raise DataError(
+            f"case {case_id}: no two crop sizes (clipped to the volume {tuple(shape)}) can reach "
+            f"IoU > {config.min_iou}"
+        )
+    return PairLayout(volume_shape, 0, sizes, np.zeros_like(sizes), volume_shape - sizes, size_pairs)
+
+
+def _release_layout(shape: Sequence[int], config: PairConfig, case_id: str) -> PairLayout:
+    """Steps 1-2 of the release's rule: shrink crops too wide for the x border, pad shallow volumes."""
+    border = np.asarray(config.border, dtype=np.int64)
+    slack = np.array([0, 0, config.depth_slack], dtype=np.int64)
+    sizes = np.asarray(config.crop_sizes, dtype=np.int64)
+    size_x, size_y, size_z = (int(n) for n in shape)
+    too_wide = size_x - sizes[:, 0] - 1 - border[0] <= border[0]
+    sizes[too_wide, :2] -= config.shrink
+    deepest = int(sizes[:, 2].max())
+    pad_z = 0
+    if size_z - deepest - config.depth_slack - 1 - border[2] < border[2]:
+        pad_z = deepest + config.depth_slack + 1 + 2 * int(border[2]) + 1 - size_z
+    padded = np.array([size_x, size_y, size_z + pad_z], dtype=np.int64)
+    low = np.broadcast_to(border, sizes.shape).copy()
+    high = padded - sizes - 1 - slack - border
+    misfit = (sizes < 1) | (high < low)
+    if misfit.any():
+        problems = []
+        for index in np.flatnonzero(misfit.any(axis=1)):
+            shrunk = f" (shrunk to {tuple(int(v) for v in sizes[index])})" if too_wide[index] else ""
+            axes = ", ".join(name for name, bad in zip("xyz", misfit[index]) if bad)
+            problems.append(f"{config.crop_sizes[index]}{shrunk} in {axes}")
+        raise DataError(
+            f"case {case_id}: crop sizes do not fit in the volume {tuple(int(n) for n in shape)} "
+            f"within the border {config.border} (depth slack {config.depth_slack}) of the 'release' "
+            f"placement: {'; '.join(problems)}; use larger volumes, a smaller PairConfig.border "
+            "or placement 'overlap'"
+        )
+    return PairLayout(padded, pad_z, sizes, low, high, None)
+
+
 def _clipped_sizes(config: PairConfig, shape: Sequence[int]) -> np.ndarray:
     """Crop sizes (k, 3) clipped to the volume's shape."""
     return np.minimum(np.asarray(config.crop_sizes, dtype=np.int64), np.asarray(shape, dtype=np.int64))
@@ -243,11 +374,14 @@ def _feasible_size_pairs(sizes: np.ndarray, min_iou: float) -> np.ndarray:
     return np.argwhere(best > min_iou)
 
 
-def _draw_candidates(
-    shape: np.ndarray, sizes: np.ndarray, size_pairs: np.ndarray, count: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Draw ``count`` candidate box pairs (count, 2, 6) by steps 1-2 of the module's rule."""
-    chosen = size_pairs[rng.integers(len(size_pairs), size=count)]
+def _draw_candidates(layout: PairLayout, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``count`` candidate box pairs (count, 2, 6): sizes and starts of the placement rule."""
+    if layout.size_pairs is None:
+        chosen = rng.integers(len(layout.sizes), size=(count, 2))
+        starts = rng.integers(layout.low[chosen], layout.high[chosen] + 1)
+        return np.concatenate([starts, starts + layout.sizes[chosen]], axis=-1)
+    shape, sizes = layout.shape, layout.sizes
+    chosen = layout.size_pairs[rng.integers(len(layout.size_pairs), size=count)]
     size1, size2 = sizes[chosen[:, 0]], sizes[chosen[:, 1]]
     start1 = rng.integers(0, shape - size1 + 1)
     low = np.maximum(0, start1 - size2 + 1)
@@ -258,11 +392,14 @@ def _draw_candidates(
     return np.stack([box1, box2], axis=1)
 
 
-def _valid_pairs(boxes: np.ndarray, table: np.ndarray, config: PairConfig) -> np.ndarray:
-    """Step 3 of the module's rule: IoU and per-box foreground fraction, for (n, 2, 6) boxes."""
+def _valid_pairs(boxes: np.ndarray, table: np.ndarray | None, config: PairConfig) -> np.ndarray:
+    """Acceptance of (n, 2, 6) boxes: IoU and, with a table, the per-box foreground fraction."""
+    valid = box_iou_3d(boxes[:, 0], boxes[:, 1]) > config.min_iou
+    if table is None:
+        return valid
     fraction = box_sums(table, boxes) / _box_volume(boxes)
     inside = (fraction >= config.min_fraction) & (fraction <= config.max_fraction)
-    return (box_iou_3d(boxes[:, 0], boxes[:, 1]) > config.min_iou) & inside.all(axis=1)
+    return valid & inside.all(axis=1)
 
 
 def resize_crops(crops: torch.Tensor, size: Size3) -> torch.Tensor:
@@ -307,57 +444,77 @@ def sample_pairs(
 
     Returns:
         cubes: (n_pairs, 2, *cube_size) float32, the two resized crops of each pair.
-        boxes: (n_pairs, 2, 6) int64, their boxes (x0, y0, z0, x1, y1, z1), half-open.
+        boxes: (n_pairs, 2, 6) int64, their boxes (x0, y0, z0, x1, y1, z1), half-open. Under
+            ``"release"`` placement of a shallow volume they may reach into the zero slices
+            appended to z (:class:`PairLayout` ``pad_z``).
 
     Raises:
         ConfigError: ``n_pairs < 1``.
-        DataError: the volume is not 3D, or too few valid pairs were found in
+        DataError: the volume is not 3D, the crops cannot be placed in it
+            (:func:`pair_layout`), or too few valid pairs were found in
             ``config.max_tries * n_pairs`` candidates.
     """
     if n_pairs < 1:
         raise ConfigError(f"the number of pairs per case must be >= 1, got {n_pairs}")
     if volume.ndim != 3:
         raise DataError(f"case {case_id}: pretraining pairs need a 3D volume, got shape {volume.shape}")
-    shape = np.asarray(volume.shape, dtype=np.int64)
-    sizes = _clipped_sizes(config, volume.shape)
-    size_pairs = _feasible_size_pairs(sizes, config.min_iou)
-    if len(size_pairs) == 0:
-        raise DataError(
-            f"case {case_id}: no two crop sizes (clipped to the volume {volume.shape}) can reach "
-            f"IoU > {config.min_iou}"
-        )
-    boxes = _accepted_boxes(foreground_mask(volume, config), shape, sizes, size_pairs, n_pairs, config, rng, case_id)
+    layout = pair_layout(volume.shape, config, case_id=case_id)
+    if layout.pad_z:
+        volume = np.pad(volume, ((0, 0), (0, 0), (0, layout.pad_z)))
+    boxes = _accepted_boxes(layout, foreground_mask(volume, config), n_pairs, config, rng, case_id)
     cubes = _crop_and_resize(volume, boxes.reshape(-1, 6), config.cube_size)
     return cubes.reshape(n_pairs, 2, *config.cube_size), boxes
 
 
+def sample_boxes(
+    shape: Sequence[int],
+    n_pairs: int,
+    config: PairConfig,
+    rng: np.random.Generator,
+    *,
+    case_id: str = "volume",
+) -> np.ndarray:
+    """Box pairs (n_pairs, 2, 6) of a volume of ``shape`` by the placement rule, IoU only.
+
+    Every box counts as foreground-valid (no mask is built); the boxes are those
+    :func:`sample_pairs` would draw on a volume whose every box passes the foreground rule.
+    """
+    if n_pairs < 1:
+        raise ConfigError(f"the number of pairs per case must be >= 1, got {n_pairs}")
+    layout = pair_layout(shape, config, case_id=case_id)
+    return _accepted_boxes(layout, None, n_pairs, config, rng, case_id)
+
+
 def _accepted_boxes(
-    mask: np.ndarray,
-    shape: np.ndarray,
-    sizes: np.ndarray,
-    size_pairs: np.ndarray,
+    layout: PairLayout,
+    mask: np.ndarray | None,
     n_pairs: int,
     config: PairConfig,
     rng: np.random.Generator,
     case_id: str,
 ) -> np.ndarray:
-    """Draw candidate batches until ``n_pairs`` valid box pairs are found, in draw order."""
-    table = integral_image(mask)
+    """Draw candidate batches until ``n_pairs`` valid box pairs are found, in draw order.
+
+    ``mask`` (of shape ``layout.shape``) gives the foreground rule; None accepts every box.
+    """
+    table = None if mask is None else integral_image(mask)
     budget = int(config.max_tries) * n_pairs
     accepted: list[np.ndarray] = []
     found = drawn = 0
     while found < n_pairs and drawn < budget:
-        candidates = _draw_candidates(shape, sizes, size_pairs, _BATCH, rng)
+        candidates = _draw_candidates(layout, _BATCH, rng)
         kept = candidates[_valid_pairs(candidates, table, config)]
         accepted.append(kept)
         found += len(kept)
         drawn += _BATCH
     if found < n_pairs:
+        rule = "no foreground rule" if mask is None else (
+            f"{config.foreground} fraction in [{config.min_fraction}, {config.max_fraction}] at "
+            f"{config.threshold_hu} HU; foreground is {mask.mean():.1%} of the volume {tuple(mask.shape)}"
+        )
         raise DataError(
             f"case {case_id}: found only {found} of {n_pairs} valid crop pairs in {drawn} candidates "
-            f"(IoU > {config.min_iou}, {config.foreground} fraction in "
-            f"[{config.min_fraction}, {config.max_fraction}] at {config.threshold_hu} HU; "
-            f"foreground is {mask.mean():.1%} of the volume {tuple(mask.shape)})"
+            f"({config.placement} placement, IoU > {config.min_iou}, {rule})"
         )
     return np.concatenate(accepted)[:n_pairs]
 

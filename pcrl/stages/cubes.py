@@ -66,7 +66,17 @@ def _split(task: str, settings: dict, seed: int, cases: list[dict]) -> dict[str,
 
 
 def _pretrain(settings: dict, seed: int, cases: list[dict], interim: Path, out: Path, progress: bool) -> None:
-    pair_keys = ("crop_sizes", "cube_size", "min_iou", "threshold_hu", "foreground", "min_fraction", "max_fraction")
+    pair_keys = (
+        "crop_sizes",
+        "cube_size",
+        "min_iou",
+        "threshold_hu",
+        "foreground",
+        "min_fraction",
+        "max_fraction",
+        "placement",
+        "border",
+    )
     config = PairConfig(**{k: settings[k] for k in pair_keys if k in settings})
     index = write_pretrain_pairs(
         cases,
