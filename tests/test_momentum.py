@@ -75,7 +75,7 @@ def test_queue_starts_with_deterministic_unit_keys() -> None:
     torch.testing.assert_close(a.keys.norm(dim=1), torch.ones(6))
     assert not torch.equal(a.keys, c.keys)
     assert a.ptr.item() == 0
-    assert set(a.state_dict()) == {"keys", "ptr"}
+    assert set(a.state_dict()) == {"keys", "ptr", "filled"} and a.filled.item() == 0
 
 
 def test_queue_wraps_around() -> None:
@@ -84,12 +84,14 @@ def test_queue_wraps_around() -> None:
     b = torch.tensor([[3.0, 0.0], [4.0, 0.0]])
     c = torch.tensor([[5.0, 0.0], [6.0, 0.0]])
     initial = queue.keys.clone()
+    assert queue.fill.item() == 0.0
     queue.enqueue(a)
-    assert queue.ptr.item() == 2
+    assert queue.ptr.item() == 2 and queue.fill.item() == pytest.approx(2 / 5)
     torch.testing.assert_close(queue.keys[2:], initial[2:])
     queue.enqueue(b)
-    assert queue.ptr.item() == 4
+    assert queue.ptr.item() == 4 and queue.fill.item() == pytest.approx(4 / 5)
     queue.enqueue(c)
+    assert queue.fill.item() == 1.0  # 6 keys into 5 rows: full, not 6 / 5
     # Rows 0..4: c[1] wrapped to row 0, a[1], b[0], b[1], c[0]; next write at row 1.
     expected = torch.tensor([[6.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0], [5.0, 0.0]])
     torch.testing.assert_close(queue.keys, expected)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from pcrl import transforms
 from pcrl.errors import ConfigError
-from pcrl.methods.pcrl import CONTRASTIVE_TERMS, PCRL, RECONSTRUCTION_TERMS, PCRLConfig
+from pcrl.methods.pcrl import CONTRASTIVE_TERMS, PCRL, READABLE_TERMS, RECONSTRUCTION_TERMS, PCRLConfig
 from pcrl.methods.views import (
     ViewConfig,
     draw_mixup,
@@ -192,6 +192,12 @@ def test_forward_reproduces_every_term_of_the_spec(fresh, target: str) -> None:
         torch.testing.assert_close(v.target1, transforms.apply_spatial(v.input1, v.codes1))
     for name, value in expected.items():
         torch.testing.assert_close(out[name], value, rtol=2e-5, atol=1e-7, msg=name)
+    # Readable gauges: the positive ranked first among the queue; the queue held no real key yet.
+    dots_pos = (q * k).sum(dim=1)
+    dots_neg = q @ queue0.t()
+    expected_acc = sum(bool(dots_pos[i] > dots_neg[i].max()) for i in range(N)) / N
+    assert out["con_acc"].item() == pytest.approx(expected_acc)
+    assert out["queue_fill"].item() == 0.0 and method.queue.fill.item() == N / method.queue.size
     # Keys of this step enqueued once: rows 0..3 hold k, ptr moved by N (not 3N).
     torch.testing.assert_close(method.queue.keys[:N], k, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(method.queue.keys[N:], queue0[N:])
@@ -201,7 +207,8 @@ def test_forward_reproduces_every_term_of_the_spec(fresh, target: str) -> None:
 def test_forward_returns_finite_scalars_and_total_is_mean_plus_mean(fresh) -> None:
     method = copy.deepcopy(fresh["nce"])
     out = method(*_pairs(), torch.Generator().manual_seed(0))
-    names = {"loss", "contrastive", "reconstruction", *CONTRASTIVE_TERMS, *RECONSTRUCTION_TERMS}
+    names = {"loss", "contrastive", "reconstruction", *CONTRASTIVE_TERMS, *RECONSTRUCTION_TERMS,
+             *READABLE_TERMS}
     assert set(out) == names
     for name, value in out.items():
         assert value.shape == () and torch.isfinite(value), name
@@ -250,7 +257,7 @@ def test_gradients_reach_the_student_only_and_ema_moves_the_momentum_encoder(fre
 def test_ablations_drop_the_right_terms(switches: dict, expected: set[str]) -> None:
     method = PCRL(PCRLConfig(**TINY, **switches))
     out = method(*_pairs(), torch.Generator().manual_seed(2))
-    assert set(out) - {"loss", "contrastive", "reconstruction"} == expected
+    assert set(out) - {"loss", "contrastive", "reconstruction", *READABLE_TERMS} == expected
     con = [out[n] for n in CONTRASTIVE_TERMS if n in out]
     mse = [out[n] for n in RECONSTRUCTION_TERMS if n in out]
     torch.testing.assert_close(out["loss"], sum(con) / len(con) + sum(mse) / len(mse))

@@ -30,7 +30,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["NCE_SETTINGS", "InfoNCELoss", "NCELoss", "contrastive_logits", "reconstruction_loss"]
+__all__ = [
+    "NCE_SETTINGS",
+    "InfoNCELoss",
+    "NCELoss",
+    "contrastive_accuracy",
+    "contrastive_logits",
+    "reconstruction_loss",
+]
 
 #: ``eps`` and ``Z`` rule of :class:`NCELoss`: the estimator's authors' (Wu et al., CVPR 2018;
 #: default) and the PCRL release's.
@@ -68,6 +75,19 @@ def contrastive_logits(q: Tensor, k: Tensor, queue: Tensor) -> Tensor:
     positive = (q * k).sum(dim=1, keepdim=True)
     negative = q @ queue.to(q.dtype).t()
     return torch.cat((positive, negative), dim=1)
+
+
+@torch.no_grad()
+def contrastive_accuracy(q: Tensor, k: Tensor, queue: Tensor) -> Tensor:
+    """Share of queries whose positive key is ranked first: ``q.k > max_j q.queue_j``.
+
+    A readable companion of the contrastive loss (whose value depends on the queue size,
+    the temperature and, for NCE, on ``Z``): chance is ``1 / (1 + K)``, a working
+    instance discrimination approaches 1. A 0-d float tensor, no gradient.
+    """
+    _check_qkq("contrastive_accuracy", q, k, queue)
+    logits = contrastive_logits(q, k, queue)
+    return (logits[:, 0] > logits[:, 1:].amax(dim=1)).float().mean()
 
 
 class InfoNCELoss(nn.Module):

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
-from pcrl.methods.losses import InfoNCELoss
+from pcrl.methods.losses import InfoNCELoss, contrastive_accuracy
 from pcrl.methods.momentum import KeyQueue, forward_shuffled, update_momentum
 from pcrl.methods.views import ViewConfig, augment_and_corrupt
 from pcrl.networks.pcrl_net import PCRLNet3D
@@ -133,7 +133,9 @@ class MoCoV2(nn.Module):
             generator: torch.Generator on the batch's device.
 
         Returns:
-            ``loss`` and ``contrastive`` (the same scalar).
+            ``loss`` and ``contrastive`` (the same scalar); ``con_acc`` (positive key ranked
+            first among the queue) and ``queue_fill`` (share of real keys in the queue), no
+            gradient.
 
         Raises:
             ValueError: if ``x1`` and ``x2`` differ in shape.
@@ -154,9 +156,10 @@ class MoCoV2(nn.Module):
             k = forward_shuffled(keys, input2, generator)[0] if self.config.shuffle_bn else keys(input2)[0]
         q = self.student.project(self.student.encode(input1)[-1])
         loss = self.contrastive(q, k, negatives)
+        readable = {"con_acc": contrastive_accuracy(q.detach(), k, negatives), "queue_fill": self.queue.fill}
         if self.training:  # validation leaves the queue as it is
             self.queue.enqueue(k)
-        return {"loss": loss, "contrastive": loss}
+        return {"loss": loss, "contrastive": loss, **readable}
 
     @torch.no_grad()
     def preview(self, x1: Tensor, x2: Tensor, generator: torch.Generator) -> None:

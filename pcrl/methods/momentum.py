@@ -167,7 +167,7 @@ class KeyQueue(nn.Module):
     """FIFO queue of momentum keys, the negatives of the contrastive loss (MoCo Sec. 3.1).
 
     The queue starts full of random unit vectors (as MoCo), so the loss always sees ``K``
-    negatives and needs no "filled" bookkeeping; they are pushed out after ``K / B`` steps.
+    negatives; they are pushed out after ``K / B`` steps (``filled`` counts the real keys).
 
     Args:
         size: number of keys ``K`` (16384 in PCRL).
@@ -178,6 +178,8 @@ class KeyQueue(nn.Module):
     Attributes:
         keys: buffer (K, D) of unit rows.
         ptr: buffer () long, the row the next key is written to.
+        filled: buffer () long, how many rows hold enqueued keys (not initial random ones),
+            at most ``K``; :attr:`fill` is its share, logged so a user sees the queue warm up.
 
     Raises:
         ValueError: if ``size`` or ``dim`` is not positive.
@@ -185,6 +187,7 @@ class KeyQueue(nn.Module):
 
     keys: Tensor
     ptr: Tensor
+    filled: Tensor
 
     def __init__(self, size: int, dim: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -195,11 +198,17 @@ class KeyQueue(nn.Module):
         keys = torch.randn(size, dim, generator=generator, device=generator.device)
         self.register_buffer("keys", F.normalize(keys, dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long, device=generator.device))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long, device=generator.device))
 
     @property
     def size(self) -> int:
         """Number of keys ``K``."""
         return self.keys.shape[0]
+
+    @property
+    def fill(self) -> Tensor:
+        """0-d float tensor: the share of the ``K`` rows that hold enqueued keys."""
+        return self.filled.float() / self.size
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
@@ -225,6 +234,7 @@ class KeyQueue(nn.Module):
         rows = (self.ptr + torch.arange(start, n, device=self.keys.device)) % size
         self.keys[rows] = keys[start:].to(self.keys.dtype)
         self.ptr.copy_((self.ptr + n) % size)
+        self.filled.copy_(torch.clamp(self.filled + n, max=size))
 
     def extra_repr(self) -> str:
         return f"size={self.keys.shape[0]}, dim={self.keys.shape[1]}"

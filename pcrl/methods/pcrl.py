@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
-from pcrl.methods.losses import NCE_SETTINGS, InfoNCELoss, NCELoss, reconstruction_loss
+from pcrl.methods.losses import NCE_SETTINGS, InfoNCELoss, NCELoss, contrastive_accuracy, reconstruction_loss
 from pcrl.methods.momentum import KeyQueue, forward_shuffled, update_momentum
 from pcrl.methods.views import (
     TargetMode,
@@ -66,7 +66,7 @@ from pcrl.networks.pcrl_net import PCRLNet3D
 from pcrl.networks.unet3d import NormName, require_positive_int
 from pcrl.transforms import CorruptionConfig
 
-__all__ = ["CONTRASTIVE_TERMS", "PCRL", "PCRLConfig", "RECONSTRUCTION_TERMS", "ContrastiveLoss"]
+__all__ = ["CONTRASTIVE_TERMS", "PCRL", "PCRLConfig", "READABLE_TERMS", "RECONSTRUCTION_TERMS", "ContrastiveLoss"]
 
 ContrastiveLoss = Literal["nce", "infonce"]
 
@@ -74,6 +74,8 @@ ContrastiveLoss = Literal["nce", "infonce"]
 CONTRASTIVE_TERMS = ("con_plain", "con_mix", "con_mix_k")
 #: Names of the reconstruction (MSE) terms returned by :meth:`PCRL.forward` (when enabled).
 RECONSTRUCTION_TERMS = ("mse_plain", "mse_hybrid", "mse_mix_plain", "mse_mix_hybrid")
+#: Gauges without gradient returned by :meth:`PCRL.forward`, logged with the losses.
+READABLE_TERMS = ("con_acc", "queue_fill")
 
 
 @dataclass(frozen=True)
@@ -246,8 +248,11 @@ class PCRL(nn.Module):
 
         Returns:
             ``loss`` (to backpropagate), ``contrastive`` and ``reconstruction`` (the two
-            means), and the enabled terms among :data:`CONTRASTIVE_TERMS` and
-            :data:`RECONSTRUCTION_TERMS`; all scalars. In training mode the step's keys are
+            means), the enabled terms among :data:`CONTRASTIVE_TERMS` and
+            :data:`RECONSTRUCTION_TERMS`, and two readable gauges without gradient:
+            ``con_acc`` (plain pass: positive key ranked first among the queue) and
+            ``queue_fill`` (share of the queue holding real keys, before this step's); all
+            scalars. In training mode the step's keys are
             enqueued; in eval mode (validation) the queue is left as it is.
         """
         cfg = self.config
@@ -263,6 +268,7 @@ class PCRL(nn.Module):
         q = net.project(feats_q[-1])
         gated_q = _gate_deepest(feats_q, net.tca_gate(views.codes1) if cfg.tca else None)
         terms["con_plain"] = self.contrastive(q, k, negatives)
+        readable = {"con_acc": contrastive_accuracy(q.detach(), k, negatives), "queue_fill": self.queue.fill}
         terms["mse_plain"] = reconstruction_loss(net.decode(gated_q), views.target1)
         if cfg.hybrid:
             alpha1 = folded_uniform(generator, x1.device)
@@ -300,6 +306,7 @@ class PCRL(nn.Module):
             "contrastive": contrastive,
             "reconstruction": reconstruction,
             **terms,
+            **readable,
         }
 
     @torch.no_grad()
