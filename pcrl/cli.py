@@ -113,6 +113,21 @@ def cmd_pretrain(args: argparse.Namespace, params: dict[str, Any]) -> None:
         device=args.device,
         num_workers=args.workers if args.workers >= 0 else min(4, available_cpus() - 1),
         progress=not args.no_progress,
+        probe=Path(args.probe) if args.probe else None,
+        probe_settings=section(params, "probe"),
+    )
+
+
+def cmd_probe(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    """Frozen-encoder probe of every initialisation at every label fraction (NCC test AUC)."""
+    from pcrl.stages.probe import run_probe
+
+    run_probe(
+        section(params, "finetune"),
+        section(params, "probe"),
+        pretrained=Path(args.pretrained),
+        processed=Path(args.processed),
+        out=Path(args.out),
     )
 
 
@@ -181,6 +196,7 @@ def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
         section(params, "report"),
         evaluations=Path(args.evaluations),
         out=Path(args.out),
+        probe=Path(args.probe) if args.probe else None,
     )
 
 
@@ -240,6 +256,8 @@ def _add_training_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state", required=True, help="resumable state folder (checkpoints), kept across reruns")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (default: from the CPUs allotted)")
+    p.add_argument("--probe",
+                   help="cubes@ncc output (data/processed/ncc): log the frozen-encoder probe (params: probe)")
 
     p = _add_stage(sub, "init-weights", cmd_init_weights,
                    "write the scratch initialisation or import an external checkpoint")
@@ -275,9 +293,16 @@ def _add_downstream_stages(sub: argparse._SubParsersAction) -> None:
                                      "data/records/evaluate/lcs/pcrl/f0.5/s0")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
 
+    p = _add_stage(sub, "probe", cmd_probe,
+                   "frozen-encoder probe of every initialisation (params: finetune, probe)")
+    p.add_argument("--pretrained", required=True, help="initialisations' parent folder (data/pretrain)")
+    p.add_argument("--processed", required=True, help="cubes@ncc output (data/processed/ncc)")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/probe")
+
     p = _add_stage(sub, "report", cmd_report,
                    "report every evaluated run (params: finetune, report)")
     p.add_argument("--evaluations", required=True, help="evaluate stages' parent folder (data/evaluate)")
+    p.add_argument("--probe", help="probe stage output (data/probe): add the probe's table")
     p.add_argument("--out", required=True, help="output folder, e.g. results/report")
 
 
@@ -299,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Options naming what a stage reads, and what it writes (replaces or may discard).
 INPUT_OPTIONS = ("raw", "interim", "pairs", "processed", "weights", "model", "evaluations",
-                 "checkpoint")
+                 "checkpoint", "probe", "pretrained")
 OUTPUT_OPTIONS = ("out", "state", "record")
 
 

@@ -465,7 +465,8 @@ def _join(items: Sequence[str]) -> str:
 # ------------------------------------------------------------------ writing
 
 
-def write_report(summary: Summary, out_dir: str | Path) -> None:
+def write_report(summary: Summary, out_dir: str | Path, probe: Mapping[str, Mapping[str, float]] | None = None
+                 ) -> None:
     """Write ``report.md``, ``summary.json`` and ``plots/<task>.png|.csv`` atomically.
 
     ``report.md`` has, per task, a table in the paper's layout (rows: initialisations,
@@ -475,7 +476,7 @@ def write_report(summary: Summary, out_dir: str | Path) -> None:
     std``) is the same data for ``dvc plots``.
     """
     out = Path(out_dir)
-    write_text(out / "report.md", render_markdown(summary))
+    write_text(out / "report.md", render_markdown(summary, probe))
     write_json(out / "summary.json", summary)
     for task, fractions in summary.items():
         write_text(out / "plots" / f"{task}.csv", _plot_csv(fractions))
@@ -486,8 +487,8 @@ def write_report(summary: Summary, out_dir: str | Path) -> None:
 MARKS = {"better": "✓", "worse": "✗", "cannot tell": "?"}
 
 
-def render_markdown(summary: Summary) -> str:
-    """The text of ``report.md``.
+def render_markdown(summary: Summary, probe: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """The text of ``report.md`` (with the probe stage's table when ``probe`` is given).
 
     Each task's paired table has one row per comparison A − B (each pretrained init − scratch,
     then PCRL − each other pretrained init) and one column per label fraction; a cell reads
@@ -504,10 +505,38 @@ def render_markdown(summary: Summary) -> str:
             lines += [f"Paired differences A − B of {metric} over the seeds both ran "
                       f"(✓ better, ✗ worse, ? cannot tell; see Statistics):", ""]
             lines += paired + [""]
+    if probe:
+        lines += _probe_section(probe)
     lines += ["## Verdict", ""] + [f"- {s}" for s in verdict(summary)] + [""]
     lines += ["## Statistics", "", _statistics_note(), ""]
     lines += ["## Seeds", "", _seed_note(summary), ""]
     return "\n".join(lines)
+
+
+def _probe_section(probe: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """The frozen-encoder probe (``pcrl probe``): NCC test AUC per initialisation and fraction.
+
+    One pretraining run per initialisation, so the rows carry no interval: differences
+    between them are stated as "cannot tell" by construction and the table is descriptive.
+    """
+    fractions = sorted({f for by_f in probe.values() for f in by_f}, key=float)
+    inits = _ordered_inits(probe)
+    best = {f: max(probe[i][f] for i in inits if f in probe[i]) for f in fractions}
+    lines = ["## Frozen-encoder probe (NCC)", "",
+             "Test ROC AUC of a logistic regression on the frozen encoder's pooled deepest features, "
+             "fitted on each label fraction's training scans, before any fine-tuning "
+             "(pcrl/evaluation/probe.py; 0.5 is chance). One pretraining run per initialisation: "
+             "no interval, so no difference between rows can be told from this table alone.", "",
+             "| initialisation | " + " | ".join(fraction_label(f) for f in fractions) + " |",
+             "|---|" + "---:|" * len(fractions)]
+    for init in inits:
+        cells = []
+        for f in fractions:
+            value = probe[init].get(f)
+            text = "—" if value is None else f"{value:.3f}"
+            cells.append(f"**{text}**" if value is not None and _same(value, best[f]) else text)
+        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _table(fractions: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:

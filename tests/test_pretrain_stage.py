@@ -93,10 +93,30 @@ def test_pcrl_on_phantom_pairs_lowers_the_loss(pairs_dir: Path, tmp_path: Path, 
 
 
 def test_pretrain_stage_writes_weights_previews_summary(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
+    from test_probe import make_ncc_processed
+
+    from pcrl.evaluation.probe import probe_auc, probe_split
+    from pcrl.networks import PCRLNet3D
+
     torch.set_num_threads(1)
     settings = _settings(demo_params, epochs=2)
+    ncc = make_ncc_processed(tmp_path / "ncc", {"a": "train", "b": "train", "v": "val", "c": "test"})
     out = run_pretrain("pcrl", settings, pairs=pairs_dir, out=tmp_path / "out", state=tmp_path / "state",
-                       device="cpu", progress=False)
+                       device="cpu", progress=False, probe=ncc,
+                       probe_settings={"every": 1, "max_per_class": None, "l2": 0.01})
+    # the probe of every epoch, and at the end that of the final student on the val scans
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["probe_val_auc"]) == {"1", "2"}
+    student = PCRLNet3D(base=2, proj_dim=settings["pcrl"]["proj_dim"])
+    student.load_state_dict(torch.load(out / "weights.pt", weights_only=True)["state_dict"])
+    expected = probe_auc(student, probe_split(str(ncc), ["a", "b"], ["v"]))
+    assert summary["probe_val_auc"]["2"] == pytest.approx(expected, abs=1e-9)
+    live = out / "live" / "plots" / "metrics"
+    assert len((live / "probe" / "val_auc.tsv").read_text().splitlines()) == 3  # header + 2 epochs
+    psnr = [float(r.split("\t")[-1]) for r in (live / "val" / "psnr.tsv").read_text().splitlines()[1:]]
+    assert len(psnr) == 2 and all(0 < v < 60 for v in psnr)
+    for gauge in ("con_acc", "queue_fill"):
+        assert 0.0 <= summary["final"][f"train/{gauge}"] <= 1.0
     losses = _epoch_losses(out)
     assert len(losses) == 2 and all(np.isfinite(losses))
     weights = torch.load(out / "weights.pt", weights_only=True)
@@ -212,4 +232,4 @@ def test_dvc_yaml_declares_exactly_the_keys_a_method_reads(repo_root: Path) -> N
     from pcrl.stages.pretrain import SHARED_KEYS
 
     stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["pretrain"]["do"]
-    assert set(stage["params"]) == {f"pretrain.{k}" for k in SHARED_KEYS} | {"pretrain.${item}"}
+    assert set(stage["params"]) == {f"pretrain.{k}" for k in SHARED_KEYS} | {"pretrain.${item}", "probe"}

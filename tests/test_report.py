@@ -355,3 +355,16 @@ def test_write_report_one_table_per_task(tmp_path):
                                             "pcrl": {"50%": "0.600 ± 0.000 (1)"}}
     assert _markdown_table(text, "ncc") == {"pcrl": {"50%": "0.800 ± 0.000 (1)"}}
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["lcs.csv", "lcs.png", "ncc.csv", "ncc.png"]
+
+
+def test_report_adds_the_probe_table_without_claiming_a_difference(tmp_path):
+    runs = _runs({("scratch", 1.0): [0.6], ("pcrl", 1.0): [0.7]})
+    probe = {"scratch": {"0.5": 0.61, "1.0": 0.70}, "pcrl": {"0.5": 0.58, "1.0": 0.80}}
+    write_report(summarise(runs), tmp_path, probe)
+    text = (tmp_path / "report.md").read_text()
+    table = _markdown_table(text, "Frozen-encoder probe (NCC)")
+    assert table == {"scratch": {"50%": "0.610", "100%": "0.700"}, "pcrl": {"50%": "0.580", "100%": "0.800"}}
+    assert "**0.610**" in text and "**0.800**" in text  # the best of each column
+    assert "no difference between rows can be told" in text
+    write_report(summarise(runs), tmp_path / "without")
+    assert "Frozen-encoder probe" not in (tmp_path / "without" / "report.md").read_text()

@@ -41,9 +41,9 @@ __all__ = [
 
 #: ``eps`` and ``Z`` rule of :class:`NCELoss`: the estimator's authors' (Wu et al., CVPR 2018;
 #: default) and the PCRL release's.
-NCE_SETTINGS: dict[str, dict[str, object]] = {
-    "intent": {"eps": 1e-7, "integer_z": False},
-    "release": {"eps": 1e-5, "integer_z": True},
+NCE_SETTINGS: dict[str, tuple[float, bool]] = {
+    "intent": (1e-7, False),  # (eps, integer Z)
+    "release": (1e-5, True),
 }
 
 
@@ -195,7 +195,8 @@ class NCELoss(nn.Module):
         """The loss with the ``eps`` and ``Z`` rule of ``setting`` (a key of :data:`NCE_SETTINGS`)."""
         if setting not in NCE_SETTINGS:
             raise ValueError(f"NCELoss: setting must be one of {sorted(NCE_SETTINGS)}, got {setting!r}")
-        return cls(n_data, temperature, **NCE_SETTINGS[setting])
+        eps, integer_z = NCE_SETTINGS[setting]
+        return cls(n_data, temperature, eps, integer_z=integer_z)
 
     @property
     def initialised(self) -> bool:

@@ -102,7 +102,8 @@ class BatchStatsNorm3d(nn.BatchNorm3d):
             self.num_batches_tracked.add_(1)
         momentum = self.momentum
         if momentum is None:  # cumulative average, as nn.BatchNorm3d
-            momentum = 1.0 / max(1, int(self.num_batches_tracked))
+            tracked = self.num_batches_tracked
+            momentum = 1.0 / max(1, int(tracked) if tracked is not None else 1)
         running = self.training  # running statistics are updated while training, never used
         return F.batch_norm(
             x,

@@ -39,6 +39,8 @@ PRETRAINED_PARTS = {"pcrl": ("encoder", "decoder"), "genesis": ("encoder", "deco
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "checkpoint_every", "amp", "seed",
               "max_grad_norm", "deterministic")
 PREVIEW_SEED = 1234
+#: Held-out pairs whose reconstruction PSNR is logged each epoch (the previews show the first 2).
+PSNR_PAIRS = 8
 #: The pretrain params every method reads; each method also reads its own section
 #: (``pretrain.<method>``). dvc.yaml lists exactly these as the params of ``pretrain@<method>``.
 SHARED_KEYS = (*TRAIN_KEYS, "network", "corruption", "augment")
@@ -70,10 +72,25 @@ def fingerprint(method: str, settings: dict[str, Any], pairs_index: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def encoder_of(method: torch.nn.Module) -> torch.nn.Module:
+    """The network whose weights are the pretrained model (``student`` or Genesis' ``net``)."""
+    unwrapped = getattr(method, "module", method)
+    student = getattr(unwrapped, "student", None)
+    return cast(torch.nn.Module, student if student is not None else unwrapped.net)
+
+
 def _preview_hook(val: PairsDataset | None, previews: Path, device: torch.device, method_name: str):
+    """Each epoch: the previews of the same 2 held-out pairs, and ``val/psnr``.
+
+    The reconstruction PSNR (MONAI's ``PSNRMetric``, peak 1) of the plain reconstruction
+    against its target, over the first :data:`PSNR_PAIRS` validation pairs with the same
+    views every epoch (one fixed seed), so that epochs are comparable.
+    """
     if val is None or len(val) == 0:
         return None
-    samples = [val[i] for i in range(min(2, len(val)))]
+    from monai.metrics import PSNRMetric
+
+    samples = [val[i] for i in range(min(PSNR_PAIRS, len(val)))]
     x1 = torch.stack([s[0] for s in samples])
     x2 = torch.stack([s[1] for s in samples])
 
@@ -84,8 +101,58 @@ def _preview_hook(val: PairsDataset | None, previews: Path, device: torch.device
         unwrapped.eval()
         images = cast(Any, unwrapped).preview(x1.to(device), x2.to(device), generator)
         unwrapped.train(was_training)
-        if images is not None:
-            save_preview(images, previews / f"epoch_{epoch:03d}.png", title=f"{method_name}, epoch {epoch}")
+        if images is None:  # MoCo v2 reconstructs nothing
+            return
+        shown = {name: value[:2] for name, value in images.items()}
+        save_preview(shown, previews / f"epoch_{epoch:03d}.png", title=f"{method_name}, epoch {epoch}")
+        psnr = PSNRMetric(max_val=1.0)(images["output"].float().clamp(0, 1), images["target"].float())
+        value = float(cast(torch.Tensor, psnr).mean())
+        log.info("%s epoch %d: reconstruction PSNR %.2f dB on %d held-out pairs", method_name, epoch, value,
+                 len(samples))
+        if live is not None:
+            live.log_metric("val/psnr", value)
+
+    return hook
+
+
+def _probe_hook(processed: Path | None, settings: dict[str, Any], device: torch.device, method_name: str,
+                history: dict[int, float]):
+    """Every ``probe.every`` epochs (and the last): the frozen-encoder probe, ``probe/val_auc``.
+
+    Fitted on the NCC train scans, scored on the val scans (pcrl/evaluation/probe.py); the
+    values are kept in ``history`` (epoch -> AUC) for summary.json.
+    """
+    every = int(settings.get("every", 0))
+    if processed is None or every <= 0:
+        return None
+    from pcrl.evaluation.probe import probe_auc, probe_split
+
+    split = read_json(Path(processed) / "split.json", hint="run 'pcrl cubes --task ncc' first")
+    data = probe_split(str(processed), split["train"], split["val"], max_per_class=settings.get("max_per_class"))
+    epochs = int(settings["epochs"])
+
+    def hook(epoch: int, method: torch.nn.Module, live: Any) -> None:
+        if epoch % every and epoch != epochs:
+            return
+        auc = probe_auc(encoder_of(method), data, device=device, l2=float(settings["l2"]))
+        history[epoch] = auc
+        log.info("%s epoch %d: frozen-encoder probe AUC %.3f on the NCC val scans (%d candidates)",
+                 method_name, epoch, auc, len(data.held_out))
+        if live is not None:
+            live.log_metric("probe/val_auc", auc)
+
+    return hook
+
+
+def _hooks(*hooks: Any):
+    """One ``on_epoch_end`` hook running ``hooks`` in order (None entries skipped)."""
+    active = [h for h in hooks if h is not None]
+    if not active:
+        return None
+
+    def hook(epoch: int, method: torch.nn.Module, live: Any) -> None:
+        for h in active:
+            h(epoch, method, live)
 
     return hook
 
@@ -100,10 +167,14 @@ def run_pretrain(
     device: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    probe: Path | None = None,
+    probe_settings: dict[str, Any] | None = None,
 ) -> Path:
     """Pretrain ``method`` on ``pairs`` (the cubes@pretrain output); write ``out``.
 
-    Only :func:`used_settings` of ``settings`` is read.
+    Only :func:`used_settings` of ``settings`` is read. With ``probe`` (the cubes@ncc
+    output) and ``probe_settings`` (the ``probe`` params), the frozen-encoder probe is
+    logged every ``probe.every`` epochs.
     """
     settings = used_settings(method, settings)
     pairs = Path(pairs)
@@ -132,7 +203,12 @@ def run_pretrain(
         prepare_state(state, fingerprint(method, settings, index))
     if dist.world_size > 1:
         torch.distributed.barrier()
-    hook = _preview_hook(val, state / "previews", dist.device, method)
+    probe_history: dict[int, float] = {}
+    hook = _hooks(
+        _preview_hook(val, state / "previews", dist.device, method),
+        _probe_hook(probe, {**(probe_settings or {}), "epochs": settings["epochs"]}, dist.device, method,
+                    probe_history) if dist.rank == 0 else None,
+    )
     result = train(model, dataset, config, state, device=dist.device,
                    dist=dist if dist.world_size > 1 else None, on_epoch_end=hook)
 
@@ -158,6 +234,7 @@ def run_pretrain(
                 "train_pairs": len(dataset),
                 "world_size": dist.world_size,
                 "final": result.final_metrics,
+                "probe_val_auc": {str(k): v for k, v in sorted(probe_history.items())},
                 "provenance": provenance({"pretrain": settings}, device=dist.device),
             })
         log.info("%s: pretrained %d epochs on %d pairs -> %s", method, settings["epochs"], len(dataset), out)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pcrl.atomic import atomic_dir
+from pcrl.atomic import atomic_dir, read_json
 from pcrl.data.splits import fraction_key
 from pcrl.errors import DataError
 from pcrl.finetune.tasks import TASKS, get_task
@@ -56,7 +56,7 @@ def _read_present(run: tuple[str, str, float, int], path: Path) -> dict[str, Any
 
 
 def run_report(finetune: dict[str, Any], settings: dict[str, Any], *, evaluations: Path,
-               out: Path) -> Path:
+               out: Path, probe: Path | None = None) -> Path:
     """Collect the expected runs' metrics and write the report to ``out``.
 
     Args:
@@ -64,6 +64,7 @@ def run_report(finetune: dict[str, Any], settings: dict[str, Any], *, evaluation
         settings: The ``report`` params section.
         evaluations: The evaluate stages' parent folder (``data/evaluate``).
         out: Output folder (``results/report``).
+        probe: The probe stage's output (``data/probe``), whose table is added; None: none.
 
     Raises:
         DataError: No task evaluated; missing runs (when ``require_complete``); a
@@ -84,7 +85,10 @@ def run_report(finetune: dict[str, Any], settings: dict[str, Any], *, evaluation
     present = {run: p for run, p in paths.items() if p.is_file()}
     collected = [_read_present(run, path) for run, path in present.items()]
     summary = summarise(collected)
+    probe_metrics = None
+    if probe is not None:
+        probe_metrics = read_json(Path(probe) / "metrics.json", hint="run 'pcrl probe' first")
     with atomic_dir(out) as tmp:
-        write_report(summary, tmp)
+        write_report(summary, tmp, probe_metrics)
     log.info("report of %d runs (%d tasks) -> %s", len(collected), len(tasks), out)
     return Path(out)
