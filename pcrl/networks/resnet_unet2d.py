@@ -1,0 +1,462 @@
+"""PCRL's 2D network: a U-Net whose encoder is a ResNet-18, for NIH ChestX-ray14.
+
+docs/method.md "Hyperparameters of the release": for ChestX-ray14 (2D, 224-pixel crops) PCRL
+(Zhou et al., ICCV 2021) used a U-Net with a ResNet-18 encoder (He et al., "Deep Residual
+Learning for Image Recognition", CVPR 2016). The network is written here from scratch in
+torch because torchvision cannot be imported in this environment and is not a dependency of
+the package; no code is taken from another repository.
+
+Encoder (:class:`ResNet18Encoder`, width ``w``, 64 in He et al.):
+
+* stem: ``conv1`` (7x7, stride 2, padding 3, no bias, ``w`` channels) -> ``bn1`` -> ReLU,
+  then ``maxpool`` (3x3, stride 2, padding 1);
+* ``layer1 .. layer4``: two BasicBlocks each (``conv1`` 3x3 -> ``bn1`` -> ReLU -> ``conv2``
+  3x3 -> ``bn2``, plus the shortcut, then ReLU) with ``w, 2w, 4w, 8w`` channels; the first
+  block of layers 2-4 has stride 2 and a projection shortcut ``downsample.0`` (1x1 conv,
+  stride 2, no bias) + ``downsample.1`` (batch norm).
+
+Its state-dict keys are torchvision's ``resnet18`` keys without ``fc``, so that a pretrained
+encoder loads into any ResNet-18 of torchvision, timm or segmentation_models_pytorch (at
+width 64, with batch norm; ``in_channels=3`` for their RGB stems).
+
+Full network (:class:`ResNetUNet2D`): the encoder under ``encoder``; a decoder of five
+stages (``decoder.0 .. decoder.4``), each a 2x transposed conv that keeps the channel count,
+concatenation ``[upsampled, skip]`` with the encoder map of the same resolution (none for
+the last stage, which reaches the input resolution) and two 3x3 conv/norm/ReLU blocks with
+the skip's channel count (``max(1, w // 2)`` in the last stage); then ``out_tr.final_conv``
+(1x1 conv) and a sigmoid. PCRL's heads are those of
+:class:`pcrl.networks.PCRLNet3D` in 2D: the projection head ``fc1`` (8w -> proj_dim) ->
+ReLU -> ``fc2`` on the global average pool of the deepest map, L2-normalised; the TCA gate
+``aug_fc1`` (code_dim -> 4w) -> ReLU -> ``aug_fc2`` (4w -> 8w) -> sigmoid, per channel of
+the deepest map. The 2D transformation code has :data:`TCA_CODE_DIM_2D` = 6 entries: flip x,
+flip y (0/1), then a one-hot of k = 0..3 quarter turns.
+
+Spatial sizes must be divisible by 32 (five 2x downsamplings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pcrl.errors import ConfigError
+from pcrl.networks.unet3d import OutActivation, group_norm_groups, require_positive_int
+
+__all__ = [
+    "DOWNSAMPLING_FACTOR",
+    "TCA_CODE_DIM_2D",
+    "BasicBlock",
+    "ConvBlock2D",
+    "Norm2dName",
+    "OutputTransition2D",
+    "ResNet18Encoder",
+    "ResNetUNet2D",
+    "UpBlock2D",
+    "make_norm2d",
+]
+
+Norm2dName = Literal["batch", "group", "instance"]
+
+#: Total downsampling of the ResNet-18 encoder (stem conv, max-pool, layers 2-4 each 2x).
+DOWNSAMPLING_FACTOR = 32
+
+#: Entries of a 2D transformation code: flip x, flip y, one-hot of k = 0..3 quarter turns.
+TCA_CODE_DIM_2D = 6
+
+_LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def make_norm2d(norm: Norm2dName, channels: int) -> nn.Module:
+    """Build a 2D normalisation layer.
+
+    Args:
+        norm: ``"batch"`` (BatchNorm2d, He et al. and torchvision; the only choice whose
+            keys, running statistics included, are torchvision's), ``"group"`` (GroupNorm
+            with :func:`pcrl.networks.unet3d.group_norm_groups` groups) or ``"instance"``
+            (InstanceNorm2d with a learnable affine).
+        channels: number of channels.
+
+    Returns:
+        The norm module.
+
+    Raises:
+        ConfigError: if ``norm`` is not one of the three names.
+    """
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(group_norm_groups(channels), channels)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    raise ConfigError(f"norm must be one of {get_args(Norm2dName)}, got {norm!r}")
+
+
+def _check_norm(norm: object) -> None:
+    if norm not in get_args(Norm2dName):
+        raise ConfigError(f"norm must be one of {get_args(Norm2dName)}, got {norm!r}")
+
+
+def _check_input(x: Tensor, in_channels: int, owner: str) -> None:
+    if x.ndim != 4:
+        raise ConfigError(f"{owner} expects a batch (N, C, x, y), got a tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != in_channels:
+        raise ConfigError(
+            f"{owner} was built for {in_channels} input channel(s), got input of shape {tuple(x.shape)}"
+        )
+    if any(s % DOWNSAMPLING_FACTOR for s in x.shape[2:]):
+        raise ConfigError(
+            f"{owner} needs spatial sizes divisible by {DOWNSAMPLING_FACTOR} "
+            f"(five 2x downsamplings), got input of shape {tuple(x.shape)}"
+        )
+
+
+class BasicBlock(nn.Module):
+    """ResNet BasicBlock (He et al., CVPR 2016, Fig. 2): two 3x3 convs and a shortcut.
+
+    ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``; the shortcut is the identity, or
+    ``downsample`` (1x1 conv with the block's stride, no bias, then norm) when the stride or
+    the channel count changes (He et al.'s option B). Convs have no bias (norm follows).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        stride: stride of ``conv1`` and of the shortcut (1 or 2).
+        norm: normalisation, see :func:`make_norm2d`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: Norm2dName) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = make_norm2d(norm, out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn2 = make_norm2d(norm, out_channels)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                make_norm2d(norm, out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the block to ``x`` of shape (N, C_in, x, y)."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
+class ResNet18Encoder(nn.Module):
+    """ResNet-18 (He et al., CVPR 2016) without its classifier; keys as torchvision's resnet18.
+
+    Written here because torchvision is not available (see the module docstring). At width
+    64, ``in_channels=3`` and batch norm, the state dict has exactly the keys and shapes of
+    torchvision's ``resnet18().state_dict()`` minus ``fc.weight`` and ``fc.bias`` (120 keys,
+    11,176,512 parameters), and loads into torchvision / timm / segmentation_models_pytorch
+    ResNet-18 encoders (with ``strict=False`` where they also hold ``fc``).
+
+    Args:
+        in_channels: image channels (1 for chest X-rays, 3 for torchvision's RGB stem).
+        width: channels ``w`` of the stem and ``layer1``; layers 2-4 have ``2w, 4w, 8w``.
+        norm: ``"batch"`` (default), ``"group"`` or ``"instance"``, see :func:`make_norm2d`.
+
+    Attributes:
+        feature_channels: channels of the five maps returned by :meth:`encode`,
+            ``(w, w, 2w, 4w, 8w)``.
+
+    Raises:
+        ConfigError: on a non-positive width or channel count or an unknown norm.
+
+    Example:
+        >>> enc = ResNet18Encoder(width=8)
+        >>> [tuple(f.shape[1:]) for f in enc.encode(torch.rand(1, 1, 64, 64))][-1]
+        (64, 2, 2)
+    """
+
+    feature_channels: tuple[int, int, int, int, int]
+
+    def __init__(self, in_channels: int = 1, width: int = 64, norm: Norm2dName = "batch") -> None:
+        super().__init__()
+        self.in_channels = require_positive_int("in_channels", in_channels)
+        self.width = require_positive_int("width", width)
+        _check_norm(norm)
+        self.norm = norm
+        channels = (width, 2 * width, 4 * width, 8 * width)
+        self.feature_channels = (width, *channels)
+
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = make_norm2d(norm, width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        previous = width
+        for index, (name, out) in enumerate(zip(_LAYER_NAMES, channels)):
+            stride = 1 if index == 0 else 2
+            layer = nn.Sequential(BasicBlock(previous, out, stride, norm), BasicBlock(out, out, 1, norm))
+            self.add_module(name, layer)
+            previous = out
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation of the convs (normal, fan-out, ReLU gain); norms to weight 1, bias 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """Run the encoder.
+
+        Args:
+            x: batch (N, in_channels, x, y), each spatial size divisible by 32.
+
+        Returns:
+            Five maps: the stem after its ReLU (``w`` channels, 1/2 resolution), ``layer1``
+            (``w``, 1/4), ``layer2`` (``2w``, 1/8), ``layer3`` (``4w``, 1/16) and the deepest,
+            ``layer4`` (``8w``, 1/32).
+
+        Raises:
+            ConfigError: if ``x`` is not 4-D, has the wrong channel count, or a spatial size
+                is not divisible by 32; the message gives the shape.
+        """
+        _check_input(x, self.in_channels, type(self).__name__)
+        h = self.relu(self.bn1(self.conv1(x)))
+        features = [h]
+        h = self.maxpool(h)
+        for name in _LAYER_NAMES:
+            h = getattr(self, name)(h)
+            features.append(h)
+        return features
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the deepest map, ``encode(x)[-1]``."""
+        return self.encode(x)[-1]
+
+
+class ConvBlock2D(nn.Module):
+    """3x3 conv (no bias: the norm follows) -> norm -> ReLU (``conv1``, ``bn1``).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        norm: normalisation, see :func:`make_norm2d`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm: Norm2dName) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn1 = make_norm2d(norm, out_channels)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply conv, norm and ReLU to ``x`` of shape (N, C_in, x, y)."""
+        return self.act(self.bn1(self.conv1(x)))
+
+
+class UpBlock2D(nn.Module):
+    """One decoder stage: ``up_conv`` (2x transposed conv), concatenation, two conv blocks.
+
+    As in :class:`pcrl.networks.unet3d.UpTransition`, the transposed conv keeps the channel
+    count and the upsampled map comes first in the concatenation, the skip second.
+
+    Args:
+        in_channels: channels of the deeper map (kept by ``up_conv``).
+        skip_channels: channels of the skip connection (0: no skip).
+        out_channels: output channels of both conv blocks.
+        norm: normalisation, see :func:`make_norm2d`.
+    """
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, norm: Norm2dName) -> None:
+        super().__init__()
+        self.skip_channels = skip_channels
+        self.up_conv = nn.ConvTranspose2d(in_channels, in_channels, kernel_size=2, stride=2)
+        self.ops = nn.Sequential(
+            ConvBlock2D(in_channels + skip_channels, out_channels, norm),
+            ConvBlock2D(out_channels, out_channels, norm),
+        )
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        """Upsample ``x`` 2x, concatenate ``[up(x), skip]`` on channels (if any), apply ``ops``."""
+        h = self.up_conv(x)
+        if skip is not None:
+            h = torch.cat((h, skip), dim=1)
+        return self.ops(h)
+
+
+class OutputTransition2D(nn.Module):
+    """``final_conv`` (1x1 conv) followed by a sigmoid, or nothing (logits).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels (classes or reconstructed channels).
+        activation: ``"sigmoid"`` (intensities in [0, 1]) or ``"none"``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, activation: OutActivation) -> None:
+        super().__init__()
+        self.final_conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the 1x1 conv of ``x``, through a sigmoid unless the activation is "none"."""
+        out = self.final_conv(x)
+        return torch.sigmoid(out) if self.activation == "sigmoid" else out
+
+
+class ResNetUNet2D(nn.Module):
+    """ResNet-18 U-Net + projection head (fc1, fc2) + TCA (aug_fc1, aug_fc2), PCRL's 2D network.
+
+    Offers the interface of :class:`pcrl.networks.PCRLNet3D` (``encode``, ``decode``,
+    ``project``, ``tca_gate``, ``forward``, ``feature_channels``) so that the PCRL method can
+    drive either network; maps are (N, C, x, y) and the gate is (N, 8w, 1, 1).
+
+    Args:
+        in_channels: image channels (1 for ChestX-ray14).
+        out_channels: output channels of ``out_tr.final_conv``.
+        width: encoder width ``w`` (64 for ResNet-18); the deepest map has ``8w`` channels.
+        proj_dim: dimension of the projected features (128 in the paper and release).
+        code_dim: length of a transformation code (:data:`TCA_CODE_DIM_2D` = 6).
+        out_activation: ``"sigmoid"`` (default) or ``"none"`` for logits.
+        norm: ``"batch"`` (default), ``"group"`` or ``"instance"``, encoder and decoder.
+
+    Attributes:
+        encoder: the :class:`ResNet18Encoder` (its own state dict has torchvision's keys;
+            see :meth:`encoder_state_dict`).
+        decoder: five :class:`UpBlock2D` stages, from the deepest map to full resolution.
+        feature_channels: channels of the five maps of :meth:`encode`, ``(w, w, 2w, 4w, 8w)``.
+
+    Raises:
+        ConfigError: on a non-positive width, channel count, ``proj_dim`` or ``code_dim``, or
+            an unknown option.
+
+    Example:
+        >>> net = ResNetUNet2D(width=8)
+        >>> net(torch.rand(2, 1, 64, 64)).shape
+        torch.Size([2, 1, 64, 64])
+    """
+
+    feature_channels: tuple[int, int, int, int, int]
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        width: int = 64,
+        proj_dim: int = 128,
+        code_dim: int = TCA_CODE_DIM_2D,
+        out_activation: OutActivation = "sigmoid",
+        norm: Norm2dName = "batch",
+    ) -> None:
+        super().__init__()
+        self.in_channels = require_positive_int("in_channels", in_channels)
+        self.out_channels = require_positive_int("out_channels", out_channels)
+        self.width = require_positive_int("width", width)
+        self.proj_dim = require_positive_int("proj_dim", proj_dim)
+        self.code_dim = require_positive_int("code_dim", code_dim)
+        _check_norm(norm)
+        if out_activation not in get_args(OutActivation):
+            raise ConfigError(f"out_activation must be one of {get_args(OutActivation)}, got {out_activation!r}")
+        self.norm = norm
+        self.out_activation = out_activation
+
+        self.encoder = ResNet18Encoder(in_channels, width, norm)
+        self.feature_channels = self.encoder.feature_channels
+        stem, c1, c2, c3, deep = self.feature_channels
+        last = max(1, width // 2)
+        self.decoder = nn.ModuleList(
+            [
+                UpBlock2D(deep, c3, c3, norm),  # 1/32 -> 1/16, skip layer3
+                UpBlock2D(c3, c2, c2, norm),  # 1/16 -> 1/8, skip layer2
+                UpBlock2D(c2, c1, c1, norm),  # 1/8 -> 1/4, skip layer1
+                UpBlock2D(c1, stem, stem, norm),  # 1/4 -> 1/2, skip the stem
+                UpBlock2D(stem, 0, last, norm),  # 1/2 -> full resolution, no skip
+            ]
+        )
+        self.out_tr = OutputTransition2D(last, out_channels, out_activation)
+        self.fc1 = nn.Linear(deep, proj_dim)
+        self.fc2 = nn.Linear(proj_dim, proj_dim)
+        self.aug_fc1 = nn.Linear(code_dim, c3)
+        self.aug_fc2 = nn.Linear(c3, deep)
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """The encoder's state dict, keys without prefix (torchvision's resnet18 names)."""
+        return dict(self.encoder.state_dict())
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """Run the ResNet-18 encoder, see :meth:`ResNet18Encoder.encode` (five maps).
+
+        Raises:
+            ConfigError: if ``x`` is not (N, in_channels, x, y) with sizes divisible by 32;
+                the message gives the shape.
+        """
+        _check_input(x, self.in_channels, type(self).__name__)
+        return self.encoder.encode(x)
+
+    def decode(self, features: Sequence[Tensor]) -> Tensor:
+        """Run the decoder on the five maps of :meth:`encode` (possibly mixed or gated).
+
+        Args:
+            features: ``[stem, layer1, layer2, layer3, deepest]`` as returned by :meth:`encode`.
+
+        Returns:
+            (N, out_channels, 32 * x', 32 * y') for a deepest map of size (x', y'): sigmoid
+            output, or logits if ``out_activation == "none"``.
+
+        Raises:
+            ValueError: if ``features`` does not hold five maps.
+        """
+        if len(features) != 5:
+            raise ValueError(f"decode expects 5 feature maps (4 skips + deepest), got {len(features)}")
+        stem, skip1, skip2, skip3, h = features
+        for stage, skip in zip(self.decoder, (skip3, skip2, skip1, stem, None)):
+            h = stage(h, skip)
+        return self.out_tr(h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruct / segment ``x``: ``decode(encode(x))``."""
+        return self.decode(self.encode(x))
+
+    def project(self, deepest: Tensor) -> Tensor:
+        """Projection head: GAP -> fc1 -> ReLU -> fc2 -> L2 normalisation.
+
+        Args:
+            deepest: deepest encoder map (N, 8w, x, y), e.g. ``encode(x)[4]``.
+
+        Returns:
+            (N, proj_dim) rows of unit Euclidean norm.
+
+        Raises:
+            ValueError: if ``deepest`` does not have ``8w`` channels on dim 1.
+        """
+        deep = self.feature_channels[4]
+        if deepest.ndim < 3 or deepest.shape[1] != deep:
+            raise ValueError(
+                f"project expects the deepest map (N, {deep}, *spatial), got shape {tuple(deepest.shape)}"
+            )
+        pooled = deepest.flatten(2).mean(dim=2)
+        return F.normalize(self.fc2(F.relu(self.fc1(pooled))), dim=1)
+
+    def tca_gate(self, codes: Tensor) -> Tensor:
+        """Transformation-conditioned channel gate.
+
+        Args:
+            codes: (N, code_dim) transformation codes (flip x, flip y; one-hot k = 0..3);
+                any numeric dtype.
+
+        Returns:
+            (N, 8w, 1, 1) gate in (0, 1), to multiply into the deepest map.
+
+        Raises:
+            ValueError: if ``codes`` is not of shape (N, code_dim).
+        """
+        if codes.ndim != 2 or codes.shape[1] != self.code_dim:
+            raise ValueError(f"tca_gate expects codes of shape (N, {self.code_dim}), got {tuple(codes.shape)}")
+        codes = codes.to(dtype=self.aug_fc1.weight.dtype)
+        gate = torch.sigmoid(self.aug_fc2(F.relu(self.aug_fc1(codes))))
+        return gate.reshape(codes.shape[0], self.feature_channels[4], 1, 1)
+
