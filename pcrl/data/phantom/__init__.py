@@ -11,6 +11,9 @@ generator writes files exactly as the real dataset ships them:
 - Medical Segmentation Decathlon (Antonelli et al., Nat. Commun. 2022) Task03_Liver
   and Task01_BrainTumour: ``imagesTr/``, ``labelsTr/``, ``imagesTs/`` NIfTI files and a
   ``dataset.json`` with MSD's fields. BraTS images are 4D (x, y, z, 4 modalities).
+- NIH ChestX-ray14 (Wang et al., CVPR 2017): ``images/<patient>_<follow-up>.png`` 8-bit
+  radiographs (a few RGBA), ``Data_Entry_2017_v2020.csv`` and the patient-wise split lists
+  ``train_val_list.txt`` / ``test_list.txt`` (module ``chestxray14``).
 
 Anatomy is defined as implicit shapes in world millimetres and sampled on each scan's
 voxel grid, so structures look the same whatever the spacing. Every case draws from its
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pcrl.data.phantom.chestxray14 import Radiograph, chestxray14_radiograph, generate_chestxray14
 from pcrl.data.phantom.drawing import Candidate, Nodule, PhantomCase
 from pcrl.data.phantom.luna16 import LUNA16_UID_PREFIX, generate_luna16, luna16_case
 from pcrl.data.phantom.msd_brain import brain_case, generate_msd_brain
@@ -39,7 +43,10 @@ __all__ = [
     "Candidate",
     "Nodule",
     "PhantomCase",
+    "Radiograph",
     "brain_case",
+    "chestxray14_radiograph",
+    "generate_chestxray14",
     "generate_luna16",
     "generate_msd_brain",
     "generate_msd_liver",
@@ -52,4 +59,5 @@ GENERATORS: dict[str, Callable[..., None]] = {
     "msd_liver": generate_msd_liver,
     "msd_brain": generate_msd_brain,
 }
-"""Phantom writer per dataset name of the registry."""
+"""Phantom writer per dataset name of the registry (the download stage's phantoms; the 2D
+ChestX-ray14 phantom, :func:`generate_chestxray14`, is not wired into the pipeline yet)."""
