@@ -337,3 +337,40 @@ def test_config_validation_names_the_field() -> None:
         PCRLConfig(momentum=1.5, n_data=3)
     with pytest.raises(ConfigError, match="PCRLConfig.queue_size"):
         PCRLConfig(queue_size=0, n_data=3)
+
+
+# ------------------------------------------------------------- 2D (ChestX-ray14 setting)
+
+
+def test_2d_views_use_6_entry_codes_and_2d_targets() -> None:
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.rand(N, 1, 32, 32, generator=g), torch.rand(N, 1, 32, 32, generator=g)
+    views = make_views(x1, x2, ViewConfig(), torch.Generator().manual_seed(9))
+    assert views.codes1.shape == (N, 6) and views.input1.shape == x1.shape and views.target2.shape == x2.shape
+    for i in range(N):  # target = the 2D flip then quarter turn of the clean view, by hand
+        code = views.codes1[i]
+        dims = [1 + a for a in range(2) if code[a] == 1]
+        clean = views.clean1[i]
+        expected = torch.rot90(torch.flip(clean, dims) if dims else clean, int(code[2:].argmax()), (1, 2))
+        torch.testing.assert_close(views.target1[i], expected)
+    assert not torch.equal(views.input1, views.clean1)  # corrupted
+
+
+@pytest.mark.parametrize("name", ["pcrl", "genesis", "moco"])
+def test_every_method_trains_the_2d_resnet_unet(name: str) -> None:
+    from pcrl.methods import build_method
+
+    extra = {"pcrl": {"n_data": 32, "queue_size": 16, "proj_dim": 8}, "moco": {"queue_size": 16, "proj_dim": 8}}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        method = build_method(name, {"arch": "resnet18_unet2d", "base": 4, **extra.get(name, {})})
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.rand(N, 1, 32, 32, generator=g), torch.rand(N, 1, 32, 32, generator=g)
+    out = method(x1, x2, torch.Generator().manual_seed(2))
+    assert all(torch.isfinite(v) for v in out.values())
+    if name == "pcrl":
+        assert {*CONTRASTIVE_TERMS, *RECONSTRUCTION_TERMS} <= set(out)
+    out["loss"].backward()
+    trained = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for _, p in trained), [n for n, p in trained if p.grad is None][:3]
+    assert all(k.startswith(("encoder.", "decoder.", "out_tr.", "fc", "aug_fc")) for k in method.encoder_state_dict())

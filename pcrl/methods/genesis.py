@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from pcrl.errors import ConfigError
 from pcrl.methods.losses import reconstruction_loss
 from pcrl.methods.views import ViewConfig, augment_and_corrupt
-from pcrl.networks.unet3d import NormName, UNet3D, require_positive_int
+from pcrl.networks.factory import Arch, check_arch, restoration_network
+from pcrl.networks.unet3d import NormName, require_positive_int
 from pcrl.transforms import CorruptionConfig
 
 __all__ = ["Genesis", "GenesisConfig"]
@@ -32,7 +33,8 @@ class GenesisConfig:
 
     Attributes:
         in_channels: image channels (1 for CT).
-        base: U-Net base width (32 in the paper).
+        arch: ``"unet3d"`` or ``"resnet18_unet2d"`` (see :class:`~pcrl.methods.pcrl.PCRLConfig`).
+        base: U-Net base width (32 in the paper); the ResNet-18's width in 2D.
         norm: ``"batch"``, ``"group"`` or ``"instance"``.
         corruption: settings of :func:`pcrl.transforms.corrupt`. Models Genesis itself
             used the non-linear intensity transform (``nonlinear_prob=0.9``); the default
@@ -44,6 +46,7 @@ class GenesisConfig:
     """
 
     in_channels: int = 1
+    arch: Arch = "unet3d"
     base: int = 32
     norm: NormName = "batch"
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
@@ -52,6 +55,7 @@ class GenesisConfig:
     def __post_init__(self) -> None:
         for name in ("in_channels", "base"):
             require_positive_int(f"GenesisConfig.{name}", getattr(self, name))
+        check_arch(self.arch, "GenesisConfig.arch")
         try:
             self.views  # noqa: B018 - validates corruption and augment
         except ConfigError as exc:
@@ -78,12 +82,8 @@ class Genesis(nn.Module):
         if not isinstance(config, GenesisConfig):
             raise ConfigError(f"Genesis needs a GenesisConfig, got {type(config).__name__}")
         self.config = config
-        self.net = UNet3D(
-            in_channels=config.in_channels,
-            out_channels=config.in_channels,
-            base=config.base,
-            norm=config.norm,
-        )
+        self.net = restoration_network(config.arch, in_channels=config.in_channels, base=config.base,
+                                       norm=config.norm)
 
     def forward(self, x1: Tensor, x2: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """One training step's loss on the ``2N`` crops of a batch of pairs.

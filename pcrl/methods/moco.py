@@ -27,14 +27,12 @@ from pcrl.errors import ConfigError
 from pcrl.methods.losses import InfoNCELoss, contrastive_accuracy
 from pcrl.methods.momentum import KeyQueue, forward_shuffled, update_momentum
 from pcrl.methods.views import ViewConfig, augment_and_corrupt
-from pcrl.networks.pcrl_net import PCRLNet3D
+from pcrl.networks.factory import DECODER_PREFIXES, Arch, check_arch, pretraining_network
 from pcrl.networks.unet3d import NormName, require_positive_int
 from pcrl.transforms import CorruptionConfig
 
 __all__ = ["MoCoConfig", "MoCoV2"]
 
-#: Module name prefixes of PCRLNet3D that MoCo does not use (decoder and TCA).
-_UNUSED_PREFIXES = ("up_tr", "out_tr", "aug_fc")
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,8 @@ class MoCoConfig:
 
     Attributes:
         in_channels: image channels (1 for CT).
-        base: U-Net base width (32).
+        arch: ``"unet3d"`` or ``"resnet18_unet2d"`` (see :class:`~pcrl.methods.pcrl.PCRLConfig`).
+        base: U-Net base width (32); the ResNet-18's width in 2D.
         norm: ``"batch"``, ``"group"`` or ``"instance"``.
         proj_dim: projection dimension (128).
         queue_size: number of negative keys (16384).
@@ -59,6 +58,7 @@ class MoCoConfig:
     """
 
     in_channels: int = 1
+    arch: Arch = "unet3d"
     base: int = 32
     norm: NormName = "batch"
     proj_dim: int = 128
@@ -73,6 +73,7 @@ class MoCoConfig:
     def __post_init__(self) -> None:
         for name in ("in_channels", "base", "proj_dim", "queue_size"):
             require_positive_int(f"MoCoConfig.{name}", getattr(self, name))
+        check_arch(self.arch, "MoCoConfig.arch")
         if not self.temperature > 0:
             raise ConfigError(f"MoCoConfig.temperature must be positive, got {self.temperature!r}")
         if not 0.0 <= self.momentum <= 1.0:
@@ -107,15 +108,12 @@ class MoCoV2(nn.Module):
         if not isinstance(config, MoCoConfig):
             raise ConfigError(f"MoCoV2 needs a MoCoConfig, got {type(config).__name__}")
         self.config = config
-        self.student = PCRLNet3D(
-            in_channels=config.in_channels,
-            out_channels=config.in_channels,
-            base=config.base,
-            norm=config.norm,
+        self.student = pretraining_network(
+            config.arch, in_channels=config.in_channels, base=config.base, norm=config.norm,
             proj_dim=config.proj_dim,
         )
         for name, module in self.student.named_children():
-            if name.startswith(_UNUSED_PREFIXES):
+            if name.startswith((*DECODER_PREFIXES[config.arch], "aug_fc")):
                 module.requires_grad_(False)
         self.momentum_encoder = copy.deepcopy(self.student).requires_grad_(False)
         self.queue = KeyQueue(config.queue_size, config.proj_dim, generator=generator)

@@ -62,7 +62,7 @@ from pcrl.methods.views import (
     folded_uniform,
     make_views,
 )
-from pcrl.networks.pcrl_net import PCRLNet3D
+from pcrl.networks.factory import Arch, check_arch, pretraining_network
 from pcrl.networks.unet3d import NormName, require_positive_int
 from pcrl.transforms import CorruptionConfig
 
@@ -84,7 +84,9 @@ class PCRLConfig:
 
     Attributes:
         in_channels: image channels (1 for CT).
-        base: U-Net base width (32 in the paper; e.g. 4 in tests).
+        arch: ``"unet3d"`` (the LUNA16 setting, default) or ``"resnet18_unet2d"`` (the
+            ChestX-ray14 setting; batches (N, C, x, y), 6-entry codes).
+        base: U-Net base width (32 in the paper; e.g. 4 in tests); the ResNet-18's width in 2D (64).
         norm: ``"batch"`` (release), ``"group"`` or ``"instance"``.
         proj_dim: projection dimension (128).
         queue_size: number of negative keys (16384).
@@ -109,6 +111,7 @@ class PCRLConfig:
     """
 
     in_channels: int = 1
+    arch: Arch = "unet3d"
     base: int = 32
     norm: NormName = "batch"
     proj_dim: int = 128
@@ -129,6 +132,7 @@ class PCRLConfig:
     def __post_init__(self) -> None:
         for name in ("in_channels", "base", "proj_dim", "queue_size"):
             require_positive_int(f"PCRLConfig.{name}", getattr(self, name))
+        check_arch(self.arch, "PCRLConfig.arch")
         if not self.temperature > 0:
             raise ConfigError(f"PCRLConfig.temperature must be positive, got {self.temperature!r}")
         if not 0.0 <= self.momentum <= 1.0:
@@ -199,11 +203,8 @@ class PCRL(nn.Module):
         if not isinstance(config, PCRLConfig):
             raise ConfigError(f"PCRL needs a PCRLConfig, got {type(config).__name__}")
         self.config = config
-        self.student = PCRLNet3D(
-            in_channels=config.in_channels,
-            out_channels=config.in_channels,
-            base=config.base,
-            norm=config.norm,
+        self.student = pretraining_network(
+            config.arch, in_channels=config.in_channels, base=config.base, norm=config.norm,
             proj_dim=config.proj_dim,
         )
         if not config.tca:  # unused: frozen, so that DDP and weight decay leave them alone

@@ -78,7 +78,8 @@ class Views:
     Attributes:
         clean1, clean2: the augmented views before corruption.
         input1, input2: the corrupted views, the networks' inputs.
-        codes1, codes2: (N, 7) spatial-transform codes (flips x, y, z; one-hot k = 0..3).
+        codes1, codes2: (N, 7) spatial-transform codes (flips x, y, z; one-hot k = 0..3);
+            (N, 6) in 2D (no flip of z).
         base1, base2: the reconstruction targets before the spatial transform: the clean
             views (``"intent"``) or the corrupted ones (``"release"``). (PCRL's mixup pass,
             which has no TCA, reconstructs ``clean1``/``clean2`` in both modes.)
@@ -98,31 +99,42 @@ class Views:
 
 
 def _check_batch(name: str, x: Tensor) -> None:
-    if x.ndim != 5:
-        raise ValueError(f"{name} must be a batch (N, C, x, y, z), got shape {tuple(x.shape)}")
+    if x.ndim not in (4, 5):
+        raise ValueError(f"{name} must be a batch (N, C, x, y, z) or, in 2D, (N, C, x, y); got shape {tuple(x.shape)}")
+
+
+def _lift(x: Tensor) -> Tensor:
+    """A 2D batch (N, C, x, y) as one-slice volumes (N, C, x, y, 1); 3D batches unchanged."""
+    return x[..., None] if x.ndim == 4 else x
 
 
 def augment_and_corrupt(x: Tensor, config: ViewConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Augment a batch, then corrupt it (Models Genesis' and PCRL's input pipeline).
 
+    A 2D batch (PCRL's ChestX-ray14 setting) runs through the same 3D transforms as one-slice
+    volumes, with the planar augmentation (in-plane rotations, no flip / scaling / blur of z).
+
     Args:
-        x: (N, C, x, y, z) clean views in [0, 1].
+        x: (N, C, x, y, z) or (N, C, x, y) clean views in [0, 1].
         config: augmentation and corruption settings.
         generator: torch.Generator on ``x``'s device.
 
     Returns:
-        ``(clean, corrupted)``: the augmented view and the corrupted network input.
+        ``(clean, corrupted)``: the augmented view and the corrupted network input, shaped as ``x``.
     """
     _check_batch("x", x)
-    clean = transforms.augment(x, generator, **dict(config.augment))
-    return clean, transforms.corrupt(clean, config.corruption, generator)
+    planar = x.ndim == 4
+    volume = _lift(x)
+    clean = transforms.augment(volume, generator, **{**dict(config.augment), "planar": planar})
+    corrupted = transforms.corrupt(clean, config.corruption, generator)
+    return (clean[..., 0], corrupted[..., 0]) if planar else (clean, corrupted)
 
 
-def identity_codes(n: int, device: torch.device | str) -> Tensor:
-    """(n, 7) codes of the identity transform: no flip, zero quarter turns."""
+def identity_codes(n: int, device: torch.device | str, *, planar: bool = False) -> Tensor:
+    """(n, 7) codes of the identity transform (no flip, zero quarter turns); (n, 6) if ``planar``."""
     codes = torch.zeros(n, 7, device=device)
     codes[:, 3] = 1.0
-    return codes
+    return transforms.planar_codes(codes) if planar else codes
 
 
 def make_views(x1: Tensor, x2: Tensor, config: ViewConfig, generator: torch.Generator) -> Views:
@@ -132,12 +144,14 @@ def make_views(x1: Tensor, x2: Tensor, config: ViewConfig, generator: torch.Gene
     augment+corrupt view 2, codes of view 1, codes of view 2.
 
     Args:
-        x1, x2: (N, C, x, y, z) the two crops of each pair, values in [0, 1].
+        x1, x2: (N, C, x, y, z) the two crops of each pair, values in [0, 1]; or 2D crops
+            (N, C, x, y), handled as one-slice volumes with 6-entry codes (flips of x, y and
+            the one-hot of k; the ChestX-ray14 setting of the paper).
         config: view settings.
         generator: torch.Generator on the batch's device.
 
     Returns:
-        The :class:`Views` of the step.
+        The :class:`Views` of the step (2D tensors and (N, 6) codes for a 2D batch).
 
     Raises:
         ValueError: if ``x1`` and ``x2`` are not batches of the same shape, or, with spatial
@@ -150,15 +164,21 @@ def make_views(x1: Tensor, x2: Tensor, config: ViewConfig, generator: torch.Gene
         raise ValueError(
             f"spatial targets turn the x-y plane: x and y sizes must be equal, got batch {tuple(x1.shape)}"
         )
+    planar = x1.ndim == 4
     clean1, input1 = augment_and_corrupt(x1, config, generator)
     clean2, input2 = augment_and_corrupt(x2, config, generator)
     n = x1.shape[0]
     if config.spatial:
-        codes1 = transforms.spatial_codes(n, generator, x1.device)
-        codes2 = transforms.spatial_codes(n, generator, x1.device)
+        codes1 = transforms.spatial_codes(n, generator, x1.device, planar=planar)
+        codes2 = transforms.spatial_codes(n, generator, x1.device, planar=planar)
     else:
         codes1 = codes2 = identity_codes(n, x1.device)
     base1, base2 = (clean1, clean2) if config.target == "intent" else (input1, input2)
+    target1 = transforms.apply_spatial(_lift(base1), codes1)
+    target2 = transforms.apply_spatial(_lift(base2), codes2)
+    if planar:  # back to 2D: images (N, C, x, y) and 6-entry codes
+        target1, target2 = target1[..., 0], target2[..., 0]
+        codes1, codes2 = transforms.planar_codes(codes1), transforms.planar_codes(codes2)
     return Views(
         clean1=clean1,
         clean2=clean2,
@@ -168,8 +188,8 @@ def make_views(x1: Tensor, x2: Tensor, config: ViewConfig, generator: torch.Gene
         codes2=codes2,
         base1=base1,
         base2=base2,
-        target1=transforms.apply_spatial(base1, codes1),
-        target2=transforms.apply_spatial(base2, codes2),
+        target1=target1,
+        target2=target2,
     )
 
 

@@ -10,8 +10,11 @@ What is implemented and where each rule comes from:
 
 * **Spatial codes** (docs/method.md "Transformation-conditioned attention"): a 7-vector per
   sample, flips of x, y, z as 0/1, then a one-hot of k = 0..3 quarter turns in the x-y
-  plane (dims -3, -2). :func:`apply_spatial` flips first, then turns; :func:`invert_spatial`
-  undoes it exactly. Both gather voxels by index, so they are exact for any dtype.
+  plane (dims -3, -2); 2D images (PCRL's ChestX-ray14 setting) are one-slice volumes
+  (N, C, x, y, 1) with the 6-entry code without the flip of z (:func:`planar_codes`), and
+  :func:`augment` takes ``planar=True`` for them: one implementation for 2D and 3D.
+  :func:`apply_spatial` flips first, then turns; :func:`invert_spatial` undoes it exactly.
+  Both gather voxels by index, so they are exact for any dtype.
 * **Corruptions** of Models Genesis (Zhou et al., MICCAI 2019 / MedIA 2021), kept by PCRL
   (docs/method.md "Views, corruptions and targets"): local pixel shuffling
   (:func:`local_pixel_shuffle`), the non-linear Bezier intensity transform
@@ -55,11 +58,14 @@ from pcrl.transforms.painting import in_paint, out_paint, paint
 from pcrl.transforms.shuffle import ShufflePlan, local_pixel_shuffle
 from pcrl.transforms.spatial import (
     CODE_SIZE,
+    CODE_SIZE_2D,
     apply_spatial,
     decode_spatial,
     encode_spatial,
     invert_spatial,
+    planar_codes,
     spatial_codes,
+    volume_codes,
 )
 
 # isort: split
@@ -77,6 +83,7 @@ from pcrl.transforms.shuffle import _shuffle_plan  # noqa: F401
 
 __all__ = [
     "CODE_SIZE",
+    "CODE_SIZE_2D",
     "CorruptionConfig",
     "ShufflePlan",
     "apply_spatial",
@@ -90,5 +97,7 @@ __all__ = [
     "local_pixel_shuffle",
     "out_paint",
     "paint",
+    "planar_codes",
     "spatial_codes",
+    "volume_codes",
 ]

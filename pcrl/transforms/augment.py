@@ -135,15 +135,26 @@ def _random_flips(x: Tensor, generator: torch.Generator, flip_prob: float, flip_
     return _gather_xyz(x, *_flip_indices(flips, x.shape[-3:]))
 
 
-def _random_affine(x: Tensor, generator: torch.Generator, affine_prob: float, degrees: float, scale: float) -> Tensor:
+#: Axes a planar (2D) image may move along: x and y; z (its single slice) stays put.
+_PLANAR = torch.tensor([True, True, False])
+
+
+def _random_affine(
+    x: Tensor, generator: torch.Generator, affine_prob: float, degrees: float, scale: float, planar: bool = False
+) -> Tensor:
     """With ``affine_prob`` per sample, a random rotation (+-``degrees``) and scaling (1 +- ``scale``).
 
-    Draws, in order and for every sample: the choice, three angles, three scales.
+    Draws, in order and for every sample: the choice, three angles, three scales. ``planar``
+    keeps only the rotation about z and the x, y scales (the same draws, the others zeroed).
     """
     n, device = x.shape[0], x.device
     chosen = (_rand((n,), generator, device) < affine_prob).nonzero().squeeze(1)
     angles = (2 * _rand((n, 3), generator, device) - 1) * math.radians(degrees)
     scales = 1 + (2 * _rand((n, 3), generator, device) - 1) * scale
+    if planar:
+        in_plane = _PLANAR.to(device)
+        angles = torch.where(~in_plane, angles, torch.zeros_like(angles))  # about z only
+        scales = torch.where(in_plane, scales, torch.ones_like(scales))
     if not chosen.numel():
         return x
     # forward map A = R diag(s) (scale, then rotate); grid_sample needs A^-1
@@ -157,16 +168,20 @@ def _random_blur(
     blur_prob: float,
     sigma_range: tuple[float, float],
     blur_truncate: float,
+    planar: bool = False,
 ) -> Tensor:
     """With ``blur_prob`` per sample, a Gaussian blur of per-axis standard deviation uniform in ``sigma_range``.
 
-    Draws, in order and for every sample: the choice, then three standard deviations.
+    Draws, in order and for every sample: the choice, then three standard deviations
+    (``planar``: the z one is zeroed).
     """
     n, device = x.shape[0], x.device
     sigma_low, sigma_high = sigma_range
     chosen = _rand((n,), generator, device) < blur_prob
     sigma = sigma_low + (sigma_high - sigma_low) * _rand((n, 3), generator, device)
     sigma = torch.where(chosen[:, None], sigma, torch.zeros_like(sigma))
+    if planar:
+        sigma = torch.where(_PLANAR.to(device), sigma, torch.zeros_like(sigma))
     radius = int(math.ceil(blur_truncate * sigma_high))
     if radius > 0 and bool(chosen.any()):
         return _gaussian_blur(x, sigma, radius)
@@ -188,6 +203,7 @@ def augment(
     blur_prob: float = 1.0,
     blur_sigma: Sequence[float] = (0.0, 2.0),
     blur_truncate: float = 3.0,
+    planar: bool = False,
 ) -> Tensor:
     """Geometric and intensity augmentation of a view before corruption (docs/method.md).
 
@@ -214,6 +230,9 @@ def augment(
         blur_prob: probability that a sample is blurred.
         blur_sigma: (low, high) standard deviation in voxels.
         blur_truncate: kernel half-width in units of the largest standard deviation.
+        planar: the batch holds 2D images as one-slice volumes (N, C, x, y, 1): flips of z
+            are dropped, rotations are about z only, z is neither scaled nor blurred. The
+            same numbers are drawn, so 2D and 3D share one implementation and one stream.
 
     Returns:
         The augmented batch (a new tensor).
@@ -221,11 +240,15 @@ def augment(
     _check_batch(x)
     _check_generator(generator, x.device)
     sigma_range = _check_augment_args(flip_prob, affine_prob, blur_prob, flip_axes, degrees, scale, blur_sigma)
+    if planar and x.shape[-1] != 1:
+        raise ValueError(f"planar augmentation needs one-slice volumes (N, C, x, y, 1); got {tuple(x.shape)}")
+    if planar:
+        flip_axes = [a for a in flip_axes if a != 2]
     out = x.clone()
     if flip:
         out = _random_flips(out, generator, flip_prob, flip_axes)
     if affine:
-        out = _random_affine(out, generator, affine_prob, degrees, scale)
+        out = _random_affine(out, generator, affine_prob, degrees, scale, planar)
     if blur:
-        out = _random_blur(out, generator, blur_prob, sigma_range, blur_truncate)
+        out = _random_blur(out, generator, blur_prob, sigma_range, blur_truncate, planar)
     return out

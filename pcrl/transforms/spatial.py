@@ -15,10 +15,24 @@ from torch import Tensor
 
 from pcrl.transforms._checks import _check_batch, _check_generator, _DeviceLike, _rand
 
-__all__ = ["CODE_SIZE", "apply_spatial", "decode_spatial", "encode_spatial", "invert_spatial", "spatial_codes"]
+__all__ = [
+    "CODE_SIZE",
+    "CODE_SIZE_2D",
+    "apply_spatial",
+    "decode_spatial",
+    "encode_spatial",
+    "invert_spatial",
+    "planar_codes",
+    "spatial_codes",
+    "volume_codes",
+]
 
 #: Length of a spatial code: 3 flip bits (x, y, z) and a one-hot of k = 0..3 quarter turns.
 CODE_SIZE = 7
+#: Length of a 2D spatial code (PCRL's ChestX-ray14 setting): flips of x, y and the one-hot of k.
+CODE_SIZE_2D = 6
+#: Entries of a 3D code that a 2D code keeps (all but the flip of z).
+_PLANAR_ENTRIES = (0, 1, 3, 4, 5, 6)
 
 
 def encode_spatial(flips: Tensor, k: Tensor) -> Tensor:
@@ -64,7 +78,8 @@ def decode_spatial(codes: Tensor) -> tuple[Tensor, Tensor]:
     return codes[:, :3] > 0.5, codes[:, 3:].argmax(dim=1)
 
 
-def spatial_codes(n: int, generator: torch.Generator, device: _DeviceLike = None) -> Tensor:
+def spatial_codes(n: int, generator: torch.Generator, device: _DeviceLike = None, *, planar: bool = False
+                  ) -> Tensor:
     """Random spatial transforms as codes, one per sample (docs/method.md, TCA).
 
     Each flip has probability 1/2 and k is uniform in 0..3, as in the release.
@@ -74,14 +89,42 @@ def spatial_codes(n: int, generator: torch.Generator, device: _DeviceLike = None
         generator: source of randomness, on ``device``.
         device: where the codes are created; the generator's device when ``None``.
 
+        planar: z is never flipped (2D images as one-slice volumes; :func:`planar_codes`
+            gives their 6-entry codes).
+
     Returns:
         (n, 7) float32 codes (see :func:`encode_spatial`).
     """
     device = generator.device if device is None else torch.device(device)
     _check_generator(generator, device)
     flips = _rand((n, 3), generator, device) < 0.5
+    if planar:  # the same draws, z never flipped: one-slice volumes of 2D images
+        flips[:, 2] = False
     k = torch.randint(0, 4, (n,), generator=generator, device=device)
     return encode_spatial(flips, k)
+
+
+def planar_codes(codes: Tensor) -> Tensor:
+    """The (N, 6) 2D codes of (N, 7) codes without a flip of z: flips of x, y, one-hot of k.
+
+    A 2D image is handled as a one-slice volume (N, C, x, y, 1), so its transforms are the 3D
+    ones with z never flipped; the 2D code is the 3D code without that entry.
+
+    Raises:
+        ValueError: a code flips z (no 2D transform does).
+    """
+    if codes.ndim != 2 or codes.shape[1] != CODE_SIZE:
+        raise ValueError(f"codes must be (N, {CODE_SIZE}); got shape {tuple(codes.shape)}")
+    if bool((codes[:, 2] != 0).any()):
+        raise ValueError("a planar code cannot flip z; draw the codes with planar=True")
+    return codes[:, list(_PLANAR_ENTRIES)]
+
+
+def volume_codes(codes: Tensor) -> Tensor:
+    """The (N, 7) codes of (N, 6) 2D codes (inverse of :func:`planar_codes`): z not flipped."""
+    if codes.ndim != 2 or codes.shape[1] != CODE_SIZE_2D:
+        raise ValueError(f"2D codes must be (N, {CODE_SIZE_2D}); got shape {tuple(codes.shape)}")
+    return torch.cat([codes[:, :2], torch.zeros_like(codes[:, :1]), codes[:, 2:]], dim=1)
 
 
 def _turn_source(i: Tensor, j: Tensor, k: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
