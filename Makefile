@@ -11,7 +11,7 @@ export PATH := $(VENV)/bin:$(PATH)
 # The one place torch is pinned. A torch already installed (e.g. your CUDA build) is kept.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test lint clean-demo
+.PHONY: install demo test lint study clean-demo
 
 $(PYTHON):
 	$(SYSTEM_PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ install: $(PYTHON)
 
 demo: install
 	dvc repro
+
+# The known-answer study (pcrl/study.py, configs/study.yaml): about an hour on 2 CPU cores.
+study: install
+	$(PYTHON) -m pcrl.study --config configs/study.yaml --out results/study
 
 lint: install
 	ruff check pcrl tests benchmarks
