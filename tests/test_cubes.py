@@ -447,3 +447,26 @@ def test_stage_passes_placement_and_border_to_the_sampler(tmp_path, monkeypatch)
     stage._pretrain(settings, 0, [], tmp_path, tmp_path, False)
     assert (seen[0].placement, seen[0].border) == ("release", (4, 5, 2))
     assert (seen[1].placement, seen[1].border) == ("overlap", (70, 70, 15))
+
+
+def test_2d_pairs_are_the_same_rule_on_one_slice_volumes() -> None:
+    """PCRL's ChestX-ray14 pairs: two crops of one radiograph with 2D IoU above the threshold,
+    resized to the cube size; a radiograph is a one-slice volume (x, y, 1)."""
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.3, 1.0, size=(96, 96, 1)).astype(np.float32)
+    config = PairConfig(crop_sizes=((32, 32, 1), (48, 48, 1), (64, 64, 1)), cube_size=(32, 32, 1),
+                        min_iou=0.3, min_fraction=0.0)
+    cubes, boxes = sample_pairs(image, 50, config, np.random.default_rng(1))
+    assert cubes.shape == (50, 2, 32, 32, 1)
+    assert (boxes[:, :, 2] == 0).all() and (boxes[:, :, 5] == 1).all()
+    for (a, b) in boxes:  # 2D IoU written out
+        ix = max(0, min(a[3], b[3]) - max(a[0], b[0]))
+        iy = max(0, min(a[4], b[4]) - max(a[1], b[1]))
+        inter = ix * iy
+        union = (a[3] - a[0]) * (a[4] - a[1]) + (b[3] - b[0]) * (b[4] - b[1]) - inter
+        assert inter / union > 0.3
+    first = boxes[0, 0]
+    crop = image[first[0]:first[3], first[1]:first[4], 0]
+    expected = torch.nn.functional.interpolate(torch.from_numpy(crop)[None, None], size=(32, 32), mode="bilinear",
+                                               align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(cubes[0, 0, :, :, 0], expected, rtol=1e-5, atol=1e-6)

@@ -77,6 +77,20 @@ def test_dvc_repro_reaches_the_report(dvc_run: Path) -> None:
         assert task in report
     assert "PCRL" in report and "scratch" in report
     assert (dvc_run / "results" / "report" / "plots" / "ncc.png").is_file()
+    # one seed: no win is claimed; the probe of every initialisation is in the report
+    assert "cannot tell" in report and " beats " not in report and "PCRL is better" not in report
+    assert "## Frozen-encoder probe (NCC)" in report
+    probe = json.loads((dvc_run / "data" / "probe" / "metrics.json").read_text())
+    assert set(probe) == {"scratch", "pcrl"} and all(0.0 <= v <= 1.0 for by_f in probe.values() for v in by_f.values())
+
+
+def test_the_probe_and_readable_losses_appear_in_dvc_plots(dvc_run: Path) -> None:
+    live = dvc_run / "data" / "pretrain" / "pcrl" / "live" / "plots" / "metrics"
+    for name in ("probe/val_auc", "val/psnr", "train/con_acc", "train/queue_fill"):
+        rows = (live / f"{name}.tsv").read_text().splitlines()[1:]
+        assert [int(r.split("\t")[0]) for r in rows] == [1, 2], name  # one value per epoch
+    shown = run(["dvc", "plots", "show", "--json"], dvc_run)
+    assert "probe/val_auc" in shown and "data/probe/probe.png" in shown
 
 
 def test_second_dvc_repro_is_a_no_op(dvc_run: Path) -> None:
@@ -272,8 +286,9 @@ def test_two_queued_experiments_run_apart_and_show_side_by_side(repo_root: Path,
     import time
 
     work = narrowed(fresh_copy(repo_root, tmp_path / "exp_clone"))
-    for lr in ("0.02", "0.05"):
-        run(["dvc", "exp", "run", "--queue", "-S", f"pretrain.lr={lr}", "pretrain@pcrl"], work)
+    for lr in ("0.02", "0.05"):  # one epoch and no probe: the learning rate shows after a step
+        run(["dvc", "exp", "run", "--queue", "-S", f"pretrain.lr={lr}", "-S", "pretrain.epochs=1",
+             "-S", "probe.every=0", "pretrain@pcrl"], work)
     run(["dvc", "queue", "start", "-j", "2"], work)
     deadline = time.time() + 1500
     while time.time() < deadline:

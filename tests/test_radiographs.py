@@ -1,0 +1,75 @@
+"""pcrl.data.radiographs: the 2D array store of ChestX-ray14 (resized uint8 shards)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pcrl.data.chestxray14 import load_radiograph
+from pcrl.data.phantom import generate_chestxray14
+from pcrl.data.radiographs import gather_store, resize_radiograph, shard_positions, write_shard
+from pcrl.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("cxr") / "chestxray14"
+    generate_chestxray14(root, patients=5, size=(64, 64), seed=3)
+    return root, sorted(p.name for p in (root / "images").glob("*.png"))
+
+
+def test_resize_is_area_averaging_by_hand() -> None:
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4) * 10
+    out = resize_radiograph(image, (2, 2))
+    expected = np.array([[np.mean([0, 10, 40, 50]), np.mean([20, 30, 60, 70])],
+                         [np.mean([80, 90, 120, 130]), np.mean([100, 110, 140, 150])]])
+    np.testing.assert_array_equal(out, np.round(expected).astype(np.uint8))
+    assert out.dtype == np.uint8
+    assert np.array_equal(resize_radiograph(image, (4, 4)), image)
+
+
+def test_shards_gather_back_to_every_image_in_order(dataset, tmp_path: Path) -> None:
+    root, names = dataset
+    folders = [write_shard(root, names, tmp_path / str(k), size=(32, 32), shard=(k, 3)) for k in range(3)]
+    store = gather_store(folders[::-1])  # any order of shard folders
+    assert store.names == tuple(names) and len(store) == len(names)
+    for i in (0, len(names) // 2, len(names) - 1):
+        original = load_radiograph(root / "images" / names[i]).astype(np.float32)
+        expected = F.interpolate(torch.from_numpy(original)[None, None], size=(32, 32), mode="area")[0, 0]
+        np.testing.assert_array_equal(store.image(i), expected.round().clamp(0, 255).to(torch.uint8).numpy())
+    assert shard_positions(7, (1, 3)) == [1, 4]
+
+
+def test_a_corrupt_png_is_named_and_nothing_is_written(dataset, tmp_path: Path) -> None:
+    root, names = dataset
+    broken = tmp_path / "broken"
+    (broken / "images").mkdir(parents=True)
+    for name in names[:3]:
+        (broken / "images" / name).write_bytes((root / "images" / name).read_bytes())
+    data = (broken / "images" / names[1]).read_bytes()
+    (broken / "images" / names[1]).write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=names[1]):
+        write_shard(broken, names[:3], tmp_path / "out", size=(32, 32))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match=r"00000001_000.png: image is 64 x 64 pixels .*expected 1024 x 1024"):
+        write_shard(root, names[:1], tmp_path / "out", size=(32, 32), expected_size=(1024, 1024))
+
+
+def test_gather_refuses_missing_or_repeated_positions_and_mixed_sizes(dataset, tmp_path: Path) -> None:
+    root, names = dataset
+    a = write_shard(root, names, tmp_path / "a", size=(32, 32), shard=(0, 2))
+    b = write_shard(root, names, tmp_path / "b", size=(32, 32), shard=(1, 2))
+    with pytest.raises(DataError, match="do not hold positions"):
+        gather_store([a])
+    with pytest.raises(DataError, match="do not hold positions"):
+        gather_store([a, b, a])
+    c = write_shard(root, names, tmp_path / "c", size=(16, 16), shard=(1, 2))
+    with pytest.raises(DataError, match="different sizes"):
+        gather_store([a, c])
+    (b / "images.npy").write_bytes((b / "images.npy").read_bytes()[:200])
+    with pytest.raises(DataError, match="b"):
+        gather_store([a, b])
