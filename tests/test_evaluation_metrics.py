@@ -189,3 +189,27 @@ def test_predict_volume_rejects_bad_shapes():
         predict_volume(model, torch.zeros(2, 5, 5, 5), (4, 4, 4))
     with pytest.raises(ValueError, match="roi_size"):
         predict_volume(model, torch.zeros(1, 2, 5, 5, 5), (4, 4))
+
+
+def _pairwise_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mann-Whitney by hand: P(score of a positive > score of a negative), ties one half."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    return float(np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg]))
+
+
+def test_multilabel_auc_per_finding_and_mean_by_hand():
+    from pcrl.evaluation.metrics import multilabel_metrics
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=(40, 3))
+    scores = labels * rng.uniform(0.0, 1.0, size=(40, 3)) + rng.uniform(0.0, 0.8, size=(40, 3))
+    scores[:5, 0] = 0.5  # ties
+    out = multilabel_metrics(scores, labels, ["Mass", "Nodule", "Hernia"])
+    expected = [_pairwise_auc(scores[:, j], labels[:, j]) for j in range(3)]
+    assert [out["auc_Mass"], out["auc_Nodule"], out["auc_Hernia"]] == pytest.approx(expected)
+    assert out["auc_mean"] == pytest.approx(np.mean(expected)) and out["n"] == 40
+    labels[:, 2] = 0
+    with pytest.raises(DataError, match="label Hernia: ROC AUC is undefined"):
+        multilabel_metrics(scores, labels, ["Mass", "Nodule", "Hernia"])
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        multilabel_metrics(scores, labels, ["Mass", "Nodule"])

@@ -180,3 +180,31 @@ def test_import_refuses_checkpoints_without_encoder(tmp_path: Path) -> None:
         import_checkpoint(path, "resnet")
     with pytest.raises(ConfigError, match="absent.pt: external checkpoint not found"):
         import_checkpoint(tmp_path / "absent.pt", "x")
+
+
+# ------------------------------------------------------------- Chest14 (2D)
+
+
+def test_chest14_classifier_loads_torchvision_and_pretrained_2d_encoders() -> None:
+    from pcrl.finetune.models import MultiLabelResNet
+    from pcrl.networks import ResNet18Encoder, ResNetUNet2D
+
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        imagenet = ResNet18Encoder(in_channels=3, width=8).state_dict()
+        pretrained = ResNetUNet2D(in_channels=1, width=8).state_dict()
+    torchvision_like = {**imagenet, "fc.weight": torch.zeros(1000, 64), "fc.bias": torch.zeros(1000)}
+    net = MultiLabelResNet(in_channels=1, num_labels=14, width=8)
+    dropped = net.load_encoder(torchvision_like)
+    assert dropped == ["fc.bias", "fc.weight"]
+    # an ImageNet RGB kernel on a grayscale radiograph: the sum over its input channels
+    torch.testing.assert_close(net.encoder.conv1.weight, imagenet["conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(net.encoder.layer3[1].bn2.running_var, imagenet["layer3.1.bn2.running_var"])
+    dropped = net.load_encoder({f"module.{k}": v for k, v in pretrained.items()})
+    torch.testing.assert_close(net.encoder.layer4[0].conv1.weight, pretrained["encoder.layer4.0.conv1.weight"])
+    assert not any(k.startswith("encoder.") for k in dropped) and any(k.startswith("decoder") for k in dropped)
+    assert net(torch.rand(2, 1, 64, 64)).shape == (2, 14)
+    with pytest.raises(ConfigError, match="mismatched shapes"):
+        MultiLabelResNet(width=16).load_encoder(torchvision_like)
+    with pytest.raises(ConfigError, match=r"missing \['bn1.bias'"):
+        net.load_encoder({k: v for k, v in imagenet.items() if not k.startswith("bn1.")})

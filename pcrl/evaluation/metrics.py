@@ -74,6 +74,37 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, 
     return {"auc": float(np.asarray(auc)), "n": int(y_true.size), "positives": positives}
 
 
+def multilabel_metrics(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """ROC AUC per label and their mean: the Chest14 task (Wang et al., CVPR 2017; PCRL's 2D setting).
+
+    Args:
+        scores: (N, L) scores, higher meaning "present".
+        labels: (N, L) 0/1 labels.
+        names: the L label names (e.g. the 14 findings); metric keys ``auc_<name>``.
+
+    Returns:
+        ``{"auc_<name>": ..., "auc_mean": mean over the labels, "n": N}``.
+
+    Raises:
+        ValueError: shapes that do not fit ``names``.
+        DataError: a label column with a single class (its AUC is undefined; the message
+            names the label and its counts), labels other than 0/1, non-finite scores.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if scores.ndim != 2 or scores.shape != labels.shape or scores.shape[1] != len(names):
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must both be (N, {len(names)})")
+    out: dict[str, float] = {}
+    for j, name in enumerate(names):
+        try:
+            out[f"auc_{name}"] = classification_metrics(scores[:, j], labels[:, j])["auc"]
+        except DataError as exc:
+            raise DataError(f"label {name}: {exc}") from None
+    out["auc_mean"] = float(np.mean([out[f"auc_{name}"] for name in names]))
+    out["n"] = int(scores.shape[0])
+    return out
+
+
 def _as_vector(values: np.ndarray, name: str) -> np.ndarray:
     """``values`` as a 1-D array; (N, 1) columns are squeezed."""
     array = np.asarray(values)

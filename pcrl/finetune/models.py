@@ -39,7 +39,7 @@ from pcrl.hashing import file_digest
 from pcrl.torchfile import load_checked, require_finite
 from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.tasks import TaskSpec, get_task
-from pcrl.networks import LoadReport, UNet3D, load_pretrained, unwrap_state_dict
+from pcrl.networks import LoadReport, ResNet18Encoder, UNet3D, load_pretrained, unwrap_state_dict
 from pcrl.networks.state_dict import FIRST_CONV_KEY
 from pcrl.networks.unet3d import NormName
 
@@ -120,6 +120,60 @@ class ClassificationNet(nn.Module):
         deepest = self.backbone.encode(x)[-1]
         pooled = deepest.mean(dim=(2, 3, 4))
         return self.dense_2(torch.relu(self.dense_1(pooled)))
+
+
+class MultiLabelResNet(nn.Module):
+    """The Chest14 classifier: a ResNet-18 encoder, global average pooling, one logit per finding.
+
+    PCRL's 2D setting (Zhou et al., ICCV 2021) fine-tunes its pretrained ResNet-18 on the 14
+    findings of ChestX-ray14 (Wang et al., CVPR 2017) with binary cross-entropy per finding.
+    The encoder keeps torchvision's key names (:attr:`encoder`), so weights pretrained here
+    (:meth:`pcrl.networks.ResNetUNet2D.encoder_state_dict`) and any torchvision-style
+    ResNet-18 checkpoint load with :meth:`load_encoder`.
+
+    Args:
+        in_channels: image channels (1 for radiographs; 3 for a torchvision checkpoint as is).
+        num_labels: logits (14 findings).
+        width: the ResNet-18's width (64).
+    """
+
+    def __init__(self, in_channels: int = 1, num_labels: int = 14, width: int = 64) -> None:
+        super().__init__()
+        self.encoder = ResNet18Encoder(in_channels=in_channels, width=width)
+        self.classifier = nn.Linear(self.encoder.feature_channels[-1], num_labels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, num_labels) logits."""
+        return self.classifier(self.encoder.encode(x)[-1].mean(dim=(2, 3)))
+
+    def load_encoder(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Load a ResNet-18 encoder's weights (strict on the encoder); the dropped keys.
+
+        Accepted layouts: torchvision's (``conv1.weight`` ... ``layer4.1.bn2.*``; its ``fc.*``
+        dropped), this package's 2D U-Net (``encoder.`` prefix; decoder and heads dropped),
+        with or without a ``module.`` prefix. A 3-channel first convolution (ImageNet) is
+        summed over its input channels for a 1-channel radiograph, as
+        :func:`pcrl.networks.adapt_first_conv` does in 3D.
+
+        Raises:
+            ConfigError: keys or shapes that do not fit, listed.
+        """
+        state = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        prefix = "encoder." if any(k.startswith("encoder.") for k in state) else ""
+        wanted = set(self.encoder.state_dict())
+        kept = {k.removeprefix(prefix): v for k, v in state.items()
+                if k.startswith(prefix) and k.removeprefix(prefix) in wanted}
+        first = kept.get("conv1.weight")
+        own = self.encoder.conv1.weight
+        if first is not None and first.shape[1] != own.shape[1] and own.shape[1] == 1:
+            kept["conv1.weight"] = first.sum(dim=1, keepdim=True)
+        missing = sorted(wanted - set(kept))
+        mismatched = sorted(k for k, v in kept.items() if tuple(v.shape) != tuple(self.encoder.state_dict()[k].shape))
+        if missing or mismatched:
+            raise ConfigError(f"ResNet-18 encoder weights do not fit: missing {missing[:5]}"
+                              f"{' ...' if len(missing) > 5 else ''}, mismatched shapes {mismatched[:5]}")
+        self.encoder.load_state_dict(kept, strict=True)
+        return sorted(set(state) - {prefix + k for k in kept})
 
 
 def build_network(task: TaskSpec | str, config: NetworkConfig) -> nn.Module:
