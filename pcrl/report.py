@@ -26,8 +26,9 @@ initialisations, i.e. every init but ``scratch``; keyed by every other init of t
 and fraction) compares this init with ``other``: per-seed differences this − other of the
 headline metric over the seeds both ran, their mean, the 95 % percentile bootstrap interval of
 that mean (``null`` below 2 paired seeds; :data:`BOOTSTRAP_RESAMPLES` resamples, generator
-seed :data:`BOOTSTRAP_SEED`) and the verdict ``"better"`` / ``"worse"`` (n >= 2 and the
-interval excludes 0) or ``"cannot tell"``, with the ``reason`` in words. Readers of the
+seed :data:`BOOTSTRAP_SEED`), the Student-t interval ``t_ci`` and the verdict ``"better"`` /
+``"worse"`` (n >= :data:`MIN_PAIRED_SEEDS` and both intervals exclude 0) or ``"cannot tell"``,
+with the ``reason`` in words. Readers of the
 other keys are unaffected by it.
 """
 
@@ -52,6 +53,7 @@ __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
     "CONFIDENCE",
+    "MIN_PAIRED_SEEDS",
     "INIT_ORDER",
     "bootstrap_interval",
     "collect_runs",
@@ -73,6 +75,8 @@ BASELINE = "scratch"
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
+#: Fewest paired seeds for a "better" / "worse" verdict.
+MIN_PAIRED_SEEDS = 3
 _LEVEL = f"{CONFIDENCE * 100:g} %"
 _REQUIRED = ("task", "init", "fraction", "seed", "metrics", "primary")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -311,8 +315,9 @@ def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, A
     Only seeds present in both cells count. Returns ``{"n", "seeds", "differences", "mean",
     "ci", "verdict", "reason"}``: ``mean`` is that of the per-seed differences (``None``
     without a paired seed), ``ci`` its 95 % percentile bootstrap interval
-    (:func:`bootstrap_interval`; ``None`` below 2 paired seeds), ``verdict`` ``"better"`` /
-    ``"worse"`` when n >= 2 and the interval lies above / below 0, else ``"cannot tell"``;
+    (:func:`bootstrap_interval`; ``None`` below 2 paired seeds), ``t_ci`` the Student-t
+    interval (:func:`t_interval`), ``verdict`` ``"better"`` / ``"worse"`` when n >=
+    :data:`MIN_PAIRED_SEEDS` and both intervals lie above / below 0, else ``"cannot tell"``;
     ``reason`` says why in words.
     """
     theirs = dict(zip(b["seeds"], b["values"]))
@@ -328,9 +333,34 @@ def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, A
     low, high = bootstrap_interval(diffs)
     interval = f"the {_LEVEL} interval {_interval(low, high)}"
     result["ci"] = [low, high]
-    if low > 0.0 or high < 0.0:
-        return {**result, "verdict": "better" if low > 0.0 else "worse", "reason": f"{interval} excludes 0"}
-    return {**result, "verdict": "cannot tell", "reason": f"{interval} contains 0"}
+    t_low, t_high = t_interval(diffs)
+    result["t_ci"] = [t_low, t_high]
+    if not (low > 0.0 or high < 0.0):
+        return {**result, "verdict": "cannot tell", "reason": f"{interval} contains 0"}
+    if len(diffs) < MIN_PAIRED_SEEDS:
+        return {**result, "verdict": "cannot tell",
+                "reason": f"{interval} excludes 0, but {len(diffs)} paired seeds are too few (at least "
+                          f"{MIN_PAIRED_SEEDS})"}
+    if not (t_low > 0.0 or t_high < 0.0) or (low > 0.0) != (t_low > 0.0):
+        return {**result, "verdict": "cannot tell",
+                "reason": f"{interval} excludes 0 but the Student-t interval {_interval(t_low, t_high)} does not"}
+    return {**result, "verdict": "better" if low > 0.0 else "worse", "reason": f"{interval} excludes 0"}
+
+
+def t_interval(differences: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Student-t interval of the mean of ``differences`` (df n - 1); needs n >= 2.
+
+    The guard on the bootstrap's verdict: with few seeds the percentile bootstrap is too
+    narrow (with 2 it is the range of the two differences), the t interval is not.
+    """
+    from scipy import stats
+
+    values = np.asarray(differences, dtype=np.float64)
+    if values.size < 2:
+        raise ValueError("t_interval needs at least 2 differences")
+    half = float(stats.t.ppf(0.5 + confidence / 2, values.size - 1)) * float(values.std(ddof=1)) / np.sqrt(values.size)
+    mean = float(values.mean())
+    return mean - half, mean + half
 
 
 def _pair(inits: Mapping[str, Mapping[str, Any]], a: str, b: str) -> dict[str, Any]:
@@ -347,9 +377,10 @@ def verdict(summary: Summary) -> list[str]:
 
     One sentence per task and label fraction, giving PCRL's mean difference to each other
     initialisation over the seeds both ran, its 95 % bootstrap interval and the verdict of
-    :func:`paired_difference` ("better" / "worse" only with n >= 2 paired seeds and an interval
-    excluding 0; otherwise "cannot tell", and why). Then one sentence per task: PCRL is *best at
-    every label fraction* only when every comparison at every fraction is "better"; otherwise
+    :func:`paired_difference` ("better" / "worse" only with n >= 3 paired seeds and both the
+    bootstrap and the Student-t interval excluding 0; otherwise "cannot tell", and why). Then one
+    sentence per task: PCRL is *best at every label fraction* only when every comparison at every
+    fraction is "better"; otherwise
     the sentence says where it is worse or what cannot be told. A missing PCRL or scratch run is
     stated, not guessed around.
     """
@@ -521,7 +552,6 @@ def _probe_section(probe: Mapping[str, Mapping[str, float]]) -> list[str]:
     """
     fractions = sorted({f for by_f in probe.values() for f in by_f}, key=float)
     inits = _ordered_inits(probe)
-    best = {f: max(probe[i][f] for i in inits if f in probe[i]) for f in fractions}
     lines = ["## Frozen-encoder probe (NCC)", "",
              "Test ROC AUC of a logistic regression on the frozen encoder's pooled deepest features, "
              "fitted on each label fraction's training scans, before any fine-tuning "
@@ -534,7 +564,7 @@ def _probe_section(probe: Mapping[str, Mapping[str, float]]) -> list[str]:
         for f in fractions:
             value = probe[init].get(f)
             text = "—" if value is None else f"{value:.3f}"
-            cells.append(f"**{text}**" if value is not None and _same(value, best[f]) else text)
+            cells.append(text)
         lines.append(f"| {init} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -605,12 +635,13 @@ def _statistics_note() -> str:
         "taking the per-seed differences A − B of the headline metric and their mean. The "
         f"{_LEVEL} interval is a percentile bootstrap of that mean: the n paired differences are "
         f"resampled with replacement {BOOTSTRAP_RESAMPLES:,} times (generator seed "
-        f"{BOOTSTRAP_SEED}, so the report is reproducible). A comparison is **better** (✓) or "
-        "**worse** (✗) only with at least 2 paired seeds and an interval that excludes 0; "
-        "otherwise it is **cannot tell** (?), with a single paired seed or an interval "
-        "containing 0. With few seeds the percentile bootstrap is optimistic (with 2 or 3 "
-        "paired seeds it is, almost surely, the range of the differences): a ✓ there is weak "
-        "evidence, not proof."
+        f"{BOOTSTRAP_SEED}, so the report is reproducible). With few seeds the percentile "
+        "bootstrap is too narrow (with 2 paired seeds it is the range of the two differences), "
+        "so a comparison is **better** (✓) or **worse** (✗) only with at least "
+        f"{MIN_PAIRED_SEEDS} paired seeds and when the Student-t {_LEVEL} interval (df n − 1) "
+        "excludes 0 as well; otherwise it is **cannot tell** (?). The seeds are fine-tuning "
+        "seeds of one pretraining run per method: the intervals do not include the variation "
+        "between pretraining runs, and no correction is made for the number of comparisons."
     )
 
 

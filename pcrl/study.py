@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from pcrl.atomic import write_text
 from pcrl.config import load_params
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ WORKSPACE_FILES = ("dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "
 WORKSPACE_DIRS = ("pcrl", "workflow")
 #: The DVC targets: every NCC evaluation and the probe (with everything they depend on).
 TARGETS = ("evaluate_ncc", "probe")
+#: The study's results in ``out``, written when every stage has run (study.json last).
+RESULTS = ("report.md", "probe.json", "study.json")
 GIT_ENV = {"GIT_AUTHOR_NAME": "pcrl study", "GIT_AUTHOR_EMAIL": "study@example.invalid",
            "GIT_COMMITTER_NAME": "pcrl study", "GIT_COMMITTER_EMAIL": "study@example.invalid"}
 
@@ -57,9 +60,9 @@ def prepare_workspace(config: Path, work: Path) -> None:
         if (REPO / name).is_file():
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, work / name)
-    for name in WORKSPACE_DIRS:
-        shutil.copytree(REPO / name, work / name, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in WORKSPACE_DIRS:  # mirrored: a module deleted here is deleted there
+        shutil.rmtree(work / name, ignore_errors=True)
+        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(config, work / "params.yaml")
     env = {**os.environ, **GIT_ENV}
     if not (work / ".git").is_dir():
@@ -71,8 +74,23 @@ def prepare_workspace(config: Path, work: Path) -> None:
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
+    """Run ``cmd`` in the workspace with the workspace's copy of the package first on the path,
+    so the code that runs is the code DVC hashed (not an installed or edited copy)."""
     log.info("study: %s", " ".join(cmd))
-    subprocess.run(cmd, cwd=cwd, check=True, env={**os.environ, "PCRL_NO_DVC_COMMIT": "1"})
+    path = os.pathsep.join([str(cwd), *filter(None, [os.environ.get("PYTHONPATH")])])
+    subprocess.run(cmd, cwd=cwd, check=True, env={**os.environ, "PCRL_NO_DVC_COMMIT": "1", "PYTHONPATH": path})
+
+
+def _git_head() -> str:
+    """The repository's commit (and ``-dirty`` when its tracked files differ), or ``unknown``."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
 
 
 def run_study(config: Path, out: Path) -> dict:
@@ -80,21 +98,24 @@ def run_study(config: Path, out: Path) -> dict:
     config, out = Path(config).resolve(), Path(out).resolve()
     load_params(config)  # validate before anything runs: a bad key is named here
     start = time.monotonic()
+    for name in RESULTS:  # a failed rerun must not leave an earlier run's results looking current
+        (out / name).unlink(missing_ok=True)
     work = out / "work"
     prepare_workspace(config, work)
     _run(["dvc", "repro", *TARGETS], work)
-    _run(["pcrl", "report", "--evaluations", "data/evaluate", "--probe", "data/probe", "--out", "results/report"],
-         work)
+    _run([sys.executable, "-m", "pcrl.cli", "report", "--evaluations", "data/evaluate", "--probe", "data/probe",
+          "--out", "results/report"], work)
     elapsed = time.monotonic() - start
-    shutil.copy2(work / "results" / "report" / "report.md", out / "report.md")
-    shutil.copy2(work / "data" / "probe" / "metrics.json", out / "probe.json")
     summary = {
         "config": str(config),
         "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
+        "code": _git_head(),
         "elapsed_s": round(elapsed, 1),
         "commands": [f"dvc repro {' '.join(TARGETS)}", "pcrl report --evaluations data/evaluate --probe data/probe"],
     }
-    (out / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(out / "report.md", (work / "results" / "report" / "report.md").read_text())
+    write_text(out / "probe.json", (work / "data" / "probe" / "metrics.json").read_text())
+    write_text(out / "study.json", json.dumps(summary, indent=2) + "\n")  # last: the run is complete
     log.info("study done in %.1f min: %s", elapsed / 60, out / "report.md")
     return summary
 

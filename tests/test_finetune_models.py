@@ -193,10 +193,11 @@ def test_chest14_classifier_loads_torchvision_and_pretrained_2d_encoders() -> No
         torch.manual_seed(3)
         imagenet = ResNet18Encoder(in_channels=3, width=8).state_dict()
         pretrained = ResNetUNet2D(in_channels=1, width=8).state_dict()
-    torchvision_like = {**imagenet, "fc.weight": torch.zeros(1000, 64), "fc.bias": torch.zeros(1000)}
+    torchvision_like = {**{k: v for k, v in imagenet.items() if not k.endswith("num_batches_tracked")},
+                        "fc.weight": torch.zeros(1000, 64), "fc.bias": torch.zeros(1000)}  # as torchvision's files
     net = MultiLabelResNet(in_channels=1, num_labels=14, width=8)
     dropped = net.load_encoder(torchvision_like)
-    assert dropped == ["fc.bias", "fc.weight"]
+    assert dropped == ["fc.bias", "fc.weight"] and int(net.encoder.bn1.num_batches_tracked) == 0
     # an ImageNet RGB kernel on a grayscale radiograph: the sum over its input channels
     torch.testing.assert_close(net.encoder.conv1.weight, imagenet["conv1.weight"].sum(dim=1, keepdim=True))
     torch.testing.assert_close(net.encoder.layer3[1].bn2.running_var, imagenet["layer3.1.bn2.running_var"])

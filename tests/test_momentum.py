@@ -205,3 +205,13 @@ def test_two_process_gather_shuffle_and_enqueue(tmp_path: Path) -> None:
     for r in range(WORLD):
         torch.testing.assert_close(res[r]["queue"][:4], torch.tensor([[0.0], [1.0], [16.0], [25.0]]))
         assert res[r]["ptr"].item() == 4
+
+
+def test_a_checkpoint_without_the_fill_count_resumes_as_a_full_queue() -> None:
+    old = KeyQueue(5, 2)
+    old.enqueue(torch.tensor([[1.0, 0.0]]))
+    state = {k: v for k, v in old.state_dict().items() if k != "filled"}  # written before `filled`
+    queue = KeyQueue(5, 2)
+    queue.load_state_dict(state)  # strict, as the trainer loads
+    torch.testing.assert_close(queue.keys, old.keys)
+    assert queue.filled.item() == 5 and queue.ptr.item() == 1

@@ -92,6 +92,25 @@ def test_pcrl_on_phantom_pairs_lowers_the_loss(pairs_dir: Path, tmp_path: Path, 
     assert after["reconstruction"] < before["reconstruction"]
 
 
+def test_the_probe_does_not_change_the_training(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
+    """The monitor runs after each checkpoint, in eval mode, on its own streams: same weights."""
+    from test_probe import make_ncc_processed
+
+    torch.set_num_threads(1)
+    settings = _settings(demo_params, epochs=2)
+    ncc = make_ncc_processed(tmp_path / "ncc", {"a": "train", "v": "val", "c": "test"})
+    runs = {}
+    for name, probe in (("with", ncc), ("without", None)):
+        out = run_pretrain("genesis", settings, pairs=pairs_dir, out=tmp_path / name, state=tmp_path / f"{name}_s",
+                           device="cpu", progress=False, probe=probe,
+                           probe_settings={"every": 1, "max_per_class": None, "l2": 0.01})
+        runs[name] = torch.load(out / "weights.pt", weights_only=True)["state_dict"]
+    assert json.loads((tmp_path / "with" / "summary.json").read_text())["probe_val_auc"].keys() == {"1", "2"}
+    assert json.loads((tmp_path / "without" / "summary.json").read_text())["probe_val_auc"] == {}
+    for key, value in runs["with"].items():
+        assert torch.equal(value, runs["without"][key]), key
+
+
 def test_pretrain_stage_writes_weights_previews_summary(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
     from test_probe import make_ncc_processed
 

@@ -177,13 +177,13 @@ def test_pairing_by_seed_leaves_out_seeds_missing_in_one_cell(tmp_path):
     assert pair["differences"] == pytest.approx([0.14, 0.12])
     assert pair["mean"] == pytest.approx(0.13)
     assert pair["ci"] == pytest.approx([0.12, 0.14])
-    assert pair["verdict"] == "better"
-    sentence = verdict(summary)[0]
-    assert sentence == ("ncc (auc, 10% labels): PCRL 0.847 ± 0.050 over 3 seeds. Against scratch: +0.130 over "
-                        "2 paired seeds, 95 % interval [+0.120, +0.140]; PCRL is better (the interval excludes 0).")
+    # the bootstrap interval of 2 differences is their range: too few seeds for a verdict
+    assert pair["verdict"] == "cannot tell"
+    assert pair["reason"] == ("the 95 % interval [+0.120, +0.140] excludes 0, but 2 paired seeds are too few "
+                              "(at least 3)")
     write_report(summary, tmp_path)
     table = _markdown_table((tmp_path / "report.md").read_text(), "ncc", first="comparison")
-    assert table == {"pcrl − scratch": {"10%": "+0.130 [+0.120, +0.140] (n=2) ✓"}}
+    assert table == {"pcrl − scratch": {"10%": "+0.130 [+0.120, +0.140] (n=2) ?"}}
 
 
 def test_one_paired_seed_cannot_tell():
@@ -267,9 +267,10 @@ def test_verdict_states_missing_pcrl_and_scratch():
     runs = _runs({("scratch", 0.1): [0.6], ("moco", 0.1): [0.7], ("pcrl", 1.0): [0.9, 0.92], ("moco", 1.0): [0.8, 0.8]})
     lines = verdict(summarise(runs))
     assert lines[0] == "ncc (auc, 10% labels): no PCRL run, so PCRL cannot be compared (runs: scratch, moco)."
-    assert lines[1] == ("ncc (auc, 100% labels): PCRL 0.910 ± 0.014 over 2 seeds. Against moco: +0.110 over 2 "
-                        "paired seeds, 95 % interval [+0.100, +0.120]; PCRL is better (the interval excludes 0). "
-                        "No scratch run, so the gain over random initialisation cannot be stated.")
+    assert lines[1].startswith("ncc (auc, 100% labels): PCRL 0.910 ± 0.014 over 2 seeds. Against moco: +0.110 "
+                               "over 2 paired seeds; cannot tell (the 95 % interval [+0.100, +0.120] excludes 0, "
+                               "but 2 paired seeds are too few (at least 3)).")
+    assert lines[1].endswith("No scratch run, so the gain over random initialisation cannot be stated.")
     assert lines[2].startswith("ncc (auc): PCRL has no run at 10%, so whether it is best")
     assert not any("Against scratch" in line for line in lines)
 
@@ -321,7 +322,7 @@ def test_write_report_table_plots_and_json(tmp_path):
     paired = _markdown_table(text, "ncc", first="comparison")
     # 10%: seeds 0, 1 give 0.80 - 0.70 = +0.10 and 0.86 - 0.72 = +0.14; imagenet has one seed at 100%
     assert paired == {
-        "pcrl − scratch": {"10%": "+0.120 [+0.100, +0.140] (n=2) ✓", "100%": "+0.060 [+0.050, +0.070] (n=2) ✓"},
+        "pcrl − scratch": {"10%": "+0.120 [+0.100, +0.140] (n=2) ?", "100%": "+0.060 [+0.050, +0.070] (n=2) ?"},
         "imagenet − scratch": {"10%": "—", "100%": "+0.010 (n=1) ?"},
         "pcrl − imagenet": {"10%": "—", "100%": "+0.040 (n=1) ?"},
     }
@@ -364,7 +365,22 @@ def test_report_adds_the_probe_table_without_claiming_a_difference(tmp_path):
     text = (tmp_path / "report.md").read_text()
     table = _markdown_table(text, "Frozen-encoder probe (NCC)")
     assert table == {"scratch": {"50%": "0.610", "100%": "0.700"}, "pcrl": {"50%": "0.580", "100%": "0.800"}}
-    assert "**0.610**" in text and "**0.800**" in text  # the best of each column
+    assert "**0.610**" not in text  # descriptive: no row is marked best
     assert "no difference between rows can be told" in text
     write_report(summarise(runs), tmp_path / "without")
     assert "Frozen-encoder probe" not in (tmp_path / "without" / "report.md").read_text()
+
+
+def test_the_t_interval_guards_the_bootstrap_and_matches_its_formula():
+    from scipy import stats
+
+    from pcrl.report import t_interval
+
+    diffs = [0.30, 0.01, 0.02, 0.015, 0.012]  # all positive, but one outlier: the bootstrap excludes 0
+    low, high = t_interval(diffs)
+    half = stats.t.ppf(0.975, 4) * np.std(diffs, ddof=1) / np.sqrt(5)
+    assert (low, high) == pytest.approx((np.mean(diffs) - half, np.mean(diffs) + half))
+    pair = paired_difference({"seeds": list(range(5)), "values": [0.5 + d for d in diffs]},
+                             {"seeds": list(range(5)), "values": [0.5] * 5})
+    assert pair["ci"][0] > 0 and low < 0
+    assert pair["verdict"] == "cannot tell" and "Student-t interval" in pair["reason"]

@@ -12,12 +12,13 @@ The logistic regression is written here (a few lines of L-BFGS on torch) rather 
 taken from scikit-learn, which the pipeline does not otherwise need: features are
 standardised with the training mean and standard deviation, classes are weighted to equal
 total weight (nodules are rare), and the penalty ``l2 * |w|^2 / 2`` is added to the mean
-weighted log-loss. The optimum is unique (strictly convex), so the result does not depend
-on the starting point.
+weighted log-loss. The optimum is unique (strictly convex); L-BFGS runs until the largest
+gradient entry is below :data:`GRAD_TOLERANCE` (a warning says when it is not reached).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,11 @@ __all__ = ["LogisticProbe", "ProbeSplit", "fit_logistic", "pooled_features", "pr
 
 #: Default strength of the L2 penalty on the standardised features.
 DEFAULT_L2 = 1e-2
+#: Convergence: largest gradient entry, and L-BFGS rounds of ``max_iter`` iterations at most.
+GRAD_TOLERANCE = 1e-8
+MAX_ROUNDS = 20
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,9 @@ def pooled_features(encoder: nn.Module, rows: CandidateRows, *, device: torch.de
                     batch_size: int = 32) -> Tensor:
     """(N, C) float64: the spatial mean of the deepest map of ``encoder.encode`` per cube.
 
-    The encoder is put in eval mode for the call (batch norm with running statistics, or
-    batch statistics for ``norm: batch_stats``) and restored afterwards.
+    The encoder is put in eval mode for the call (batch norm with running statistics) and
+    restored afterwards. With ``norm: batch_stats`` a feature depends on the other cubes of
+    its batch (batch statistics in eval mode too): batches are formed in candidate order.
     """
     was_training = encoder.training
     encoder.eval()
@@ -147,7 +154,14 @@ def fit_logistic(features: Tensor, labels: np.ndarray | Tensor, *, l2: float = D
         loss.backward()
         return loss
 
-    optimiser.step(closure)
+    for _ in range(MAX_ROUNDS):  # each step stops at max_iter; go on until the gradient vanishes
+        optimiser.step(closure)
+        grad = torch.cat([weight.grad.reshape(-1), bias.grad.reshape(1)])  # type: ignore[union-attr]
+        if float(grad.abs().max()) < GRAD_TOLERANCE:
+            break
+    else:
+        log.warning("logistic probe: not converged after %d L-BFGS rounds (gradient %.2e)",
+                    MAX_ROUNDS, float(grad.abs().max()))
     return LogisticProbe(mean, std, weight.detach(), bias.detach())
 
 

@@ -163,6 +163,10 @@ class MultiLabelResNet(nn.Module):
         wanted = set(self.encoder.state_dict())
         kept = {k.removeprefix(prefix): v for k, v in state.items()
                 if k.startswith(prefix) and k.removeprefix(prefix) in wanted}
+        own_state = self.encoder.state_dict()
+        for name in wanted - set(kept):  # torchvision's files predate num_batches_tracked
+            if name.endswith("num_batches_tracked"):
+                kept[name] = torch.zeros_like(own_state[name])
         first = kept.get("conv1.weight")
         own = self.encoder.conv1.weight
         if first is not None and first.shape[1] != own.shape[1] and own.shape[1] == 1:

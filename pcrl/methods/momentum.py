@@ -18,12 +18,15 @@ MoCo (He et al., CVPR 2020, Sec. 3.2 and Algorithm 1), reused by PCRL (docs/meth
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "KeyQueue",
@@ -199,6 +202,17 @@ class KeyQueue(nn.Module):
         self.register_buffer("keys", F.normalize(keys, dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long, device=generator.device))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long, device=generator.device))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """Checkpoints written before ``filled`` existed resume as a full queue (with a warning)."""
+        key = f"{prefix}filled"
+        if key not in state_dict and f"{prefix}keys" in state_dict:
+            log.warning("%s missing from the checkpoint (written by an older version): the queue counts as full",
+                        key)
+            state_dict[key] = torch.tensor(self.size, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @property
     def size(self) -> int:

@@ -115,12 +115,12 @@ def _preview_hook(val: PairsDataset | None, previews: Path, device: torch.device
     return hook
 
 
-def _probe_hook(processed: Path | None, settings: dict[str, Any], device: torch.device, method_name: str,
-                history: dict[int, float]):
+def _probe_hook(processed: Path | None, settings: dict[str, Any], device: torch.device, method_name: str):
     """Every ``probe.every`` epochs (and the last): the frozen-encoder probe, ``probe/val_auc``.
 
-    Fitted on the NCC train scans, scored on the val scans (pcrl/evaluation/probe.py); the
-    values are kept in ``history`` (epoch -> AUC) for summary.json.
+    Fitted on the NCC train scans, scored on the val scans (pcrl/evaluation/probe.py). It runs
+    after the epoch's checkpoint, in eval mode, and draws from no training stream, so the
+    training trajectory is the same with or without it.
     """
     every = int(settings.get("every", 0))
     if processed is None or every <= 0:
@@ -135,13 +135,25 @@ def _probe_hook(processed: Path | None, settings: dict[str, Any], device: torch.
         if epoch % every and epoch != epochs:
             return
         auc = probe_auc(encoder_of(method), data, device=device, l2=float(settings["l2"]))
-        history[epoch] = auc
         log.info("%s epoch %d: frozen-encoder probe AUC %.3f on the NCC val scans (%d candidates)",
                  method_name, epoch, auc, len(data.held_out))
         if live is not None:
             live.log_metric("probe/val_auc", auc)
 
     return hook
+
+
+def _logged_series(live: Path, name: str) -> dict[str, float]:
+    """``{epoch: value}`` of one dvclive metric, read back from its plot file.
+
+    The plot file survives a resumed job (dvclive appends to it), unlike anything kept in
+    memory, so a resumed run reports every epoch's value.
+    """
+    path = live / "plots" / "metrics" / f"{name}.tsv"
+    if not path.is_file():
+        return {}
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
+    return {str(int(row[0])): float(row[-1]) for row in rows}
 
 
 def _hooks(*hooks: Any):
@@ -203,11 +215,10 @@ def run_pretrain(
         prepare_state(state, fingerprint(method, settings, index))
     if dist.world_size > 1:
         torch.distributed.barrier()
-    probe_history: dict[int, float] = {}
     hook = _hooks(
         _preview_hook(val, state / "previews", dist.device, method),
-        _probe_hook(probe, {**(probe_settings or {}), "epochs": settings["epochs"]}, dist.device, method,
-                    probe_history) if dist.rank == 0 else None,
+        _probe_hook(probe, {**(probe_settings or {}), "epochs": settings["epochs"]}, dist.device, method)
+        if dist.rank == 0 else None,
     )
     result = train(model, dataset, config, state, device=dist.device,
                    dist=dist if dist.world_size > 1 else None, on_epoch_end=hook)
@@ -234,7 +245,7 @@ def run_pretrain(
                 "train_pairs": len(dataset),
                 "world_size": dist.world_size,
                 "final": result.final_metrics,
-                "probe_val_auc": {str(k): v for k, v in sorted(probe_history.items())},
+                "probe_val_auc": _logged_series(state / "live", "probe/val_auc"),
                 "provenance": provenance({"pretrain": settings}, device=dist.device),
             })
         log.info("%s: pretrained %d epochs on %d pairs -> %s", method, settings["epochs"], len(dataset), out)
