@@ -39,7 +39,8 @@ from pcrl.hashing import file_digest
 from pcrl.torchfile import load_checked, require_finite
 from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.tasks import TaskSpec, get_task
-from pcrl.networks import LoadReport, ResNet18Encoder, UNet3D, load_pretrained, unwrap_state_dict
+from pcrl.networks import (LoadReport, ResNet18Encoder, UNet3D, adapt_first_conv, load_pretrained,
+                           unwrap_state_dict)
 from pcrl.networks.state_dict import FIRST_CONV_KEY
 from pcrl.networks.unet3d import NormName
 
@@ -151,28 +152,26 @@ class MultiLabelResNet(nn.Module):
 
         Accepted layouts: torchvision's (``conv1.weight`` ... ``layer4.1.bn2.*``; its ``fc.*``
         dropped), this package's 2D U-Net (``encoder.`` prefix; decoder and heads dropped),
-        with or without a ``module.`` prefix. A 3-channel first convolution (ImageNet) is
-        summed over its input channels for a 1-channel radiograph, as
-        :func:`pcrl.networks.adapt_first_conv` does in 3D.
+        wrapped as :func:`pcrl.networks.unwrap_state_dict` accepts (``state_dict``, ``module.``).
+        A 3-channel first convolution (ImageNet) is summed over its input channels for a
+        1-channel radiograph (:func:`pcrl.networks.adapt_first_conv`).
 
         Raises:
             ConfigError: keys or shapes that do not fit, listed.
         """
-        state = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        state = unwrap_state_dict(state_dict)
         prefix = "encoder." if any(k.startswith("encoder.") for k in state) else ""
-        wanted = set(self.encoder.state_dict())
-        kept = {k.removeprefix(prefix): v for k, v in state.items()
-                if k.startswith(prefix) and k.removeprefix(prefix) in wanted}
         own_state = self.encoder.state_dict()
-        for name in wanted - set(kept):  # torchvision's files predate num_batches_tracked
+        kept = {k.removeprefix(prefix): v for k, v in state.items()
+                if k.startswith(prefix) and k.removeprefix(prefix) in own_state}
+        for name in own_state.keys() - kept.keys():  # torchvision's files predate num_batches_tracked
             if name.endswith("num_batches_tracked"):
                 kept[name] = torch.zeros_like(own_state[name])
         first = kept.get("conv1.weight")
-        own = self.encoder.conv1.weight
-        if first is not None and first.shape[1] != own.shape[1] and own.shape[1] == 1:
-            kept["conv1.weight"] = first.sum(dim=1, keepdim=True)
-        missing = sorted(wanted - set(kept))
-        mismatched = sorted(k for k, v in kept.items() if tuple(v.shape) != tuple(self.encoder.state_dict()[k].shape))
+        if first is not None and first.shape[1] != own_state["conv1.weight"].shape[1] == 1:
+            kept["conv1.weight"] = adapt_first_conv(first, 1)
+        missing = sorted(own_state.keys() - kept.keys())
+        mismatched = sorted(k for k, v in kept.items() if tuple(v.shape) != tuple(own_state[k].shape))
         if missing or mismatched:
             raise ConfigError(f"ResNet-18 encoder weights do not fit: missing {missing[:5]}"
                               f"{' ...' if len(missing) > 5 else ''}, mismatched shapes {mismatched[:5]}")

@@ -130,11 +130,11 @@ def augment_and_corrupt(x: Tensor, config: ViewConfig, generator: torch.Generato
     return (clean[..., 0], corrupted[..., 0]) if planar else (clean, corrupted)
 
 
-def identity_codes(n: int, device: torch.device | str, *, planar: bool = False) -> Tensor:
-    """(n, 7) codes of the identity transform (no flip, zero quarter turns); (n, 6) if ``planar``."""
+def identity_codes(n: int, device: torch.device | str) -> Tensor:
+    """(n, 7) codes of the identity transform: no flip, zero quarter turns."""
     codes = torch.zeros(n, 7, device=device)
     codes[:, 3] = 1.0
-    return transforms.planar_codes(codes) if planar else codes
+    return codes
 
 
 def make_views(x1: Tensor, x2: Tensor, config: ViewConfig, generator: torch.Generator) -> Views:

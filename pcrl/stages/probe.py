@@ -44,12 +44,12 @@ def run_probe(finetune: dict[str, Any], settings: dict[str, Any], *, pretrained:
         ConfigError: a fraction the cubes stage did not write.
     """
     network = NetworkConfig(**finetune["network"])
+    records = {init: read_init_record(Path(pretrained) / init / "weights.pt", init) for init in finetune["inits"]}
     rows: list[dict[str, Any]] = []
     for fraction in finetune["fractions"]:
         split = load_split(processed, fraction)
         data = probe_split(str(processed), split.train, split.test, max_per_class=settings.get("max_per_class"))
-        for init in finetune["inits"]:
-            record = read_init_record(Path(pretrained) / init / "weights.pt", init)
+        for init, record in records.items():
             for seed in finetune["seeds"]:
                 net = seeded_network("ncc", network, seed)
                 apply_init(net, record, "ncc")
