@@ -101,9 +101,14 @@ def cmd_pretrain(args: argparse.Namespace, params: dict[str, Any]) -> None:
     """Pretrain one method on the PCRL pairs (resumes from its state folder)."""
     from pcrl.stages.pretrain import run_pretrain
 
+    from pcrl.stages.pretrain import planar_settings
+
     settings = section(params, "pretrain")
+    if args.setting == "2d":
+        settings = planar_settings(settings, section(params, "pretrain2d"))
     if args.method not in settings["methods"]:
-        log.warning("method %s is not listed in pretrain.methods", args.method)
+        log.warning("method %s is not listed in %s.methods", args.method,
+                    "pretrain2d" if args.setting == "2d" else "pretrain")
     run_pretrain(
         args.method,
         settings,
@@ -204,7 +209,7 @@ def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 #: The downstream tasks (``finetune`` and ``evaluate`` choices).
-_DOWNSTREAM_TASKS = ["ncc", "lcs", "bms"]
+_DOWNSTREAM_TASKS = ["ncc", "lcs", "bms", "chest14"]
 
 
 def _add_stage(sub: argparse._SubParsersAction, name: str, func: Callable,
@@ -241,7 +246,7 @@ def _add_data_stages(sub: argparse._SubParsersAction) -> None:
 
     p = _add_stage(sub, "cubes", cmd_cubes,
                    "splits, fractions and cubes of a task (params: cubes.<task>)")
-    p.add_argument("--task", required=True, choices=["pretrain", "ncc", "lcs", "bms"])
+    p.add_argument("--task", required=True, choices=["pretrain", "ncc", "lcs", "bms", "pretrain2d", "chest14"])
     p.add_argument("--raw", required=True, help="download stage output of the task's dataset")
     p.add_argument("--interim", required=True, help="resample stage output of the task's dataset")
     p.add_argument("--out", required=True, help="output folder, e.g. data/processed/ncc")
@@ -258,6 +263,8 @@ def _add_training_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (default: from the CPUs allotted)")
     p.add_argument("--probe",
                    help="cubes@ncc output (data/processed/ncc): log the frozen-encoder probe (params: probe)")
+    p.add_argument("--setting", choices=["3d", "2d"], default="3d",
+                   help="3d: LUNA16 (params: pretrain); 2d: ChestX-ray14 (params: pretrain with pretrain2d over it)")
 
     p = _add_stage(sub, "init-weights", cmd_init_weights,
                    "write the scratch initialisation or import an external checkpoint")

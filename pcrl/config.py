@@ -137,6 +137,8 @@ def _check_semantics(params: dict[str, Any], source: str) -> None:
                 f"{', '.join(missing)}"
             )
     for name, section in params.get("resample", {}).items():
+        if "normalization" not in section:  # radiographs: resized, not resampled
+            continue
         norm = section["normalization"]
         if norm["kind"] == "window" and not norm.get("min", -1000) < norm.get("max", 1000):
             raise ConfigError(f"{source}: resample.{name}.normalization: min must be below max")
@@ -167,6 +169,13 @@ def _check_semantics(params: dict[str, Any], source: str) -> None:
                 f"{source}: finetune.inits: {unknown} is neither scratch, a pretrain.methods "
                 f"entry nor a finetune.external name (known: {sorted(known)})"
             )
+    chest14 = (finetune or {}).get("chest14")
+    if chest14 and "pretrain" in params:
+        methods = params.get("pretrain2d", {}).get("methods", [])
+        unknown = [i for i in chest14["inits"] if i not in {"scratch", *methods}]
+        if unknown:
+            raise ConfigError(f"{source}: finetune.chest14.inits: {unknown} is neither scratch nor a 2D pretraining "
+                              f"method (pretrain2d.methods: {sorted(methods)})")
     ncc = params.get("cubes", {}).get("ncc")
     if ncc:
         seen: dict[str, str] = {}

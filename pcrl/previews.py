@@ -2,7 +2,8 @@
 
 One PNG per epoch with a row per sample and four columns — the clean view, the corrupted
 input, the reconstruction target (after the spatial transform of TCA) and the decoder's
-output — at the middle axial (x-y) slice. DVC shows the folder as an image plot.
+output — at the middle axial (x-y) slice, or the whole image for the 2D setting's
+radiographs. DVC shows the folder as an image plot.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ COLUMNS = ("clean", "input", "target", "output")
 
 
 def middle_slices(images: Mapping[str, torch.Tensor], samples: int = 2) -> dict[str, np.ndarray]:
-    """(samples, x, y) float arrays: channel 0, middle z slice, of each of :data:`COLUMNS`."""
+    """(samples, x, y) float arrays: channel 0, middle z slice (of a volume (N, C, x, y, z);
+    an image (N, C, x, y) is shown whole), of each of :data:`COLUMNS`."""
     missing = [c for c in COLUMNS if c not in images]
     if missing:
         raise ValueError(f"preview images lack {missing}; got {sorted(images)}")
     out = {}
     for name in COLUMNS:
         vol = images[name].detach().float().cpu()
-        if vol.ndim != 5:
-            raise ValueError(f"preview {name}: expected (N, C, x, y, z), got {tuple(vol.shape)}")
-        out[name] = vol[:samples, 0, :, :, vol.shape[-1] // 2].numpy()
+        if vol.ndim not in (4, 5):
+            raise ValueError(f"preview {name}: expected (N, C, x, y, z) or (N, C, x, y), got {tuple(vol.shape)}")
+        out[name] = (vol[:samples, 0, :, :, vol.shape[-1] // 2] if vol.ndim == 5 else vol[:samples, 0]).numpy()
     return out
 
 

@@ -39,6 +39,23 @@ def test_safe_extract_zip_merges_into_existing_target(tmp_path: Path) -> None:
     assert (target / "keep.csv").read_bytes() == b"keep"
 
 
+def test_merge_joins_archives_that_share_a_folder_and_refuses_a_clash(tmp_path: Path) -> None:
+    """ChestX-ray14's archives all extract into images/: the second must not wipe the first."""
+    target = tmp_path / "out"
+    first = write(tmp_path / "images_001.tar.gz", tar_bytes({"images/a.png": b"a", "images/sub/c.png": b"c"}))
+    second = write(tmp_path / "images_002.tar.gz", tar_bytes({"images/b.png": b"b", "images/sub/d.png": b"d"}))
+    safe_extract(first, target, merge=True)
+    files = safe_extract(second, target, merge=True)
+    assert files == [target / "images" / "b.png", target / "images" / "sub" / "d.png"]
+    assert entries(target / "images") == {"a.png", "b.png", "sub"}
+    assert entries(target / "images" / "sub") == {"c.png", "d.png"}
+    clash = write(tmp_path / "images_003.tar.gz", tar_bytes({"images/a.png": b"other"}))
+    with pytest.raises(DataError, match=r"images_003\.tar\.gz.*a\.png"):
+        safe_extract(clash, target, merge=True)
+    assert (target / "images" / "a.png").read_bytes() == b"a"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.extract-")]  # staging removed
+
+
 @pytest.mark.parametrize(
     ("member", "links"),
     [

@@ -408,3 +408,28 @@ def test_corrupt_cached_archive_is_replaced(server: Server, tmp_path: Path) -> N
     download_dataset(spec, cache, tmp_path / "raw", progress=False)
     assert (cache / "tiny.zip").read_bytes() == good
     assert len(server.state.requests) == 1
+
+
+def test_chestxray14_from_a_mirror_merges_its_twelve_archives(server: Server, tmp_path: Path) -> None:
+    """The NIH release has no stable links, so a configured mirror makes it downloadable; its
+    12 archives all extract into images/, and one download shard fetches them all (the CSV and
+    the lists describe every image); the other shard has nothing to fetch."""
+    from pcrl.data.phantom import generate_chestxray14
+    from pcrl.stages.download import run_download
+
+    source = tmp_path / "published"
+    generate_chestxray14(source, patients=10, images_per_patient=(2, 2), size=(64, 64), archives=12)
+    for spec_file in DATASETS["chestxray14"].files:
+        server.state.files["/mirror/" + spec_file.filename] = (source / spec_file.filename).read_bytes()
+    data = {"source": "download", "mirror": server.url("/mirror"), "cache_dir": str(tmp_path / "cache")}
+    for k in range(2):
+        run_download("chestxray14", data, out=tmp_path / "raw" / str(k), shard=(k, 2), progress=False)
+    first = json.loads((tmp_path / "raw" / "0" / "manifest.json").read_text())
+    second = json.loads((tmp_path / "raw" / "1" / "manifest.json").read_text())
+    assert second["cases"] == []
+    names = sorted(p.name for p in (source / "images").iterdir())
+    assert [Path(c["image"]).name for c in first["cases"]] == names  # all 20 images, from 12 archives
+    root = tmp_path / "raw" / "0" / first["root"]
+    for name in names:
+        assert (root / "images" / name).read_bytes() == (source / "images" / name).read_bytes()
+    assert {path for path, _ in server.state.requests} >= {"/mirror/images_012.tar.gz", "/mirror/test_list.txt"}

@@ -212,7 +212,40 @@ def test_build_manifest_rejects_unknown_source_and_layout(tmp_path: Path) -> Non
     make_luna16(tmp_path)
     with pytest.raises(ConfigError, match="'zenodo'"):
         build_manifest("luna16", tmp_path, source="zenodo", manifest_dir=tmp_path)
-    with pytest.raises(ConfigError, match="chestxray14"):
+
+
+def test_chestxray14_manifest_lists_every_radiograph_in_its_official_list(tmp_path: Path) -> None:
+    """Cases are the images of train_val_list.txt / test_list.txt (group), sorted by file
+    stem; the phantom's download shards (patients p mod n) together give the unsharded set."""
+    from pcrl.data.phantom import generate_chestxray14
+
+    generate_chestxray14(tmp_path / "all", patients=6, images_per_patient=(1, 2), size=(64, 64), seed=3)
+    manifest = build_manifest("chestxray14", tmp_path / "all", source="phantom", manifest_dir=tmp_path / "all")
+    lists = {name: (tmp_path / "all" / f"{name}_list.txt").read_text().split() for name in ("train_val", "test")}
+    expected = sorted(((Path(n).stem, f"images/{n}", group) for group, names in lists.items() for n in names))
+    assert [(c["id"], c["image"], c["group"]) for c in manifest["cases"]] == expected
+    assert manifest["extras"] == {"entries": "Data_Entry_2017_v2020.csv", "train_val_list": "train_val_list.txt",
+                                  "test_list": "test_list.txt"}
+    sharded = []
+    for k in range(2):
+        generate_chestxray14(tmp_path / str(k), patients=6, images_per_patient=(1, 2), size=(64, 64), seed=3,
+                             shard=(k, 2))
+        part = build_manifest("chestxray14", tmp_path / str(k), source="phantom", manifest_dir=tmp_path / str(k))
+        assert {int(c["id"][:8]) % 2 for c in part["cases"]} == {(k + 1) % 2}  # Patient ID = index + 1
+        sharded += part["cases"]
+    assert sorted(sharded, key=lambda c: c["id"]) == manifest["cases"]
+    for k in range(2):  # and byte for byte the same images
+        for case in (c for c in manifest["cases"] if int(c["id"][:8]) % 2 == (k + 1) % 2):
+            assert (tmp_path / str(k) / case["image"]).read_bytes() == (tmp_path / "all" / case["image"]).read_bytes()
+
+
+def test_chestxray14_manifest_refuses_a_truncated_png_naming_it(tmp_path: Path) -> None:
+    from pcrl.data.phantom import generate_chestxray14
+
+    generate_chestxray14(tmp_path, patients=3, images_per_patient=1, size=(64, 64))
+    victim = sorted((tmp_path / "images").iterdir())[1]
+    victim.write_bytes(victim.read_bytes()[:-20])
+    with pytest.raises(DataError, match=victim.name):
         build_manifest("chestxray14", tmp_path, source="local", manifest_dir=tmp_path)
 
 

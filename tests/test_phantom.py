@@ -298,6 +298,7 @@ def test_generators_registry() -> None:
     assert phantom.GENERATORS == {
         "luna16": phantom.generate_luna16,
         "msd_liver": phantom.generate_msd_liver,
+        "chestxray14": phantom.generate_chestxray14,
         "msd_brain": phantom.generate_msd_brain,
     }
 

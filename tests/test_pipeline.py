@@ -178,7 +178,7 @@ def _dvc_status(work: Path) -> set[str]:
 
 
 AUDITED = ["check_params", "download@luna16-1", "resample@msd_liver-0", "cubes@lcs", "pretrain@pcrl",
-           "init_scratch", "finetune_lcs@pcrl-1.0-0", "evaluate_lcs@pcrl-1.0-0", "report"]
+           "init_scratch@pretrain", "finetune_lcs@pcrl-1.0-0", "evaluate_lcs@pcrl-1.0-0", "report"]
 HARNESS = Path(__file__).resolve().parent / "tools" / "audited_pcrl.py"
 #: DVC's own files, which dvclive reads to find the repository it logs in, and its scratch
 #: folder .dvc/tmp, where dvclive marks each completed step for DVC's editor extension:

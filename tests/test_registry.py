@@ -57,11 +57,12 @@ def test_decathlon_tasks_use_monai_mirror_and_md5(name: str, task: str, md5: str
 
 def test_chestxray14_is_manual_download() -> None:
     spec = get_dataset("chestxray14")
-    assert spec.downloadable is False
+    assert spec.downloadable is False and spec.shardable is False
     assert "source: local" in spec.manual
     names = [f.filename for f in spec.files]
     assert names[0] == "images_001.tar.gz" and names[11] == "images_012.tar.gz"
-    assert names[12] == "Data_Entry_2017_v2020.csv" and len(names) == 13
+    assert names[12:] == ["Data_Entry_2017_v2020.csv", "train_val_list.txt", "test_list.txt"]
+    assert [f.extract for f in spec.files] == [True] * 12 + [False] * 3
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))

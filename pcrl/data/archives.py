@@ -126,6 +126,20 @@ def _replace(src: Path, dst: Path) -> None:
         _remove(old)
 
 
+def _merge(src: Path, dst: Path, archive: Path) -> None:
+    """Move the folder ``src`` into the folder ``dst`` entry by entry, merging sub-folders;
+    DataError when a file of ``src`` already exists in ``dst`` (two archives both hold it)."""
+    for entry in sorted(src.iterdir()):
+        target = dst / entry.name
+        if entry.is_dir() and not entry.is_symlink() and target.is_dir() and not target.is_symlink():
+            _merge(entry, target, archive)
+        elif target.exists() or target.is_symlink():
+            raise DataError(f"{archive}: {target} is already there from another archive; "
+                            "two archives of one dataset should not hold the same file")
+        else:
+            os.replace(entry, target)
+
+
 def _files_under(folder: Path) -> list[Path]:
     """Every non-folder entry under ``folder``, relative to it, sorted; links not followed."""
     found = []
@@ -135,7 +149,7 @@ def _files_under(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def safe_extract(archive: Path, target: Path) -> list[Path]:
+def safe_extract(archive: Path, target: Path, *, merge: bool = False) -> list[Path]:
     """Extract a tar (.tar, .tar.gz, .tgz, ...) or .zip archive into ``target`` safely.
 
     Every member is checked before anything is written (no absolute name, no ``..``
@@ -143,6 +157,10 @@ def safe_extract(archive: Path, target: Path) -> list[Path]:
     temporary folder next to ``target``; once complete, each of its top-level entries is
     moved into ``target`` (replacing an entry of the same name), so a failure leaves
     nothing half-extracted. Other entries of ``target`` are kept.
+
+    With ``merge``, a folder that ``target`` already holds is merged instead of replaced,
+    and a file already there is an error: for datasets whose archives share one folder
+    (ChestX-ray14's twelve ``images_NNN.tar.gz`` all extract into ``images/``).
 
     Returns:
         The extracted files (not folders) under ``target``, sorted.
@@ -162,8 +180,11 @@ def safe_extract(archive: Path, target: Path) -> list[Path]:
                             "download it again") from err
         files = _files_under(staging)
         target.mkdir(exist_ok=True)
-        for entry in sorted(staging.iterdir()):
-            _replace(entry, target / entry.name)
+        if merge:
+            _merge(staging, target, archive)
+        else:
+            for entry in sorted(staging.iterdir()):
+                _replace(entry, target / entry.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [target / rel for rel in files]

@@ -276,9 +276,10 @@ def _fetch_remote(remote: RemoteFile, cache_dir: Path, *, progress: bool) -> Pat
 
 
 def _install(remote: RemoteFile, cached: Path, folder: Path) -> None:
-    """Extract an archive into ``folder`` or copy a plain file there."""
+    """Extract an archive into ``folder`` (merging the folders archives share) or copy a
+    plain file there. ``folder`` is a fresh staging folder, so nothing stale is merged."""
     if remote.extract:
-        safe_extract(cached, folder)
+        safe_extract(cached, folder, merge=True)
     else:
         shutil.copyfile(cached, folder / remote.filename)
 

@@ -8,6 +8,8 @@ The manifest format is defined in docs/CONVENTIONS.md ("Data layout"). Layouts:
   ``ElementDataFile`` last).
 - Medical Segmentation Decathlon (Antonelli et al., 2022): ``dataset.json`` listing
   ``training`` (image/label pairs) and ``test`` (images) relative to the task folder.
+- NIH ChestX-ray14 (Wang et al., CVPR 2017): ``images/<patient>_<follow-up>.png``,
+  ``Data_Entry_2017_v2020.csv`` and the split lists (:mod:`pcrl.data.chestxray14`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 
 import jsonschema
 
+from pcrl.data.chestxray14 import (ENTRY_CSV, IMAGES_DIR, TEST_LIST, TRAIN_VAL_LIST, read_split_lists,
+                                   verify_chestxray14)
 from pcrl.data.registry import get_dataset
 from pcrl.data.imagecheck import check_metaimage
 from pcrl.data.shards import shard_folders
@@ -63,6 +67,7 @@ _MANIFEST_SCHEMA: dict[str, Any] = {
 CASE_ORDER: dict[str, Callable[[dict[str, Any]], Any]] = {
     "luna16": lambda c: (c["group"], c["id"]),
     "decathlon": lambda c: (c["group"] != "train", c["id"]),
+    "chestxray14": lambda c: c["id"],
 }
 
 
@@ -259,9 +264,35 @@ def scan_decathlon(root: Path) -> dict[str, Any]:
     return {"cases": cases, "extras": {"dataset_json": "dataset.json"}}
 
 
+# --------------------------------------------------------------------------- ChestX-ray14
+
+
+def scan_chestxray14(root: Path) -> dict[str, Any]:
+    """Verify a ChestX-ray14 folder (:func:`pcrl.data.chestxray14.verify_chestxray14`) and
+    list its radiographs.
+
+    Every image is checked chunk by chunk (PNG signature, CRCs, bit depth); decoding is left
+    to the resample stage, which decodes each image once anyway and names the file that
+    fails. Cases: ``id`` the file stem (``00000001_000``), ``group`` ``train_val`` or
+    ``test`` (the official lists), ``label`` None (the findings stay in the CSV).
+
+    Raises:
+        DataError: see :func:`~pcrl.data.chestxray14.verify_chestxray14`.
+    """
+    root = Path(root)
+    _require_dir(root, "ChestX-ray14")
+    verify_chestxray14(root, decode=False)
+    lists = read_split_lists(root)
+    cases = [{"id": Path(name).stem, "image": f"{IMAGES_DIR}/{name}", "label": None, "group": group}
+             for group, names in (("train_val", lists.train_val), ("test", lists.test)) for name in names]
+    cases.sort(key=CASE_ORDER["chestxray14"])
+    extras = {"entries": ENTRY_CSV, "train_val_list": TRAIN_VAL_LIST, "test_list": TEST_LIST}
+    return {"cases": cases, "extras": extras}
+
+
 # --------------------------------------------------------------------------- manifest
 
-_SCANNERS = {"luna16": scan_luna16, "decathlon": scan_decathlon}
+_SCANNERS = {"luna16": scan_luna16, "decathlon": scan_decathlon, "chestxray14": scan_chestxray14}
 
 
 def _stored_root(root: Path, manifest_dir: Path) -> str:

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from pcrl.atomic import atomic_dir, save_npy
 from pcrl.data.chestxray14 import IMAGES_DIR, load_radiograph
 from pcrl.errors import ConfigError, DataError
 
 __all__ = ["INDEX_FILE", "IMAGES_FILE", "RadiographStore", "gather_store", "resize_radiograph",
-           "shard_positions", "write_shard"]
+           "shard_positions", "write_shard", "write_shard_of"]
 
 IMAGES_FILE = "images.npy"
 INDEX_FILE = "index.json"
@@ -59,17 +60,27 @@ def resize_radiograph(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 def write_shard(root: str | os.PathLike[str], images: Sequence[str], out: str | os.PathLike[str], *,
-                size: Sequence[int], shard: tuple[int, int] = (0, 1), expected_size: Sequence[int] | None = None
-                ) -> Path:
-    """Decode, check and resize shard ``shard`` of ``images`` (file names under ``root/images``).
+                size: Sequence[int], shard: tuple[int, int] = (0, 1), expected_size: Sequence[int] | None = None,
+                progress: bool = False) -> Path:
+    """Decode, check and resize shard ``shard`` of ``images`` (file names under ``root/images``);
+    :func:`write_shard_of` with those paths."""
+    return write_shard_of([Path(root) / IMAGES_DIR / name for name in images], out, size=size, shard=shard,
+                          expected_size=expected_size, progress=progress)
+
+
+def write_shard_of(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+                   size: Sequence[int], shard: tuple[int, int] = (0, 1), expected_size: Sequence[int] | None = None,
+                   progress: bool = False) -> Path:
+    """Decode, check and resize shard ``shard`` of the radiographs ``paths`` into ``out``.
 
     Args:
-        root: the dataset's folder (``images/<name>.png``).
-        images: every image of the dataset in its order (e.g. sorted file names).
+        paths: every image of the dataset in its order (e.g. sorted by file name); an
+            image's name in the store is its file name.
         out: the shard's folder (swapped in whole when complete).
         size: (height, width) of the stored images.
         shard: (k, n).
         expected_size: the originals' (width, height), e.g. (1024, 1024); None: any.
+        progress: show a progress bar.
 
     Raises:
         DataError: naming the first image that is missing, corrupt, not 8-bit or of the
@@ -78,12 +89,12 @@ def write_shard(root: str | os.PathLike[str], images: Sequence[str], out: str | 
     height, width = (int(v) for v in size)
     if height < 1 or width < 1:
         raise ConfigError(f"size must be positive (height, width), got {list(size)}")
-    positions = shard_positions(len(images), shard)
+    paths = [Path(p) for p in paths]
+    positions = shard_positions(len(paths), shard)
     stack = np.empty((len(positions), height, width), dtype=np.uint8)
-    for row, position in enumerate(positions):
-        path = Path(root) / IMAGES_DIR / images[position]
-        stack[row] = resize_radiograph(load_radiograph(path, expected_size=expected_size), (height, width))
-    index = [{"image": images[p], "row": r, "position": p} for r, p in enumerate(positions)]
+    for row, position in enumerate(tqdm(positions, desc="radiographs", unit="image", disable=not progress)):
+        stack[row] = resize_radiograph(load_radiograph(paths[position], expected_size=expected_size), (height, width))
+    index = [{"image": paths[p].name, "row": r, "position": p} for r, p in enumerate(positions)]
     with atomic_dir(Path(out)) as tmp:
         save_npy(tmp / IMAGES_FILE, stack)
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")

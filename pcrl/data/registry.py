@@ -64,8 +64,12 @@ class DatasetSpec:
             ``Task03_Liver``), or None when the layout is the extraction folder itself.
         citation: Reference of the dataset.
         homepage: Page documenting the dataset and its licence.
-        downloadable: False when the files cannot be fetched automatically.
+        downloadable: False when the files cannot be fetched automatically (a configured
+            ``data.mirror`` holding the files makes them downloadable).
         manual: What the user must do instead when ``downloadable`` is False.
+        shardable: True when each archive holds whole cases with the files that describe
+            them, so download shards may fetch different archives. ChestX-ray14's archives
+            share one CSV and two split lists over all images: one shard fetches them all.
     """
 
     name: str
@@ -78,6 +82,7 @@ class DatasetSpec:
     homepage: str
     downloadable: bool = True
     manual: str | None = None
+    shardable: bool = True
 
 
 _ZENODO = "https://zenodo.org/records/{record}/files/{name}"
@@ -114,7 +119,8 @@ def _chestxray14_files() -> tuple[RemoteFile, ...]:
         RemoteFile(url=_NIH_BOX, filename=f"images_{k:03d}.tar.gz", extract=True)
         for k in range(1, 13)
     )
-    return archives + (RemoteFile(url=_NIH_BOX, filename="Data_Entry_2017_v2020.csv"),)
+    plain = ("Data_Entry_2017_v2020.csv", "train_val_list.txt", "test_list.txt")
+    return archives + tuple(RemoteFile(url=_NIH_BOX, filename=name) for name in plain)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -173,10 +179,12 @@ DATASETS: dict[str, DatasetSpec] = {
         homepage=_NIH_BOX,
         downloadable=False,
         manual=(
-            f"download images_001.tar.gz..images_012.tar.gz and Data_Entry_2017_v2020.csv "
-            f"by hand from {_NIH_BOX}, extract the archives into one folder and set "
-            f"'source: local' with that folder as the dataset root"
+            f"download images_001.tar.gz..images_012.tar.gz, Data_Entry_2017_v2020.csv, "
+            f"train_val_list.txt and test_list.txt by hand from {_NIH_BOX}, extract the "
+            f"archives into one folder and set 'source: local' with that folder as the "
+            f"dataset root (or put the files on a mirror: data.mirror)"
         ),
+        shardable=False,
     ),
 }
 

@@ -2,7 +2,9 @@
 
 Tasks (docs/method.md "Protocol"): ``pretrain`` (LUNA16 pairs of overlapping crops), ``ncc``
 (LUNA16 candidate cubes for false-positive reduction), ``lcs`` (liver) and ``bms``
-(brain tumour), whose fine-tuning reads the resampled volumes directly.
+(brain tumour), whose fine-tuning reads the resampled volumes directly; and the 2D setting's
+``pretrain2d`` (ChestX-ray14 pairs) and ``chest14`` (its label table), split by patient with
+the official test list held out (:mod:`pcrl.data.planar`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,19 @@ from typing import Any
 from pcrl.atomic import atomic_dir, atomic_path, write_json
 from pcrl.data.candidates import write_ncc_cubes
 from pcrl.data.cubes import PairConfig, write_pretrain_pairs
-from pcrl.data.layout import read_manifests, resolve_extras
+from pcrl.data.layout import case_order, gathered_cases, read_manifests, resolve_extras
+from pcrl.data.planar import IMAGES_CSV, chest_entries, patient_split, read_store, write_label_table, write_planar_pairs
 from pcrl.data.shards import read_cases as gathered_interim
 from pcrl.data.splits import check_disjoint, nested_fractions, split_by_group, split_random
 from pcrl.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+#: The tasks of the 2D setting (ChestX-ray14): cut from the radiograph store, not from volumes.
+PLANAR_TASKS = ("pretrain2d", "chest14")
+PAIR_KEYS = ("crop_sizes", "cube_size", "min_iou", "threshold_hu", "foreground", "min_fraction", "max_fraction",
+             "placement", "border")
+
 
 def read_cases(interim: Path) -> list[dict[str, Any]]:
     """The resample stage's cases, every shard gathered (:func:`pcrl.data.shards.read_cases`);
@@ -66,18 +75,7 @@ def _split(task: str, settings: dict, seed: int, cases: list[dict]) -> dict[str,
 
 
 def _pretrain(settings: dict, seed: int, cases: list[dict], interim: Path, out: Path, progress: bool) -> None:
-    pair_keys = (
-        "crop_sizes",
-        "cube_size",
-        "min_iou",
-        "threshold_hu",
-        "foreground",
-        "min_fraction",
-        "max_fraction",
-        "placement",
-        "border",
-    )
-    config = PairConfig(**{k: settings[k] for k in pair_keys if k in settings})
+    config = PairConfig(**{k: settings[k] for k in PAIR_KEYS if k in settings})
     index = write_pretrain_pairs(
         cases,
         interim,
@@ -136,6 +134,9 @@ def run_cubes(
     Splits are by patient (case id), never by cube; label fractions are nested
     (10 % ⊂ 20 % ⊂ 50 % ⊂ 100 % of the training cases) and seeded by ``cubes.seed``.
     """
+    if task in PLANAR_TASKS:
+        return _planar(task, settings, seed=seed, raw=Path(raw), interim=Path(interim), out=Path(out),
+                       progress=progress)
     cases = read_cases(interim)
     split = _split(task, settings, seed, cases)
     used = _select(cases, [i for ids in split.values() for i in ids])
@@ -148,4 +149,34 @@ def run_cubes(
             write_json(tmp / "fractions.json", nested_fractions(split["train"], settings["fractions"], seed))
         write_json(tmp / "split.json", split)
         log.info("%s: %s", task, ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+    return split
+
+
+def _planar(task: str, settings: dict[str, Any], *, seed: int, raw: Path, interim: Path, out: Path,
+            progress: bool) -> dict[str, list[str]]:
+    """``pretrain2d``: ``pairs/``, ``pairs.json``, ``split.json`` (pair file ids) and
+    ``patients.json``; ``chest14``: ``images.csv``, ``split.json`` and ``fractions.json`` of
+    patient ids. Both: train / val from the train_val list's patients, test = the test list's."""
+    store = read_store(interim)
+    cases = gathered_cases(raw, case_order("chestxray14"))
+    listed = {Path(c["image"]).name for c in cases}
+    if set(store.names) != listed:
+        odd = sorted(set(store.names) ^ listed)
+        raise DataError(f"{interim}: the radiograph store and the download manifests of {raw} list different "
+                        f"images (e.g. {odd[:3]}): rerun the resample stage")
+    split = patient_split(cases, val=float(settings["val"]), seed=seed)
+    with atomic_dir(out) as tmp:
+        if task == "pretrain2d":
+            config = PairConfig(**{k: settings[k] for k in PAIR_KEYS if k in settings})
+            index, ids = write_planar_pairs(store, split, tmp, pairs_per_image=int(settings["pairs_per_image"]),
+                                            images_per_file=int(settings["images_per_file"]), config=config,
+                                            seed=seed, progress=progress)
+            write_json(tmp / "pairs.json", index)
+            write_json(tmp / "patients.json", split)
+            write_json(tmp / "split.json", ids)
+        else:
+            write_label_table(store, chest_entries(raw), tmp / IMAGES_CSV)
+            write_json(tmp / "fractions.json", nested_fractions(split["train"], settings["fractions"], seed))
+            write_json(tmp / "split.json", split)
+        log.info("%s: patients %s", task, ", ".join(f"{k} {len(v)}" for k, v in split.items()))
     return split

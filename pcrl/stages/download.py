@@ -30,13 +30,14 @@ def _phantom(dataset: str, data: dict[str, Any], into: Path, shard: tuple[int, i
 
 
 def with_mirror(spec: DatasetSpec, mirror: str | None) -> DatasetSpec:
-    """``spec`` fetching every file from ``<mirror>/<filename>`` (same checksums), if set."""
+    """``spec`` fetching every file from ``<mirror>/<filename>`` (same checksums), if set; a
+    dataset without public links (ChestX-ray14) becomes downloadable from the mirror."""
     if not mirror:
         return spec
     files = tuple(
         dataclasses.replace(f, url=f"{mirror.rstrip('/')}/{f.filename}") for f in spec.files
     )
-    return dataclasses.replace(spec, files=files)
+    return dataclasses.replace(spec, files=files, downloadable=True)
 
 
 def run_download(dataset: str, data: dict[str, Any], *, out: Path, shard: tuple[int, int] = (0, 1),
@@ -62,7 +63,8 @@ def run_download(dataset: str, data: dict[str, Any], *, out: Path, shard: tuple[
         elif source == "download":
             from pcrl.data.download import download_dataset
 
-            spec = dataclasses.replace(spec, files=tuple(shard_files(spec.files, *shard)))
+            mine = shard_files(spec.files, *shard) if spec.shardable else list(spec.files) if shard[0] == 0 else []
+            spec = dataclasses.replace(spec, files=tuple(mine))
             if not spec.files:  # more shards than archives: this one has nothing to fetch
                 log.info("%s: shard %d of %d has no archive", dataset, *shard)
                 write_json(tmp / "manifest.json", empty_manifest(dataset, source))

@@ -29,6 +29,7 @@ from pcrl.data.pairs import PairsDataset, pair_files
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig, train
 from pcrl.methods import build_method, method_config
+from pcrl.networks.factory import spatial_dims
 from pcrl.previews import save_preview
 from pcrl.provenance import provenance
 
@@ -44,6 +45,23 @@ PSNR_PAIRS = 8
 #: The pretrain params every method reads; each method also reads its own section
 #: (``pretrain.<method>``). dvc.yaml lists exactly these as the params of ``pretrain@<method>``.
 SHARED_KEYS = (*TRAIN_KEYS, "network", "corruption", "augment")
+
+
+def planar_settings(pretrain: dict[str, Any], pretrain2d: dict[str, Any]) -> dict[str, Any]:
+    """The 2D setting's pretraining params: ``pretrain`` with ``pretrain2d.settings`` over
+    it, and ``pretrain2d.methods``.
+
+    ``pretrain2d.settings`` holds what differs for ChestX-ray14 (``network.arch:
+    resnet18_unet2d``, its width, epochs, batch size, ...); a key that is a mapping in both
+    (``network``, ``augment``, a method's section) is merged one level deep, so the 2D
+    setting inherits every other corruption, augmentation and method setting of the 3D one.
+    """
+    merged = dict(pretrain)
+    for key, value in pretrain2d.get("settings", {}).items():
+        below = merged.get(key)
+        merged[key] = {**below, **value} if isinstance(below, dict) and isinstance(value, dict) else value
+    merged["methods"] = list(pretrain2d.get("methods", []))
+    return merged
 
 
 def used_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -196,8 +214,9 @@ def run_pretrain(
     by_id = {entry["id"]: entry for entry in index}
     train_files = pair_files(pairs / "pairs", split["train"])
     val_files = pair_files(pairs / "pairs", [i for i in split.get("val", []) if i in by_id])
-    dataset = PairsDataset(train_files)
-    val = PairsDataset(val_files) if val_files else None
+    planar = spatial_dims(settings["network"].get("arch", "unet3d")) == 2
+    dataset = PairsDataset(train_files, planar=planar)
+    val = PairsDataset(val_files, planar=planar) if val_files else None
 
     dist: DistInfo = init_distributed(None if device == "auto" else device)
     values = method_settings(method, settings, n_data=len(dataset))

@@ -1,4 +1,5 @@
-"""``pcrl resample``: the cases of one shard of a dataset at the target spacing, normalised."""
+"""``pcrl resample``: the cases of one shard of a dataset at the target spacing, normalised;
+for ChestX-ray14, the radiographs of one shard resized into a memory-mappable store."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.data.layout import case_order, gathered_cases, read_manifests
+from pcrl.data.radiographs import write_shard_of
+from pcrl.data.registry import get_dataset
 from pcrl.data.resample import CASES_FILE, Normalization, resample_dataset
 from pcrl.data.shards import in_shard
 
@@ -30,6 +33,8 @@ def run_resample(
     """
     dataset = read_manifests(raw)[0][1]["dataset"]
     everything = gathered_cases(raw, case_order(dataset))
+    if get_dataset(dataset).layout == "chestxray14":
+        return _radiographs(settings, everything, out=out, shard=shard, progress=progress)
     mine = [(i, case) for i, case in enumerate(everything) if in_shard(i, *shard)]
     cases = [case for _, case in mine]
     with atomic_dir(out) as tmp:
@@ -48,3 +53,16 @@ def run_resample(
     log.info("%s: shard %d of %d, %d of %d cases resampled to %s mm", dataset, shard[0] + 1,
              shard[1], len(entries), len(everything), settings["spacing"])
     return entries
+
+
+def _radiographs(settings: dict[str, Any], cases: list[dict[str, Any]], *, out: Path, shard: tuple[int, int],
+                 progress: bool) -> list[dict[str, Any]]:
+    """The 2D preprocessing (:mod:`pcrl.data.radiographs`): shard k of n of the radiographs,
+    decoded once, checked (``expected_size``: the originals' (width, height)) and
+    area-resized to ``size`` (height, width) into ``images.npy`` + ``index.json``."""
+    expected = settings.get("expected_size")
+    write_shard_of([case["image"] for case in cases], out, size=settings["size"], shard=shard,
+                   expected_size=tuple(expected) if expected else None, progress=progress)
+    log.info("chestxray14: shard %d of %d of %d radiographs resized to %s", shard[0] + 1, shard[1], len(cases),
+             settings["size"])
+    return [{"id": case["id"], "order": i} for i, case in enumerate(cases) if in_shard(i, *shard)]

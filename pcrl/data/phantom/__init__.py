@@ -58,6 +58,6 @@ GENERATORS: dict[str, Callable[..., None]] = {
     "luna16": generate_luna16,
     "msd_liver": generate_msd_liver,
     "msd_brain": generate_msd_brain,
+    "chestxray14": generate_chestxray14,
 }
-"""Phantom writer per dataset name of the registry (the download stage's phantoms; the 2D
-ChestX-ray14 phantom, :func:`generate_chestxray14`, is not wired into the pipeline yet)."""
+"""Phantom writer per dataset name of the registry (the download stage's phantoms)."""

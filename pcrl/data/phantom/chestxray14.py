@@ -757,6 +757,7 @@ def generate_chestxray14(
     seed: int = 0,
     test_fraction: float = 0.25,
     archives: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> None:
     """Write a ChestX-ray14-like dataset (Wang et al., CVPR 2017) into ``root`` (replaced
     as a whole, atomically).
@@ -775,6 +776,9 @@ def generate_chestxray14(
         seed: dataset seed.
         test_fraction: share of the patients in ``test_list.txt``.
         archives: number of ``images_NNN.tar.gz`` archives to write (0: none).
+        shard: (k, n): write only the patients p with p mod n = k (one download shard of
+            the pipeline), with their CSV rows and list lines; the split is drawn over all
+            patients, so the shards together are the unsharded dataset.
 
     Raises:
         ConfigError: an argument is invalid.
@@ -789,8 +793,12 @@ def generate_chestxray14(
     archives = _check_count(_DATASET, "archives", archives, 0)
     if archives > _MAX_ARCHIVES:
         raise ConfigError(f"{_DATASET} phantom: 'archives' must be at most {_MAX_ARCHIVES}, got {archives}")
+    k, n = shard
+    if n < 1 or not 0 <= k < n:
+        raise ConfigError(f"{_DATASET} phantom: shard must be (k, n) with 0 <= k < n, got {shard}")
     people = [_patient(seed, p, counts) for p in range(patients)]
     test = _test_patients(people, fraction)
+    people = [person for person in people if person.index % n == k]
     rows: list[list[str]] = []
     lists: dict[bool, list[str]] = {False: [], True: []}
     with atomic_dir(root) as tmp:
