@@ -12,6 +12,7 @@ files alone: when it delivers more samples/s than the step consumes, loading nev
 the device.
 
     python benchmarks/bench_step.py --params configs/paper.yaml --batch 2 --steps 3
+    python benchmarks/bench_step.py --params configs/paper.yaml --setting 2d --steps 1   # ResNet-18, 64 x 224^2
     python benchmarks/bench_step.py --params params.yaml --params configs/paper.yaml --device cuda
 """
 
@@ -29,14 +30,15 @@ import time
 from pathlib import Path
 
 
-def _measure(params: Path, method: str, device: str, steps: int, amp: str | None, batch: int | None) -> dict:
+def _measure(params: Path, method: str, device: str, steps: int, amp: str | None, batch: int | None,
+             setting: str = "3d") -> dict:
     """``steps`` timed steps (after 1 warm-up) in this process, then a profiled pair."""
     import torch
 
     from steps import build_step, outside_convolutions, synchronize
 
     dev = torch.device(device)
-    step = build_step(params, method, dev, amp=amp, batch=batch)
+    step = build_step(params, method, dev, amp=amp, batch=batch, setting=setting)
     step.run()  # warm-up (allocations, cuDNN autotuning)
     synchronize(dev)
     if dev.type == "cuda":
@@ -49,7 +51,8 @@ def _measure(params: Path, method: str, device: str, steps: int, amp: str | None
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {
-        "params": str(params), "method": method, "amp": step.amp, "batch": step.batch, "size": list(step.size),
+        "params": str(params), "setting": setting, "method": method, "amp": step.amp, "batch": step.batch,
+        "size": list(step.size),
         "seconds_per_step": elapsed / steps, "samples_per_s": step.batch * steps / elapsed,
         "peak_mem_mib": peak, "outside_conv_share": outside_convolutions(step, dev, steps=1),
         "torch_threads": torch.get_num_threads(),
@@ -68,9 +71,11 @@ def loader_throughput(size: tuple[int, ...], batch: int, workers: int, n_pairs: 
         files = []
         for i in range(8):
             path = Path(tmp) / f"case{i}.npy"
-            np.save(path, rng.random((n_pairs // 8, 2, *size), dtype=np.float32).astype(np.float16))
+            shape = (*size, 1) if len(size) == 2 else size  # 2D pairs are stored as (x, y, 1)
+            np.save(path, rng.random((n_pairs // 8, 2, *shape), dtype=np.float32).astype(np.float16))
             files.append(path)
-        loader = torch.utils.data.DataLoader(PairsDataset(files), batch_size=batch, shuffle=True,
+        planar = len(size) == 2
+        loader = torch.utils.data.DataLoader(PairsDataset(files, planar=planar), batch_size=batch, shuffle=True,
                                              num_workers=workers)
         start = time.perf_counter()
         count = sum(x1.shape[0] for x1, _ in loader)
@@ -85,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, help="per-device batch (default: the file's pretrain.batch_size)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the loading check")
+    parser.add_argument("--setting", choices=["3d", "2d"], default="3d",
+                        help="3d: pretrain (LUNA16 cubes); 2d: pretrain2d (ChestX-ray14, ResNet-18 U-Net)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", nargs=2, metavar=("PARAMS", "AMP"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:  # one measurement in a fresh process
         path, amp = args.child
         print(json.dumps(_measure(Path(path), args.method, args.device, args.steps,
-                                  None if amp == "params" else amp, args.batch)))
+                                  None if amp == "params" else amp, args.batch, args.setting)))
         return 0
 
     files = args.params or [Path("params.yaml")]
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in files:
         for amp in amps:
             cmd = [sys.executable, __file__, "--method", args.method, "--device", args.device,
-                   "--steps", str(args.steps), "--child", str(path), amp]
+                   "--steps", str(args.steps), "--setting", args.setting, "--child", str(path), amp]
             if args.batch:
                 cmd += ["--batch", str(args.batch)]
             proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -20,7 +20,7 @@ from pcrl.config import load_params
 from pcrl.engine import resolve_amp
 from pcrl.engine.config import amp_dtype
 from pcrl.methods import build_method, method_config
-from pcrl.stages.pretrain import method_settings, used_settings
+from pcrl.stages.pretrain import method_settings, planar_settings, used_settings
 
 CONV_OPS = ("conv", "cudnn_convolution", "mkldnn_convolution", "slow_conv")
 
@@ -32,27 +32,33 @@ class Step:
     run: Callable[[], None]
     method: torch.nn.Module
     batch: int
-    size: tuple[int, int, int]
+    size: tuple[int, ...]
     amp: str
 
 
 def build_step(params_file: Path, method: str, device: torch.device, *, amp: str | None = None,
                batch: int | None = None, n_data: int | None = None, channels_last: bool = False,
                compile_step: bool = False, overrides: dict[str, Any] | None = None,
-               wrap: Callable[[torch.nn.Module], Callable[..., Any]] | None = None) -> Step:
+               wrap: Callable[[torch.nn.Module], Callable[..., Any]] | None = None, setting: str = "3d") -> Step:
     """The step of ``method`` configured by ``params_file`` (``pretrain`` and the pair cube
-    size of ``cubes.pretrain``); ``amp``/``batch`` override the file's; ``overrides`` replace
-    keys of the method's mapping (e.g. a small ``base`` for a tiny run); ``wrap`` wraps the
-    module for the forward pass (e.g. DistributedDataParallel)."""
+    size of ``cubes.pretrain``; with ``setting="2d"`` the ChestX-ray14 setting: ``pretrain``
+    with ``pretrain2d.settings`` over it and 2D batches of ``cubes.pretrain2d``'s cube size);
+    ``amp``/``batch`` override the file's; ``overrides`` replace keys of the method's mapping
+    (e.g. a small ``base`` for a tiny run); ``wrap`` wraps the module for the forward pass
+    (e.g. DistributedDataParallel)."""
     params = load_params(params_file)
-    settings = used_settings(method, params["pretrain"])
-    size = tuple(int(s) for s in params["cubes"]["pretrain"]["cube_size"])
+    planar = setting == "2d"
+    pretrain = planar_settings(params["pretrain"], params["pretrain2d"]) if planar else params["pretrain"]
+    settings = used_settings(method, pretrain)
+    cube = [int(s) for s in params["cubes"]["pretrain2d" if planar else "pretrain"]["cube_size"]]
+    size = tuple(cube[:2] if planar else cube)
     batch = int(batch or settings["batch_size"])
     values = method_settings(method, settings, n_data=n_data or max(batch * 64, 1))
     values.update(overrides or {})
     torch.manual_seed(0)
     model = build_method(method, method_config(method, values)).to(device)
-    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+    memory_format = (torch.channels_last if planar else torch.channels_last_3d) if channels_last \
+        else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     params_list = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params_list, lr=settings["lr"], momentum=settings["momentum"],

@@ -156,9 +156,11 @@ def cmd_finetune(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from pcrl.stages.finetune import run_finetune
 
     settings = section(params, "finetune")
-    section(settings, args.task)
-    if args.init not in settings["inits"]:
-        log.warning("init %s is not listed in finetune.inits", args.init)
+    task_settings = section(settings, args.task)
+    listed, key = (task_settings["inits"], "finetune.chest14.inits") if args.task == "chest14" \
+        else (settings["inits"], "finetune.inits")
+    if args.init not in listed:
+        log.warning("init %s is not listed in %s", args.init, key)
     run_finetune(
         args.task,
         args.init,

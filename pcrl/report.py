@@ -2,13 +2,16 @@
 
 PCRL (Zhou et al., ICCV 2021) compares initialisations — random (``scratch``), Models
 Genesis (``genesis``, restoration only), a MoCo v2 style contrastive baseline (``moco``) and
-PCRL (``pcrl``) — fine-tuned on each task of the Models Genesis benchmark with a fraction of
-the training labels (e.g. 10 %, 20 %, 50 %, 100 %) and several seeds (docs/method.md, "Protocol:
-pretrain, then fine-tune"). This module reads the evaluate stage's ``metrics.json`` files
-(:func:`collect_runs`), reduces them over seeds (:func:`summarise`), pairs the runs of two
-initialisations by seed (:func:`paired_difference`), states in plain sentences what the
-numbers can and cannot show (:func:`verdict`), and writes a paper-style table, a table of
-paired differences, the summary as JSON and one plot per task (:func:`write_report`).
+PCRL (``pcrl``) — fine-tuned on each task of the Models Genesis benchmark (NCC, LCS, BMS)
+and, in PCRL's 2D setting, on Chest14 (the 14 ChestX-ray14 findings, Wang et al., CVPR 2017;
+headline ``auc_mean``, the mean ROC AUC over the findings) with a fraction of the training
+labels (e.g. 10 %, 20 %, 50 %, 100 %) and several seeds (docs/method.md, "Protocol: pretrain,
+then fine-tune"). Every task gets the same table, paired table, verdict and plot. This
+module reads the evaluate stage's ``metrics.json`` files (:func:`collect_runs`), reduces them
+over seeds (:func:`summarise`), pairs the runs of two initialisations by seed
+(:func:`paired_difference`), states in plain sentences what the numbers can and cannot show
+(:func:`verdict`), and writes a paper-style table, a table of paired differences, the summary
+as JSON and one plot per task (:func:`write_report`).
 
 Summary layout (JSON-serialisable; fractions keyed by :func:`pcrl.data.splits.fraction_key`,
 e.g. ``"0.1"``, in increasing order; initialisations in :data:`INIT_ORDER`, others after)::

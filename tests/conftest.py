@@ -62,11 +62,21 @@ def run(cmd: list[str], cwd: Path, timeout: int = 1500, env: dict | None = None)
     return proc.stdout + proc.stderr
 
 
+def without_2d(params: dict) -> dict:
+    """The demo's params without the 2D setting: no ChestX-ray14 download, 2D tasks, 2D
+    pretraining or Chest14 runs (tests/test_pipeline.py runs the 2D setting on its own)."""
+    params["data"]["datasets"] = [d for d in params["data"]["datasets"] if d != "chestxray14"]
+    params["cubes"]["planar"] = {}
+    params["pretrain2d"]["methods"] = []
+    params["finetune"]["chest14"]["inits"] = []
+    return params
+
+
 def narrowed(work: Path) -> Path:
-    """Narrow the demo's fan-out in a fresh copy (same stages, fewer runs): one pretraining
-    method for 2 epochs (a preemption test stops it after the first), scratch vs PCRL, one
-    label fraction, one fine-tuning epoch."""
-    params = yaml.safe_load((work / "params.yaml").read_text())
+    """Narrow the demo's fan-out in a fresh copy (same stages, fewer runs): the 3D setting
+    only (:func:`without_2d`), one pretraining method for 2 epochs (a preemption test stops
+    it after the first), scratch vs PCRL, one label fraction, one fine-tuning epoch."""
+    params = without_2d(yaml.safe_load((work / "params.yaml").read_text()))
     params["pretrain"].update(methods=["pcrl"], epochs=2)
     params["finetune"].update(inits=["scratch", "pcrl"], fractions=[1.0], seeds=[0])
     for task in ("ncc", "lcs", "bms"):

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import fresh_copy, git, narrowed, run
+from conftest import fresh_copy, git, narrowed, run, without_2d
 from pcrl.dag import load_stages
 
 pytestmark = pytest.mark.pipeline
@@ -48,7 +48,7 @@ def _slurm_up() -> bool:
 def _small_copy(repo: Path, dest: Path) -> Path:
     """A fresh copy whose params train 1 epoch of PCRL only, with resources a 2-CPU node has."""
     work = fresh_copy(repo, dest)
-    params = yaml.safe_load((work / "params.yaml").read_text())
+    params = without_2d(yaml.safe_load((work / "params.yaml").read_text()))
     params["pretrain"].update(epochs=1, methods=["pcrl"])
     params["finetune"]["inits"] = ["scratch", "pcrl"]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -208,8 +208,15 @@ def test_multilabel_auc_per_finding_and_mean_by_hand():
     expected = [_pairwise_auc(scores[:, j], labels[:, j]) for j in range(3)]
     assert [out["auc_Mass"], out["auc_Nodule"], out["auc_Hernia"]] == pytest.approx(expected)
     assert out["auc_mean"] == pytest.approx(np.mean(expected)) and out["n"] == 40
+    assert out["labels_scored"] == 3
     labels[:, 2] = 0
     with pytest.raises(DataError, match="label Hernia: ROC AUC is undefined"):
         multilabel_metrics(scores, labels, ["Mass", "Nodule", "Hernia"])
+    skipped = multilabel_metrics(scores, labels, ["Mass", "Nodule", "Hernia"], skip_single_class=True)
+    assert "auc_Hernia" not in skipped and skipped["labels_scored"] == 2
+    assert skipped["auc_mean"] == pytest.approx(np.mean(expected[:2]))
+    labels[:, :2] = 1
+    with pytest.raises(DataError, match="no label has both classes"):
+        multilabel_metrics(scores, labels, ["Mass", "Nodule", "Hernia"], skip_single_class=True)
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         multilabel_metrics(scores, labels, ["Mass", "Nodule"])

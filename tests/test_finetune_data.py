@@ -1,8 +1,10 @@
-"""pcrl.finetune.data: splits, NCC cubes with per-epoch negatives, segmentation patches."""
+"""pcrl.finetune.data: splits, NCC cubes with per-epoch negatives, segmentation patches;
+pcrl.finetune.chest14: labelled radiographs of a patient split."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,35 @@ def write_volumes(folder: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]])
         write_image(folder / f"{case}_label.nii.gz", array_to_image(label.astype(np.uint8), **GEOMETRY))
         entries.append({"id": case, "image": f"{case}.nii.gz", "label": f"{case}_label.nii.gz"})
     write_json(folder / "cases.json", entries)
+
+
+#: The images.csv header the chest14 data stage writes (Wang et al.'s 14 findings, in order).
+CHEST_HEADER = ["image", "patient", "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration",
+                "Mass", "Nodule", "Pneumonia", "Pneumothorax", "Consolidation", "Edema",
+                "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+
+
+def write_radiographs(interim: Path, images: dict[str, np.ndarray], shards: int = 2) -> None:
+    """The 2D preprocessing's shards by hand: shard k holds positions k, k + n, ... of the
+    sorted names, as images.npy (n, H, W) uint8 and index.json."""
+    names = sorted(images)
+    for k in range(shards):
+        positions = list(range(k, len(names), shards))
+        folder = interim / str(k)
+        folder.mkdir(parents=True)
+        np.save(folder / "images.npy", np.stack([images[names[p]] for p in positions]).astype(np.uint8))
+        index = [{"image": names[p], "row": r, "position": p} for r, p in enumerate(positions)]
+        (folder / "index.json").write_text(json.dumps(index))
+
+
+def write_images_csv(processed: Path, rows: list[list], header: list[str] = CHEST_HEADER) -> Path:
+    """images.csv: one [image, patient, 14 flags] row per image."""
+    path = processed / "images.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
 
 
 def liver_case(seed: int, shape=(20, 20, 12)) -> tuple[np.ndarray, np.ndarray]:
@@ -207,3 +238,89 @@ def test_patch_settings_are_checked(tmp_path: Path) -> None:
         PatchSet(cases, "lcs", (12, 16, 16), 2)
     with pytest.raises(ConfigError, match="foreground_prob"):
         PatchSet(cases, "lcs", (16, 16, 16), 2, foreground_prob=1.5)
+
+
+# ------------------------------------------------------------------ Chest14 radiographs
+
+
+def _chest_world(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray], list[list]]:
+    """3 patients x 2 images of 32x32 in 2 shards; labels: finding f of image j is (j + f) % 3 == 0."""
+    rng = np.random.default_rng(0)
+    names = [f"0000000{p}_00{i}.png" for p in (1, 2, 3) for i in (0, 1)]
+    images = {name: rng.integers(0, 256, (32, 32), dtype=np.uint8) for name in names}
+    images["00000002_001.png"][0, :2] = (0, 255)  # both ends of the range
+    write_radiographs(tmp_path / "interim", images)
+    (tmp_path / "processed").mkdir()
+    rows = [[name, name[:8], *[int((j + f) % 3 == 0) for f in range(14)]] for j, name in enumerate(names)]
+    write_images_csv(tmp_path / "processed", rows)
+    return tmp_path / "interim", tmp_path / "processed", images, rows
+
+
+def test_chest14_items_are_the_patients_images_over_255_with_their_findings(tmp_path: Path) -> None:
+    from pcrl.finetune.chest14 import RadiographSet, open_store, radiograph_batches, read_image_labels
+
+    interim, processed, images, rows = _chest_world(tmp_path)
+    store = open_store(interim)
+    assert store.names == tuple(sorted(images))  # both shards, back in dataset order
+    chosen = read_image_labels(processed, store).of_patients(["00000003", "00000002"])
+    assert chosen.names == ("00000002_000.png", "00000002_001.png", "00000003_000.png", "00000003_001.png")
+    assert chosen.patients == ("00000002", "00000002", "00000003", "00000003")
+    np.testing.assert_array_equal(chosen.labels, np.array([r[2:] for r in rows[2:]], np.uint8))
+    data = RadiographSet(chosen)
+    assert len(data) == 4
+    for i, name in enumerate(chosen.names):
+        pixels, labels = data[i]
+        assert pixels.dtype == torch.float32 and pixels.shape == (1, 32, 32)
+        np.testing.assert_allclose(pixels[0].numpy(), images[name].astype(np.float64) / 255, rtol=0, atol=1e-7)
+        assert labels.dtype == torch.float32 and labels.tolist() == [float(v) for v in rows[2 + i][2:]]
+    assert data[1][0][0, 0, :2].tolist() == [0.0, 1.0]
+    batches = list(radiograph_batches(chosen, 3))
+    assert [tuple(b[0].shape) for b in batches] == [(3, 1, 32, 32), (1, 1, 32, 32)]
+    torch.testing.assert_close(torch.cat([b[0] for b in batches]), torch.stack([data[i][0] for i in range(4)]))
+    loaded = next(iter(DataLoader(data, batch_size=4, num_workers=1)))  # the reader pickles to a worker
+    torch.testing.assert_close(loaded[0], torch.stack([data[i][0] for i in range(4)]))
+
+
+def _set(index: int, change):
+    """An edit of images.csv's rows: row ``index`` replaced by ``change(row)``."""
+    return lambda rows: rows.__setitem__(index, change(rows[index]))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_set(2, lambda r: [*r[:5], 2, *r[6:]]), r"line 4: infiltration is '2', expected 0 or 1"),
+        (_set(1, lambda r: r[:-1]), r"line 3: 15 fields, expected 16"),
+        (_set(3, lambda r: [r[0], "2", *r[2:]]), r"line 5: patient '2' is not an 8-digit id"),
+        (lambda rows: rows.append(["00000009_000.png", "00000009", *[0] * 14]),
+         r"line 8: image 00000009_000.png is not among the 6 radiographs"),
+        (lambda rows: rows.append(list(rows[0])),
+         r"line 8: image 00000001_000.png is listed again \(first on line 2\)"),
+    ],
+)
+def test_a_bad_images_csv_row_names_the_file_and_line(tmp_path: Path, edit, message: str) -> None:
+    from pcrl.finetune.chest14 import open_store, read_image_labels
+
+    interim, processed, _, rows = _chest_world(tmp_path)
+    edit(rows)
+    path = write_images_csv(processed, rows)
+    with pytest.raises(DataError, match=f"{path}, {message}"):
+        read_image_labels(processed, open_store(interim))
+
+
+def test_images_csv_header_and_patients_without_images_are_refused(tmp_path: Path) -> None:
+    from pcrl.finetune.chest14 import open_store, read_image_labels
+
+    interim, processed, _, rows = _chest_world(tmp_path)
+    store = open_store(interim)
+    swapped = [*CHEST_HEADER[:2], CHEST_HEADER[3], CHEST_HEADER[2], *CHEST_HEADER[4:]]
+    path = write_images_csv(processed, rows, header=swapped)
+    with pytest.raises(DataError, match=f"{path}: header .* not 'image,patient' followed by the 14 findings"):
+        read_image_labels(processed, store)
+    write_images_csv(processed, rows, header=[h.upper() if i > 1 else h for i, h in enumerate(CHEST_HEADER)])
+    labelled = read_image_labels(processed, store)  # the findings' case does not matter
+    with pytest.raises(DataError, match=r"images.csv: no image of patient.s. \['00000007'\]"):
+        labelled.of_patients(["00000001", "00000007"])
+    (processed / "images.csv").unlink()
+    with pytest.raises(DataError, match="images.csv is missing"):
+        read_image_labels(processed, store)

@@ -209,3 +209,63 @@ def test_chest14_classifier_loads_torchvision_and_pretrained_2d_encoders() -> No
         MultiLabelResNet(width=16).load_encoder(torchvision_like)
     with pytest.raises(ConfigError, match=r"missing \['bn1.bias'"):
         net.load_encoder({k: v for k, v in imagenet.items() if not k.startswith("bn1.")})
+
+
+def _unet2d_state(seed: int, width: int = 4) -> dict[str, torch.Tensor]:
+    """A ResNetUNet2D's full state dict, shifted so that it differs from any seeded init."""
+    from pcrl.networks import ResNetUNet2D
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = ResNetUNet2D(in_channels=1, width=width)
+    return {k: v + 0.25 if v.is_floating_point() else v + 3 for k, v in net.state_dict().items()}
+
+
+def test_chest14_network_is_a_resnet18_of_the_configured_width() -> None:
+    from pcrl.finetune.models import MultiLabelResNet
+
+    net = seeded_network("chest14", NetworkConfig(base=4), 0)
+    assert isinstance(net, MultiLabelResNet)
+    assert net.encoder.conv1.weight.shape == (4, 1, 7, 7)  # width 4, one radiograph channel
+    assert net.classifier.weight.shape == (14, 32)  # 8w deepest channels -> 14 findings
+    again = seeded_network("chest14", NetworkConfig(base=4), 0)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in net.state_dict().items())
+    assert net(torch.rand(2, 1, 32, 32)).shape == (2, 14)
+    group = seeded_network("chest14", NetworkConfig(base=4, norm="group"), 0)
+    assert isinstance(group.encoder.bn1, torch.nn.GroupNorm)
+    with pytest.raises(ConfigError, match="finetune.chest14.network.norm.*not 'batch_stats'"):
+        seeded_network("chest14", NetworkConfig(base=4, norm="batch_stats"), 0)
+
+
+@pytest.mark.parametrize("layout", ["full network", "encoder_state_dict"])
+def test_chest14_loads_the_2d_encoder_of_a_pretrain_record(layout: str) -> None:
+    """The pretrain stage stores the method's network (``encoder.`` + torchvision names,
+    decoder, heads); ResNetUNet2D.encoder_state_dict gives the encoder without prefix."""
+    full = _unet2d_state(5)
+    encoder = {k.removeprefix("encoder."): v for k, v in full.items() if k.startswith("encoder.")}
+    state = full if layout == "full network" else encoder
+    net = seeded_network("chest14", NetworkConfig(base=4), 0)
+    classifier = net.classifier.weight.clone()
+    report = apply_init(net, InitRecord("pcrl", "pcrl", ("encoder", "decoder"), state), "chest14")
+    own = net.encoder.state_dict()
+    # stem conv + bn (6 keys), 8 blocks x (2 convs + 2 bns: 12), 3 shortcuts x (conv + bn: 6)
+    assert sorted(own) == sorted(encoder) and len(own) == 6 + 8 * 12 + 3 * 6
+    for key, value in encoder.items():
+        assert torch.equal(own[key], value), key
+    assert torch.equal(net.classifier.weight, classifier)  # the head stays the seeded one
+    assert report is not None and report.ok and report.adapted == []
+    assert sorted(report.loaded) == sorted(f"encoder.{k}" for k in encoder)
+    dropped = sorted(k for k in full if not k.startswith("encoder.")) if layout == "full network" else []
+    assert report.ignored == dropped
+
+
+def test_chest14_scratch_and_records_that_do_not_fit() -> None:
+    net = seeded_network("chest14", NetworkConfig(base=4), 0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert apply_init(net, scratch_record(), "chest14") is None
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    wide = InitRecord("moco", "moco", ("encoder",), _unet2d_state(5, width=8))
+    with pytest.raises(ConfigError, match=r"initialisation 'moco' \(moco\).*mismatched shapes \['bn1.bias'"):
+        apply_init(net, wide, "chest14")
+    with pytest.raises(ConfigError, match=r"initialisation 'pcrl' \(pcrl\).*missing \['bn1.bias'"):
+        apply_init(net, _record(("encoder", "decoder")), "chest14")  # a 3D U-Net record

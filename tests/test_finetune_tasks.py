@@ -10,7 +10,7 @@ from pcrl.finetune.tasks import TASKS, check_label_values, get_task, segmentatio
 
 
 def test_task_table_matches_the_protocol() -> None:
-    assert set(TASKS) == {"ncc", "lcs", "bms"}
+    assert set(TASKS) == {"ncc", "lcs", "bms", "chest14"}
     ncc, lcs, bms = TASKS["ncc"], TASKS["lcs"], TASKS["bms"]
     assert (ncc.kind, ncc.dataset, ncc.in_channels, ncc.out_channels, ncc.primary) == (
         "classification", "luna16", 1, 1, "auc")
@@ -21,10 +21,30 @@ def test_task_table_matches_the_protocol() -> None:
     assert bms.regions == ((1, 2, 3), (2, 3), (3,))  # BraTS whole tumour, core, enhancing
 
 
+def test_chest14_is_the_multilabel_task_of_the_14_findings() -> None:
+    from pcrl.data.chestxray14 import FINDINGS
+
+    chest = get_task("chest14")
+    assert (chest.kind, chest.dataset, chest.in_channels, chest.out_channels, chest.primary) == (
+        "multilabel", "chestxray14", 1, 14, "auc_mean")
+    # Wang et al.'s order, written out here rather than derived from the code under test
+    assert chest.class_names == (
+        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
+        "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural_thickening",
+        "hernia")
+    assert chest.class_names == tuple(f.lower() for f in FINDINGS)  # the data module's names
+    assert chest.label_values == (0, 1) and chest.regions == ()
+    check_label_values(np.array([[0, 1], [1, 1]]), "chest14", "images.csv")
+    with pytest.raises(DataError, match="images.csv: label value.s. 2 are not classes of task chest14"):
+        check_label_values(np.array([0, 2]), "chest14", "images.csv")
+    with pytest.raises(ConfigError, match="chest14 is not a segmentation task"):
+        segmentation_target("chest14", np.zeros((1, 1, 1)))
+
+
 def test_get_task_names_the_unknown_task() -> None:
     assert get_task("lcs") is TASKS["lcs"]
     assert get_task(TASKS["bms"]) is TASKS["bms"]
-    with pytest.raises(ConfigError, match="unknown task 'liver'.*ncc, lcs, bms"):
+    with pytest.raises(ConfigError, match="unknown task 'liver'.*ncc, lcs, bms, chest14"):
         get_task("liver")
 
 

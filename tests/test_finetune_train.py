@@ -21,6 +21,7 @@ from pcrl.finetune.train import (
     ValidationHook,
     build_loss,
     finetune,
+    flip_dims,
     random_flips,
 )
 
@@ -92,6 +93,46 @@ def test_random_flips_match_the_drawn_axes() -> None:
         expected = x[i].flip(dims) if dims else x[i]
         assert torch.equal(fx[i], expected) and torch.equal(fy[i], expected * 10)
     assert draws.any() and not draws.all()  # the check covers flipped and kept axes
+
+
+def test_chest14_loss_is_the_mean_bce_over_findings_and_images() -> None:
+    logits = torch.tensor([[2.0, -1.0] + [0.0] * 12, [-3.0, 0.5] + [1.0] * 12])
+    target = torch.zeros(2, 14)
+    target[0, 0] = target[1, 1] = target[1, 5] = 1.0
+    p = torch.sigmoid(logits)
+    by_hand = -(target * p.log() + (1 - target) * (1 - p).log()).sum() / 28
+    torch.testing.assert_close(build_loss("chest14", "dice_focal")(logits, target), by_hand)
+
+
+def test_radiographs_flip_left_right_only() -> None:
+    assert flip_dims("chest14") == (3,) and flip_dims("ncc") is None and flip_dims("bms") is None
+    x = torch.arange(6 * 1 * 2 * 3, dtype=torch.float32).reshape(6, 1, 2, 3)
+    (fx,) = random_flips(x, torch.Generator().manual_seed(5), dims=(3,))
+    draws = torch.rand((6, 1), generator=torch.Generator().manual_seed(5)) < 0.5
+    for i in range(6):
+        assert torch.equal(fx[i], x[i].flip(-1) if draws[i, 0] else x[i])  # W reversed, H kept
+    assert draws.any() and not draws.all()
+    with pytest.raises(ValueError, match="not spatial dimensions"):
+        random_flips(x, torch.Generator(), dims=(1,))  # the channel axis
+
+
+def test_module_flips_radiographs_but_not_their_labels() -> None:
+    class Columns(nn.Module):  # logits: the mean of each image column (order-sensitive)
+        def forward(self, x: Tensor) -> Tensor:
+            return x.mean(dim=2)[:, 0]
+
+    x = torch.arange(4 * 1 * 2 * 3, dtype=torch.float32).reshape(4, 1, 2, 3)
+    y = torch.tensor([[1.0, 0.0, 1.0]] * 4)
+    seen = []
+    loss = nn.BCEWithLogitsLoss()
+    module = FinetuneModule(Columns(), loss, flip=True, flip_dims=flip_dims("chest14"))
+    module.net.register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    out = module(x, y, torch.Generator().manual_seed(5))
+    draws = torch.rand((4, 1), generator=torch.Generator().manual_seed(5)) < 0.5
+    expected = torch.stack([x[i].flip(-1) if draws[i, 0] else x[i] for i in range(4)])
+    assert draws.any() and not draws.all()  # flipped and kept images both checked
+    assert torch.equal(seen[0], expected)
+    torch.testing.assert_close(out["loss"], loss(expected.mean(dim=2)[:, 0], y))
 
 
 def test_module_folds_patches_into_the_batch() -> None:

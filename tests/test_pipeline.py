@@ -317,3 +317,34 @@ def test_two_queued_experiments_run_apart_and_show_side_by_side(repo_root: Path,
         assert not strings, strings  # numbers only: no marker text, no provenance
     assert losses[0.02] != losses[0.05]  # each experiment trained with its own learning rate
     assert not (work / "data" / "state").exists()  # nothing ran in the workspace itself
+
+
+def test_the_2d_setting_runs_from_the_phantom_to_chest14_test_aucs(repo_root: Path, tmp_path: Path) -> None:
+    """`dvc repro evaluate_chest14` runs the 2D setting alone: the ChestX-ray14 phantom in 2
+    download shards, the radiograph store, the patient split and 2D pairs, PCRL on the
+    ResNet-18 U-Net, Chest14 from scratch and from PCRL, the test AUC of every finding."""
+    from pcrl.data.chestxray14 import FINDINGS
+
+    work = fresh_copy(repo_root, tmp_path / "clone2d")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["pretrain2d"]["methods"] = ["pcrl"]
+    params["pretrain2d"]["settings"]["epochs"] = 1
+    params["finetune"]["chest14"].update(inits=["scratch", "pcrl"], epochs=1)
+    params["finetune"].update(fractions=[1.0], seeds=[0])
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "evaluate_chest14"], work)
+    assert not (work / "data" / "pretrain" / "pcrl").exists()  # nothing of the 3D setting ran
+    test_patients = set(json.loads((work / "data" / "processed" / "chest14" / "split.json").read_text())["test"])
+    pretrained = json.loads((work / "data" / "pretrain2d" / "pcrl" / "summary.json").read_text())
+    assert pretrained["epochs"] == 1 and pretrained["train_pairs"] > 0
+    for init in ("scratch", "pcrl"):
+        evaluated = work / "data" / "evaluate" / "chest14" / init / "f1.0" / "s0"
+        metrics = json.loads((evaluated / "metrics.json").read_text())
+        keys = [f"auc_{name.lower()}" for name in FINDINGS]
+        per_finding = [metrics[k] for k in keys if k in metrics]  # a phantom split may lack a finding
+        assert len(per_finding) == metrics["labels_scored"] >= 1 and all(0.0 <= v <= 1.0 for v in per_finding)
+        assert metrics["auc_mean"] == pytest.approx(sum(per_finding) / len(per_finding))
+    summary = json.loads((work / "data" / "finetune" / "chest14" / "pcrl" / "f1.0" / "s0" / "summary.json").read_text())
+    assert summary["init_loaded"] != "nothing (scratch)" and summary["train_cases"] == len(
+        json.loads((work / "data" / "processed" / "chest14" / "split.json").read_text())["train"])
+    assert test_patients and "chest14" in (work / "dvc.lock").read_text()

@@ -384,3 +384,96 @@ def test_the_t_interval_guards_the_bootstrap_and_matches_its_formula():
                              {"seeds": list(range(5)), "values": [0.5] * 5})
     assert pair["ci"][0] > 0 and low < 0
     assert pair["verdict"] == "cannot tell" and "Student-t interval" in pair["reason"]
+
+
+# ---------------------------------------------------------------------- the report stage (Chest14)
+
+
+def _evaluated(root: Path, task: str, init: str, fraction: float, seed: int, numbers: dict) -> None:
+    """A numbers-only metrics.json where the evaluate stage writes it."""
+    folder = root / task / init / f"f{fraction}" / f"s{seed}"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({**numbers, "test_cases": 3}))
+
+
+def _chest_numbers(mean: float) -> dict:
+    from pcrl.finetune.tasks import get_task
+
+    names = get_task("chest14").class_names
+    return {**{f"auc_{n}": mean for n in names}, "auc_mean": mean, "n": 6}
+
+
+def _ncc_world(root: Path) -> None:
+    for init, value in (("scratch", 0.6), ("pcrl", 0.7)):
+        _evaluated(root, "ncc", init, 1.0, 0, {"auc": value, "n": 9, "positives": 3})
+
+
+def _finetune(chest_inits: list[str] | None) -> dict:
+    section = {"inits": ["scratch", "pcrl"], "fractions": [1.0], "seeds": [0]}
+    if chest_inits is not None:
+        section["chest14"] = {"inits": chest_inits, "network": {"base": 8}}
+    return section
+
+
+def test_report_stage_gives_chest14_its_table_and_plot(tmp_path):
+    from pcrl.stages.report import run_report
+
+    evaluations = tmp_path / "evaluate"
+    _ncc_world(evaluations)
+    for init, value in (("scratch", 0.55), ("moco", 0.62)):  # chest14's own inits
+        _evaluated(evaluations, "chest14", init, 1.0, 0, _chest_numbers(value))
+    out = tmp_path / "report"
+    run_report(_finetune(["scratch", "moco"]), {"require_complete": True}, evaluations=evaluations, out=out)
+    text = (out / "report.md").read_text()
+    assert "## chest14" in text and "Headline metric: **auc_mean**" in text
+    assert _markdown_table(text, "chest14") == {"scratch": {"100%": "0.550 ± 0.000 (1)"},
+                                                "moco": {"100%": "0.620 ± 0.000 (1)"}}
+    assert "| moco | **0.620 ± 0.000 (1)** |" in text
+    assert _markdown_table(text, "ncc") == {"scratch": {"100%": "0.600 ± 0.000 (1)"},
+                                            "pcrl": {"100%": "0.700 ± 0.000 (1)"}}
+    summary = json.loads((out / "summary.json").read_text())
+    cell = summary["chest14"]["1.0"]["moco"]
+    assert (cell["metric"], cell["mean"], cell["metrics"]["auc_hernia"]) == ("auc_mean", 0.62, 0.62)
+    assert "test_cases" not in cell["metrics"]
+    assert (out / "plots" / "chest14.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "plots" / "chest14.csv", newline="") as fh:
+        assert [(r["init"], float(r["mean"])) for r in csv.DictReader(fh)] == [("scratch", 0.55), ("moco", 0.62)]
+
+
+def test_report_stage_without_chest14_inits_is_unchanged(tmp_path):
+    """``finetune.chest14.inits: []`` (or no chest14 section): no chest14 run is expected,
+    and a left-over chest14 folder is ignored, as the runs of any init no longer listed."""
+    from pcrl.stages.report import run_report
+
+    evaluations = tmp_path / "evaluate"
+    _ncc_world(evaluations)
+    outputs = {}
+    for name, section in (("absent", _finetune(None)), ("empty", _finetune([]))):
+        run_report(section, {"require_complete": True}, evaluations=evaluations, out=tmp_path / name)
+        outputs[name] = {p.relative_to(tmp_path / name): p.read_bytes()
+                         for p in sorted((tmp_path / name).rglob("*")) if p.is_file()}
+    assert outputs["absent"] == outputs["empty"]
+    assert json.loads(outputs["empty"][Path("summary.json")]).keys() == {"ncc"}
+    _evaluated(evaluations, "chest14", "scratch", 1.0, 0, _chest_numbers(0.5))  # stale
+    run_report(_finetune([]), {"require_complete": True}, evaluations=evaluations, out=tmp_path / "stale")
+    assert json.loads((tmp_path / "stale" / "summary.json").read_text()).keys() == {"ncc"}
+
+
+def test_report_stage_refuses_missing_chest14_runs(tmp_path, caplog):
+    from pcrl.stages.report import run_report
+
+    evaluations = tmp_path / "evaluate"
+    _ncc_world(evaluations)  # no chest14 folder at all
+    with pytest.raises(DataError, match=r"2 of 4 runs have no metrics: .*chest14/scratch/f1.0/s0/metrics.json"):
+        run_report(_finetune(["scratch", "pcrl"]), {"require_complete": True}, evaluations=evaluations,
+                   out=tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+    _evaluated(evaluations, "chest14", "pcrl", 1.0, 0, _chest_numbers(0.7))
+    with pytest.raises(DataError, match=r"1 of 4 runs have no metrics: .*chest14/scratch/f1.0/s0"):
+        run_report(_finetune(["scratch", "pcrl"]), {"require_complete": True}, evaluations=evaluations,
+                   out=tmp_path / "report")
+    run_report(_finetune(["scratch", "pcrl"]), {"require_complete": False}, evaluations=evaluations,
+               out=tmp_path / "report")
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert set(summary) == {"chest14", "ncc"} and set(summary["chest14"]["1.0"]) == {"pcrl"}
+    assert "no metrics yet" in caplog.text and "chest14/scratch" in caplog.text

@@ -17,11 +17,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_finetune_data import liver_case, write_ncc, write_split, write_volumes
+from test_finetune_data import (
+    CHEST_HEADER,
+    liver_case,
+    write_images_csv,
+    write_ncc,
+    write_radiographs,
+    write_split,
+    write_volumes,
+)
 
 from pcrl.torchfile import save_checked
 from pcrl.cli import main
-from pcrl.networks import UNet3D
+from pcrl.errors import DataError
+from pcrl.networks import ResNetUNet2D, UNet3D
 from pcrl.provenance import params_digest
 
 IDS = ["c0", "c1", "c2", "c3", "c4"]
@@ -67,6 +76,8 @@ def params(world: dict[str, Path], repo_root: Path) -> Path:
     demo = yaml.safe_load((repo_root / "params.yaml").read_text())
     ft = demo["finetune"]
     ft.update(inits=["scratch", "pcrl"], fractions=[1.0], seeds=[0], network={"base": 2, "norm": "batch"})
+    if "chest14" in ft:
+        ft["chest14"]["inits"] = []  # this world is 3D only (the 2D task: the chest14 tests below)
     ft["ncc"].update(epochs=2, patience=2, batch_size=4)
     for task in ("lcs", "bms"):
         ft[task].update(epochs=2, patience=2, batch_size=2, patches_per_volume=2, patch_size=[8, 8, 8])
@@ -301,3 +312,178 @@ def test_schema_refuses_a_bad_finetune_section(params: Path, tmp_path: Path, cap
     path.write_text(yaml.safe_dump(broken))
     assert _run(path, "report", "--evaluations", str(tmp_path), "--out", str(tmp_path / "r")) == 2
     assert "finetune.lcs.patch_size.2: 12 is invalid" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ Chest14 (2D)
+
+PATIENTS = [f"{p:08d}" for p in range(1, 13)]
+CHEST_SETTINGS = {
+    "network": {"base": 2, "norm": "batch"},  # the 3D U-Net's: chest14.network overrides it
+    "amp": "off",
+    "validation": {"batch_size": 5, "sw_batch_size": 1, "overlap": 0.25, "threshold": 0.5},
+    "chest14": {"inits": ["scratch", "pcrl"], "network": {"base": 4}, "epochs": 2, "patience": 2,
+                "batch_size": 4, "lr": 0.05, "momentum": 0.9, "weight_decay": 1.0e-4, "augment": True},
+}
+EVALUATE = {"batch_size": 4, "sw_batch_size": 1, "overlap": 0.25, "threshold": 0.5}
+
+
+def _auc_by_hand(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mann-Whitney: the share of (positive, negative) pairs ordered right, ties one half."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum())
+                 / (len(pos) * len(neg)))
+
+
+@pytest.fixture(scope="module")
+def chest(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """12 patients x 2 radiographs of 32x32 in 2 shards; train 1-6, val 7-9, test 10-12. In
+    each split, image j has finding f iff (j + f) is even, so every finding has both classes;
+    atelectasis (f = 0) is a bright square on the noise. Initialisations: scratch and a
+    width-4 ResNetUNet2D encoder (``encoder_state_dict``) saved as the pretrain stage does."""
+    root = tmp_path_factory.mktemp("chest")
+    rng = np.random.default_rng(3)
+    images, rows = {}, []
+    for group in (PATIENTS[:6], PATIENTS[6:9], PATIENTS[9:]):
+        names = [f"{p}_{i:03d}.png" for p in group for i in range(2)]
+        for j, name in enumerate(names):
+            flags = [int((j + f) % 2 == 0) for f in range(14)]
+            image = rng.integers(0, 60, (32, 32))
+            if flags[0]:
+                image[8:24, 8:24] += 180
+            images[name] = image.astype(np.uint8)
+            rows.append([name, name[:8], *flags])
+    write_radiographs(root / "interim", images)
+    processed = root / "processed"
+    processed.mkdir()
+    write_split(processed, PATIENTS[:6], PATIENTS[6:9], PATIENTS[9:],
+                {"0.5": PATIENTS[:3], "1.0": PATIENTS[:6]})
+    write_images_csv(processed, rows)
+    (root / "scratch").mkdir()
+    save_checked({"state_dict": {}, "method": "scratch", "parts": [], "config": "{}"},
+                 root / "scratch" / "weights.pt")
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        encoder = ResNetUNet2D(in_channels=1, width=4).encoder_state_dict()
+    (root / "pcrl").mkdir()
+    save_checked({"state_dict": encoder, "method": "pcrl", "parts": ["encoder", "decoder"],
+                  "config": json.dumps({"network": {"arch": "resnet18_unet2d", "base": 4}})},
+                 root / "pcrl" / "weights.pt")
+    return {"root": root, "images": images, "rows": rows, "encoder": encoder}
+
+
+def _chest_finetune(chest: dict, init: str, settings: dict = CHEST_SETTINGS) -> Path:
+    from pcrl.stages.finetune import run_finetune
+
+    root = chest["root"]
+    return run_finetune("chest14", init, 1.0, 0, copy.deepcopy(settings), processed=root / "processed",
+                        interim=root / "interim", weights=root / init, out=root / "finetune" / init,
+                        state=root / "state" / init, device="cpu", num_workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def chest_models(chest: dict) -> dict[str, Path]:
+    return {init: _chest_finetune(chest, init) for init in ("scratch", "pcrl")}
+
+
+def test_chest14_finetune_writes_a_model_evaluate_can_rebuild(chest: dict, chest_models: dict) -> None:
+    model = torch.load(chest_models["pcrl"] / "model.pt", weights_only=True)
+    assert (model["task"], model["init"], model["network"]) == ("chest14", "pcrl", {"base": 4, "norm": "batch"})
+    assert model["roi_size"] == [32, 32] and model["train_ids"] == PATIENTS[:6]
+    assert model["val_ids"] == PATIENTS[6:9]
+    assert model["state_dict"]["encoder.conv1.weight"].shape == (4, 1, 7, 7)  # width 4, not the 3D base 2
+    summary = json.loads((chest_models["pcrl"] / "summary.json").read_text())
+    assert (summary["train_cases"], summary["train_items"], summary["batch_size"]) == (6, 12, 4)
+    assert summary["init_loaded"] == ("loaded 120, missing 0, unexpected 0, mismatched 0, adapted 0, "
+                                      "ignored 0")
+    scratch = json.loads((chest_models["scratch"] / "summary.json").read_text())
+    assert scratch["init_loaded"] == "nothing (scratch)"
+    history = json.loads((chest_models["pcrl"] / "validation.json").read_text())["history"]
+    assert sorted(history) == ["1", "2"] and all("auc_mean" in m and "auc_hernia" in m for m in history.values())
+    assert str(model["best_epoch"]) == max(history, key=lambda e: history[e]["auc_mean"])
+    # 6 SGD steps move the weights a little: the pretrained run starts from the record
+    record = chest["encoder"]["layer2.0.conv1.weight"]
+    tuned = model["state_dict"]["encoder.layer2.0.conv1.weight"]
+    other = torch.load(chest_models["scratch"] / "model.pt", weights_only=True)["state_dict"]
+    assert (tuned - record).abs().max() < 0.5 * (other["encoder.layer2.0.conv1.weight"] - record).abs().max()
+
+
+def test_chest14_record_loads_into_the_task_network(chest: dict) -> None:
+    from pcrl.finetune.models import NetworkConfig, apply_init, read_init_record, seeded_network
+
+    net = seeded_network("chest14", NetworkConfig(base=4), 0)
+    record = read_init_record(chest["root"] / "pcrl" / "weights.pt", "pcrl")
+    assert apply_init(net, record, "chest14").ok
+    own = net.encoder.state_dict()
+    assert set(own) == set(chest["encoder"])
+    assert all(torch.equal(own[k], v) for k, v in chest["encoder"].items())
+
+
+def test_chest14_evaluate_scores_every_test_image(chest: dict, chest_models: dict) -> None:
+    from pcrl.finetune.models import MultiLabelResNet
+    from pcrl.finetune.tasks import get_task
+    from pcrl.stages.evaluate import run_evaluate
+
+    root = chest["root"]
+    out = root / "evaluate" / "chest14" / "pcrl" / "f1.0" / "s0"
+    record = run_evaluate("chest14", EVALUATE, model_dir=chest_models["pcrl"], processed=root / "processed",
+                          interim=root / "interim", out=out, record_out=root / "records", device="cpu")
+    names = get_task("chest14").class_names
+    numbers = json.loads((out / "metrics.json").read_text())
+    assert set(numbers) == {*(f"auc_{n}" for n in names), "auc_mean", "labels_scored", "n", "test_cases"}
+    assert numbers["labels_scored"] == 14
+    assert (numbers["n"], numbers["test_cases"]) == (6, 3)  # 2 images of each of 3 patients
+    assert record["primary"] == "auc_mean" and record["metrics"]["auc_mean"] == numbers["auc_mean"]
+    # an independent scoring of the saved network on the test images
+    model = torch.load(chest_models["pcrl"] / "model.pt", weights_only=True)
+    net = MultiLabelResNet(in_channels=1, num_labels=14, width=4)
+    net.load_state_dict(model["state_dict"])
+    net.eval()
+    test = [r for r in chest["rows"] if r[1] in PATIENTS[9:]]
+    pixels = torch.tensor(np.stack([chest["images"][r[0]] for r in test]), dtype=torch.float32)[:, None] / 255
+    with torch.no_grad():
+        logits = net(pixels).numpy()
+    labels = np.array([r[2:] for r in test])
+    expected = {f"auc_{n}": _auc_by_hand(logits[:, j], labels[:, j]) for j, n in enumerate(names)}
+    for key, value in expected.items():
+        assert numbers[key] == pytest.approx(value, abs=1e-9), key
+    assert numbers["auc_mean"] == pytest.approx(np.mean(list(expected.values())), abs=1e-12)
+
+
+def test_chest14_learns_the_visible_finding(chest: dict, chest_models: dict) -> None:
+    """Atelectasis is a bright square: 2 epochs rank (nearly) every test image with it first."""
+    from pcrl.stages.evaluate import run_evaluate
+
+    root = chest["root"]
+    out = root / "evaluate" / "chest14" / "scratch" / "f1.0" / "s0"
+    run_evaluate("chest14", EVALUATE, model_dir=chest_models["scratch"], processed=root / "processed",
+                 interim=root / "interim", out=out, device="cpu")
+    assert json.loads((out / "metrics.json").read_text())["auc_atelectasis"] >= 8 / 9  # 3 x 3 pairs
+
+
+def test_chest14_finding_without_a_positive_test_image_is_left_out_and_named(
+        chest: dict, chest_models: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A finding with one class among the test images has no AUC: left out, named in a
+    warning, the mean over the 13 scored (a small split; the real test list has all 14)."""
+    from pcrl.stages.evaluate import run_evaluate
+
+    processed = tmp_path / "processed"
+    shutil.copytree(chest["root"] / "processed", processed)
+    rows = [[*r[:-1], 0] if r[1] in PATIENTS[9:] else r for r in chest["rows"]]  # no hernia in test
+    write_images_csv(processed, rows, CHEST_HEADER)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        run_evaluate("chest14", EVALUATE, model_dir=chest_models["pcrl"], processed=processed,
+                     interim=chest["root"] / "interim", out=out, device="cpu")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "auc_hernia" not in metrics and metrics["labels_scored"] == 13
+    scored = [v for k, v in metrics.items() if k.startswith("auc_") and k != "auc_mean"]
+    assert len(scored) == 13 and metrics["auc_mean"] == pytest.approx(np.mean(scored))
+    assert "1 of 14 findings have a single class and no AUC: hernia" in caplog.text
+    no_finding = [[*r[:2], *[0] * 14] if r[1] in PATIENTS[9:] else r for r in chest["rows"]]
+    write_images_csv(processed, no_finding, CHEST_HEADER)
+    with pytest.raises(DataError, match=r"images.csv, the 6 images of the 3 test patients: no label has both"):
+        run_evaluate("chest14", EVALUATE, model_dir=chest_models["pcrl"], processed=processed,
+                     interim=chest["root"] / "interim", out=tmp_path / "out2", device="cpu")
+    assert not (tmp_path / "out2").exists()
+
+

@@ -89,12 +89,12 @@ def write_shard_of(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     height, width = (int(v) for v in size)
     if height < 1 or width < 1:
         raise ConfigError(f"size must be positive (height, width), got {list(size)}")
-    paths = [Path(p) for p in paths]
-    positions = shard_positions(len(paths), shard)
+    files = [Path(p) for p in paths]
+    positions = shard_positions(len(files), shard)
     stack = np.empty((len(positions), height, width), dtype=np.uint8)
     for row, position in enumerate(tqdm(positions, desc="radiographs", unit="image", disable=not progress)):
-        stack[row] = resize_radiograph(load_radiograph(paths[position], expected_size=expected_size), (height, width))
-    index = [{"image": paths[p].name, "row": r, "position": p} for r, p in enumerate(positions)]
+        stack[row] = resize_radiograph(load_radiograph(files[position], expected_size=expected_size), (height, width))
+    index = [{"image": files[p].name, "row": r, "position": p} for r, p in enumerate(positions)]
     with atomic_dir(Path(out)) as tmp:
         save_npy(tmp / IMAGES_FILE, stack)
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")

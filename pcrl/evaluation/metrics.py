@@ -74,33 +74,48 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, 
     return {"auc": float(np.asarray(auc)), "n": int(y_true.size), "positives": positives}
 
 
-def multilabel_metrics(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+def multilabel_metrics(scores: np.ndarray, labels: np.ndarray, names: Sequence[str], *,
+                       skip_single_class: bool = False) -> dict[str, float]:
     """ROC AUC per label and their mean: the Chest14 task (Wang et al., CVPR 2017; PCRL's 2D setting).
 
     Args:
         scores: (N, L) scores, higher meaning "present".
         labels: (N, L) 0/1 labels.
         names: the L label names (e.g. the 14 findings); metric keys ``auc_<name>``.
+        skip_single_class: leave out a label with a single class among the N (its AUC is
+            undefined) instead of raising; the mean is then over the labels scored, and
+            ``labels_scored`` says how many. On the real ChestX-ray14 val and test lists
+            every finding has positives; a small phantom split does not.
 
     Returns:
-        ``{"auc_<name>": ..., "auc_mean": mean over the labels, "n": N}``.
+        ``{"auc_<name>": ..., "auc_mean": mean over the labels scored, "labels_scored": count,
+        "n": N}``.
 
     Raises:
         ValueError: shapes that do not fit ``names``.
         DataError: a label column with a single class (its AUC is undefined; the message
-            names the label and its counts), labels other than 0/1, non-finite scores.
+            names the label and its counts) unless skipped, no label scorable, labels other
+            than 0/1, non-finite scores.
     """
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels)
     if scores.ndim != 2 or scores.shape != labels.shape or scores.shape[1] != len(names):
         raise ValueError(f"scores {scores.shape} and labels {labels.shape} must both be (N, {len(names)})")
     out: dict[str, float] = {}
+    skipped = []
     for j, name in enumerate(names):
+        column = labels[:, j]
+        if skip_single_class and np.isin(column, (0, 1)).all() and len(np.unique(column)) == 1:
+            skipped.append(name)
+            continue
         try:
-            out[f"auc_{name}"] = classification_metrics(scores[:, j], labels[:, j])["auc"]
+            out[f"auc_{name}"] = classification_metrics(scores[:, j], column)["auc"]
         except DataError as exc:
             raise DataError(f"label {name}: {exc}") from None
-    out["auc_mean"] = float(np.mean([out[f"auc_{name}"] for name in names]))
+    if not out:
+        raise DataError(f"no label has both classes among the {scores.shape[0]} samples: no AUC is defined")
+    out["auc_mean"] = float(np.mean(list(out.values())))
+    out["labels_scored"] = len(names) - len(skipped)
     out["n"] = int(scores.shape[0])
     return out
 

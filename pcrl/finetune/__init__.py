@@ -2,13 +2,15 @@
 
 docs/method.md "Protocol" (the Models Genesis benchmark): NCC (lung
 nodule false-positive reduction, AUC), LCS (liver segmentation, Dice/IoU) and BMS (brain
-tumour segmentation, Dice of the BraTS regions), each fine-tuned from every
-initialisation at several label fractions and seeds.
+tumour segmentation, Dice of the BraTS regions), and in PCRL's 2D setting Chest14 (the 14
+ChestX-ray14 findings, mean ROC AUC), each fine-tuned from every initialisation at several
+label fractions and seeds.
 
 Modules:
     tasks      the task specifications and label -> region targets
     models     task networks; initialisation records (scratch, pretrained, external)
     data       splits, NCC candidate cubes, segmentation volumes and patches
+    chest14    Chest14's labelled radiographs (images.csv over the 2D preprocessing's shards)
     inference  validation/test scoring (AUC; sliding-window Dice/IoU)
     train      engine adapter, losses, validation hook, early stopping
 

@@ -7,7 +7,11 @@ reuses, docs/method.md "Protocol"):
   channel per region, returning logits (the sigmoid belongs to the loss and the metrics);
 - classification (NCC): the U-Net's encoder, global average pooling of the deepest
   features, then ``dense_1`` (16b -> 32b, i.e. 512 -> 1024 at base 32) + ReLU +
-  ``dense_2`` (-> 1 logit), Models Genesis' ``TargetNet``.
+  ``dense_2`` (-> 1 logit), Models Genesis' ``TargetNet``;
+- multi-label classification (Chest14, PCRL's 2D setting, Zhou et al., ICCV 2021):
+  :class:`MultiLabelResNet`, a ResNet-18 of width ``network.base`` with one logit per
+  finding; its initialisation loads the 2D pretraining's ResNet-18 encoder
+  (:meth:`MultiLabelResNet.load_encoder`), never the decoder.
 
 Initialisations are *records* (``weights.pt`` of the pretrain stage): ``{"state_dict",
 "method", "parts", "config"}`` where ``parts`` says what was trained: ``["encoder",
@@ -30,7 +34,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +45,7 @@ from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.tasks import TaskSpec, get_task
 from pcrl.networks import (LoadReport, ResNet18Encoder, UNet3D, adapt_first_conv, load_pretrained,
                            unwrap_state_dict)
+from pcrl.networks.resnet_unet2d import Norm2dName
 from pcrl.networks.state_dict import FIRST_CONV_KEY
 from pcrl.networks.unet3d import NormName
 
@@ -54,6 +59,7 @@ __all__ = [
     "ENCODER_PREFIX",
     "DECODER_PREFIX",
     "ClassificationNet",
+    "MultiLabelResNet",
     "InitRecord",
     "NetworkConfig",
     "apply_init",
@@ -76,9 +82,10 @@ class NetworkConfig:
     """Backbone settings; they must match the pretrained weights (``pretrain.network``).
 
     Attributes:
-        base: U-Net base width b (32 in the paper).
+        base: U-Net base width b (32 in the paper); for Chest14 the ResNet-18's width w
+            (64 in He et al.), that of the 2D pretraining.
         norm: ``"batch"``, ``"batch_stats"`` (batch statistics in eval mode too: Models
-            Genesis' public weights), ``"group"`` or ``"instance"``.
+            Genesis' public weights; 3D only), ``"group"`` or ``"instance"``.
     """
 
     base: int = 32
@@ -136,11 +143,14 @@ class MultiLabelResNet(nn.Module):
         in_channels: image channels (1 for radiographs; 3 for a torchvision checkpoint as is).
         num_labels: logits (14 findings).
         width: the ResNet-18's width (64).
+        norm: the encoder's normalisation (``"batch"`` as torchvision's; see
+            :func:`pcrl.networks.resnet_unet2d.make_norm2d`).
     """
 
-    def __init__(self, in_channels: int = 1, num_labels: int = 14, width: int = 64) -> None:
+    def __init__(self, in_channels: int = 1, num_labels: int = 14, width: int = 64,
+                 norm: Norm2dName = "batch") -> None:
         super().__init__()
-        self.encoder = ResNet18Encoder(in_channels=in_channels, width=width)
+        self.encoder = ResNet18Encoder(in_channels=in_channels, width=width, norm=norm)
         self.classifier = nn.Linear(self.encoder.feature_channels[-1], num_labels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -150,11 +160,23 @@ class MultiLabelResNet(nn.Module):
     def load_encoder(self, state_dict: Mapping[str, Tensor]) -> list[str]:
         """Load a ResNet-18 encoder's weights (strict on the encoder); the dropped keys.
 
+        See :meth:`load_encoder_report`, whose ``ignored`` keys this returns.
+        """
+        return self.load_encoder_report(state_dict).ignored
+
+    def load_encoder_report(self, state_dict: Mapping[str, Tensor]) -> LoadReport:
+        """Load a ResNet-18 encoder's weights (strict on the encoder); what was done.
+
         Accepted layouts: torchvision's (``conv1.weight`` ... ``layer4.1.bn2.*``; its ``fc.*``
         dropped), this package's 2D U-Net (``encoder.`` prefix; decoder and heads dropped),
         wrapped as :func:`pcrl.networks.unwrap_state_dict` accepts (``state_dict``, ``module.``).
         A 3-channel first convolution (ImageNet) is summed over its input channels for a
         1-channel radiograph (:func:`pcrl.networks.adapt_first_conv`).
+
+        Returns:
+            ``loaded``: every encoder key (``encoder.`` + torchvision's name); ``adapted``:
+            the first convolution when its input channels were summed; ``ignored``: the
+            checkpoint's other keys (decoder, heads, ``fc``), unwrapped.
 
         Raises:
             ConfigError: keys or shapes that do not fit, listed.
@@ -168,28 +190,46 @@ class MultiLabelResNet(nn.Module):
             if name.endswith("num_batches_tracked"):
                 kept[name] = torch.zeros_like(own_state[name])
         first = kept.get("conv1.weight")
+        adapted = False
         if first is not None and first.shape[1] != own_state["conv1.weight"].shape[1] == 1:
             kept["conv1.weight"] = adapt_first_conv(first, 1)
+            adapted = True
         missing = sorted(own_state.keys() - kept.keys())
         mismatched = sorted(k for k, v in kept.items() if tuple(v.shape) != tuple(own_state[k].shape))
         if missing or mismatched:
             raise ConfigError(f"ResNet-18 encoder weights do not fit: missing {missing[:5]}"
                               f"{' ...' if len(missing) > 5 else ''}, mismatched shapes {mismatched[:5]}")
         self.encoder.load_state_dict(kept, strict=True)
-        return sorted(set(state) - {prefix + k for k in kept})
+        return LoadReport(loaded=[f"encoder.{k}" for k in own_state],
+                          adapted=["encoder.conv1.weight"] if adapted else [],
+                          ignored=sorted(set(state) - {prefix + k for k in kept}))
 
 
 def build_network(task: TaskSpec | str, config: NetworkConfig) -> nn.Module:
-    """The task's network: UNet3D (logits) or :class:`ClassificationNet`.
+    """The task's network: UNet3D (logits), :class:`ClassificationNet` or :class:`MultiLabelResNet`.
 
     The initial weights come from torch's default generator, as every torch layer's; use
     :func:`seeded_network` for a reproducible initialisation.
+
+    Raises:
+        ConfigError: A norm the 2D network does not have (``batch_stats``).
     """
     spec = get_task(task)
+    if spec.kind == "multilabel":
+        return MultiLabelResNet(spec.in_channels, spec.out_channels, width=config.base,
+                                norm=_norm2d(config.norm, spec))
     if spec.kind == "classification":
         return ClassificationNet(spec.in_channels, spec.out_channels, config)
     return UNet3D(in_channels=spec.in_channels, out_channels=spec.out_channels,
                   base=config.base, norm=config.norm, out_activation="none")
+
+
+def _norm2d(norm: str, spec: TaskSpec) -> Norm2dName:
+    """``norm`` if the ResNet-18 has it; ConfigError naming the task otherwise."""
+    if norm not in get_args(Norm2dName):
+        raise ConfigError(f"finetune.{spec.name}.network.norm: the 2D ResNet-18 has norms "
+                          f"{list(get_args(Norm2dName))}, not {norm!r}")
+    return cast(Norm2dName, norm)
 
 
 def seeded_network(task: TaskSpec | str, config: NetworkConfig, seed: int) -> nn.Module:
@@ -310,13 +350,17 @@ def apply_init(net: nn.Module, record: InitRecord, task: TaskSpec | str) -> Load
 
     Classification loads the encoder; segmentation the encoder and, when pretrained, the
     decoder; ``out_tr`` never. The first convolution is adapted when the task has another
-    number of input channels (BraTS: 4).
+    number of input channels (BraTS: 4). Chest14 loads the ResNet-18 encoder only
+    (:meth:`MultiLabelResNet.load_encoder_report`; the 2D decoder has no place in the
+    classifier), from any record whose parts include the encoder.
 
     Raises:
         ConfigError: The weights do not fit the network; the message lists the missing,
             unexpected and mismatched keys (see :func:`pcrl.networks.load_pretrained`).
     """
     spec = get_task(task)
+    if spec.kind == "multilabel":
+        return _apply_2d(net, record)
     wanted = ["encoder"] if spec.kind == "classification" else ["encoder", "decoder"]
     prefixes = tuple(_PARTS[p] for p in wanted if p in record.parts)
     if not prefixes:
@@ -324,5 +368,18 @@ def apply_init(net: nn.Module, record: InitRecord, task: TaskSpec | str) -> Load
     target = net.backbone if isinstance(net, ClassificationNet) else net
     try:
         return load_pretrained(target, record.state_dict, prefixes=prefixes, strict=True)
+    except ConfigError as exc:
+        raise ConfigError(f"initialisation {record.name!r} ({record.method}): {exc}") from None
+
+
+def _apply_2d(net: nn.Module, record: InitRecord) -> LoadReport | None:
+    """Load the record's ResNet-18 encoder into a :class:`MultiLabelResNet` (None: scratch)."""
+    if "encoder" not in record.parts:
+        return None
+    if not isinstance(net, MultiLabelResNet):
+        raise ConfigError(f"initialisation {record.name!r}: a Chest14 network is a "
+                          f"MultiLabelResNet, got {type(net).__name__}")
+    try:
+        return net.load_encoder_report(record.state_dict)
     except ConfigError as exc:
         raise ConfigError(f"initialisation {record.name!r} ({record.method}): {exc}") from None

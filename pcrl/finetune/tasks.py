@@ -12,6 +12,16 @@ docs/method.md "Protocol": pretrained encoders are fine-tuned on
   3 enhancing tumour): the three nested BraTS evaluation regions, one sigmoid output
   each: whole tumour {1, 2, 3}, tumour core {2, 3}, enhancing tumour {3} (Menze et al.,
   IEEE TMI 2015; Bakas et al., 2018). Metric Dice per region.
+
+PCRL's 2D setting (Zhou et al., ICCV 2021) adds
+
+- **Chest14**, multi-label classification of the 14 findings of NIH ChestX-ray14 (Wang et
+  al., "ChestX-ray8: Hospital-scale chest X-ray database and benchmarks on weakly-supervised
+  classification and localization of common thorax diseases", CVPR 2017) on whole
+  radiographs: PCRL fine-tunes its pretrained ResNet-18 with one logit and a binary
+  cross-entropy per finding; metric ROC AUC per finding and their mean (``auc_mean``). Its
+  splits are patient-wise (a patient's images stay together); the class names are the
+  findings in Wang et al.'s order, lower-case (:data:`pcrl.data.chestxray14.FINDINGS`).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from pcrl.errors import ConfigError, DataError
 
 __all__ = ["TASKS", "TaskKind", "TaskSpec", "check_label_values", "get_task", "segmentation_target"]
 
-TaskKind = Literal["classification", "segmentation"]
+TaskKind = Literal["classification", "segmentation", "multilabel"]
 
 
 @dataclass(frozen=True)
@@ -34,15 +44,19 @@ class TaskSpec:
     """What the pipeline needs to know about one downstream task.
 
     Attributes:
-        name: Task name (``ncc``, ``lcs``, ``bms``), also its folder name.
-        kind: ``"classification"`` (one logit per cube) or ``"segmentation"`` (one
-            sigmoid channel per region).
+        name: Task name (``ncc``, ``lcs``, ``bms``, ``chest14``), also its folder name.
+        kind: ``"classification"`` (one logit per cube), ``"segmentation"`` (one
+            sigmoid channel per region) or ``"multilabel"`` (one logit per finding of a
+            2D radiograph).
         dataset: The dataset the task reads (``pcrl.data.registry`` name).
         in_channels: Image channels (4 for BraTS).
-        out_channels: Network outputs: 1 for NCC, one per region for segmentation.
-        class_names: One name per output, used in metric names (``dice_<name>``).
+        out_channels: Network outputs: 1 for NCC, one per region for segmentation, one
+            per finding for Chest14.
+        class_names: One name per output, used in metric names (``dice_<name>``,
+            ``auc_<name>``).
         regions: Segmentation only: the label values that make up each output channel.
-        label_values: The values a label volume (or the NCC ``class`` column) may hold.
+        label_values: The values a label volume (the NCC ``class`` column, a Chest14
+            finding column) may hold.
         primary: The headline metric of the task in reports.
     """
 
@@ -74,6 +88,14 @@ TASKS: dict[str, TaskSpec] = {
     "bms": TaskSpec("bms", "segmentation", "msd_brain", in_channels=4, out_channels=3,
                     class_names=("wt", "tc", "et"), regions=((1, 2, 3), (2, 3), (3,)),
                     label_values=(0, 1, 2, 3), primary="dice_mean"),
+    # the findings of pcrl.data.chestxray14.FINDINGS, lower-case (not imported: this table
+    # is read by stages that never touch the radiographs)
+    "chest14": TaskSpec("chest14", "multilabel", "chestxray14", in_channels=1, out_channels=14,
+                        class_names=("atelectasis", "cardiomegaly", "effusion", "infiltration",
+                                     "mass", "nodule", "pneumonia", "pneumothorax",
+                                     "consolidation", "edema", "emphysema", "fibrosis",
+                                     "pleural_thickening", "hernia"),
+                        label_values=(0, 1), primary="auc_mean"),
 }
 
 

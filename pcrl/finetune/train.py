@@ -6,16 +6,20 @@ around a task network, so fine-tuning inherits the engine's AMP, DDP, exact resu
 SIGTERM checkpointing, NaN stop, progress bar and dvclive log.
 
 Model selection follows the Models Genesis fine-tuning protocol: the network is scored on
-the validation cases after every epoch (AUC for NCC, mean Dice for segmentation), the best
-epoch's weights are kept, and training stops once the score has not improved for
-``patience`` epochs. :class:`ValidationHook` does this in the engine's ``on_epoch_end``
+the validation cases after every epoch (AUC for NCC, mean Dice for segmentation, mean AUC
+over the findings for Chest14), the best epoch's weights are kept, and training stops once
+the score has not improved for ``patience`` epochs. :class:`ValidationHook` does this in the engine's ``on_epoch_end``
 hook; its state (the score of every epoch) lives in ``checkpoints/validation.json`` and
 the best weights in ``checkpoints/best.pt``, next to the engine's ``last.pt``, so a
 resumed run continues with the same best and the same patience count.
 
 Losses (MONAI): segmentation uses Dice + binary cross-entropy on independent sigmoid
 channels (:class:`DiceBCELoss`) or MONAI's ``DiceFocalLoss(sigmoid=True)``; NCC uses binary
-cross-entropy on the logit.
+cross-entropy on the logit; Chest14 binary cross-entropy on each finding's logit, averaged
+over findings and images (PCRL's 2D fine-tuning, Zhou et al., ICCV 2021).
+
+Augmentation: random flips, along every axis of a CT/MRI cube or patch (Models Genesis),
+left-right only for a radiograph (:func:`flip_dims`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -51,6 +55,7 @@ __all__ = [
     "ValidationHook",
     "build_loss",
     "finetune",
+    "flip_dims",
     "random_flips",
 ]
 
@@ -99,13 +104,14 @@ class DiceBCELoss(nn.Module):
 
 
 def build_loss(task: TaskSpec | str, name: LossName = "dice_bce") -> nn.Module:
-    """The task's loss: BCE with logits for NCC; ``dice_bce`` or ``dice_focal`` otherwise.
+    """The task's loss: BCE with logits for NCC and per finding for Chest14 (``name`` is not
+    read for them); ``dice_bce`` or ``dice_focal`` for segmentation.
 
     Raises:
         ConfigError: Unknown loss name.
     """
     spec = get_task(task)
-    if spec.kind == "classification":
+    if spec.kind in ("classification", "multilabel"):
         return nn.BCEWithLogitsLoss()
     if name == "dice_bce":
         return DiceBCELoss()
@@ -119,20 +125,34 @@ def build_loss(task: TaskSpec | str, name: LossName = "dice_bce") -> nn.Module:
 # ------------------------------------------------------------------ the engine's module
 
 
-def random_flips(x: Tensor, generator: torch.Generator, *others: Tensor) -> list[Tensor]:
-    """Flip each sample of ``x`` (N, C, x, y, z) along each spatial axis with probability 1/2.
+def flip_dims(task: TaskSpec | str) -> tuple[int, ...] | None:
+    """The batch dimensions that augmentation flips: None (every spatial axis of an
+    (N, C, x, y, z) batch) for the 3D tasks; ``(3,)``, the width of an (N, 1, H, W)
+    radiograph, i.e. left-right flips only, for Chest14 (a radiograph is not flipped
+    upside down)."""
+    return (3,) if get_task(task).kind == "multilabel" else None
 
-    The same flips are applied to every tensor of ``others`` (e.g. the segmentation
-    target). The draws come from ``generator`` (on the batch's device).
+
+def random_flips(x: Tensor, generator: torch.Generator, *others: Tensor,
+                 dims: Sequence[int] | None = None) -> list[Tensor]:
+    """Flip each sample of ``x`` along each of ``dims`` with probability 1/2.
+
+    ``dims`` are batch dimensions, by default every spatial one (2, 3, 4 of an (N, C, x, y,
+    z) batch); one draw per sample and dimension, ``(N, len(dims))`` uniforms from
+    ``generator`` (on the batch's device). The same flips are applied to every tensor of
+    ``others`` (e.g. the segmentation target).
 
     Returns:
         ``[x, *others]`` flipped.
     """
-    flips = torch.rand((x.shape[0], 3), generator=generator, device=x.device) < 0.5
+    axes = tuple(range(2, x.ndim)) if dims is None else tuple(int(d) for d in dims)
+    if not axes or any(not 2 <= d < x.ndim for d in axes):
+        raise ValueError(f"flip dims {list(axes)} are not spatial dimensions of a {x.ndim}-D batch")
+    flips = torch.rand((x.shape[0], len(axes)), generator=generator, device=x.device) < 0.5
     out = [x, *others]
-    for axis in range(3):
-        mask = flips[:, axis].view(-1, *([1] * (x.ndim - 1)))
-        out = [torch.where(mask, t.flip(2 + axis), t) for t in out]
+    for column, dim in enumerate(axes):
+        mask = flips[:, column].view(-1, *([1] * (x.ndim - 1)))
+        out = [torch.where(mask, t.flip(dim), t) for t in out]
     return out
 
 
@@ -140,20 +160,23 @@ class FinetuneModule(nn.Module):
     """A task network as an engine *method*: ``forward(x, y, generator) -> {"loss": ...}``.
 
     Segmentation batches arrive as (B, K, C, x, y, z), K patches per volume, and are
-    folded to (B*K, C, x, y, z). The loss is computed in float32 (outside autocast's
-    reduced precision).
+    folded to (B*K, C, x, y, z); Chest14 batches are (B, 1, H, W) radiographs with (B, 14)
+    targets. The loss is computed in float32 (outside autocast's reduced precision).
 
     Args:
         net: The task network (logits).
         loss: The task's loss.
-        flip: Random flips along the three axes as augmentation (image and target alike).
+        flip: Random flips as augmentation (image and segmentation target alike).
+        flip_dims: The batch dimensions flipped (:func:`flip_dims`); None: every spatial one.
     """
 
-    def __init__(self, net: nn.Module, loss: nn.Module, *, flip: bool = True) -> None:
+    def __init__(self, net: nn.Module, loss: nn.Module, *, flip: bool = True,
+                 flip_dims: Sequence[int] | None = None) -> None:
         super().__init__()
         self.net = net
         self.loss = loss
         self.flip = flip
+        self.flip_dims = None if flip_dims is None else tuple(flip_dims)
 
     def forward(self, x: Tensor, y: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """The training loss of one batch."""
@@ -161,7 +184,8 @@ class FinetuneModule(nn.Module):
             x, y = x.flatten(0, 1), y.flatten(0, 1)
         if self.flip:
             segmentation = y.ndim == x.ndim
-            x, *rest = random_flips(x, generator, *([y] if segmentation else []))
+            x, *rest = random_flips(x, generator, *([y] if segmentation else []),
+                                    dims=self.flip_dims)
             y = rest[0] if segmentation else y
         logits = self.net(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -184,7 +208,8 @@ class EarlyStopping:
     Higher is better; NaN never counts as an improvement; ties keep the earlier epoch.
 
     Attributes:
-        monitor: The metric that selects the checkpoint (``auc``, ``dice_mean``).
+        monitor: The metric that selects the checkpoint (``auc``, ``dice_mean``,
+            ``auc_mean``).
         patience: Stop once this many epochs passed without improving on the best.
         history: epoch -> validation metrics.
     """

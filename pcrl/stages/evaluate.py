@@ -2,7 +2,9 @@
 
 NCC: ROC AUC over every test candidate; LCS/BMS: sliding-window inference over each whole
 resampled test volume, Dice and IoU per region averaged over volumes (Models Genesis'
-protocol). The output folder holds one ``metrics.json`` (docs/INTERFACES.md)::
+protocol); Chest14: ROC AUC of each of the 14 findings over every image of the test
+patients, and their mean (Wang et al., CVPR 2017; PCRL's 2D setting). The output folder
+holds one ``metrics.json`` (docs/INTERFACES.md)::
 
     {"task", "init", "fraction", "seed", "metrics": {...}, "primary", "provenance": {...}}
 
@@ -16,19 +18,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.torchfile import load_checked, require_finite
 from pcrl.distributed import init_distributed
 from pcrl.errors import DataError
+from pcrl.finetune.chest14 import image_size, open_store, read_image_labels
 from pcrl.finetune.data import load_split, read_candidate_rows, read_volume_cases
 from pcrl.evaluation.scoring import (
     SegmentationSettings,
     score_candidates,
+    score_radiographs,
     score_volumes,
 )
 from pcrl.finetune.models import NetworkConfig, build_network
-from pcrl.finetune.tasks import get_task
+from pcrl.finetune.tasks import TaskSpec, get_task
 from pcrl.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,29 @@ def test_ids(processed: Path, model: dict[str, Any], source: Path) -> list[str]:
     return test
 
 
+def score_test_radiographs(net: torch.nn.Module, spec: TaskSpec, model: dict[str, Any],
+                           ids: list[str], settings: dict[str, Any], *, processed: Path,
+                           interim: Path | None, source: Path, device: torch.device
+                           ) -> dict[str, float]:
+    """Chest14: the AUC per finding and their mean over every image of the test patients.
+
+    Raises:
+        DataError: No ``--interim``; radiographs of another size than the model was
+            fine-tuned on (``roi_size``); a finding with a single class among the test images.
+    """
+    if interim is None:
+        raise DataError(f"task {spec.name} reads radiographs: give --interim "
+                        f"(data/interim/{spec.dataset})")
+    store = open_store(interim)
+    size = list(image_size(store))
+    if size != [int(s) for s in model["roi_size"]]:
+        raise DataError(f"{interim}: radiographs of {size[0]}x{size[1]} pixels, but {source} was "
+                        f"fine-tuned on {model['roi_size']}: rerun the finetune stage")
+    images = read_image_labels(processed, store, spec).of_patients(ids)
+    return score_radiographs(net, images, spec, device=device, batch_size=int(settings["batch_size"]),
+                             split="test")
+
+
 def run_evaluate(
     task: str,
     settings: dict[str, Any],
@@ -88,11 +116,11 @@ def run_evaluate(
     folder DVC does not read as metrics.
 
     Args:
-        task: ``ncc``, ``lcs`` or ``bms``; must be the model's task.
+        task: ``ncc``, ``lcs``, ``bms`` or ``chest14``; must be the model's task.
         settings: The ``evaluate`` params section.
         model_dir: The fine-tune stage's output folder.
         processed: ``data/processed/<task>``.
-        interim: ``data/interim/<dataset>`` (segmentation tasks).
+        interim: ``data/interim/<dataset>`` (segmentation tasks, Chest14).
         out: Output folder (metrics).
         record_out: Output folder of the run's record and provenance (None: not written).
         device: "auto", "cpu" or "cuda".
@@ -112,6 +140,10 @@ def run_evaluate(
     if spec.kind == "classification":
         rows = read_candidate_rows(processed, ids, spec)
         metrics = score_candidates(net, rows, device=dev, batch_size=settings["batch_size"])
+    elif spec.kind == "multilabel":
+        metrics = score_test_radiographs(net, spec, model, ids, settings, processed=Path(processed),
+                                         interim=Path(interim) if interim else None,
+                                         source=model_dir / MODEL_NAME, device=dev)
     else:
         if interim is None:
             raise DataError(f"task {task} reads volumes: give --interim "

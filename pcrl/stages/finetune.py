@@ -1,12 +1,15 @@
 """``pcrl finetune``: one task, initialisation, label fraction and seed.
 
 Reads the task's splits (``data/processed/<task>``), the resampled volumes for LCS/BMS
-(``data/interim/<dataset>``) and the initialisation record
-(``data/pretrain/<init>/weights.pt``); trains with :func:`pcrl.finetune.train.finetune`
+(``data/interim/<dataset>``) or the preprocessed radiographs for Chest14
+(``data/interim/chestxray14``, with ``images.csv`` of ``data/processed/chest14``), and the
+initialisation record (``data/pretrain/<init>/weights.pt``; Chest14:
+``data/pretrain2d/<init>``); trains with :func:`pcrl.finetune.train.finetune`
 (validation every epoch, early stopping, best checkpoint) in a resumable state folder
 outside the stage's output; then swaps in the output folder:
 
-    model.pt          the best epoch's network and what is needed to evaluate it
+    model.pt          the best epoch's network and what is needed to evaluate it (its
+                      network settings; roi_size: the patch, cube or radiograph size)
     summary.json      cases, epochs, the best epoch and its validation metrics, init report
     validation.json   the validation metrics of every epoch
     live/             dvclive: train/loss, train/lr and val/<metric> per epoch
@@ -40,10 +43,12 @@ from pcrl.finetune.data import (
     read_candidate_rows,
     read_volume_cases,
 )
+from pcrl.finetune.chest14 import RadiographSet, image_size, open_store, read_image_labels
 from pcrl.finetune.datasets import CandidateCubeSet, PatchSet
 from pcrl.evaluation.scoring import (
     SegmentationSettings,
     score_candidates,
+    score_radiographs,
     score_volumes,
 )
 from pcrl.finetune.models import (
@@ -60,6 +65,7 @@ from pcrl.finetune.train import (
     FinetuneResult,
     build_loss,
     finetune,
+    flip_dims,
 )
 from pcrl.networks import LoadReport
 from pcrl.provenance import provenance
@@ -69,21 +75,33 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "model.pt"
 WEIGHTS_NAME = "weights.pt"
 #: Validation metric that selects the checkpoint, per task kind.
-MONITOR = {"classification": "auc", "segmentation": "dice_mean"}
+MONITOR = {"classification": "auc", "segmentation": "dice_mean", "multilabel": "auc_mean"}
 Validator = Callable[[torch.nn.Module], dict[str, float]]
 TRAIN_KEYS = ("epochs", "lr", "momentum", "weight_decay", "max_grad_norm", "deterministic")
+#: The ResNet-18 downsamples 32-fold: radiograph sizes must be multiples of it.
+RADIOGRAPH_MULTIPLE = 32
+
+
+def network_settings(task: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The task's network settings: ``finetune.network`` with ``finetune.<task>.network``
+    over it (Chest14's ResNet-18 has the 2D pretraining's width, not the 3D U-Net's)."""
+    own = settings[task].get("network") or {}
+    return {**settings["network"], **own}
 
 
 def run_params(task: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The params that define a fine-tuning run of ``task`` (its stage's params sections)."""
-    return {"network": settings["network"], "amp": settings["amp"],
+    return {"network": network_settings(task, settings), "amp": settings["amp"],
             "validation": settings["validation"], task: settings[task]}
 
 
 def _data(spec: TaskSpec, task_settings: dict[str, Any], validation: dict[str, Any],
           split: TaskSplit, *, processed: Path, interim: Path | None, seed: int,
           device: torch.device) -> tuple[Dataset, Validator, tuple[int, ...]]:
-    """(training dataset, validation function, sliding-window / cube size) of the task."""
+    """(training dataset, validation function, sliding-window / cube / radiograph size) of the task."""
+    if spec.kind == "multilabel":
+        return _radiograph_data(spec, validation, split, processed=processed, interim=interim,
+                                device=device)
     if spec.kind == "classification":
         train_rows = read_candidate_rows(processed, split.train, spec)
         val_rows = read_candidate_rows(processed, split.val, spec)
@@ -113,6 +131,30 @@ def _data(spec: TaskSpec, task_settings: dict[str, Any], validation: dict[str, A
     return dataset, validate, patch
 
 
+def _radiograph_data(spec: TaskSpec, validation: dict[str, Any], split: TaskSplit, *,
+                     processed: Path, interim: Path | None, device: torch.device
+                     ) -> tuple[Dataset, Validator, tuple[int, ...]]:
+    """Chest14: every image of the fraction's training patients; the val patients' images
+    scored with the mean AUC over the findings (``validation.batch_size`` per pass)."""
+    if interim is None:
+        raise ConfigError(f"task {spec.name} reads radiographs: give --interim "
+                          f"(data/interim/{spec.dataset})")
+    store = open_store(interim)
+    size = image_size(store)
+    if any(s % RADIOGRAPH_MULTIPLE for s in size):
+        raise ConfigError(f"{interim}: radiographs of {size[0]}x{size[1]} pixels; the ResNet-18 "
+                          f"needs multiples of {RADIOGRAPH_MULTIPLE} (resample.{spec.dataset}.size)")
+    labelled = read_image_labels(processed, store, spec)
+    dataset = RadiographSet(labelled.of_patients(split.train))
+    val = labelled.of_patients(split.val)
+    batch = int(validation["batch_size"])
+
+    def validate(net: torch.nn.Module) -> dict[str, float]:
+        return score_radiographs(net, val, spec, device=device, batch_size=batch, split="val")
+
+    return dataset, validate, size
+
+
 def _batch_size(wanted: int, items: int, world: int, what: str) -> int:
     """``wanted`` capped at the training items (small label fractions), divisible by ``world``."""
     size = min(int(wanted), items)
@@ -132,7 +174,7 @@ def _module(spec: TaskSpec, network: NetworkConfig, record: InitRecord,
     if report is not None:
         log.info("%s: initialised from %s: %s", task, init, report.summary())
     module = FinetuneModule(net, build_loss(spec, task_settings.get("loss", "dice_bce")),
-                            flip=task_settings.get("augment", True))
+                            flip=task_settings.get("augment", True), flip_dims=flip_dims(spec))
     return module, report
 
 
@@ -215,13 +257,13 @@ def run_finetune(
     """Fine-tune ``task`` from ``init`` on label fraction ``fraction`` with ``seed``; write ``out``.
 
     Args:
-        task: ``ncc``, ``lcs`` or ``bms``.
+        task: ``ncc``, ``lcs``, ``bms`` or ``chest14``.
         init: The initialisation's name (recorded; the weights come from ``weights``).
         fraction: Label fraction (a key of ``fractions.json``).
         seed: Seed of the network's initial weights, the data order and the augmentation.
         settings: The ``finetune`` params section.
         processed: ``data/processed/<task>``.
-        interim: ``data/interim/<dataset>`` (segmentation tasks).
+        interim: ``data/interim/<dataset>`` (segmentation tasks, Chest14).
         weights: The initialisation's folder (holding ``weights.pt``).
         out: Output folder, swapped in when training has finished.
         state: Resumable state folder, kept across reruns.
@@ -232,7 +274,7 @@ def run_finetune(
     """
     spec = get_task(task)
     task_settings = settings[task]
-    network = NetworkConfig(**settings["network"])
+    network = NetworkConfig(**network_settings(task, settings))
     processed, weights, out, state = Path(processed), Path(weights), Path(out), Path(state)
     split = load_split(processed, fraction)
     record = read_init_record(weights / WEIGHTS_NAME, init)

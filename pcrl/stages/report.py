@@ -3,10 +3,13 @@
 The runs expected are the product of the ``finetune`` params (initialisations x label
 fractions x seeds) for every task evaluated under ``data/evaluate``; their ``metrics.json``
 files are read from ``<evaluations>/<task>/<init>/f<fraction>/s<seed>/``, the layout the
-DAG gives the evaluate stage. Folders of runs no longer in the params (left over from an
-earlier configuration) are ignored; a missing run is an error unless
-``report.require_complete`` is false. The output folder (``report.md``, ``summary.json``,
-``plots/<task>.png|.csv``, see :func:`pcrl.report.write_report`) is swapped in whole.
+DAG gives the evaluate stage. Chest14, the 2D task, is fine-tuned from the 2D pretraining's
+initialisations, ``finetune.chest14.inits`` (the same fractions and seeds): its runs are
+expected whenever that list is not empty, and never when it is empty or absent. Folders of
+runs no longer in the params (left over from an earlier configuration) are ignored; a
+missing run is an error unless ``report.require_complete`` is false. The output folder
+(``report.md``, ``summary.json``, ``plots/<task>.png|.csv``, see
+:func:`pcrl.report.write_report`) is swapped in whole.
 """
 
 from __future__ import annotations
@@ -33,10 +36,29 @@ def run_folder(evaluations: Path, task: str, init: str, fraction: float, seed: i
     return Path(evaluations) / task / init / f"f{fraction}" / f"s{seed}"
 
 
+#: Tasks with their own list of initialisations, ``finetune.<task>.inits`` (2D pretraining).
+OWN_INITS = ("chest14",)
+
+
 def expected_runs(tasks: Sequence[str], inits: Sequence[str], fractions: Sequence[float],
                   seeds: Sequence[int]) -> list[tuple[str, str, float, int]]:
     """Every (task, init, fraction, seed) of the protocol, in a stable order."""
     return list(itertools.product(tasks, inits, fractions, seeds))
+
+
+def task_inits(task: str, finetune: dict[str, Any]) -> list[str]:
+    """The initialisations ``task`` is fine-tuned from: ``finetune.<task>.inits`` for the
+    tasks of :data:`OWN_INITS` ([] when absent), ``finetune.inits`` for the others."""
+    if task in OWN_INITS:
+        return list((finetune.get(task) or {}).get("inits") or [])
+    return list(finetune["inits"])
+
+
+def reported_tasks(finetune: dict[str, Any], evaluations: Path) -> list[str]:
+    """The tasks whose runs are expected: a 3D task once it has a folder under
+    ``evaluations``; a task of :data:`OWN_INITS` whenever it lists initialisations."""
+    return [t for t in TASKS
+            if (task_inits(t, finetune) if t in OWN_INITS else (evaluations / t).is_dir())]
 
 
 def _read_present(run: tuple[str, str, float, int], path: Path) -> dict[str, Any]:
@@ -60,7 +82,8 @@ def run_report(finetune: dict[str, Any], settings: dict[str, Any], *, evaluation
     """Collect the expected runs' metrics and write the report to ``out``.
 
     Args:
-        finetune: The ``finetune`` params section (``inits``, ``fractions``, ``seeds``).
+        finetune: The ``finetune`` params section (``inits``, ``fractions``, ``seeds``, and
+            ``chest14.inits``).
         settings: The ``report`` params section.
         evaluations: The evaluate stages' parent folder (``data/evaluate``).
         out: Output folder (``results/report``).
@@ -71,10 +94,11 @@ def run_report(finetune: dict[str, Any], settings: dict[str, Any], *, evaluation
             metrics file that is malformed or describes another run than its folder.
     """
     evaluations = Path(evaluations)
-    tasks = [t for t in TASKS if (evaluations / t).is_dir()]
+    tasks = reported_tasks(finetune, evaluations)
     if not tasks:
         raise DataError(f"{evaluations}: no evaluated task (expected folders {list(TASKS)})")
-    runs = expected_runs(tasks, finetune["inits"], finetune["fractions"], finetune["seeds"])
+    runs = [run for task in tasks for run in expected_runs(
+        [task], task_inits(task, finetune), finetune["fractions"], finetune["seeds"])]
     paths = {run: run_folder(evaluations, *run) / METRICS_NAME for run in runs}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing and settings["require_complete"]:
