@@ -141,13 +141,14 @@ def cmd_init_weights(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from pcrl.stages.init_weights import run_init_weights
 
     if args.checkpoint is not None:
-        external = section(params, "finetune", "external")
-        if external.get(args.init) != args.checkpoint:
-            log.warning("finetune.external does not map %s to %s", args.init, args.checkpoint)
+        keys = ("finetune", "chest14", "external") if args.setting == "2d" else ("finetune", "external")
+        if section(params, *keys).get(args.init) != args.checkpoint:
+            log.warning("%s does not map %s to %s", ".".join(keys), args.init, args.checkpoint)
     run_init_weights(
         args.init,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         out=Path(args.out),
+        setting=args.setting,
     )
 
 
@@ -271,8 +272,10 @@ def _add_training_stages(sub: argparse._SubParsersAction) -> None:
     p = _add_stage(sub, "init-weights", cmd_init_weights,
                    "write the scratch initialisation or import an external checkpoint")
     p.add_argument("--init", required=True, help="scratch, or the checkpoint's name in finetune.external")
-    p.add_argument("--checkpoint", help="external checkpoint (PCRL release / Models Genesis layout)")
+    p.add_argument("--checkpoint", help="external checkpoint (PCRL release / Models Genesis layout; 2d: a ResNet-18)")
     p.add_argument("--out", required=True, help="output folder, e.g. data/pretrain/scratch")
+    p.add_argument("--setting", choices=["3d", "2d"], default="3d",
+                   help="3d: a 3D U-Net checkpoint (finetune.external); 2d: a ResNet-18 (finetune.chest14.external)")
 
     p = _add_stage(sub, "finetune", cmd_finetune, "fine-tune a task (params: finetune)")
     p.add_argument("--task", required=True, choices=_DOWNSTREAM_TASKS)

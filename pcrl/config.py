@@ -172,10 +172,12 @@ def _check_semantics(params: dict[str, Any], source: str) -> None:
     chest14 = (finetune or {}).get("chest14")
     if chest14 and "pretrain" in params:
         methods = params.get("pretrain2d", {}).get("methods", [])
-        unknown = [i for i in chest14["inits"] if i not in {"scratch", *methods}]
+        known = {"scratch", *methods, *chest14.get("external", {})}
+        unknown = [i for i in chest14["inits"] if i not in known]
         if unknown:
-            raise ConfigError(f"{source}: finetune.chest14.inits: {unknown} is neither scratch nor a 2D pretraining "
-                              f"method (pretrain2d.methods: {sorted(methods)})")
+            raise ConfigError(f"{source}: finetune.chest14.inits: {unknown} is neither scratch, a 2D pretraining "
+                              f"method (pretrain2d.methods) nor a finetune.chest14.external name "
+                              f"(known: {sorted(known)})")
     ncc = params.get("cubes", {}).get("ncc")
     if ncc:
         seen: dict[str, str] = {}

@@ -232,3 +232,27 @@ def test_threads_come_from_the_stage_resources_under_every_runner(tmp_path: Path
     assert probe_run("resample") == [1, 1, 1]
     assert probe_run("finetune") == [min(2, cpus)] * 3
     assert probe_run("finetune", OMP_NUM_THREADS="1") == [1, 1, 1]  # Snakemake's or SLURM's
+
+
+def test_init_weights_2d_imports_a_resnet18_and_refuses_a_3d_file_naming_it(tmp_path: Path, demo_params: dict,
+                                                                            capsys) -> None:
+    import json
+
+    import torch
+
+    from pcrl.networks import ResNet18Encoder, UNet3D
+
+    good, bad = tmp_path / "resnet18.pth", tmp_path / "genesis.pt"
+    torch.save(ResNet18Encoder(in_channels=3, width=8).state_dict(), good)
+    torch.save(UNet3D(base=2).state_dict(), bad)
+    demo_params["finetune"]["chest14"]["external"] = {"imagenet": str(good)}
+    params = _params(tmp_path, demo_params)
+    out = tmp_path / "pretrain2d" / "imagenet"
+    assert _run(params, "init-weights", "--setting", "2d", "--init", "imagenet", "--checkpoint", str(good),
+                "--out", str(out)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parts"] == ["encoder"] and summary["config"]["layout"] == "resnet18"
+    assert _run(params, "init-weights", "--setting", "2d", "--init", "imagenet", "--checkpoint", str(bad),
+                "--out", str(tmp_path / "bad")) == 2
+    assert "genesis.pt: no ResNet-18 stem" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -269,3 +269,54 @@ def test_chest14_scratch_and_records_that_do_not_fit() -> None:
         apply_init(net, wide, "chest14")
     with pytest.raises(ConfigError, match=r"initialisation 'pcrl' \(pcrl\).*missing \['bn1.bias'"):
         apply_init(net, _record(("encoder", "decoder")), "chest14")  # a 3D U-Net record
+
+
+def test_an_external_resnet18_file_becomes_a_2d_record_and_loads_into_chest14(tmp_path: Path) -> None:
+    """torchvision's ImageNet file layout (fc, no num_batches_tracked), wrapped as a training
+    script saves it: the record keeps the 120 encoder keys under torchvision's names; the
+    Chest14 network then sums the RGB stem over its channels and takes every other tensor."""
+    from pcrl.finetune.models import MultiLabelResNet, apply_init, import_resnet18_checkpoint
+    from pcrl.networks import ResNet18Encoder
+    from pcrl.stages.init_weights import run_init_weights
+
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        imagenet = ResNet18Encoder(in_channels=3, width=8).state_dict()
+    torchvision_like = {**{k: v for k, v in imagenet.items() if not k.endswith("num_batches_tracked")},
+                        "fc.weight": torch.ones(1000, 64), "fc.bias": torch.ones(1000)}
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in torchvision_like.items()}, "epoch": 90}, path)
+    record = import_resnet18_checkpoint(path, "imagenet")
+    assert record.parts == ("encoder",) and record.method == "external"
+    assert set(record.state_dict) == {k for k in imagenet if not k.endswith("num_batches_tracked")}
+    config = json.loads(record.config)
+    assert (config["layout"], config["base"], config["in_channels"], config["dropped_keys"]) == ("resnet18", 8, 3, 2)
+    out = run_init_weights("imagenet", checkpoint=path, out=tmp_path / "pretrain2d" / "imagenet", setting="2d")
+    stored = read_init_record(out / "weights.pt", "imagenet")
+    net = MultiLabelResNet(in_channels=1, num_labels=14, width=8)
+    report = apply_init(net, stored, "chest14")
+    assert report is not None and report.adapted == ["encoder.conv1.weight"]
+    torch.testing.assert_close(net.encoder.conv1.weight, imagenet["conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(net.encoder.layer2[0].downsample[0].weight, imagenet["layer2.0.downsample.0.weight"])
+    torch.testing.assert_close(net.encoder.layer4[1].bn2.running_mean, imagenet["layer4.1.bn2.running_mean"])
+
+
+def test_a_file_that_is_no_resnet18_is_refused_at_import_naming_it(tmp_path: Path) -> None:
+    from pcrl.finetune.models import import_resnet18_checkpoint
+    from pcrl.networks import ResNet18Encoder
+
+    genesis = tmp_path / "genesis.pt"
+    torch.save(_pretrained(), genesis)
+    with pytest.raises(ConfigError, match=r"genesis\.pt: no ResNet-18 stem"):
+        import_resnet18_checkpoint(genesis, "g")
+    resnet34_like = tmp_path / "resnet34.pt"
+    state = ResNet18Encoder(in_channels=3, width=8).state_dict()
+    state["layer1.2.conv1.weight"] = torch.zeros(8, 8, 3, 3)  # ResNet-34 has three blocks in layer1
+    torch.save(state, resnet34_like)
+    with pytest.raises(ConfigError, match=r"resnet34\.pt: not a ResNet-18 encoder of width 8: .*layer1\.2\.conv1"):
+        import_resnet18_checkpoint(resnet34_like, "r")
+    state = ResNet18Encoder(in_channels=3, width=8).state_dict()
+    state["layer3.0.conv2.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(DataError, match=r"nan\.pt.*layer3\.0\.conv2\.weight"):
+        import_resnet18_checkpoint(tmp_path / "nan.pt", "n")

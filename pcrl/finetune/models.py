@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,6 +344,50 @@ def import_checkpoint(path: str | Path, name: str) -> InitRecord:
               "base": int(first.shape[0]) if first is not None else None,
               "dropped_keys": len(state) - len(kept)}
     return InitRecord(name, "external", parts, kept, json.dumps(config))
+
+
+#: Keys of a ResNet-18 encoder under torchvision's names (its stem and four layers; not ``fc``).
+_RESNET18_KEY = re.compile(r"(conv1|bn1|layer[1-4])\.")
+
+
+def import_resnet18_checkpoint(path: str | Path, name: str) -> InitRecord:
+    """An initialisation record of the 2D setting from an external ResNet-18 checkpoint.
+
+    For Chest14: e.g. torchvision's ImageNet ``resnet18`` weights, a timm or
+    segmentation_models_pytorch ResNet-18 encoder, or this package's 2D U-Net (``encoder.``
+    prefix); wrappers (``state_dict``, ``module.``) are unwrapped. The encoder keys are kept
+    under torchvision's names, ``fc`` and everything else dropped, and the encoder checked
+    against a ResNet-18 of the checkpoint's width and input channels here, so a wrong file
+    fails at import, naming it, not in every fine-tuning run. A 3-channel stem is summed
+    over its channels for radiographs when loaded (:meth:`MultiLabelResNet.load_encoder_report`).
+
+    Raises:
+        ConfigError: The file does not exist, holds no ResNet-18 stem (``conv1.weight``),
+            or its encoder keys or shapes are not a ResNet-18's (listed).
+        DataError: The file is corrupt, needs code execution to load, or holds NaN/inf.
+    """
+    path = Path(path)
+    state = unwrap_state_dict(_load_external(path))
+    prefix = "encoder." if any(k.startswith("encoder.") for k in state) else ""
+    kept = {k.removeprefix(prefix): v for k, v in state.items()
+            if k.startswith(prefix) and _RESNET18_KEY.match(k.removeprefix(prefix))}
+    first = kept.get("conv1.weight")
+    if first is None or first.ndim != 4:
+        sample = sorted(state)[:8]
+        raise ConfigError(f"{path}: no ResNet-18 stem (conv1.weight, 4-D) in the checkpoint; "
+                          f"keys found: {sample}{' ...' if len(state) > 8 else ''}")
+    expected = ResNet18Encoder(in_channels=int(first.shape[1]), width=int(first.shape[0])).state_dict()
+    missing = sorted(k for k in expected.keys() - kept.keys() if not k.endswith("num_batches_tracked"))
+    extra = sorted(kept.keys() - expected.keys())
+    mismatched = sorted(k for k in kept.keys() & expected.keys() if kept[k].shape != expected[k].shape)
+    if missing or extra or mismatched:
+        raise ConfigError(f"{path}: not a ResNet-18 encoder of width {first.shape[0]}: missing {missing[:5]}, "
+                          f"unexpected {extra[:5]}, mismatched shapes {mismatched[:5]}")
+    require_finite(kept, path, "external checkpoint")
+    config = {"source": str(path), "sha256": file_digest(path), "layout": "resnet18",
+              "base": int(first.shape[0]), "in_channels": int(first.shape[1]),
+              "dropped_keys": len(state) - len(kept)}
+    return InitRecord(name, "external", ("encoder",), kept, json.dumps(config))
 
 
 def apply_init(net: nn.Module, record: InitRecord, task: TaskSpec | str) -> LoadReport | None:

@@ -7,7 +7,9 @@ this stage writes
 
 - ``scratch``: the random initialisation, a record with no weights;
 - an external checkpoint named in ``finetune.external`` (the PCRL release's or Models
-  Genesis' public weights): its encoder and decoder keys, checked and unwrapped once here.
+  Genesis' public weights): its encoder and decoder keys, checked and unwrapped once here;
+- for the 2D setting (``data/pretrain2d/<name>``), an external ResNet-18 named in
+  ``finetune.chest14.external`` (e.g. torchvision's ImageNet weights): its encoder keys.
 
 so that the fine-tuning stage reads one format and depends on one folder per init.
 """
@@ -21,20 +23,21 @@ from pathlib import Path
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.torchfile import save_checked
 from pcrl.errors import ConfigError
-from pcrl.finetune.models import import_checkpoint, scratch_record
+from pcrl.finetune.models import import_checkpoint, import_resnet18_checkpoint, scratch_record
 
 log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"
 
 
-def run_init_weights(name: str, *, checkpoint: Path | None, out: Path) -> Path:
+def run_init_weights(name: str, *, checkpoint: Path | None, out: Path, setting: str = "3d") -> Path:
     """Write ``out/weights.pt`` (and ``summary.json``) for initialisation ``name``.
 
     Args:
         name: ``scratch`` (no ``checkpoint``), or the name of an external checkpoint.
         checkpoint: The external checkpoint file; None for ``scratch``.
         out: Output folder, e.g. ``data/pretrain/<name>``.
+        setting: ``3d`` (a PCRL / Models Genesis 3D U-Net checkpoint) or ``2d`` (a ResNet-18).
 
     Raises:
         ConfigError: ``scratch`` with a checkpoint, another name without one, or a
@@ -44,7 +47,8 @@ def run_init_weights(name: str, *, checkpoint: Path | None, out: Path) -> Path:
     if (name == SCRATCH) != (checkpoint is None):
         raise ConfigError(f"init {name!r}: 'scratch' takes no checkpoint and every other "
                           "initialisation needs one (finetune.external)")
-    record = scratch_record() if checkpoint is None else import_checkpoint(checkpoint, name)
+    importer = import_resnet18_checkpoint if setting == "2d" else import_checkpoint
+    record = scratch_record() if checkpoint is None else importer(checkpoint, name)
     with atomic_dir(out) as tmp:
         save_checked(record.to_file(), tmp / "weights.pt")
         write_json(tmp / "summary.json", {"name": name, "method": record.method,
