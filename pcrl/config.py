@@ -126,16 +126,21 @@ def validate_params(params: Any, source: str = "params") -> dict[str, Any]:
     return params
 
 
+def source_of(data: dict[str, Any], dataset: str) -> str:
+    """Where ``dataset`` comes from: ``data.sources.<dataset>``, else ``data.source``."""
+    return str(data.get("sources", {}).get(dataset, data["source"]))
+
+
 def _check_semantics(params: dict[str, Any], source: str) -> None:
     """Rules a JSON schema cannot express."""
     data = params["data"]
-    if data["source"] == "local":
-        missing = [d for d in data["datasets"] if d not in data.get("local_paths", {})]
-        if missing:
-            raise ConfigError(
-                f"{source}: data.local_paths: source is 'local' but no folder is given for "
-                f"{', '.join(missing)}"
-            )
+    missing = [d for d in data["datasets"] if source_of(data, d) == "local" and d not in data.get("local_paths", {})]
+    if missing:
+        raise ConfigError(
+            f"{source}: data.local_paths: source is 'local' but no folder is given for "
+            f"{', '.join(missing)}"
+        )
+    _check_planar(params, source)
     for name, section in params.get("resample", {}).items():
         if "normalization" not in section:  # radiographs: resized, not resampled
             continue
@@ -188,6 +193,27 @@ def _check_semantics(params: dict[str, Any], source: str) -> None:
                         f"{source}: cubes.ncc.groups: {g} in both {seen[g]} and {split_name}"
                     )
                 seen[g] = split_name
+
+
+def _check_planar(params: dict[str, Any], source: str) -> None:
+    """The 2D setting: ResNet-18 sizes divisible by its stride 32, one width for pretraining
+    and Chest14 (the fine-tuning loads the pretrained encoder)."""
+    size = params.get("resample", {}).get("chestxray14", {}).get("size")
+    if size and any(int(v) % 32 for v in size):
+        raise ConfigError(f"{source}: resample.chestxray14.size: {size} must be multiples of 32 "
+                          "(the ResNet-18's stride; Chest14 reads the stored radiographs whole)")
+    cube = params.get("cubes", {}).get("pretrain2d", {}).get("cube_size")
+    if cube and any(int(v) % 32 for v in cube[:2]):
+        raise ConfigError(f"{source}: cubes.pretrain2d.cube_size: {cube[:2]} must be multiples of 32 "
+                          "(the ResNet-18's stride)")
+    pretrain2d, chest14 = params.get("pretrain2d", {}), params.get("finetune", {}).get("chest14", {})
+    pretrained = [i for i in chest14.get("inits", []) if i in pretrain2d.get("methods", [])]
+    if pretrained:
+        network = {**params.get("pretrain", {}).get("network", {}), **pretrain2d.get("settings", {}).get("network", {})}
+        if network.get("base") != chest14["network"]["base"]:
+            raise ConfigError(f"{source}: finetune.chest14.network.base {chest14['network']['base']} differs from the "
+                              f"2D pretraining's width {network.get('base')} (pretrain2d.settings.network.base), "
+                              f"whose encoder Chest14 loads for {pretrained}")
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:

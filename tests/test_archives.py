@@ -49,10 +49,11 @@ def test_merge_joins_archives_that_share_a_folder_and_refuses_a_clash(tmp_path: 
     assert files == [target / "images" / "b.png", target / "images" / "sub" / "d.png"]
     assert entries(target / "images") == {"a.png", "b.png", "sub"}
     assert entries(target / "images" / "sub") == {"c.png", "d.png"}
-    clash = write(tmp_path / "images_003.tar.gz", tar_bytes({"images/a.png": b"other"}))
+    clash = write(tmp_path / "images_003.tar.gz", tar_bytes({"images/0.png": b"new", "images/a.png": b"other"}))
     with pytest.raises(DataError, match=r"images_003\.tar\.gz.*a\.png"):
         safe_extract(clash, target, merge=True)
     assert (target / "images" / "a.png").read_bytes() == b"a"
+    assert not (target / "images" / "0.png").exists()  # nothing moved before the clash was found
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.extract-")]  # staging removed
 
 

@@ -256,3 +256,16 @@ def test_init_weights_2d_imports_a_resnet18_and_refuses_a_3d_file_naming_it(tmp_
                 "--out", str(tmp_path / "bad")) == 2
     assert "genesis.pt: no ResNet-18 stem" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_check_params_refuses_to_download_chestxray14_without_a_mirror(tmp_path: Path, demo_params: dict,
+                                                                       capsys) -> None:
+    """Its NIH links are not stable URLs: stop the DAG first, saying what to do."""
+    params = _params(tmp_path, demo_params, source="download", mirror=None)
+    out = tmp_path / "checked"
+    assert _run(params, "check-params", "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "chestxray14 cannot be downloaded automatically" in err and "data.sources.chestxray14: local" in err
+    assert not out.exists()
+    params = _params(tmp_path, demo_params, source="download", mirror="http://127.0.0.1:9/pcrl")
+    assert _run(params, "check-params", "--out", str(out)) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -139,3 +140,26 @@ def test_local_paths_outside_are_accepted(tmp_path: Path, demo_params: dict) -> 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(demo_params))
     assert load_params(path)["data"]["local_paths"]["luna16"] == "database/luna16"
+
+
+def test_2d_setting_sizes_and_widths_are_checked_before_any_stage(demo_params: dict) -> None:
+    demo_params["resample"]["chestxray14"]["size"] = [64, 48]
+    with pytest.raises(ConfigError, match=r"resample\.chestxray14\.size: \[64, 48\] must be multiples of 32"):
+        validate_params(copy.deepcopy(demo_params))
+    demo_params["resample"]["chestxray14"]["size"] = [64, 64]
+    demo_params["finetune"]["chest14"]["network"]["base"] = 16
+    with pytest.raises(ConfigError, match=r"finetune\.chest14\.network\.base 16 differs .* width 8"):
+        validate_params(copy.deepcopy(demo_params))
+    demo_params["finetune"]["chest14"]["inits"] = ["scratch"]  # nothing pretrained is loaded: any width
+    validate_params(copy.deepcopy(demo_params))
+
+
+def test_a_dataset_can_come_from_its_own_source(demo_params: dict) -> None:
+    from pcrl.config import source_of
+
+    demo_params["data"]["sources"] = {"chestxray14": "local"}
+    with pytest.raises(ConfigError, match="no folder is given for chestxray14"):
+        validate_params(copy.deepcopy(demo_params))
+    demo_params["data"]["local_paths"] = {"chestxray14": "/data/cxr14"}
+    params = validate_params(demo_params)
+    assert source_of(params["data"], "chestxray14") == "local" and source_of(params["data"], "luna16") == "phantom"

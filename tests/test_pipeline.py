@@ -348,3 +348,10 @@ def test_the_2d_setting_runs_from_the_phantom_to_chest14_test_aucs(repo_root: Pa
     assert summary["init_loaded"] != "nothing (scratch)" and summary["train_cases"] == len(
         json.loads((work / "data" / "processed" / "chest14" / "split.json").read_text())["train"])
     assert test_patients and "chest14" in (work / "dvc.lock").read_text()
+    # the official test list reaches neither pretraining nor fine-tuning
+    pairs = json.loads((work / "data" / "processed" / "pretrain2d" / "pairs.json").read_text())
+    assert not {name[:8] for entry in pairs for name in entry["images"]} & test_patients
+    import torch
+
+    model = torch.load(work / "data" / "finetune" / "chest14" / "pcrl" / "f1.0" / "s0" / "model.pt", weights_only=True)
+    assert model["train_ids"] and not {*model["train_ids"], *model["val_ids"]} & test_patients

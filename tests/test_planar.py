@@ -14,8 +14,8 @@ import torch
 from pcrl.data.chestxray14 import FINDINGS, read_entries, read_split_lists
 from pcrl.data.cubes import PairConfig, case_rng, sample_pairs
 from pcrl.data.pairs import PairsDataset
-from pcrl.data.planar import patient_split, read_store, write_planar_pairs
-from pcrl.data.radiographs import resize_radiograph
+from pcrl.data.planar import patient_split, write_planar_pairs
+from pcrl.data.radiographs import open_store, resize_radiograph
 from pcrl.errors import ConfigError, DataError
 from pcrl.stages.cubes import run_cubes
 from pcrl.stages.download import run_download
@@ -47,7 +47,7 @@ def _originals(root: Path) -> dict[str, Path]:
 def test_the_store_holds_every_radiograph_once_resized_in_name_order(chest: Path) -> None:
     from PIL import Image
 
-    store = read_store(chest / "interim")
+    store = open_store(chest / "interim")
     originals = _originals(chest)
     assert list(store.names) == sorted(originals)
     for i in (0, len(store) - 1):
@@ -74,14 +74,14 @@ def test_chest14_label_table_is_the_csv_in_store_order(chest: Path) -> None:
     with open(chest / "table" / "images.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     entries = {e.image: e for k in range(2) for e in read_entries(chest / "raw" / str(k))}
-    assert [r["image"] for r in rows] == list(read_store(chest / "interim").names)
+    assert [r["image"] for r in rows] == list(open_store(chest / "interim").names)
     for row in rows:
         assert row["patient"] == row["image"][:8]
         assert tuple(int(row[f]) for f in FINDINGS) == entries[row["image"]].labels
 
 
 def test_2d_pairs_are_the_pair_rule_per_image_whatever_the_chunking(chest: Path, tmp_path: Path) -> None:
-    store = read_store(chest / "interim")
+    store = open_store(chest / "interim")
     config = PairConfig(crop_sizes=((24, 24, 1), (32, 32, 1)), cube_size=(16, 16, 1), min_iou=0.25, min_fraction=0.0)
     split = patient_split([{"id": Path(n).stem, "group": "train_val"} for n in store.names]
                           + [{"id": "99999999_000", "group": "test"}], val=0.25, seed=0)
@@ -110,8 +110,9 @@ def test_the_pretrain2d_task_feeds_2d_views_to_the_pretraining(chest: Path) -> N
     ids = json.loads((chest / "pretrain2d" / "split.json").read_text())
     assert json.loads((chest / "pretrain2d" / "patients.json").read_text()) == split
     index = json.loads((chest / "pretrain2d" / "pairs.json").read_text())
-    seen = {patient for e in index if e["group"] == "train" for patient in (n[:8] for n in e["images"])}
-    assert seen == set(split["train"])  # no test or val patient in the training pairs
+    for group in ("train", "val"):  # no test patient, and no val patient among the training pairs
+        seen = {patient for e in index if e["group"] == group for patient in (n[:8] for n in e["images"])}
+        assert seen == set(split[group])
     dataset = PairsDataset([chest / "pretrain2d" / "pairs" / f"{i}.npy" for i in ids["train"]], planar=True)
     x1, x2 = dataset[0]
     assert x1.shape == x2.shape == (1, 16, 16)
@@ -164,3 +165,28 @@ def test_previews_show_a_2d_image_whole() -> None:
               for i, name in enumerate(("clean", "input", "target", "output"))}
     slices = middle_slices(images)
     np.testing.assert_array_equal(slices["target"], images["target"][:, 0].numpy())
+
+
+def test_dark_radiographs_still_give_pairs_no_ct_foreground_rule(chest: Path, tmp_path: Path) -> None:
+    """The CT rule (half of a crop at or above -150 HU on the [0, 1] scale, i.e. >= 0.425)
+    would refuse every crop of an underexposed radiograph; the 2D pairs have no such rule."""
+    import shutil
+
+    shutil.copytree(chest / "interim", tmp_path / "interim")
+    for shard in (tmp_path / "interim").iterdir():
+        images = np.load(shard / "images.npy")
+        np.save(shard / "images.npy", (images // 4).astype(np.uint8))  # all below 64/255
+    run_cubes("pretrain2d", CUBES, seed=0, raw=chest / "raw", interim=tmp_path / "interim", out=tmp_path / "pairs",
+              progress=False)
+    index = json.loads((tmp_path / "pairs" / "pairs.json").read_text())
+    split = json.loads((tmp_path / "pairs" / "patients.json").read_text())
+    used = [n for n in open_store(chest / "interim").names if n[:8] in {*split["train"], *split["val"]}]
+    assert sum(e["n"] for e in index) == 3 * len(used)
+    assert max(float(np.load(tmp_path / "pairs" / e["file"]).max()) for e in index) < 0.25
+
+
+def test_a_phantom_shard_without_patients_writes_an_empty_manifest(tmp_path: Path) -> None:
+    data = {"source": "phantom", "phantom": {"seed": 1, "chestxray14": {**PHANTOM, "patients": 2}}}
+    run_download("chestxray14", data, out=tmp_path / "2", shard=(2, 3), progress=False)
+    manifest = json.loads((tmp_path / "2" / "manifest.json").read_text())
+    assert manifest["cases"] == [] and manifest["dataset"] == "chestxray14"

@@ -487,3 +487,18 @@ def test_chest14_finding_without_a_positive_test_image_is_left_out_and_named(
     assert not (tmp_path / "out2").exists()
 
 
+
+
+def test_chest14_runs_do_not_depend_on_which_inits_exist() -> None:
+    """Adding an init (or an external file) says which runs exist, not how one runs: the
+    params recorded and fingerprinted for a run leave finetune.chest14.inits/external out."""
+    from pcrl.stages.finetune import run_params
+
+    settings = copy.deepcopy(CHEST_SETTINGS)
+    before = run_params("chest14", settings)
+    settings["chest14"]["inits"] = ["scratch", "pcrl", "moco"]
+    settings["chest14"]["external"] = {"imagenet": "/models/resnet18.pth"}
+    assert run_params("chest14", settings) == before
+    assert "inits" not in before["chest14"] and before["chest14"]["lr"] == 0.05
+    settings["chest14"]["lr"] = 0.01
+    assert run_params("chest14", settings) != before

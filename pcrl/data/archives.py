@@ -126,16 +126,34 @@ def _replace(src: Path, dst: Path) -> None:
         _remove(old)
 
 
-def _merge(src: Path, dst: Path, archive: Path) -> None:
-    """Move the folder ``src`` into the folder ``dst`` entry by entry, merging sub-folders;
-    DataError when a file of ``src`` already exists in ``dst`` (two archives both hold it)."""
+def _clashes(src: Path, dst: Path) -> list[Path]:
+    """The entries of ``dst`` that moving ``src`` into it entry by entry would overwrite."""
+    found = []
     for entry in sorted(src.iterdir()):
         target = dst / entry.name
         if entry.is_dir() and not entry.is_symlink() and target.is_dir() and not target.is_symlink():
-            _merge(entry, target, archive)
+            found += _clashes(entry, target)
         elif target.exists() or target.is_symlink():
-            raise DataError(f"{archive}: {target} is already there from another archive; "
-                            "two archives of one dataset should not hold the same file")
+            found.append(target)
+    return found
+
+
+def _merge(src: Path, dst: Path, archive: Path) -> None:
+    """Move the folder ``src`` into the folder ``dst`` entry by entry, merging sub-folders;
+    DataError, before anything is moved, when a file of ``src`` already exists in ``dst``
+    (two archives both hold it)."""
+    clashes = _clashes(src, dst)
+    if clashes:
+        raise DataError(f"{archive}: {clashes[0]} is already there from another archive "
+                        f"({len(clashes)} file(s) in all); two archives of one dataset should not hold the same file")
+    _move_into(src, dst)
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    for entry in sorted(src.iterdir()):
+        target = dst / entry.name
+        if entry.is_dir() and not entry.is_symlink() and target.is_dir() and not target.is_symlink():
+            _move_into(entry, target)
         else:
             os.replace(entry, target)
 

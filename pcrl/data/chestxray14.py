@@ -83,6 +83,15 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
 
 
+#: The Chest14 label table the 2D cubes stage writes (image, patient, the 14 findings).
+IMAGES_CSV = "images.csv"
+
+
+def patient_of(image: str) -> str:
+    """The 8-digit patient id of a file name (``00000001_000.png`` -> ``00000001``)."""
+    return image[:8]
+
+
 def image_name(patient: int, follow_up: int) -> str:
     """File name of a radiograph: ``<8-digit patient id>_<3-digit follow-up>.png``."""
     return f"{patient:08d}_{follow_up:03d}.png"

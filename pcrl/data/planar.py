@@ -4,7 +4,7 @@ PCRL's 2D setting (Zhou et al., ICCV 2021) pretrains a ResNet-18 U-Net on NIH Ch
 (Wang et al., CVPR 2017) and fine-tunes it on the 14 findings (Chest14). Both tasks split
 the radiographs *by patient*: the official ``test_list.txt`` is the test split (never seen
 by pretraining), and the patients of ``train_val_list.txt`` are split into train and val
-with one seeded draw, the same for both tasks.
+by a seeded draw with each task's ``val`` share (the same draw when the shares are equal).
 
 - ``pretrain2d``: pairs of two crops of one radiograph with IoU above the threshold,
   resized to the cube size: the 3D pair rule (:func:`pcrl.data.cubes.sample_pairs`) on a
@@ -27,31 +27,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pcrl.atomic import atomic_path, save_npy
-from pcrl.data.chestxray14 import FINDINGS, ChestEntry, read_entries
+from pcrl.data.chestxray14 import FINDINGS, IMAGES_CSV, ChestEntry, patient_of, read_entries
 from pcrl.data.cubes import PairConfig, case_rng, sample_pairs
 from pcrl.data.layout import read_manifests, resolve_extras
-from pcrl.data.radiographs import INDEX_FILE, RadiographStore, gather_store
-from pcrl.data.shards import shard_folders
+from pcrl.data.radiographs import RadiographStore
 from pcrl.data.splits import check_disjoint, split_random
 from pcrl.errors import ConfigError, DataError
 
-__all__ = ["IMAGES_CSV", "chest_entries", "patient_of", "patient_split", "read_store", "write_label_table",
-           "write_planar_pairs"]
+__all__ = ["IMAGES_CSV", "chest_entries", "patient_split", "write_label_table", "write_planar_pairs"]
 
 log = logging.getLogger(__name__)
-
-IMAGES_CSV = "images.csv"
-
-
-def patient_of(image: str) -> str:
-    """The 8-digit patient id of a ChestX-ray14 file name (``00000001_000.png`` -> ``00000001``)."""
-    return image[:8]
-
-
-def read_store(interim: Path) -> RadiographStore:
-    """Every shard of the resample stage's radiograph store, in dataset order."""
-    return gather_store(shard_folders(Path(interim), INDEX_FILE))
-
 
 def chest_entries(raw: Path) -> dict[str, ChestEntry]:
     """Every row of every download shard's ``Data_Entry_2017_v2020.csv``, by image name.

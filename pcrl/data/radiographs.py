@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 
 from pcrl.atomic import atomic_dir, save_npy
 from pcrl.data.chestxray14 import IMAGES_DIR, load_radiograph
+from pcrl.data.shards import shard_folders
 from pcrl.errors import ConfigError, DataError
 
-__all__ = ["INDEX_FILE", "IMAGES_FILE", "RadiographStore", "gather_store", "resize_radiograph",
+__all__ = ["INDEX_FILE", "IMAGES_FILE", "RadiographStore", "gather_store", "open_store", "resize_radiograph",
            "shard_positions", "write_shard", "write_shard_of"]
 
 IMAGES_FILE = "images.npy"
@@ -147,3 +148,12 @@ def gather_store(shards: Sequence[str | os.PathLike[str]]) -> RadiographStore:
         raise DataError(f"shards {[str(s) for s in shards]} do not hold positions 0..{len(positions) - 1} once each")
     return RadiographStore(tuple(e[1] for e in entries), tuple(files), np.array([e[2] for e in entries]),
                            np.array([e[3] for e in entries]))
+
+
+def open_store(interim: str | os.PathLike[str]) -> RadiographStore:
+    """Every radiograph of the 2D preprocessing's shards under ``interim``, in dataset order.
+
+    Raises:
+        DataError: No shard, an incomplete or inconsistent one (see :func:`gather_store`).
+    """
+    return gather_store(shard_folders(Path(interim), INDEX_FILE))

@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pcrl.data.radiographs import INDEX_FILE, RadiographStore, gather_store
-from pcrl.data.shards import shard_folders
+from pcrl.data.chestxray14 import IMAGES_CSV
+from pcrl.data.radiographs import RadiographStore, open_store
 from pcrl.errors import DataError
 from pcrl.finetune.tasks import TaskSpec, get_task
 
@@ -52,18 +52,7 @@ __all__ = [
     "to_unit",
 ]
 
-IMAGES_CSV = "images.csv"
 _PATIENT = re.compile(r"\d{8}")
-
-
-def open_store(interim: str | Path) -> RadiographStore:
-    """Every radiograph of the 2D preprocessing's shards under ``interim``, in dataset order.
-
-    Raises:
-        DataError: No shard, an incomplete or inconsistent one (see
-            :func:`pcrl.data.radiographs.gather_store`).
-    """
-    return gather_store(shard_folders(Path(interim), INDEX_FILE))
 
 
 def image_size(store: RadiographStore) -> tuple[int, int]:

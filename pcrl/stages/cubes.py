@@ -18,7 +18,8 @@ from pcrl.atomic import atomic_dir, atomic_path, write_json
 from pcrl.data.candidates import write_ncc_cubes
 from pcrl.data.cubes import PairConfig, write_pretrain_pairs
 from pcrl.data.layout import case_order, gathered_cases, read_manifests, resolve_extras
-from pcrl.data.planar import IMAGES_CSV, chest_entries, patient_split, read_store, write_label_table, write_planar_pairs
+from pcrl.data.planar import IMAGES_CSV, chest_entries, patient_split, write_label_table, write_planar_pairs
+from pcrl.data.radiographs import open_store
 from pcrl.data.shards import read_cases as gathered_interim
 from pcrl.data.splits import check_disjoint, nested_fractions, split_by_group, split_random
 from pcrl.errors import ConfigError, DataError
@@ -157,7 +158,7 @@ def _planar(task: str, settings: dict[str, Any], *, seed: int, raw: Path, interi
     """``pretrain2d``: ``pairs/``, ``pairs.json``, ``split.json`` (pair file ids) and
     ``patients.json``; ``chest14``: ``images.csv``, ``split.json`` and ``fractions.json`` of
     patient ids. Both: train / val from the train_val list's patients, test = the test list's."""
-    store = read_store(interim)
+    store = open_store(interim)
     cases = gathered_cases(raw, case_order("chestxray14"))
     listed = {Path(c["image"]).name for c in cases}
     if set(store.names) != listed:
@@ -167,7 +168,10 @@ def _planar(task: str, settings: dict[str, Any], *, seed: int, raw: Path, interi
     split = patient_split(cases, val=float(settings["val"]), seed=seed)
     with atomic_dir(out) as tmp:
         if task == "pretrain2d":
-            config = PairConfig(**{k: settings[k] for k in PAIR_KEYS if k in settings})
+            # no foreground rule: the CT one (HU threshold, body mask) means nothing on a
+            # radiograph, and PCRL's 2D crops have none
+            config = PairConfig(**{k: settings[k] for k in PAIR_KEYS if k in settings}, min_fraction=0.0,
+                                max_fraction=1.0)
             index, ids = write_planar_pairs(store, split, tmp, pairs_per_image=int(settings["pairs_per_image"]),
                                             images_per_file=int(settings["images_per_file"]), config=config,
                                             seed=seed, progress=progress)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pcrl.atomic import atomic_dir, write_json
+from pcrl.config import source_of
 from pcrl.data.layout import build_manifest, empty_manifest
 from pcrl.data.registry import DatasetSpec, get_dataset
 from pcrl.data.shards import shard_files
@@ -16,7 +17,9 @@ from pcrl.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def _phantom(dataset: str, data: dict[str, Any], into: Path, shard: tuple[int, int]) -> Path:
+def _phantom(dataset: str, data: dict[str, Any], into: Path, shard: tuple[int, int]) -> bool:
+    """Generate shard ``shard`` of ``dataset``'s phantom into ``into``; False when the shard
+    holds no case (more shards than ChestX-ray14 phantom patients)."""
     from pcrl.data.phantom import GENERATORS
 
     if dataset not in GENERATORS:
@@ -25,8 +28,10 @@ def _phantom(dataset: str, data: dict[str, Any], into: Path, shard: tuple[int, i
         )
     phantom = data.get("phantom", {})
     sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in phantom.get(dataset, {}).items()}
+    if dataset == "chestxray14" and shard[0] >= int(phantom.get(dataset, {}).get("patients", 8)):  # p mod n = k
+        return False
     GENERATORS[dataset](into, seed=phantom.get("seed", 0), **sizes, shard=shard)
-    return into
+    return True
 
 
 def with_mirror(spec: DatasetSpec, mirror: str | None) -> DatasetSpec:
@@ -47,19 +52,23 @@ def run_download(dataset: str, data: dict[str, Any], *, out: Path, shard: tuple[
     ``shard`` = (k, n): only download shard k of n (:mod:`pcrl.data.shards`): its archives,
     its phantom cases, or the cases of its slice of a local copy.
 
-    ``data.source`` picks how: ``phantom`` generates the embedded demo data, ``download``
-    fetches the published archives (resumable, checksum-verified, cached in
+    ``data.source`` (or ``data.sources.<dataset>``) picks how: ``phantom`` generates the
+    embedded demo data, ``download`` fetches the published archives (resumable, checksum-verified, cached in
     ``data.cache_dir``), ``local`` verifies a copy the user already has at
     ``data.local_paths.<dataset>`` and writes only the manifest pointing at it. The
     folder appears only once everything is verified. ``data.mirror`` (an institution's
     copy of the archives) replaces the published hosts; checksums still apply.
     """
-    source = data["source"]
+    source = source_of(data, dataset)
     spec = with_mirror(get_dataset(dataset), data.get("mirror"))
     with atomic_dir(out) as tmp:
         keep = (0, 1)  # the cases of the folder: all, unless it holds the whole dataset
         if source == "phantom":
-            root = _phantom(dataset, data, tmp, shard)
+            if not _phantom(dataset, data, tmp, shard):
+                log.info("%s: shard %d of %d has no phantom case", dataset, *shard)
+                write_json(tmp / "manifest.json", empty_manifest(dataset, source))
+                return out
+            root = tmp
         elif source == "download":
             from pcrl.data.download import download_dataset
 

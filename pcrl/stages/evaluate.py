@@ -82,7 +82,8 @@ def score_test_radiographs(net: torch.nn.Module, spec: TaskSpec, model: dict[str
 
     Raises:
         DataError: No ``--interim``; radiographs of another size than the model was
-            fine-tuned on (``roi_size``); a finding with a single class among the test images.
+            fine-tuned on (``roi_size``); no finding with both classes among the test images
+            (one with a single class is left out and named, see :func:`pcrl.evaluation.scoring.score_radiographs`).
     """
     if interim is None:
         raise DataError(f"task {spec.name} reads radiographs: give --interim "

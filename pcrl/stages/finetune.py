@@ -90,9 +90,11 @@ def network_settings(task: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_params(task: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """The params that define a fine-tuning run of ``task`` (its stage's params sections)."""
+    """The params that define a fine-tuning run of ``task`` (its stage's params sections; for
+    Chest14 not its ``inits`` and ``external``, which say which runs exist, not how one runs)."""
+    own = {k: v for k, v in settings[task].items() if k not in ("inits", "external")}
     return {"network": network_settings(task, settings), "amp": settings["amp"],
-            "validation": settings["validation"], task: settings[task]}
+            "validation": settings["validation"], task: own}
 
 
 def _data(spec: TaskSpec, task_settings: dict[str, Any], validation: dict[str, Any],
