@@ -533,6 +533,12 @@ def render_markdown(summary: Summary, probe: Mapping[str, Mapping[str, float]] |
     for task, fractions in summary.items():
         metric = _task_metric(fractions)
         lines += [f"## {task}", "", f"Headline metric: **{metric}** (higher is better).", ""]
+        scored = sorted({int(cell["metrics"]["labels_scored"]) for cells in fractions.values()
+                         for cell in cells.values() if "labels_scored" in cell.get("metrics", {})})
+        if scored:  # Chest14: findings without a positive test image have no AUC (score_radiographs)
+            shown = f"{scored[0]}" if len(scored) == 1 else f"{scored[0]} to {scored[-1]}"
+            lines[-1:] = [f"The mean is over the findings with both classes among the test images: {shown} of "
+                          "14 here (`labels_scored` in metrics.json; all 14 on the official test list).", ""]
         lines += _table(fractions) + [""]
         paired = _paired_table(fractions)
         if paired:

@@ -400,7 +400,7 @@ def _chest_numbers(mean: float) -> dict:
     from pcrl.finetune.tasks import get_task
 
     names = get_task("chest14").class_names
-    return {**{f"auc_{n}": mean for n in names}, "auc_mean": mean, "n": 6}
+    return {**{f"auc_{n}": mean for n in names}, "auc_mean": mean, "labels_scored": 14, "n": 6}
 
 
 def _ncc_world(root: Path) -> None:
@@ -426,6 +426,8 @@ def test_report_stage_gives_chest14_its_table_and_plot(tmp_path):
     run_report(_finetune(["scratch", "moco"]), {"require_complete": True}, evaluations=evaluations, out=out)
     text = (out / "report.md").read_text()
     assert "## chest14" in text and "Headline metric: **auc_mean**" in text
+    assert "the findings with both classes among the test images: 14 of 14 here" in text
+    assert text.count("both classes among the test images") == 1  # not said of ncc
     assert _markdown_table(text, "chest14") == {"scratch": {"100%": "0.550 ± 0.000 (1)"},
                                                 "moco": {"100%": "0.620 ± 0.000 (1)"}}
     assert "| moco | **0.620 ± 0.000 (1)** |" in text
