@@ -10,7 +10,9 @@ configs/paper.yaml) on one GPU:
 3. peak GPU memory at the params' batch, and the largest batch that fits (doubling);
 4. a DDP step through NCCL in a process group of one GPU (samples/s against the plain step);
 5. whether a run resumed from its epoch-1 checkpoint ends with the same weights as an
-   uninterrupted run under ``deterministic: true`` (the engine, on pair files).
+   uninterrupted run under ``deterministic: true`` (the engine, on pair files);
+6. the 2D setting's PCRL step (ResNet-18 U-Net, ``cubes.pretrain2d`` crops, the 2D batch
+   of ``pretrain2d.settings``), samples/s per AMP mode.
 
 ``--tiny`` runs the same sections on the CPU with a tiny network and cube (gloo instead of
 NCCL, no compile, fp16 skipped): CI runs it so the script never rots.
@@ -81,6 +83,27 @@ def section_amp(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     numeric = {k: v for k, v in variants.items() if isinstance(v, float)}
     return {"samples_per_s": rates, "fastest_amp": best, "variants": variants,
             "fastest": max(numeric, key=lambda k: numeric[k])}
+
+
+def section_amp_2d(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The 2D setting's step, samples/s per AMP mode (its batch: ``pretrain2d.settings``)."""
+    modes = ["off", "bf16", "fp16"] if device.type == "cuda" else ["off", "bf16"]
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        modes.remove("bf16")
+    shape: dict[str, Any] = {"batch": None, "size": None}
+    rates: dict[str, Any] = {}
+    for mode in modes:
+        try:
+            step = _build(args, device, amp=mode, batch=2 if args.tiny else None, setting="2d")
+            shape = {"batch": step.batch, "size": list(step.size)}
+            rates[mode] = _rate(step, device, args.steps)
+        except RuntimeError as exc:  # the release's batch 64 at 224 x 224 needs ~22 GB
+            if not _is_oom(exc):
+                raise
+            rates[mode] = "out of memory"
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return {**shape, "samples_per_s": rates}
 
 
 def _pair_files(folder: Path, size: tuple[int, ...], count: int) -> list[Path]:
@@ -235,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["memory"] = section_memory(args, device, best)
     report["ddp"] = section_ddp(args, device, best, report["amp"]["samples_per_s"][best])
     report["resume"] = section_resume(args, device)
+    report["amp_2d"] = section_amp_2d(args, device)
     report["seconds"] = time.perf_counter() - started
     print_table(report)
     if args.out:
@@ -260,7 +284,11 @@ def print_table(report: dict[str, Any]) -> None:
     res = report["resume"]
     rows += [("resume == uninterrupted (deterministic)",
               f"{res['identical']} (resumed epochs {res['resumed_epochs']})"),
-             ("total time", f"{report['seconds']:.0f} s on {report['device']}")]
+             ]
+    rows += [(f"2D step amp={mode} (batch {report['amp_2d']['batch']}, {report['amp_2d']['size']})",
+              f"{rate:.2f} samples/s" if isinstance(rate, float) else rate)
+             for mode, rate in report["amp_2d"]["samples_per_s"].items()]
+    rows += [("total time", f"{report['seconds']:.0f} s on {report['device']}")]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

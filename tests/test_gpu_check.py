@@ -34,3 +34,6 @@ def test_tiny_gpu_check_measures_every_section(repo_root: Path, tmp_path: Path) 
     assert report["ddp"]["backend"] == "gloo" and report["ddp"]["samples_per_s"] > 0
     assert report["resume"] == {"resumed_epochs": [2], "identical": True, "differing_tensors": []}
     assert "resume == uninterrupted (deterministic)  True" in proc.stdout
+    assert report["amp_2d"]["size"] == [32, 32] and report["amp_2d"]["batch"] == 2  # params.yaml's 2D cubes
+    assert set(report["amp_2d"]["samples_per_s"]) == {"off", "bf16"}
+    assert all(rate > 0 for rate in report["amp_2d"]["samples_per_s"].values())
