@@ -17,8 +17,9 @@ are computed the same way (Models Genesis' protocol):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,18 +44,23 @@ __all__ = ["SegmentationSettings", "candidate_scores", "radiograph_scores", "sco
 
 
 @torch.no_grad()
+def _eval_outputs(net: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]], device: torch.device,
+                  to_numpy: Callable[[torch.Tensor], np.ndarray]) -> list[np.ndarray]:
+    """``to_numpy(net(inputs))`` of every batch, in eval mode without gradients; the network's
+    training mode is restored afterwards."""
+    was_training = net.training
+    net.eval()
+    try:
+        return [to_numpy(net(inputs.to(device))) for inputs, _ in batches]
+    finally:
+        net.train(was_training)
+
+
 def candidate_scores(net: nn.Module, rows: CandidateRows, *, device: torch.device,
                      batch_size: int = 32) -> np.ndarray:
     """Nodule probabilities (sigmoid of the logit) of every candidate, in row order."""
-    was_training = net.training
-    net.eval()
-    scores = []
-    try:
-        for cubes, _ in cube_batches(rows, batch_size):
-            logits = net(cubes.to(device))
-            scores.append(torch.sigmoid(logits.float()).reshape(-1).cpu().numpy())
-    finally:
-        net.train(was_training)
+    scores = _eval_outputs(net, cube_batches(rows, batch_size), device,
+                           lambda logits: torch.sigmoid(logits.float()).reshape(-1).cpu().numpy())
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
@@ -112,22 +118,14 @@ def score_volumes(net: nn.Module, cases: Sequence[VolumeCase], task: TaskSpec | 
     return mean, per_case
 
 
-@torch.no_grad()
 def radiograph_scores(net: nn.Module, images: LabelledImages, *, device: torch.device,
                       batch_size: int = 32) -> np.ndarray:
     """(N, L) probabilities (sigmoid of each finding's logit) of every image, in order.
 
     The sigmoid is taken in float64, so that large logits do not saturate into ties.
     """
-    was_training = net.training
-    net.eval()
-    scores = []
-    try:
-        for pixels, _ in radiograph_batches(images, batch_size):
-            logits = net(pixels.to(device))
-            scores.append(torch.sigmoid(logits.double()).cpu().numpy())
-    finally:
-        net.train(was_training)
+    scores = _eval_outputs(net, radiograph_batches(images, batch_size), device,
+                           lambda logits: torch.sigmoid(logits.double()).cpu().numpy())
     width = images.labels.shape[1]
     return np.concatenate(scores) if scores else np.zeros((0, width), np.float64)
 
