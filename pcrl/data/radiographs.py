@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,20 +105,47 @@ def write_shard_of(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLi
 
 @dataclass(frozen=True)
 class RadiographStore:
-    """Every image of the shards, in dataset order: ``image(i)`` memory-maps row i's shard."""
+    """Every image of the shards, in dataset order, read from the shards' memory maps.
+
+    Each shard's ``images.npy`` is memory-mapped once per process, on first use; the store
+    pickles without its maps (a DataLoader worker opens its own).
+    """
 
     names: tuple[str, ...]
     files: tuple[Path, ...]
     file_index: np.ndarray
     rows: np.ndarray
+    _maps: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_maps": {}}  # memory maps are not pickled to workers
+
+    def _map(self, f: int) -> np.ndarray:
+        if f not in self._maps:
+            self._maps[f] = np.load(self.files[f], mmap_mode="r")
+        return self._maps[f]
+
     def image(self, i: int) -> np.ndarray:
         """(H, W) uint8 of image ``i`` (a copy out of the memory map)."""
-        array = np.load(self.files[int(self.file_index[i])], mmap_mode="r")
-        return np.array(array[int(self.rows[i])])
+        return np.array(self._map(int(self.file_index[i]))[int(self.rows[i])])
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of every image (one size for all shards, checked by :func:`gather_store`)."""
+        if not self.files:
+            raise DataError("the radiograph store holds no shard")
+        height, width = self._map(0).shape[1:]
+        return int(height), int(width)
+
+    def images(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(len(rows), H, W) uint8 of the images ``rows``."""
+        indices = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if not indices.size:
+            return np.zeros((0, *self.image_shape), np.uint8)
+        return np.stack([self.image(int(i)) for i in indices])
 
 
 def gather_store(shards: Sequence[str | os.PathLike[str]]) -> RadiographStore:

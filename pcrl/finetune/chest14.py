@@ -26,9 +26,8 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +42,6 @@ from pcrl.finetune.tasks import TaskSpec, get_task
 __all__ = [
     "IMAGES_CSV",
     "LabelledImages",
-    "PixelReader",
     "RadiographSet",
     "image_size",
     "open_store",
@@ -59,36 +57,12 @@ def image_size(store: RadiographStore) -> tuple[int, int]:
     """(H, W) of the store's images (one size for all, checked by ``gather_store``)."""
     if not len(store):
         raise DataError(f"{store.files[0].parent if store.files else 'the store'}: no radiograph")
-    height, width = np.load(store.files[0], mmap_mode="r").shape[1:]
-    return int(height), int(width)
+    return store.image_shape
 
 
 def to_unit(pixels: np.ndarray) -> np.ndarray:
     """uint8 pixels as float32 in [0, 1]: ``pixels / 255``."""
     return np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
-
-
-@dataclass
-class PixelReader:
-    """Reads store rows from memory-mapped shards, each opened once per process."""
-
-    store: RadiographStore
-    _maps: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"store": self.store, "_maps": {}}  # memory maps are not pickled to workers
-
-    def __call__(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
-        """(len(rows), H, W) uint8 of the store's images ``rows``."""
-        out = []
-        for i in np.asarray(rows, dtype=np.int64).reshape(-1):
-            f = int(self.store.file_index[i])
-            if f not in self._maps:
-                self._maps[f] = np.load(self.store.files[f], mmap_mode="r")
-            out.append(np.array(self._maps[f][int(self.store.rows[i])]))
-        if not out:
-            return np.zeros((0, *image_size(self.store)), np.uint8)
-        return np.stack(out)
 
 
 @dataclass(frozen=True)
@@ -225,7 +199,6 @@ class RadiographSet(Dataset[tuple[Tensor, Tensor]]):
         if not len(images):
             raise DataError(f"{images.source}: no training radiograph")
         self.images = images
-        self.read = PixelReader(images.store)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -233,7 +206,7 @@ class RadiographSet(Dataset[tuple[Tensor, Tensor]]):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"item {index} of {len(self)}")
-        pixels = self.read([int(self.images.index[index])])  # (1, H, W): the channel axis
+        pixels = self.images.store.images([int(self.images.index[index])])  # (1, H, W): the channel axis
         labels = self.images.labels[index].astype(np.float32)
         return torch.from_numpy(to_unit(pixels)), torch.from_numpy(labels)
 
@@ -241,7 +214,6 @@ class RadiographSet(Dataset[tuple[Tensor, Tensor]]):
 def radiograph_batches(images: LabelledImages, batch_size: int
                        ) -> Iterator[tuple[Tensor, np.ndarray]]:
     """All images in order, as ``(pixels / 255 (B, 1, H, W) float32, labels (B, L))`` batches."""
-    read = PixelReader(images.store)
     for start in range(0, len(images), batch_size):
         rows = np.arange(start, min(start + batch_size, len(images)))
-        yield torch.from_numpy(to_unit(read(images.index[rows])))[:, None], images.labels[rows]
+        yield torch.from_numpy(to_unit(images.store.images(images.index[rows])))[:, None], images.labels[rows]
