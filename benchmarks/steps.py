@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from pcrl.config import load_params
+from pcrl.config import load_params, planar_settings
 from pcrl.engine import resolve_amp
 from pcrl.engine.config import amp_dtype
 from pcrl.methods import build_method, method_config
-from pcrl.stages.pretrain import method_settings, planar_settings, used_settings
+from pcrl.stages.pretrain import method_settings, used_settings
 
 CONV_OPS = ("conv", "cudnn_convolution", "mkldnn_convolution", "slow_conv")
 

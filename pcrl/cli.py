@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pcrl.config import DEFAULT_PARAMS, load_params, section
+from pcrl.config import DEFAULT_PARAMS, load_params, planar_settings, section
 from pcrl.errors import PcrlError, PreemptedError
 
 log = logging.getLogger("pcrl")
@@ -100,8 +100,6 @@ def cmd_cubes(args: argparse.Namespace, params: dict[str, Any]) -> None:
 def cmd_pretrain(args: argparse.Namespace, params: dict[str, Any]) -> None:
     """Pretrain one method on the PCRL pairs (resumes from its state folder)."""
     from pcrl.stages.pretrain import run_pretrain
-
-    from pcrl.stages.pretrain import planar_settings
 
     settings = section(params, "pretrain")
     if args.setting == "2d":

@@ -195,6 +195,23 @@ def _check_semantics(params: dict[str, Any], source: str) -> None:
                 seen[g] = split_name
 
 
+def planar_settings(pretrain: dict[str, Any], pretrain2d: dict[str, Any]) -> dict[str, Any]:
+    """The 2D setting's pretraining params: ``pretrain`` with ``pretrain2d.settings`` over
+    it, and ``pretrain2d.methods``.
+
+    ``pretrain2d.settings`` holds what differs for ChestX-ray14 (``network.arch:
+    resnet18_unet2d``, its width, epochs, batch size, ...); a key that is a mapping in both
+    (``network``, ``augment``, a method's section) is merged one level deep, so the 2D
+    setting inherits every other corruption, augmentation and method setting of the 3D one.
+    """
+    merged = dict(pretrain)
+    for key, value in pretrain2d.get("settings", {}).items():
+        below = merged.get(key)
+        merged[key] = {**below, **value} if isinstance(below, dict) and isinstance(value, dict) else value
+    merged["methods"] = list(pretrain2d.get("methods", []))
+    return merged
+
+
 def _check_planar(params: dict[str, Any], source: str) -> None:
     """The 2D setting: ResNet-18 sizes divisible by its stride 32, one width for pretraining
     and Chest14 (the fine-tuning loads the pretrained encoder)."""
@@ -209,7 +226,7 @@ def _check_planar(params: dict[str, Any], source: str) -> None:
     pretrain2d, chest14 = params.get("pretrain2d", {}), params.get("finetune", {}).get("chest14", {})
     pretrained = [i for i in chest14.get("inits", []) if i in pretrain2d.get("methods", [])]
     if pretrained:
-        network = {**params.get("pretrain", {}).get("network", {}), **pretrain2d.get("settings", {}).get("network", {})}
+        network = planar_settings(params.get("pretrain", {}), pretrain2d).get("network", {})
         if network.get("base") != chest14["network"]["base"]:
             raise ConfigError(f"{source}: finetune.chest14.network.base {chest14['network']['base']} differs from the "
                               f"2D pretraining's width {network.get('base')} (pretrain2d.settings.network.base), "

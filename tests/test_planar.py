@@ -19,7 +19,7 @@ from pcrl.data.radiographs import open_store, resize_radiograph
 from pcrl.errors import ConfigError, DataError
 from pcrl.stages.cubes import run_cubes
 from pcrl.stages.download import run_download
-from pcrl.stages.pretrain import planar_settings
+from pcrl.config import planar_settings
 from pcrl.stages.resample import run_resample
 
 PHANTOM = {"patients": 10, "images_per_patient": [1, 3], "size": [64, 64], "test_fraction": 0.3}

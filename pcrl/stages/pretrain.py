@@ -47,23 +47,6 @@ PSNR_PAIRS = 8
 SHARED_KEYS = (*TRAIN_KEYS, "network", "corruption", "augment")
 
 
-def planar_settings(pretrain: dict[str, Any], pretrain2d: dict[str, Any]) -> dict[str, Any]:
-    """The 2D setting's pretraining params: ``pretrain`` with ``pretrain2d.settings`` over
-    it, and ``pretrain2d.methods``.
-
-    ``pretrain2d.settings`` holds what differs for ChestX-ray14 (``network.arch:
-    resnet18_unet2d``, its width, epochs, batch size, ...); a key that is a mapping in both
-    (``network``, ``augment``, a method's section) is merged one level deep, so the 2D
-    setting inherits every other corruption, augmentation and method setting of the 3D one.
-    """
-    merged = dict(pretrain)
-    for key, value in pretrain2d.get("settings", {}).items():
-        below = merged.get(key)
-        merged[key] = {**below, **value} if isinstance(below, dict) and isinstance(value, dict) else value
-    merged["methods"] = list(pretrain2d.get("methods", []))
-    return merged
-
-
 def used_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The part of the ``pretrain`` params that ``method`` reads: the shared keys and its own
     section. Editing another method's section changes nothing here, so that method's stage
