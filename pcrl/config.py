@@ -212,17 +212,22 @@ def planar_settings(pretrain: dict[str, Any], pretrain2d: dict[str, Any]) -> dic
     return merged
 
 
+#: The ResNet-18's total stride, :data:`pcrl.networks.resnet_unet2d.DOWNSAMPLING_FACTOR`
+#: (not imported: reading params must not load torch; tests/test_config.py checks they agree).
+RESNET18_STRIDE = 32
+
+
 def _check_planar(params: dict[str, Any], source: str) -> None:
-    """The 2D setting: ResNet-18 sizes divisible by its stride 32, one width for pretraining
+    """The 2D setting: ResNet-18 sizes divisible by its stride, one width for pretraining
     and Chest14 (the fine-tuning loads the pretrained encoder)."""
     size = params.get("resample", {}).get("chestxray14", {}).get("size")
-    if size and any(int(v) % 32 for v in size):
-        raise ConfigError(f"{source}: resample.chestxray14.size: {size} must be multiples of 32 "
+    if size and any(int(v) % RESNET18_STRIDE for v in size):
+        raise ConfigError(f"{source}: resample.chestxray14.size: {size} must be multiples of {RESNET18_STRIDE} "
                           "(the ResNet-18's stride; Chest14 reads the stored radiographs whole)")
     cube = params.get("cubes", {}).get("pretrain2d", {}).get("cube_size")
-    if cube and any(int(v) % 32 for v in cube[:2]):
-        raise ConfigError(f"{source}: cubes.pretrain2d.cube_size: {cube[:2]} must be multiples of 32 "
-                          "(the ResNet-18's stride)")
+    if cube and any(int(v) % RESNET18_STRIDE for v in cube[:2]):
+        raise ConfigError(f"{source}: cubes.pretrain2d.cube_size: {cube[:2]} must be multiples of "
+                          f"{RESNET18_STRIDE} (the ResNet-18's stride)")
     pretrain2d, chest14 = params.get("pretrain2d", {}), params.get("finetune", {}).get("chest14", {})
     pretrained = [i for i in chest14.get("inits", []) if i in pretrain2d.get("methods", [])]
     if pretrained:

@@ -143,6 +143,10 @@ def test_local_paths_outside_are_accepted(tmp_path: Path, demo_params: dict) -> 
 
 
 def test_2d_setting_sizes_and_widths_are_checked_before_any_stage(demo_params: dict) -> None:
+    from pcrl.config import RESNET18_STRIDE
+    from pcrl.networks.resnet_unet2d import DOWNSAMPLING_FACTOR
+
+    assert RESNET18_STRIDE == DOWNSAMPLING_FACTOR
     demo_params["resample"]["chestxray14"]["size"] = [64, 48]
     with pytest.raises(ConfigError, match=r"resample\.chestxray14\.size: \[64, 48\] must be multiples of 32"):
         validate_params(copy.deepcopy(demo_params))

@@ -45,6 +45,9 @@ def test_download_shards_share_out_the_archives() -> None:
     liver = get_dataset("msd_liver").files
     assert [f.filename for f in shard_files(liver, 0, 2)] == ["Task03_Liver.tar"]
     assert shard_files(liver, 1, 2) == []
+    chest = get_dataset("chestxray14").files  # one CSV and two lists describe all 12 archives
+    assert shard_files(chest, 0, 3, together=True) == list(chest)
+    assert shard_files(chest, 1, 3, together=True) == shard_files(chest, 2, 3, together=True) == []
 
 
 def test_gathered_folders_must_be_complete(tmp_path: Path) -> None:

@@ -110,9 +110,12 @@ def read_cases(interim: Path) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: e.get("order", 0))
 
 
-def shard_files(files: Sequence[Any], shard: int, count: int) -> list[Any]:
+def shard_files(files: Sequence[Any], shard: int, count: int, *, together: bool = False) -> list[Any]:
     """The published files download shard ``shard`` of ``count`` fetches: the archives
     (``extract``) at positions k mod n, and every plain file (the CSVs each shard's layout
-    needs) when the shard has an archive; nothing when it has none."""
-    archives = take_shard([f for f in files if f.extract], shard, count)
+    needs) when the shard has an archive; nothing when it has none. ``together``: the
+    archives cannot be shared out (one CSV describes them all, ChestX-ray14): shard 0
+    fetches every file, the others none."""
+    archives = [f for f in files if f.extract]
+    archives = (archives if shard == 0 else []) if together else take_shard(archives, shard, count)
     return [*archives, *(f for f in files if not f.extract)] if archives else []

@@ -53,9 +53,9 @@ def run_download(dataset: str, data: dict[str, Any], *, out: Path, shard: tuple[
     its phantom cases, or the cases of its slice of a local copy.
 
     ``data.source`` (or ``data.sources.<dataset>``) picks how: ``phantom`` generates the
-    embedded demo data, ``download`` fetches the published archives (resumable, checksum-verified, cached in
-    ``data.cache_dir``), ``local`` verifies a copy the user already has at
-    ``data.local_paths.<dataset>`` and writes only the manifest pointing at it. The
+    embedded demo data, ``download`` fetches the published archives (resumable,
+    checksum-verified, cached in ``data.cache_dir``), ``local`` verifies a copy the user
+    already has at ``data.local_paths.<dataset>`` and writes only the manifest pointing at it. The
     folder appears only once everything is verified. ``data.mirror`` (an institution's
     copy of the archives) replaces the published hosts; checksums still apply.
     """
@@ -72,8 +72,7 @@ def run_download(dataset: str, data: dict[str, Any], *, out: Path, shard: tuple[
         elif source == "download":
             from pcrl.data.download import download_dataset
 
-            mine = shard_files(spec.files, *shard) if spec.shardable else list(spec.files) if shard[0] == 0 else []
-            spec = dataclasses.replace(spec, files=tuple(mine))
+            spec = dataclasses.replace(spec, files=tuple(shard_files(spec.files, *shard, together=not spec.shardable)))
             if not spec.files:  # more shards than archives: this one has nothing to fetch
                 log.info("%s: shard %d of %d has no archive", dataset, *shard)
                 write_json(tmp / "manifest.json", empty_manifest(dataset, source))

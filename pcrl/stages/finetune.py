@@ -68,6 +68,7 @@ from pcrl.finetune.train import (
     flip_dims,
 )
 from pcrl.networks import LoadReport
+from pcrl.networks.resnet_unet2d import DOWNSAMPLING_FACTOR
 from pcrl.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,6 @@ WEIGHTS_NAME = "weights.pt"
 MONITOR = {"classification": "auc", "segmentation": "dice_mean", "multilabel": "auc_mean"}
 Validator = Callable[[torch.nn.Module], dict[str, float]]
 TRAIN_KEYS = ("epochs", "lr", "momentum", "weight_decay", "max_grad_norm", "deterministic")
-#: The ResNet-18 downsamples 32-fold: radiograph sizes must be multiples of it.
-RADIOGRAPH_MULTIPLE = 32
 
 
 def network_settings(task: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -143,9 +142,9 @@ def _radiograph_data(spec: TaskSpec, validation: dict[str, Any], split: TaskSpli
                           f"(data/interim/{spec.dataset})")
     store = open_store(interim)
     size = image_size(store)
-    if any(s % RADIOGRAPH_MULTIPLE for s in size):
+    if any(s % DOWNSAMPLING_FACTOR for s in size):
         raise ConfigError(f"{interim}: radiographs of {size[0]}x{size[1]} pixels; the ResNet-18 "
-                          f"needs multiples of {RADIOGRAPH_MULTIPLE} (resample.{spec.dataset}.size)")
+                          f"needs multiples of {DOWNSAMPLING_FACTOR} (resample.{spec.dataset}.size)")
     labelled = read_image_labels(processed, store, spec)
     dataset = RadiographSet(labelled.of_patients(split.train))
     val = labelled.of_patients(split.val)
