@@ -51,6 +51,7 @@ import numpy as np
 from pcrl.atomic import atomic_path, write_json, write_text
 from pcrl.data.splits import fraction_key
 from pcrl.errors import DataError
+from pcrl.finetune.tasks import get_task
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
@@ -537,8 +538,9 @@ def render_markdown(summary: Summary, probe: Mapping[str, Mapping[str, float]] |
                          for cell in cells.values() if "labels_scored" in cell.get("metrics", {})})
         if scored:  # Chest14: findings without a positive test image have no AUC (score_radiographs)
             shown = f"{scored[0]}" if len(scored) == 1 else f"{scored[0]} to {scored[-1]}"
+            total = len(get_task(task).class_names)
             lines[-1:] = [f"The mean is over the findings with both classes among the test images: {shown} of "
-                          "14 here (`labels_scored` in metrics.json; all 14 on the official test list).", ""]
+                          f"{total} here (`labels_scored` in metrics.json; all {total} on the official test list).", ""]
         lines += _table(fractions) + [""]
         paired = _paired_table(fractions)
         if paired:
