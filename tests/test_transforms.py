@@ -49,7 +49,7 @@ def test_spatial_codes_are_valid_and_cover_every_transform() -> None:
     assert 0.35 < flips.float().mean() < 0.65  # each flip has probability 1/2
 
 
-@pytest.mark.parametrize("gather", [False, True], ids=["grouped copies (CPU)", "index gather (GPU)"])
+@pytest.mark.parametrize("gather", [False, True], ids=["copies per sample (CPU)", "index gather (GPU)"])
 def test_apply_spatial_matches_flip_then_rot90_for_every_code(gather: bool) -> None:
     from pcrl.transforms.spatial import _spatial
 
@@ -169,11 +169,29 @@ def test_local_shuffle_coin_is_drawn_per_sample() -> None:
 # ------------------------------------------------------------------------ painting
 
 
+def box_mask(shape: tuple[int, ...], boxes) -> torch.Tensor:
+    """(N, x, y, z) bool by hand: True inside any active box of the sample (half-open bounds)."""
+    mask = torch.zeros((shape[0], *shape[2:]), dtype=torch.bool)
+    for i in range(shape[0]):
+        for low, high, on in zip(boxes.low[i].tolist(), boxes.high[i].tolist(), boxes.active[i].tolist()):
+            if on:
+                mask[i, low[0]:high[0], low[1]:high[1], low[2]:high[2]] = True
+    return mask
+
+
+def paint_mask(shape: tuple[int, ...], generator: torch.Generator, prob: float, inpaint_prob: float) -> torch.Tensor:
+    """(N, x, y, z) bool: the voxels paint() replaces, from its draws: in-painted samples
+    their boxes, out-painted ones all but their boxes, unpainted ones none."""
+    boxes, inner, painted = T._paint_plan(shape, generator, torch.device("cpu"), prob=prob, inpaint_prob=inpaint_prob)
+    inside = box_mask(shape, boxes)
+    return torch.where(inner[:, None, None, None], inside, ~inside) & painted[:, None, None, None]
+
+
 def test_in_paint_only_fills_its_boxes_with_noise() -> None:
     shape = (8, 1, 30, 24, 18)
     x = torch.full(shape, 2.0)  # outside [0, 1): every noise voxel differs
     boxes = T._inpaint_boxes(shape, gen(3), torch.device("cpu"))
-    mask = T._inpaint_mask(shape, gen(3), torch.device("cpu"))
+    mask = box_mask(shape, boxes)
     out = T.in_paint(x, gen(3))
     inside = mask[:, None].expand_as(x)
     assert torch.equal(out[~inside], x[~inside])
@@ -192,7 +210,7 @@ def test_out_paint_keeps_its_boxes_and_replaces_the_rest() -> None:
     shape = (8, 2, 28, 28, 14)
     x = torch.full(shape, 2.0)
     boxes = T._outpaint_boxes(shape, gen(4), torch.device("cpu"))
-    keep = T._outpaint_mask(shape, gen(4), torch.device("cpu"))[:, None].expand_as(x)
+    keep = box_mask(shape, boxes)[:, None].expand_as(x)
     out = T.out_paint(x, gen(4))
     assert torch.equal(out[keep], x[keep])
     assert ((out[~keep] >= 0) & (out[~keep] < 1)).all()
@@ -207,13 +225,13 @@ def test_out_paint_keeps_its_boxes_and_replaces_the_rest() -> None:
 def test_paint_changes_only_its_mask() -> None:
     shape = (16, 1, 21, 21, 14)
     x = torch.full(shape, 2.0)
-    replaced = T._paint_mask(shape, gen(5), torch.device("cpu"), prob=0.9, inpaint_prob=0.2)[:, None].expand_as(x)
+    replaced = paint_mask(shape, gen(5), prob=0.9, inpaint_prob=0.2)[:, None].expand_as(x)
     out = T.paint(x, gen(5), prob=0.9, inpaint_prob=0.2)
     assert torch.equal(out[~replaced], x[~replaced])
     assert ((out[replaced] >= 0) & (out[replaced] < 1)).all()
     assert torch.equal(T.paint(x, gen(), prob=0.0), x)
-    inner = T._paint_mask(shape, gen(6), torch.device("cpu"), prob=1.0, inpaint_prob=1.0).float().mean(dim=(1, 2, 3))
-    outer = T._paint_mask(shape, gen(6), torch.device("cpu"), prob=1.0, inpaint_prob=0.0).float().mean(dim=(1, 2, 3))
+    inner = paint_mask(shape, gen(6), prob=1.0, inpaint_prob=1.0).float().mean(dim=(1, 2, 3))
+    outer = paint_mask(shape, gen(6), prob=1.0, inpaint_prob=0.0).float().mean(dim=(1, 2, 3))
     assert (inner < 0.2).all() and (outer > 0.3).all()  # in-painting replaces little, out-painting most
 
 
@@ -361,10 +379,11 @@ CALLS = {
 }
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", sorted(CALLS))
-def test_randomness_only_from_the_generator(name: str) -> None:
+def test_randomness_only_from_the_generator(name: str, dtype: torch.dtype) -> None:
     call = CALLS[name]
-    x = batch((4, 1, 20, 16, 10), dtype=torch.float64)
+    x = batch((4, 1, 20, 16, 10), dtype=dtype)
     original = x.clone()
     torch.manual_seed(1)
     state = torch.get_rng_state()
@@ -375,7 +394,37 @@ def test_randomness_only_from_the_generator(name: str) -> None:
     assert not torch.equal(call(x, gen(12)), first)  # another seed, another output
     assert torch.equal(x, original)  # inputs are never modified
     if name != "spatial_codes":
-        assert first.shape == x.shape and first.dtype == torch.float64
+        assert first.shape == x.shape and first.dtype == dtype
+
+
+def test_bulk_uniform_draws_are_uniform_on_a_2_to_the_23_grid() -> None:
+    """The CPU float32 draws of painting noise and shuffle keys (two numbers per 64-bit draw):
+    in [0, 1) on multiples of 2^-23, flat over 64 bins (chi-square, 63 degrees of freedom,
+    far below the 0.1 % critical value of about 103), every mantissa bit a fair coin in both
+    halves of a draw, neighbours uncorrelated, and reproducible from the seed alone."""
+    from pcrl.transforms._checks import _uniform
+
+    cpu = torch.device("cpu")
+    u = _uniform((1000, 1001), gen(11), cpu, torch.float32)  # an odd count: the last draw half used
+    assert u.shape == (1000, 1001) and u.dtype == torch.float32
+    flat = u.flatten().double()
+    assert flat.min() >= 0 and flat.max() < 1
+    steps = flat * 2**23
+    assert torch.equal(steps, steps.round())
+    counts = torch.bincount((flat * 64).long(), minlength=64).double()
+    expected = flat.numel() / 64
+    assert ((counts - expected) ** 2 / expected).sum() < 103
+    mantissa = steps.long()
+    for half in (mantissa[0::2], mantissa[1::2]):
+        bit_means = torch.stack([((half >> k) & 1).double().mean() for k in range(23)])
+        assert (bit_means - 0.5).abs().max() < 0.005  # 4.5 standard deviations at n = 500k
+    pairs = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1]
+    assert abs(float(pairs)) < 0.005
+    assert torch.equal(_uniform((7, 3), gen(5), cpu, torch.float32), _uniform((7, 3), gen(5), cpu, torch.float32))
+    assert not torch.equal(_uniform((7, 3), gen(5), cpu, torch.float32), _uniform((7, 3), gen(6), cpu, torch.float32))
+    doubles = _uniform((4, 5), gen(5), cpu, torch.float64)  # other dtypes: torch.rand
+    assert doubles.dtype == torch.float64
+    assert torch.equal(doubles, torch.rand((4, 5), generator=gen(5), dtype=torch.float64))
 
 
 def test_wrong_arguments_are_named() -> None:

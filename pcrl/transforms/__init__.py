@@ -74,10 +74,8 @@ from pcrl.transforms.spatial import (
 from pcrl.transforms.augment import _affine, _gaussian_blur  # noqa: F401
 from pcrl.transforms.painting import (  # noqa: F401
     _inpaint_boxes,
-    _inpaint_mask,
     _outpaint_boxes,
-    _outpaint_mask,
-    _paint_mask,
+    _paint_plan,
 )
 from pcrl.transforms.shuffle import _shuffle_plan  # noqa: F401
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import NamedTuple, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pcrl.transforms._checks import (
@@ -21,6 +20,7 @@ from pcrl.transforms._checks import (
     _floor_fraction,
     _rand,
     _randint,
+    _uniform,
 )
 
 __all__ = ["ShufflePlan", "local_pixel_shuffle"]
@@ -31,8 +31,10 @@ class ShufflePlan(NamedTuple):
 
     Attributes:
         samples: (M,) int64 indices of the samples that are shuffled (the others are copied).
-        index: (M, V) int64, V = x*y*z: ``out[samples[i]].flat[v] = x[samples[i]].flat[index[i, v]]``
-            for every channel.
+        targets: M (K_i,) int64 tensors, flat voxel ids (of x*y*z) of the voxels that move in
+            shuffled sample i: ``out[samples[i]].flat[targets[i]] = x[samples[i]].flat[sources[i]]``
+            for every channel; the other voxels keep their values.
+        sources: M (K_i,) int64 tensors, the voxels whose values the targets take.
         block: (M, x, y, z) int64 block id of every voxel (unique within a sample), or
             ``None`` unless asked for.
         shuffled: (M, x, y, z) bool, True where the voxel's block (of 2 voxels or more) was
@@ -40,7 +42,8 @@ class ShufflePlan(NamedTuple):
     """
 
     samples: Tensor
-    index: Tensor  # type: ignore[assignment]  # shadows tuple.index, by design of the field name
+    targets: tuple[Tensor, ...]
+    sources: tuple[Tensor, ...]
     block: Tensor | None
     shuffled: Tensor | None
 
@@ -54,7 +57,7 @@ def _block_shuffle_index(
     device: torch.device,
     *,
     layout: bool = False,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """One sample's shuffling: a grid of ``sides`` blocks shifted by ``phases``, permuted inside.
 
     Block ``(a, b, c)`` holds the voxels ``(i, j, l)`` with ``(i + phase_x) // side_x == a`` (and
@@ -65,17 +68,21 @@ def _block_shuffle_index(
     Rows not picked (or of one voxel) keep their voxels, without keys drawn or sorted.
 
     Returns:
-        ``(index, block, shuffled)``: (V,) source of every voxel; with ``layout`` also the
-        (x, y, z) block ids and the (x, y, z) mask of voxels in shuffled blocks.
+        ``(targets, sources, block, shuffled)``: the flat ids of the voxels that move and of
+        the voxels whose values they take (every other voxel keeps its own); with ``layout``
+        also the (x, y, z) block ids and the (x, y, z) mask of voxels in shuffled blocks.
     """
     volume = math.prod(sizes)
     counts = [-(-(size + phase) // side) for size, side, phase in zip(sizes, sides, phases)]
-    pad: list[int] = []
-    for size, side, phase, count in reversed(list(zip(sizes, sides, phases, counts))):
-        pad += [phase, count * side - size - phase]  # F.pad lists the last dim first
-    ids = torch.arange(volume, device=device).view(*sizes)
-    grid = F.pad(ids, pad, value=-1).view(counts[0], sides[0], counts[1], sides[1], counts[2], sides[2])
-    rows = grid.permute(0, 2, 4, 1, 3, 5).reshape(math.prod(counts), math.prod(sides))
+    strides = [sizes[1] * sizes[2], sizes[2], 1]
+    offsets = []  # per axis, (block, place in block) -> flat offset of the voxel, -volume outside
+    for size, side, phase, count, stride in zip(sizes, sides, phases, counts, strides):
+        coord = torch.arange(count * side, device=device).view(count, side) - phase
+        offsets.append(torch.where((coord >= 0) & (coord < size), coord * stride, -volume))
+    ox, oy, oz = offsets
+    # the voxel ids in one pass: a sum with a term of -volume is negative (padding)
+    grid = ox[:, None, None, :, None, None] + oy[None, :, None, None, :, None] + oz[None, None, :, None, None, :]
+    rows = grid.clamp_(min=-1).view(math.prod(counts), math.prod(sides))
     n_rows, width = rows.shape
     valid = rows >= 0
     sizes_per_row = valid.sum(dim=1)
@@ -83,27 +90,28 @@ def _block_shuffle_index(
     # only the picked rows of 2 voxels or more move: draw keys and sort those rows alone;
     # every other voxel keeps its own value (the identity), so only the moving rows are written
     moving = (picked[:, 0] & (sizes_per_row > 1)).nonzero().squeeze(1)
-    index = torch.arange(volume + 1, device=device)  # + a spare slot for the padding
     if moving.numel():
         voxels = rows.index_select(0, moving)
         inside = voxels >= 0
-        key = _rand((int(moving.numel()), width), generator, device)
+        key = _uniform((int(moving.numel()), width), generator, device, torch.float32)
         key = key.masked_fill_(~inside, 2.0)  # padding last (ties there are harmless)
         # the bits of non-negative floats order as their int32 view does, and int32 keys
         # sort about 25 % faster on the CPU (benchmarks/bench_transforms.py)
         order = key.view(torch.int32).argsort(dim=1)
         rank = (inside.cumsum(dim=1) - 1).clamp_(min=0)  # raster rank among the row's voxels
         source = voxels.gather(1, order.gather(1, rank))
-        index.scatter_(0, voxels.masked_fill_(~inside, volume).flatten(), source.flatten())
-    index = index[:volume]
+        kept = inside.view(-1).nonzero().squeeze(1)  # the padding dropped (faster than a bool index)
+        targets, sources = voxels.view(-1).index_select(0, kept), source.view(-1).index_select(0, kept)
+    else:
+        targets = sources = torch.zeros(0, dtype=torch.long, device=device)
     if not layout:
-        return index, None, None
+        return targets, sources, None, None
     target = torch.where(valid, rows, volume).flatten()  # padding goes to a spare slot
     block_id = torch.arange(n_rows, device=device)[:, None].expand(n_rows, width).flatten()
     block = torch.empty(volume + 1, dtype=torch.long, device=device).scatter_(0, target, block_id)
     moved = (picked & (sizes_per_row[:, None] > 1)).expand(n_rows, width).flatten()
     shuffled = torch.empty(volume + 1, dtype=torch.bool, device=device).scatter_(0, target, moved)
-    return index, block[:volume].view(*sizes), shuffled[:volume].view(*sizes)
+    return targets, sources, block[:volume].view(*sizes), shuffled[:volume].view(*sizes)
 
 
 def _shuffle_plan(
@@ -135,13 +143,13 @@ def _shuffle_plan(
         _block_shuffle_index(sizes, side, phase, coverage, generator, device, layout=layout)
         for side, phase in zip(sides.tolist(), phases.tolist())
     ]
-    empty = torch.zeros((0, *sizes), dtype=torch.long, device=device)
-    index = torch.stack([p[0] for p in plans]) if plans else empty.reshape(0, math.prod(sizes))
+    targets, sources = tuple(p[0] for p in plans), tuple(p[1] for p in plans)
     if not layout:
-        return ShufflePlan(chosen, index, None, None)
-    block = torch.stack([cast(Tensor, p[1]) for p in plans]) if plans else empty
-    shuffled = torch.stack([cast(Tensor, p[2]) for p in plans]) if plans else empty.bool()
-    return ShufflePlan(chosen, index, block, shuffled)
+        return ShufflePlan(chosen, targets, sources, None, None)
+    empty = torch.zeros((0, *sizes), dtype=torch.long, device=device)
+    block = torch.stack([cast(Tensor, p[2]) for p in plans]) if plans else empty
+    shuffled = torch.stack([cast(Tensor, p[3]) for p in plans]) if plans else empty.bool()
+    return ShufflePlan(chosen, targets, sources, block, shuffled)
 
 
 def local_pixel_shuffle(
@@ -181,8 +189,8 @@ def local_pixel_shuffle(
         x.shape, generator, x.device, prob=prob, coverage=coverage, max_block_fraction=max_block_fraction
     )
     out = x.clone()
-    if plan.samples.numel():
-        flat = x[plan.samples].reshape(plan.samples.numel(), x.shape[1], -1)
-        shuffled = flat.gather(2, plan.index[:, None, :].expand_as(flat))
-        out.index_copy_(0, plan.samples, shuffled.view(-1, *x.shape[1:]))
+    flat_in, flat_out = x.reshape(*x.shape[:2], -1), out.view(*x.shape[:2], -1)
+    for sample, targets, sources in zip(plan.samples.tolist(), plan.targets, plan.sources):
+        # only the moving voxels are read and written: the rest of the clone stays
+        flat_out[sample].index_copy_(1, targets, flat_in[sample].index_select(1, sources))
     return out

@@ -145,33 +145,49 @@ def _gather_xyz(x: Tensor, xs: Tensor, ys: Tensor, zs: Tensor) -> Tensor:
     return out.permute(0, 4, 1, 2, 3).contiguous()
 
 
-def _grouped(x: Tensor, flips: Tensor, k: Tensor, out_xy: tuple[int, int], *, inverse: bool) -> Tensor:
-    """The transforms as ``torch.flip`` / ``torch.rot90`` copies, one per distinct code.
+#: The flips (of x, y) whose composition with a transpose of x and y is ``torch.rot90`` by k
+#: quarter turns in x-y: ``rot90(a, k) == flip(a, _TURN_FLIPS[k]).transpose(x, y)`` for odd k,
+#: ``flip(a, _TURN_FLIPS[k])`` for even k (PyTorch's own definition of ``rot90``).
+_TURN_FLIPS = ({0: False, 1: False}, {0: False, 1: True}, {0: True, 1: True}, {0: True, 1: False})
 
-    On the CPU a strided copy per group is several times faster than the index gather of
-    :func:`_gather_xyz` (which reads through 64-bit index tensors); the results are the same
-    permutation of voxels. Codes are at most 32 distinct (8 flip sets x 4 turns).
+
+def _flips_then_swap(flips: list[bool], k: int, *, inverse: bool) -> tuple[list[int], bool]:
+    """One sample's transform as a single flip (axes of x, y, z) and whether x, y are swapped.
+
+    Forward ``rot_k(flip(a, F))`` is ``flip(a, F ^ R_k)``, transposed for odd k (``R_k``:
+    :data:`_TURN_FLIPS`). Inverse ``flip(rot_m(a), F)`` with m = -k mod 4: flipping after a
+    transpose flips the other axis before it, so F's x and y trade places for odd m.
+    """
+    turns = (-k) % 4 if inverse else k
+    swap = turns % 2 == 1
+    own = list(flips)
+    if inverse and swap:
+        own[0], own[1] = own[1], own[0]
+    turn = _TURN_FLIPS[turns]
+    axes = [own[0] != turn[0], own[1] != turn[1], own[2]]
+    return [a for a in range(3) if axes[a]], swap
+
+
+def _per_sample(x: Tensor, flips: Tensor, k: Tensor, out_xy: tuple[int, int], *, inverse: bool) -> Tensor:
+    """The transforms as one ``torch.flip`` and one (possibly transposed) copy per sample.
+
+    On the CPU two strided passes per sample are several times faster than the index
+    gather of :func:`_gather_xyz` (which reads through 64-bit index tensors) and than
+    grouping samples by code (whose selects and ``rot90`` copy every voxel 3-4 times);
+    the results are the same permutation of voxels.
     """
     n, c, _, _, size_z = x.shape
     out = x.new_empty((n, c, *out_xy, size_z))
-    keys = (flips.long() * torch.tensor([1, 2, 4], device=x.device)).sum(dim=1) + 8 * k
-    for key in keys.unique().tolist():
-        rows = (keys == key).nonzero().squeeze(1)
-        dims = [2 + a for a in range(3) if (key >> a) & 1]
-        turns = key >> 3
-        part = x.index_select(0, rows)
-        if not inverse:
-            part = torch.rot90(part.flip(dims) if dims else part, turns, dims=(2, 3))
-        else:
-            part = torch.rot90(part, -turns, dims=(2, 3))
-            part = part.flip(dims) if dims else part
-        out.index_copy_(0, rows, part)
+    for i, (sample_flips, turns) in enumerate(zip(flips.tolist(), k.tolist())):
+        dims, swap = _flips_then_swap(sample_flips, turns, inverse=inverse)
+        view = x[i].flip([1 + a for a in dims]) if dims else x[i]
+        out[i].copy_(view.transpose(1, 2) if swap else view)
     return out
 
 
 def _spatial(x: Tensor, codes: Tensor, *, inverse: bool, gather: bool | None = None) -> Tensor:
     """Apply (``inverse=False``) or undo (``inverse=True``) the transforms of ``codes``; by
-    one index gather (``gather``; default off the CPU) or by grouped copies."""
+    one index gather (``gather``; default off the CPU) or by copies per sample."""
     _check_batch(x)
     if codes.shape[:1] != x.shape[:1]:
         raise ValueError(f"codes {tuple(codes.shape)} do not match the batch {tuple(x.shape)}")
@@ -185,7 +201,7 @@ def _spatial(x: Tensor, codes: Tensor, *, inverse: bool, gather: bool | None = N
         )
     swap = bool(odd[0]) if n else False
     if not (x.device.type != "cpu" if gather is None else gather):
-        return _grouped(x, flips, k, (size_y, size_x) if swap else (size_x, size_y), inverse=inverse)
+        return _per_sample(x, flips, k, (size_y, size_x) if swap else (size_x, size_y), inverse=inverse)
     out_x, out_y = (size_y, size_x) if swap else (size_x, size_y)
     fx, fy, fz = (flips[:, a, None, None] for a in range(3))
     kk = k[:, None, None]
