@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pcrl.data.arrays import open_arrays, write_arrays
 from pcrl.errors import DataError
@@ -96,6 +97,34 @@ def test_patch_set_reads_the_arrays_like_the_nifti_files(tmp_path: Path) -> None
         x, y, z = hits[0]
         assert np.array_equal(target[0], (label[x:x + 16, y:y + 16, z:z + 8] > 0).astype(np.float32))
         assert target.sum() > 0  # centred on the liver
+
+
+def test_patch_set_targets_follow_their_patches_for_every_brats_region(tmp_path: Path) -> None:
+    """BMS from arrays: 4 channels, labels 0..3; each of the K patches gets its own target
+    channels, the BraTS regions by hand: whole tumour {1, 2, 3}, core {2, 3}, enhancing {3}.
+    The memory maps kept open by a PatchSet are not pickled to DataLoader workers."""
+    import pickle
+
+    rng = np.random.default_rng(1)
+    image = rng.random((4, 30, 28, 18), dtype=np.float32)
+    label = rng.integers(0, 4, size=(30, 28, 18)).astype(np.uint8)
+    names = write_arrays(tmp_path, "b0", image, label)
+    case = VolumeCase("b0", tmp_path / "b0.nii.gz", tmp_path / "b0_label.nii.gz", names, tmp_path)
+    patches = PatchSet([case], "bms", (16, 16, 8), 3, foreground_prob=0.5, check=False)
+    images, targets = patches[0]
+    assert images.shape == (3, 4, 16, 16, 8) and targets.shape == (3, 3, 16, 16, 8)
+    assert targets.is_contiguous() and images.dtype == torch.float32 and targets.dtype == torch.uint8
+    for patch, target in zip(images.numpy(), targets.numpy()):
+        hits = [(x, y, z) for x in range(15) for y in range(13) for z in range(11)
+                if np.array_equal(image[:, x:x + 16, y:y + 16, z:z + 8], patch)]
+        assert len(hits) == 1
+        x, y, z = hits[0]
+        window = label[x:x + 16, y:y + 16, z:z + 8]
+        for channel, region in enumerate(({1, 2, 3}, {2, 3}, {3})):
+            assert np.array_equal(target[channel], np.isin(window, list(region)).astype(np.float32))
+    assert patches._open and not pickle.loads(pickle.dumps(patches))._open
+    again = patches[0]  # from the kept maps: the same item
+    assert all(np.array_equal(u.numpy(), v.numpy()) for u, v in zip(again, (images, targets)))
 
 
 def test_resample_writes_arrays_that_fine_tuning_reads(tmp_path: Path, demo_params: dict) -> None:

@@ -24,6 +24,7 @@ uninterrupted one. Without workers (tests, debugging) the base seed is the datas
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -116,10 +117,13 @@ class CandidateCubeSet(Dataset[tuple[Tensor, Tensor]]):
 class PatchSet(Dataset[tuple[Tensor, Tensor]]):
     """LCS/BMS training items: ``patches_per_volume`` random patches of one volume.
 
-    Item ``i`` reads volume ``i`` and returns ``(images (K, C, *patch), targets (K,
-    out_channels, *patch))`` float32, K = ``patches_per_volume``; the task module folds K
-    into the batch. Crops are MONAI's ``RandCropByPosNegLabeld`` seeded per (loader base
-    seed, item), after ``SpatialPadd`` to at least ``patch_size``.
+    Item ``i`` reads volume ``i`` and returns ``(images, targets)``: images (K, C, *patch)
+    float32, targets (K, out_channels, *patch) uint8 0/1 regions, K = ``patches_per_volume``;
+    the task module folds K into the batch and its loss takes the targets as float. uint8 targets
+    are a quarter of the bytes that float ones would put through a DataLoader's shared
+    memory (for BraTS' three regions float targets are 43 % of an item's bytes). Crops are MONAI's
+    ``RandCropByPosNegLabeld`` seeded per (loader base seed, item), after ``SpatialPadd`` to
+    at least ``patch_size``.
 
     Args:
         cases: Training volumes.
@@ -156,9 +160,31 @@ class PatchSet(Dataset[tuple[Tensor, Tensor]]):
         self.samples = int(patches_per_volume)
         self.foreground_prob = float(foreground_prob)
         self.seed = seed
+        self._open: OrderedDict[int, Any] = OrderedDict()
+
+    #: Cases whose memory maps a process keeps open (each holds three file descriptors):
+    #: a kept map has its pages mapped already, so later patches of the case fault no page.
+    OPEN_CASES = 64
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_open": OrderedDict()}  # maps are per process, not pickled
 
     def __len__(self) -> int:
         return len(self.cases)
+
+    def _arrays(self, index: int) -> Any:
+        """Case ``index``'s memory maps (None without arrays), kept open for the
+        :attr:`OPEN_CASES` cases used last: reopening a map per item costs its page faults
+        again, about half of an item's time at LiTS size (benchmarks/bench_loader.py)."""
+        if index in self._open:
+            self._open.move_to_end(index)
+            return self._open[index]
+        arrays = self.cases[index].open_arrays()
+        if arrays is not None:
+            self._open[index] = arrays
+            while len(self._open) > self.OPEN_CASES:
+                self._open.popitem(last=False)
+        return arrays
 
     def _crops(self, image: np.ndarray, target: np.ndarray, seed: int) -> list[dict[str, Any]]:
         """Pad to the patch size, then K seeded foreground/background crops (MONAI)."""
@@ -179,18 +205,21 @@ class PatchSet(Dataset[tuple[Tensor, Tensor]]):
         rng = np.random.RandomState(seed)
         centres = draw_centres(rng, arrays, self.samples, self.foreground_prob)
         images = np.stack([cut(arrays.image, c, self.patch) for c in centres])
-        labels = [cut(arrays.label, c, self.patch) for c in centres]
-        targets = np.stack([segmentation_target(self.task, lab, source=str(case.label)) for lab in labels])
-        return torch.from_numpy(images).float(), torch.from_numpy(targets).float()
+        labels = np.stack([cut(arrays.label, c, self.patch) for c in centres])  # (K, x, y, z)
+        # one lookup for the K patches, stacked along x: (C, K * x, y, z) -> (K, C, x, y, z)
+        k, (px, py, pz) = len(labels), labels.shape[1:]
+        regions = segmentation_target(self.task, labels.reshape(k * px, py, pz), source=str(case.label))
+        targets = torch.from_numpy(regions.reshape(-1, k, px, py, pz)).transpose(0, 1)
+        return torch.from_numpy(images).float(), targets.contiguous()
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         case = self.cases[index]
         seed = _item_seed(loader_seed(self.seed), index)
-        arrays = case.open_arrays()
+        arrays = self._arrays(index)
         if arrays is not None:
             return self._mapped(case, arrays, seed)
         image, target = load_case(case, self.task)
         crops = self._crops(image, target.astype(np.float32), seed)
         images = torch.stack([torch.as_tensor(c["image"]).as_subclass(Tensor) for c in crops])
         targets = torch.stack([torch.as_tensor(c["target"]).as_subclass(Tensor) for c in crops])
-        return images.float(), targets.float()
+        return images.float(), targets.to(torch.uint8)

@@ -154,7 +154,8 @@ def segmentation_target(task: TaskSpec | str, label: np.ndarray, *,
     if not np.issubdtype(label.dtype, np.integer):
         if not np.all(np.isfinite(label)) or not np.array_equal(label, np.round(label)):
             raise DataError(f"{source}: label values must be integers")
-    values = label.astype(np.int64, copy=False)
+    # unsigned labels (uint8 from the arrays) index the table as they are: no int64 copy
+    values = label if label.dtype.kind == "u" else label.astype(np.int64, copy=False)
     low, high = int(values.min()), int(values.max())
     if low < 0 or high > max(spec.label_values):
         check_label_values(np.unique(values), spec, source)
