@@ -12,7 +12,10 @@ configs/paper.yaml) on one GPU:
 5. whether a run resumed from its epoch-1 checkpoint ends with the same weights as an
    uninterrupted run under ``deterministic: true`` (the engine, on pair files);
 6. the 2D setting's PCRL step (ResNet-18 U-Net, ``cubes.pretrain2d`` crops, the 2D batch
-   of ``pretrain2d.settings``), samples/s per AMP mode.
+   of ``pretrain2d.settings``), samples/s per AMP mode;
+7. the corruption chain with the target's transform (benchmarks/bench_transforms.py,
+   batch 16 of 64x64x32) batched on the device, against the per-sample NumPy reference
+   on one CPU thread, in the same run.
 
 ``--tiny`` runs the same sections on the CPU with a tiny network and cube (gloo instead of
 NCCL, no compile, fp16 skipped): CI runs it so the script never rots.
@@ -38,7 +41,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steps import build_step, synchronize  # noqa: E402 - after the path set-up
+import bench_transforms  # noqa: E402 - after the path set-up
+from steps import build_step, synchronize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"base": 4, "queue_size": 64}  # overrides of the method's mapping for --tiny
@@ -104,6 +108,18 @@ def section_amp_2d(args: argparse.Namespace, device: torch.device) -> dict[str, 
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return {**shape, "samples_per_s": rates}
+
+
+def section_corruptions(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The batched corruption chain on ``device`` against the NumPy reference (3 seeds)."""
+    size = ["24", "24", "16"] if args.tiny else ["64", "64", "32"]
+    threads = torch.get_num_threads()
+    figures = bench_transforms.main(["--device", device.type, "--size", *size, "--repeats", "3",
+                                     "--threads", "1" if device.type == "cpu" else "0"])
+    torch.set_num_threads(threads)
+    return {"size": [int(v) for v in size], "batch": figures["batch_shape"][0],
+            "samples_per_s": figures["batched"]["samples_per_s"],
+            "reference_samples_per_s": figures["reference"]["samples_per_s"], "speedup": figures["speedup"]}
 
 
 def _pair_files(folder: Path, size: tuple[int, ...], count: int) -> list[Path]:
@@ -259,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["ddp"] = section_ddp(args, device, best, report["amp"]["samples_per_s"][best])
     report["resume"] = section_resume(args, device)
     report["amp_2d"] = section_amp_2d(args, device)
+    report["corruptions"] = section_corruptions(args, device)
     report["seconds"] = time.perf_counter() - started
     print_table(report)
     if args.out:
@@ -288,6 +305,10 @@ def print_table(report: dict[str, Any]) -> None:
     rows += [(f"2D step amp={mode} (batch {report['amp_2d']['batch']}, {report['amp_2d']['size']})",
               f"{rate:.2f} samples/s" if isinstance(rate, float) else rate)
              for mode, rate in report["amp_2d"]["samples_per_s"].items()]
+    cor = report["corruptions"]
+    rows += [(f"corruption + target, batch {cor['batch']} of {cor['size']}",
+              f"{cor['samples_per_s']:.1f} samples/s, {cor['speedup']:.0f}x the NumPy reference "
+              f"({cor['reference_samples_per_s']:.1f} samples/s, 1 CPU thread)")]
     rows += [("total time", f"{report['seconds']:.0f} s on {report['device']}")]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:

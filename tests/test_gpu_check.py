@@ -37,3 +37,9 @@ def test_tiny_gpu_check_measures_every_section(repo_root: Path, tmp_path: Path) 
     assert report["amp_2d"]["size"] == [32, 32] and report["amp_2d"]["batch"] == 2  # params.yaml's 2D cubes
     assert set(report["amp_2d"]["samples_per_s"]) == {"off", "bf16"}
     assert all(rate > 0 for rate in report["amp_2d"]["samples_per_s"].values())
+    corruptions = report["corruptions"]
+    assert corruptions["size"] == [24, 24, 16] and corruptions["batch"] == 16
+    assert corruptions["samples_per_s"] > 0 and corruptions["reference_samples_per_s"] > 0
+    assert corruptions["speedup"] == pytest.approx(
+        corruptions["samples_per_s"] / corruptions["reference_samples_per_s"])
+    assert "corruption + target, batch 16" in proc.stdout
