@@ -152,6 +152,15 @@ def test_local_shuffle_probability_and_identity() -> None:
 
 
 
+def test_local_shuffle_takes_any_strides() -> None:
+    """A transposed (non-contiguous) batch shuffles as its contiguous copy does."""
+    x = batch((3, 2, 30, 20, 20)).transpose(2, 3)  # blocks up to 2 x 3 x 2 voxels
+    assert not x.is_contiguous()
+    out = T.local_pixel_shuffle(x, gen(4), prob=1.0)
+    assert torch.equal(out, T.local_pixel_shuffle(x.contiguous(), gen(4), prob=1.0))
+    assert not torch.equal(out, x)
+
+
 def test_local_shuffle_coin_is_drawn_per_sample() -> None:
     """With prob 0.5 each sample of a batch is shuffled independently: over 40 batches of 16
     the count per batch follows Binomial(16, 0.5) (a per-batch coin would give only 0 or 16),

@@ -79,7 +79,8 @@ def _paint_boxes(x: Tensor, noise: Tensor, boxes: _Boxes, inner: Tensor, painted
     are axis-aligned and few (at most 5 per sample), so copying them touches each voxel
     about once, where a mask costs a (N, x*y, z) matrix product, comparisons and a
     three-input select over the whole batch, 2-3x the time on the CPU
-    (benchmarks/bench_transforms.py). The bounds are read once (one sync on a GPU).
+    (benchmarks/bench_transforms.py). The bounds and choices are read to the host once per call
+    (five small transfers on a GPU, where benchmarks/gpu_check.py times the chain).
     """
     low, high, active = boxes.low.tolist(), boxes.high.tolist(), boxes.active.tolist()
     for i, (is_painted, is_inner) in enumerate(zip(painted.tolist(), inner.tolist())):

@@ -188,7 +188,7 @@ def local_pixel_shuffle(
     plan = _shuffle_plan(
         x.shape, generator, x.device, prob=prob, coverage=coverage, max_block_fraction=max_block_fraction
     )
-    out = x.clone()
+    out = x.clone(memory_format=torch.contiguous_format)  # viewable whatever the strides of x
     flat_in, flat_out = x.reshape(*x.shape[:2], -1), out.view(*x.shape[:2], -1)
     for sample, targets, sources in zip(plan.samples.tolist(), plan.targets, plan.sources):
         # only the moving voxels are read and written: the rest of the clone stays
