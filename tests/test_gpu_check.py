@@ -39,8 +39,8 @@ def test_tiny_gpu_check_measures_every_section(repo_root: Path, tmp_path: Path) 
     assert set(report["amp_2d"]["samples_per_s"]) == {"off", "bf16"}
     assert all(rate > 0 for rate in report["amp_2d"]["samples_per_s"].values())
     corruptions = report["corruptions"]
-    assert corruptions["size"] == [24, 24, 16] and corruptions["batch"] == 16
+    assert corruptions["size"] == [24, 24, 16] and corruptions["batch"] == 4
     assert corruptions["samples_per_s"] > 0 and corruptions["reference_samples_per_s"] > 0
     assert corruptions["speedup"] == pytest.approx(
         corruptions["samples_per_s"] / corruptions["reference_samples_per_s"])
-    assert re.search(r"^corruption \+ target, batch 16 of \[24, 24, 16\] +[0-9.]+ samples/s", proc.stdout, re.M)
+    assert re.search(r"^corruption \+ target, batch 4 of \[24, 24, 16\] +[0-9.]+ samples/s", proc.stdout, re.M)
