@@ -68,8 +68,8 @@ def _draw_boxes(
     return _Boxes(corner, corner + side, active)
 
 
-def _paint_boxes(x: Tensor, noise: Tensor, boxes: _Boxes, inner: Tensor, painted: Tensor) -> Tensor:
-    """Compose painted samples in ``noise`` (overwritten and returned) by box copies.
+def _paint_boxes(x: Tensor, generator: torch.Generator, boxes: _Boxes, inner: Tensor, painted: Tensor) -> Tensor:
+    """Draw uniform noise like ``x`` and compose the painted samples in it by box copies.
 
     Per sample: unpainted, ``x``; in-painted (``inner``), ``x`` with the noise of its active
     boxes; out-painted, the noise with ``x`` in its active boxes. Overlapping boxes copy the
@@ -82,6 +82,7 @@ def _paint_boxes(x: Tensor, noise: Tensor, boxes: _Boxes, inner: Tensor, painted
     (benchmarks/bench_transforms.py). The bounds and choices are read to the host once per call
     (five small transfers on a GPU, where benchmarks/gpu_check.py times the chain).
     """
+    noise = _uniform(x.shape, generator, x.device, x.dtype)
     low, high, active = boxes.low.tolist(), boxes.high.tolist(), boxes.active.tolist()
     for i, (is_painted, is_inner) in enumerate(zip(painted.tolist(), inner.tolist())):
         kept = [(slice(None), *map(slice, lo, hi)) for lo, hi, on in zip(low[i], high[i], active[i]) if on]
@@ -183,9 +184,8 @@ def in_paint(
         x.shape, generator, x.device,
         max_boxes=max_boxes, continue_prob=continue_prob, size_fraction=size_fraction, margin=margin,
     )  # fmt: skip
-    noise = _uniform(x.shape, generator, x.device, x.dtype)
     every = torch.ones(x.shape[0], dtype=torch.bool)
-    return _paint_boxes(x, noise, boxes, inner=every, painted=every)
+    return _paint_boxes(x, generator, boxes, inner=every, painted=every)
 
 
 def out_paint(
@@ -219,9 +219,8 @@ def out_paint(
         x.shape, generator, x.device,
         max_boxes=max_boxes, continue_prob=continue_prob, size_fraction=size_fraction, margin=margin,
     )  # fmt: skip
-    noise = _uniform(x.shape, generator, x.device, x.dtype)
     every = torch.ones(x.shape[0], dtype=torch.bool)
-    return _paint_boxes(x, noise, boxes, inner=~every, painted=every)
+    return _paint_boxes(x, generator, boxes, inner=~every, painted=every)
 
 
 def _paint_plan(
@@ -262,5 +261,4 @@ def paint(x: Tensor, generator: torch.Generator, *, prob: float = 0.9, inpaint_p
     _check_prob(prob, "prob")
     _check_prob(inpaint_prob, "inpaint_prob")
     boxes, inner, painted = _paint_plan(x.shape, generator, x.device, prob=prob, inpaint_prob=inpaint_prob)
-    noise = _uniform(x.shape, generator, x.device, x.dtype)
-    return _paint_boxes(x, noise, boxes, inner=inner, painted=painted)
+    return _paint_boxes(x, generator, boxes, inner=inner, painted=painted)
