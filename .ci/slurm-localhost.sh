@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real single-node SLURM on localhost, for the cluster tests (run as root).
-#   .ci/slurm-localhost.sh start   install (Debian packages) if needed, configure, start, wait until idle
+#   .ci/slurm-localhost.sh start   install (Debian packages) if needed, configure, start with no
+#                                  jobs left from an earlier run, wait until idle
 #   .ci/slurm-localhost.sh stop    stop slurmd, slurmctld and munged by the PIDs in their pid files
 # No accounting database: the Snakemake profile queries job states with squeue.
 set -euo pipefail
@@ -22,7 +23,6 @@ start() {
   chown slurm:slurm "$RUN" "$SPOOL" "$LOGS"
   chown munge:munge /run/munge
   [ -f /etc/munge/munge.key ] || { mungekey --create 2>/dev/null || create-munge-key -f; chown munge:munge /etc/munge/munge.key; }
-  munge -n >/dev/null 2>&1 || su -s /bin/sh munge -c "munged"
 
   # The node as slurmd sees it, with some memory left for the system.
   local node mem
@@ -56,10 +56,25 @@ $node State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 
-  slurmctld
-  slurmd
+  # A machine that ran this before may still have daemons up, or jobs saved in the state
+  # folder from a run that was cut off: slurmctld would requeue those, and the node would
+  # stay allocated to them. Stop old daemons, then start with cleared state (-c) and no
+  # job steps left in slurmd's spool.
+  stop
+  pkill -x slurmctld 2>/dev/null || true
+  pkill -x slurmd 2>/dev/null || true
+  pkill -x slurmstepd 2>/dev/null || true
+  find /var/spool/slurmd -mindepth 1 -maxdepth 1 -name "${host}_*" -delete 2>/dev/null || true
+  munge -n >/dev/null 2>&1 || su -s /bin/sh munge -c "munged"
+  slurmctld -c
+  slurmd -c
+  local state
   for _ in $(seq 60); do
-    [ "$(sinfo -h -o %T 2>/dev/null | head -n 1)" = "idle" ] && { echo "SLURM is up on $host"; return 0; }
+    state=$(sinfo -h -o %T 2>/dev/null | head -n 1)
+    [ "$state" = "idle" ] && { echo "SLURM is up on $host"; return 0; }
+    case "$state" in
+      down*|drain*) scontrol update NodeName="$host" State=RESUME 2>/dev/null || true ;;
+    esac
     sleep 1
   done
   echo "SLURM did not become idle" >&2
