@@ -18,7 +18,8 @@ configs/paper.yaml) on one GPU:
    on one CPU thread, in the same run.
 
 ``--tiny`` runs the same sections on the CPU with a tiny network and cube (gloo instead of
-NCCL, no compile, fp16 skipped): CI runs it so the script never rots.
+NCCL, no compile, fp16 skipped, one timed step a figure): CI runs it so the script never
+rots.
 
     python benchmarks/gpu_check.py --out gpu_check.json          # on a GPU machine, < 5 min
     python benchmarks/gpu_check.py --tiny --out gpu_check.json   # anywhere
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.tiny:
         args.params = REPO / "params.yaml"
-        args.batch, args.steps, args.workers = args.batch or 2, min(args.steps, 2), min(args.workers, 2)
+        args.batch, args.steps, args.workers = args.batch or 2, 1, min(args.workers, 2)
         args.max_batch, args.memory_seconds = min(args.max_batch, 8), min(args.memory_seconds, 20.0)
         torch.set_num_threads(1)
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")

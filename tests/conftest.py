@@ -75,8 +75,10 @@ def without_2d(params: dict) -> dict:
 def narrowed(work: Path) -> Path:
     """Narrow the demo's fan-out in a fresh copy (same stages, fewer runs): the 3D setting
     only (:func:`without_2d`), one pretraining method for 2 epochs (a preemption test stops
-    it after the first), scratch vs PCRL, one label fraction, one fine-tuning epoch."""
+    it after the first) over half the demo's pairs (8 a scan: 7 steps an epoch), scratch vs
+    PCRL, one label fraction, one fine-tuning epoch."""
     params = without_2d(yaml.safe_load((work / "params.yaml").read_text()))
+    params["cubes"]["pretrain"]["pairs_per_case"] = 8
     params["pretrain"].update(methods=["pcrl"], epochs=2)
     params["finetune"].update(inits=["scratch", "pcrl"], fractions=[1.0], seeds=[0])
     for task in ("ncc", "lcs", "bms"):
