@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -144,24 +145,36 @@ def _job_ids(work: Path, rule: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm: None, repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def slurm_run(slurm: None, repo_root: Path, tmp_path_factory: pytest.TempPathFactory,
+              request: pytest.FixtureRequest) -> tuple[Path, str]:
     """`snakemake --profile slurm` over the whole narrowed demo DAG with the shipped (demo)
-    resources; once pretraining has logged its first epoch, its job gets SIGUSR1 on every
-    step, as `--signal` sends it before a time limit. Returns the copy and that job's id."""
+    resources; once pretraining has logged its first epoch, its job gets SIGUSR1, as
+    `--signal` sends it before a time limit. Returns the copy and that job's id.
+
+    The local `dvc repro` these results must equal (``dvc_run``) is built while the jobs
+    run: the SLURM executor waits 1 s, then 10 s longer each round, between status checks,
+    so the 2 CPUs are idle for much of this run (the results are the same under load:
+    stages are deterministic for a given thread count)."""
     work = narrowed(fresh_copy(repo_root, tmp_path_factory.mktemp("slurm")))
     log = (work / "snakemake.log").open("w")
-    # first status check 1 s after a submission (the profile waits 5 s, then 10 s longer
-    # each time no job has finished): a 2-CPU node runs these short jobs one by one
+    # first status check 1 s after a submission (the profile waits 5 s)
     proc = subprocess.Popen(["snakemake", "--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1"],
                             cwd=work, stdout=log, stderr=subprocess.STDOUT)
-    signalled = ""
-    deadline = time.monotonic() + 1800
-    try:
+    signalled: dict[str, int] = {}  # job id -> scancel's exit status
+
+    def preempt_after_the_first_epoch() -> None:
+        deadline = time.monotonic() + 1800
         while proc.poll() is None and time.monotonic() < deadline:
             if not signalled and _rows(work / STATE_LOSS) and _job_ids(work, "pretrain_pcrl"):
-                signalled = _job_ids(work, "pretrain_pcrl")[0]
-                subprocess.run(["scancel", "--signal=USR1", signalled], check=True)
+                job = _job_ids(work, "pretrain_pcrl")[0]
+                signalled[job] = subprocess.run(["scancel", "--signal=USR1", job]).returncode
             time.sleep(0.2)
+
+    watcher = threading.Thread(target=preempt_after_the_first_epoch, daemon=True)
+    watcher.start()
+    try:
+        request.getfixturevalue("dvc_run")
+        watcher.join()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -169,7 +182,9 @@ def slurm_run(slurm: None, repo_root: Path, tmp_path_factory: pytest.TempPathFac
     tail = (work / "snakemake.log").read_text()[-5000:]
     assert proc.returncode == 0, tail
     assert signalled, f"pretraining never logged an epoch:\n{tail}"
-    return work, signalled
+    (job, status), = signalled.items()
+    assert status == 0, f"scancel --signal=USR1 {job} failed"
+    return work, job
 
 
 def test_slurm_runs_every_stage_as_a_job_with_the_demo_resources(slurm_run: tuple[Path, str]) -> None:
