@@ -62,9 +62,11 @@ def _shard(args: argparse.Namespace, data: dict[str, Any]) -> tuple[int, int]:
 
 def cmd_check_params(args: argparse.Namespace, params: dict[str, Any]) -> None:
     """Validate params.yaml before any stage runs; write the data settings it checked."""
-    from pcrl.stages.check_params import run_check_params
+    from pcrl.stages.check_params import momentum_warnings, run_check_params
 
     run_check_params(section(params, "data"), out=Path(args.out))
+    for warning in momentum_warnings(params):  # warnings only: the data settings written are unchanged
+        log.warning("%s", warning)
 
 
 def cmd_resample(args: argparse.Namespace, params: dict[str, Any]) -> None:

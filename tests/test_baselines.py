@@ -61,7 +61,7 @@ def test_moco_is_infonce_of_query_and_momentum_key_against_the_queue() -> None:
     queue0 = method.queue.keys.clone()
     x1, x2 = _pairs()
     out = method(x1, x2, torch.Generator().manual_seed(5))
-    assert set(out) == {"loss", "contrastive", "con_acc", "queue_fill"}
+    assert set(out) == {"loss", "contrastive", "con_acc", "queue_fill", "ema_momentum"}
 
     g = torch.Generator().manual_seed(5)
     cfg = transforms.CorruptionConfig()

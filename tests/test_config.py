@@ -56,6 +56,9 @@ def test_unknown_top_level_section_is_named(demo_params: dict) -> None:
         (("pretrain", "augment", "flip_axes"), [0, 3], r"pretrain\.augment\.flip_axes\.1"),
         (("pretrain", "pcrl", "nce"), "paper", r"pretrain\.pcrl\.nce"),
         (("finetune", "network", "norm"), "batchstats", r"finetune\.network\.norm"),
+        (("finetune", "ncc", "min_steps_per_epoch"), 0, r"finetune\.ncc\.min_steps_per_epoch"),
+        (("finetune", "chest14", "min_steps_per_epoch"), 1.5,
+         r"finetune\.chest14\.min_steps_per_epoch"),
     ],
 )
 def test_bad_values_name_their_key(demo_params: dict, keys: tuple, value, dotted: str) -> None:

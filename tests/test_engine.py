@@ -38,6 +38,7 @@ from pcrl.engine import (
     resolve_amp,
     train,
 )
+from pcrl.engine.sampler import _EpochSampler
 from pcrl.errors import ConfigError, DataError
 
 SHAPE = (8, 8, 4)
@@ -327,7 +328,8 @@ def test_bf16_autocast_on_cpu_trains_like_fp32_within_bf16_precision(tmp_path: P
 @pytest.mark.parametrize(("overrides", "key"), [
     ({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"amp": "fp32"}, "amp"),
     ({"momentum": 1.0}, "momentum"), ({"max_grad_norm": 0.0}, "max_grad_norm"),
-    ({"batch_size": True}, "batch_size"),
+    ({"batch_size": True}, "batch_size"), ({"min_steps_per_epoch": 0}, "min_steps_per_epoch"),
+    ({"min_steps_per_epoch": 2.0}, "min_steps_per_epoch"),
 ])
 def test_config_validation_names_the_field(overrides: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=f"TrainConfig.{key}"):
@@ -349,6 +351,115 @@ def test_gradient_clipping_bounds_the_first_update(tmp_path: Path) -> None:
     assert 0 < moved.norm() <= 1e-3 * 1.0001
 
 
+# ------------------------------------------------------------ min_steps_per_epoch
+
+
+class LoggedPairs(ArrayPairs):
+    """ArrayPairs recording the index of every item loaded (no worker processes)."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        super().__init__(n, seed)
+        self.loaded: list[int] = []
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        self.loaded.append(int(index))
+        return super().__getitem__(index)
+
+
+def _epoch_indices(n: int, *, world: int = 1, rank: int = 0, seed: int = 0, epoch: int = 1,
+                   start: int = 0, batch_size: int = 8, min_steps: int | None = 5) -> list[int]:
+    sampler = _EpochSampler(ArrayPairs(n), world, rank, seed, batch_size=batch_size,
+                            min_steps=min_steps)
+    sampler.set_position(epoch, start)
+    indices = list(sampler)
+    assert len(indices) == len(sampler)
+    return indices
+
+
+def test_min_steps_fills_the_epoch_with_seeded_redraws() -> None:
+    """12 items, batch 8, at least 5 steps: 40 indices, the first 12 a permutation (the
+    DistributedSampler's), so every item 3 or 4 times (40 = 3 x 12 + 4)."""
+    indices = _epoch_indices(12)
+    assert len(indices) == 40
+    assert sorted(indices[:12]) == list(range(12))
+    assert indices[:12] == _epoch_indices(12, min_steps=None) != list(range(12))
+    counts = np.bincount(indices, minlength=12)
+    assert sorted(counts.tolist()) == [3] * 8 + [4] * 4
+    assert _epoch_indices(12) == indices  # deterministic for (seed, epoch)
+    assert _epoch_indices(12, epoch=2) != indices
+    assert _epoch_indices(12, seed=1, epoch=2) != _epoch_indices(12, seed=0, epoch=2)
+    assert _epoch_indices(12, start=16) == indices[16:]  # resuming after 2 steps
+    # No item dropped and no extra step when the pass already has more steps: 12 at batch
+    # 8 is 2 steps (8 + 4 filled with re-drawn items), not 1 with 4 items dropped.
+    short = _epoch_indices(12, min_steps=1)
+    assert len(short) == 16 and set(short) == set(range(12))
+    # Fewer items than a batch: one full batch, every item in it.
+    tiny = _epoch_indices(3, min_steps=1)
+    assert len(tiny) == 8 and set(tiny) == {0, 1, 2}
+
+
+def test_min_steps_shards_the_same_global_batches_over_two_ranks() -> None:
+    """Global batch 8 over 2 ranks: each rank 5 local batches of 4, rank r taking every
+    other index of the one-process order from the r-th, so the global batches (and the
+    step count) do not depend on the number of processes."""
+    single = _epoch_indices(12)
+    ranks = [_epoch_indices(12, world=2, rank=r) for r in (0, 1)]
+    assert [len(r) for r in ranks] == [20, 20]  # 5 steps of 4 on each rank
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
+    assert set(ranks[0]) | set(ranks[1]) == set(range(12))
+    assert _epoch_indices(12, world=2, rank=1, start=8) == ranks[1][8:]
+
+
+def test_min_steps_none_keeps_the_single_pass_with_the_last_batch_dropped() -> None:
+    plain = _EpochSampler(ArrayPairs(12), 1, 0, 0)
+    plain.set_position(1, 0)
+    assert plain.per_rank() == 12 and _epoch_indices(12, min_steps=None) == list(plain)
+
+
+def test_min_steps_trains_that_many_steps_on_every_item(tmp_path: Path) -> None:
+    data = LoggedPairs(12)
+    method = make_method()
+    run(tmp_path / "filled", method=method, dataset=data, epochs=2, batch_size=8,
+        min_steps_per_epoch=5)
+    assert int(method.steps) == 10  # 5 SGD steps an epoch
+    assert len(data.loaded) == 80
+    assert data.loaded[:40] == _epoch_indices(12, epoch=1)
+    assert data.loaded[40:] == _epoch_indices(12, epoch=2)
+    assert set(data.loaded[:40]) == set(data.loaded[40:]) == set(range(12))
+    # Without the setting: one step an epoch, the last 4 items of each epoch dropped.
+    old = make_method()
+    run(tmp_path / "plain", method=old, epochs=2, batch_size=8)
+    assert int(old.steps) == 2
+    # Fewer items than a batch: refused without it, one filled batch with it.
+    with pytest.raises(ConfigError, match="batch_size 16"):
+        run(tmp_path / "big", batch_size=16)
+    big = make_method()
+    run(tmp_path / "big", method=big, epochs=1, batch_size=16, min_steps_per_epoch=1)
+    assert int(big.steps) == 1
+
+
+def test_min_steps_resume_mid_epoch_is_exact(tmp_path: Path) -> None:
+    reference = run(tmp_path / "ref", epochs=2, batch_size=8, min_steps_per_epoch=5)
+    ref = load_checkpoint(reference.checkpoint)
+    assert int(ref["method"]["steps"]) == 10
+    with pytest.raises(Preempted) as info:  # the 8th step: epoch 2, step 3 of 5
+        run(tmp_path / "cut", method=make_method(signal_at_step=7), epochs=2, batch_size=8,
+            min_steps_per_epoch=5)
+    assert (info.value.epoch, info.value.step) == (2, 3)
+    saved = load_checkpoint(last_checkpoint(tmp_path / "cut"))
+    assert (saved["epoch"], saved["step"]) == (1, 3) and int(saved["method"]["steps"]) == 8
+    with pytest.raises(ConfigError, match="min_steps_per_epoch: 5 -> 6"):
+        run(tmp_path / "cut", epochs=2, batch_size=8, min_steps_per_epoch=6)
+    resumed = run(tmp_path / "cut", epochs=2, batch_size=8, min_steps_per_epoch=5)
+    assert resumed.epochs_run == [2]
+    final = load_checkpoint(resumed.checkpoint)
+    assert_same_state(final["method"], ref["method"])
+    assert torch.equal(final["optimizer"]["state"][0]["momentum_buffer"],
+                       ref["optimizer"]["state"][0]["momentum_buffer"])
+    assert without_speed(resumed.final_metrics) == pytest.approx(
+        without_speed(reference.final_metrics), rel=1e-12)
+
+
 # ------------------------------------------------------------------------------ DDP
 
 
@@ -362,6 +473,7 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     """One of two processes (torchrun-style environment) running three scenarios.
 
     ``one_step``: one SGD step, deterministic method, half of a global batch of 4.
+    ``filled``: 12 pairs, global batch 8, ``min_steps_per_epoch`` 5: 5 steps on each rank.
     ``full``: 3 epochs with generator noise, uninterrupted.
     ``cut``: the same, but only rank 1 receives SIGTERM (during epoch 2, step 2); both
     ranks must stop after the same step, then a rerun resumes.
@@ -376,6 +488,10 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
         one = train(make_method(noise=False), ArrayPairs(4), config(epochs=1, lr=0.1),
                     out / "one_step", device=info.device, dist=info)
         record["one_step_loss"] = one.final_metrics["train/loss"]
+        filled, logged = make_method(), LoggedPairs(12)
+        train(filled, logged, config(epochs=1, batch_size=8, min_steps_per_epoch=5),
+              out / "filled", device=info.device, dist=info)
+        record["filled_steps"], record["filled_loaded"] = int(filled.steps), logged.loaded
         train(make_method(), ArrayPairs(12), config(), out / "full", device=info.device,
               dist=info)
         try:
@@ -415,6 +531,14 @@ def test_ddp_two_processes_match_one_process_on_the_full_batch(tmp_path: Path,
     assert [r["one_step_loss"] for r in records] == pytest.approx([expected] * 2, rel=1e-6)
     live = json.loads((ddp_dir / "one_step" / "live" / "metrics.json").read_text())
     assert live["train"]["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_ddp_min_steps_gives_every_rank_the_same_steps_and_shards_the_epoch(ddp_runs) -> None:
+    _, records = ddp_runs
+    assert [r["filled_steps"] for r in records] == [5, 5]
+    for rank, record in enumerate(records):
+        assert record["filled_loaded"] == _epoch_indices(12, world=2, rank=rank)
+    assert set(records[0]["filled_loaded"]) | set(records[1]["filled_loaded"]) == set(range(12))
 
 
 def test_ddp_preemption_of_one_rank_stops_all_and_resumes_exactly(ddp_runs) -> None:

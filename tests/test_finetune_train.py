@@ -284,6 +284,54 @@ def test_a_validation_lost_in_a_crash_is_caught_up_on_resume(tmp_path: Path) -> 
     assert resumed.best_epoch == reference.best_epoch
 
 
+class CountingModule(FinetuneModule):
+    """A FinetuneModule counting its SGD steps."""
+
+    def __init__(self) -> None:
+        super().__init__(seeded_network("lcs", NetworkConfig(base=2), 0), DiceBCELoss())
+        self.steps = 0
+
+    def after_step(self) -> None:
+        self.steps += 1
+
+
+def test_finetune_with_few_items_takes_min_steps_per_epoch(tmp_path: Path) -> None:
+    """6 items, batch 4: one step an epoch (2 items dropped) without the setting; with
+    ``min_steps_per_epoch`` 3, 3 steps an epoch, as many each epoch (12 in 4 epochs)."""
+    def validate(net: nn.Module) -> dict[str, float]:
+        return {"dice_mean": 0.5}
+
+    plain = CountingModule()
+    finetune(plain, Pairs(6), validate, _config(epochs=4), tmp_path / "plain",
+             monitor="dice_mean", patience=10, device=torch.device("cpu"))
+    assert plain.steps == 4
+    filled = CountingModule()
+    result = finetune(filled, Pairs(6), validate, _config(epochs=4, min_steps_per_epoch=3),
+                      tmp_path / "filled", monitor="dice_mean", patience=10,
+                      device=torch.device("cpu"))
+    assert result is not None and filled.steps == 12 and result.epochs_done == 4
+    assert load_checkpoint(last_checkpoint(tmp_path / "filled"))["config"][
+        "min_steps_per_epoch"] == 3
+
+
+def test_the_stage_passes_min_steps_per_epoch_to_the_engine() -> None:
+    from pcrl.distributed import DistInfo
+    from pcrl.stages.finetune import _train_config
+
+    task = {"epochs": 10, "patience": 3, "batch_size": 8, "lr": 0.05}
+    dist = DistInfo(device=torch.device("cpu"))
+
+    def build(**extra: object) -> TrainConfig:
+        return _train_config({**task, **extra}, {"amp": "off"}, 12, dist, seed=0,
+                             num_workers=1, progress=False, what="ncc")
+
+    assert build(min_steps_per_epoch=8).min_steps_per_epoch == 8
+    assert build(min_steps_per_epoch=None).min_steps_per_epoch is None
+    assert build().min_steps_per_epoch is None  # params without the key: as before
+    with pytest.raises(ConfigError, match="min_steps_per_epoch"):
+        build(min_steps_per_epoch=0)
+
+
 def test_a_corrupt_best_checkpoint_is_named(tmp_path: Path) -> None:
     hook = ValidationHook(lambda n: {"auc": 0.7}, tmp_path, monitor="auc", patience=3)
     hook.record(1, torch.nn.Linear(2, 1), {"auc": 0.7})

@@ -27,7 +27,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_NAME = "last.pt"
 # Settings that change the result: a resumed run must use the same values.
 _RESUME_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "seed",
-                  "max_grad_norm")
+                  "max_grad_norm", "min_steps_per_epoch")
 _CHECKPOINT_KEYS = ("format", "epoch", "step", "method", "optimizer", "scheduler", "scaler",
                     "generator_state", "sampler", "partial_sums", "metrics", "config", "amp")
 

@@ -110,13 +110,17 @@ class _Trainer:
         self.generator.manual_seed(_derive_seed(config.seed, info.rank, 0))
         self.group = _Group(info, device)
         self.wrapped = self._wrap(method)
-        self.sampler = _EpochSampler(dataset, self.world, info.rank, config.seed)
+        self.sampler = _EpochSampler(dataset, self.world, info.rank, config.seed,
+                                     batch_size=config.batch_size,
+                                     min_steps=config.min_steps_per_epoch)
         self.dataset = dataset
+        # A multiple of the local batch with min_steps_per_epoch, so drop_last drops nothing.
         self.steps = self.sampler.per_rank() // self.local_batch
         if self.steps == 0:
             raise ConfigError(
                 f"TrainConfig.batch_size {config.batch_size} is larger than the "
-                f"{len(cast(Sized, dataset))} training pairs (no full batch per epoch)")
+                f"{len(cast(Sized, dataset))} training pairs (no full batch per epoch; "
+                "min_steps_per_epoch fills batches by resampling)")
         self.stop = _StopFlag()
         self.last = last_checkpoint(out_dir)
 

@@ -25,7 +25,13 @@ from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
 from pcrl.methods.losses import InfoNCELoss, contrastive_accuracy
-from pcrl.methods.momentum import KeyQueue, forward_shuffled, update_momentum
+from pcrl.methods.momentum import (
+    KeyQueue,
+    MomentumSchedule,
+    MomentumScheduleName,
+    forward_shuffled,
+    momentum_at,
+)
 from pcrl.methods.views import ViewConfig, augment_and_corrupt
 from pcrl.networks.factory import DECODER_PREFIXES, Arch, check_arch, pretraining_network
 from pcrl.networks.unet3d import NormName, require_positive_int
@@ -47,7 +53,10 @@ class MoCoConfig:
         proj_dim: projection dimension (128).
         queue_size: number of negative keys (16384).
         temperature: InfoNCE temperature (0.2, MoCo v2).
-        momentum: EMA coefficient per step (0.999).
+        momentum: EMA coefficient per step (0.999); the ramp's start with ``cosine``.
+        momentum_schedule: ``"constant"`` or ``"cosine"`` (see :class:`~pcrl.methods.pcrl.PCRLConfig`).
+        momentum_steps: the run's optimiser steps (set by the pretrain stage).
+        shuffle_positives: negative control: positives rolled by one across the batch.
         shuffle_bn: shuffle the batch around the momentum encoder.
         corrupt: feed the corrupted views (True, as PCRL) or the augmented views only.
         corruption: settings of :func:`pcrl.transforms.corrupt`.
@@ -65,6 +74,9 @@ class MoCoConfig:
     queue_size: int = 16384
     temperature: float = 0.2
     momentum: float = 0.999
+    momentum_schedule: MomentumScheduleName = "constant"
+    momentum_steps: int | None = None
+    shuffle_positives: bool = False
     shuffle_bn: bool = True
     corrupt: bool = True
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
@@ -78,6 +90,12 @@ class MoCoConfig:
             raise ConfigError(f"MoCoConfig.temperature must be positive, got {self.temperature!r}")
         if not 0.0 <= self.momentum <= 1.0:
             raise ConfigError(f"MoCoConfig.momentum must lie in [0, 1], got {self.momentum!r}")
+        if self.momentum_steps is not None:
+            require_positive_int("MoCoConfig.momentum_steps", self.momentum_steps)
+        try:
+            momentum_at(0, self.momentum_steps, self.momentum, self.momentum_schedule)
+        except ValueError as exc:
+            raise ConfigError(f"MoCoConfig.momentum_schedule: {exc}") from None
         try:
             self.views  # noqa: B018 - validates corruption and augment
         except ConfigError as exc:
@@ -117,6 +135,7 @@ class MoCoV2(nn.Module):
                 module.requires_grad_(False)
         self.momentum_encoder = copy.deepcopy(self.student).requires_grad_(False)
         self.queue = KeyQueue(config.queue_size, config.proj_dim, generator=generator)
+        self.ema = MomentumSchedule(config.momentum, config.momentum_schedule, config.momentum_steps)
         self.contrastive = InfoNCELoss(config.temperature)
 
     def _inputs(self, x: Tensor, generator: torch.Generator) -> Tensor:
@@ -132,8 +151,8 @@ class MoCoV2(nn.Module):
 
         Returns:
             ``loss`` and ``contrastive`` (the same scalar); ``con_acc`` (positive key ranked
-            first among the queue) and ``queue_fill`` (share of real keys in the queue), no
-            gradient.
+            first among the queue), ``queue_fill`` (share of real keys in the queue) and
+            ``ema_momentum`` (the coefficient of the coming EMA update), no gradient.
 
         Raises:
             ValueError: if ``x1`` and ``x2`` differ in shape.
@@ -152,9 +171,12 @@ class MoCoV2(nn.Module):
 
         with torch.no_grad():
             k = forward_shuffled(keys, input2, generator)[0] if self.config.shuffle_bn else keys(input2)[0]
+            if self.config.shuffle_positives:  # negative control: another sample's key is the positive
+                k = k.roll(1, dims=0)
         q = self.student.project(self.student.encode(input1)[-1])
         loss = self.contrastive(q, k, negatives)
-        readable = {"con_acc": contrastive_accuracy(q.detach(), k, negatives), "queue_fill": self.queue.fill}
+        readable = {"con_acc": contrastive_accuracy(q.detach(), k, negatives), "queue_fill": self.queue.fill,
+                    "ema_momentum": torch.tensor(self.ema.current)}
         if self.training:  # validation leaves the queue as it is
             self.queue.enqueue(k)
         return {"loss": loss, "contrastive": loss, **readable}
@@ -166,7 +188,7 @@ class MoCoV2(nn.Module):
 
     def after_step(self) -> None:
         """EMA update of the momentum encoder (call after the optimiser step)."""
-        update_momentum(self.student, self.momentum_encoder, self.config.momentum)
+        self.ema.update(self.student, self.momentum_encoder)
 
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """The student's weights under the release's key names."""

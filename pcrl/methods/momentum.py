@@ -5,6 +5,9 @@ MoCo (He et al., CVPR 2020, Sec. 3.2 and Algorithm 1), reused by PCRL (docs/meth
 
 * :func:`update_momentum`: the momentum (key) encoder follows the student as an
   exponential moving average, ``theta_k <- m theta_k + (1 - m) theta_q`` (m = 0.999);
+* :class:`MomentumSchedule`: the EMA coefficient per step, constant (the release) or a
+  cosine ramp from ``m0`` to 1 (BYOL, Grill et al. 2020, Sec. 3.2; MoCo v3), counting its
+  steps in a buffer so that a resumed run continues the ramp;
 * :class:`KeyQueue`: a FIFO dictionary of the last ``K`` keys (16384 x 128), held as a
   registered buffer so that it is saved with checkpoints and moved with ``.to(device)``;
   keys are enqueued once per training step (the release enqueued three times: docs/method.md
@@ -19,24 +22,109 @@ MoCo (He et al., CVPR 2020, Sec. 3.2 and Algorithm 1), reused by PCRL (docs/meth
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pcrl.momentum_rule import TIME_CONSTANT_SHARE, momentum_time_constant, recommended_momentum
+
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "MOMENTUM_SCHEDULES",
+    "TIME_CONSTANT_SHARE",
     "KeyQueue",
+    "MomentumSchedule",
+    "MomentumScheduleName",
     "batch_shuffle",
     "batch_unshuffle",
     "concat_all_gather",
     "forward_shuffled",
     "is_distributed",
+    "momentum_at",
+    "momentum_time_constant",
+    "recommended_momentum",
     "update_momentum",
 ]
+
+MomentumScheduleName = Literal["constant", "cosine"]
+MOMENTUM_SCHEDULES: tuple[str, ...] = get_args(MomentumScheduleName)
+
+
+def momentum_at(step: int, total_steps: int | None, m0: float, schedule: str = "constant") -> float:
+    """The EMA coefficient after ``step`` optimiser steps.
+
+    ``constant``: ``m0`` at every step (MoCo, the release). ``cosine``:
+    ``1 - (1 - m0) * (cos(pi * step / total_steps) + 1) / 2`` (BYOL Sec. 3.2), ``m0`` at the
+    first step rising to 1 at the last; 1 beyond it.
+
+    Raises:
+        ValueError: unknown schedule, ``m0`` outside [0, 1], or ``cosine`` without a
+            positive ``total_steps``.
+    """
+    if schedule not in MOMENTUM_SCHEDULES:
+        raise ValueError(f"momentum schedule must be one of {MOMENTUM_SCHEDULES}, got {schedule!r}")
+    if not 0.0 <= m0 <= 1.0:
+        raise ValueError(f"momentum must lie in [0, 1], got {m0}")
+    if schedule == "constant":
+        return m0
+    if total_steps is None or total_steps < 1:
+        raise ValueError(f"the cosine momentum schedule needs the run's total steps, got {total_steps!r}")
+    t = min(max(step, 0), total_steps) / total_steps
+    return 1.0 - (1.0 - m0) * (math.cos(math.pi * t) + 1.0) / 2.0
+
+
+class MomentumSchedule(nn.Module):
+    """The EMA coefficient of a momentum encoder, step by step (see :func:`momentum_at`).
+
+    The number of updates done is a registered buffer (``steps``), so that it is saved with
+    the method's checkpoint and a resumed run continues the ramp where it stopped.
+
+    Args:
+        m0: the base momentum (the constant one, or the ramp's start).
+        schedule: ``"constant"`` or ``"cosine"``.
+        total_steps: the run's optimiser steps (required by ``cosine``).
+    """
+
+    steps: Tensor
+
+    def __init__(self, m0: float, schedule: str = "constant", total_steps: int | None = None) -> None:
+        super().__init__()
+        momentum_at(0, total_steps, m0, schedule)  # validates
+        self.m0, self.schedule, self.total_steps = float(m0), schedule, total_steps
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """Checkpoints written before the schedule existed resume at step 0 (with a warning)."""
+        key = f"{prefix}steps"
+        if key not in state_dict:
+            log.warning("%s missing from the checkpoint (written by an older version): the momentum "
+                        "schedule restarts at step 0", key)
+            state_dict[key] = torch.zeros((), dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    @property
+    def current(self) -> float:
+        """The coefficient of the next update."""
+        return momentum_at(int(self.steps), self.total_steps, self.m0, self.schedule)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, teacher: nn.Module) -> float:
+        """One EMA update of ``teacher`` towards ``student`` with :attr:`current`; returns it."""
+        m = self.current
+        update_momentum(student, teacher, m)
+        self.steps.add_(1)
+        return m
+
+    def extra_repr(self) -> str:
+        return f"m0={self.m0}, schedule={self.schedule}, total_steps={self.total_steps}"
 
 
 def is_distributed() -> bool:

@@ -54,7 +54,13 @@ from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
 from pcrl.methods.losses import NCE_SETTINGS, InfoNCELoss, NCELoss, contrastive_accuracy, reconstruction_loss
-from pcrl.methods.momentum import KeyQueue, forward_shuffled, update_momentum
+from pcrl.methods.momentum import (
+    KeyQueue,
+    MomentumSchedule,
+    MomentumScheduleName,
+    forward_shuffled,
+    momentum_at,
+)
 from pcrl.methods.views import (
     TargetMode,
     ViewConfig,
@@ -75,7 +81,7 @@ CONTRASTIVE_TERMS = ("con_plain", "con_mix", "con_mix_k")
 #: Names of the reconstruction (MSE) terms returned by :meth:`PCRL.forward` (when enabled).
 RECONSTRUCTION_TERMS = ("mse_plain", "mse_hybrid", "mse_mix_plain", "mse_mix_hybrid")
 #: Gauges without gradient returned by :meth:`PCRL.forward`, logged with the losses.
-READABLE_TERMS = ("con_acc", "queue_fill")
+READABLE_TERMS = ("con_acc", "queue_fill", "ema_momentum")
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,15 @@ class PCRLConfig:
         proj_dim: projection dimension (128).
         queue_size: number of negative keys (16384).
         temperature: contrastive temperature (0.2).
-        momentum: EMA coefficient of the momentum encoder per step (0.999).
+        momentum: EMA coefficient of the momentum encoder per step (0.999 in the release);
+            the start of the ramp with ``momentum_schedule="cosine"``.
+        momentum_schedule: ``"constant"`` (the release) or ``"cosine"`` (from ``momentum``
+            to 1 over the run, BYOL); see :class:`~pcrl.methods.momentum.MomentumSchedule`.
+        momentum_steps: the run's optimiser steps (set by the pretrain stage; needed by
+            ``cosine``, and by the rule of :data:`~pcrl.methods.momentum.TIME_CONSTANT_SHARE`).
+        shuffle_positives: the study's negative control: each query's positive key is the
+            key of another sample of the batch (rolled by one), so the contrastive term
+            carries no information about the sample.
         loss: ``"nce"`` (default: the release's NCE estimator; the spec names no other
             intent) or ``"infonce"`` (MoCo v2's softmax).
         n_data: number of training samples (pairs); required by ``loss="nce"``.
@@ -118,6 +132,9 @@ class PCRLConfig:
     queue_size: int = 16384
     temperature: float = 0.2
     momentum: float = 0.999
+    momentum_schedule: MomentumScheduleName = "constant"
+    momentum_steps: int | None = None
+    shuffle_positives: bool = False
     loss: ContrastiveLoss = "nce"
     n_data: int | None = None
     nce: Literal["intent", "release"] = "intent"
@@ -137,6 +154,12 @@ class PCRLConfig:
             raise ConfigError(f"PCRLConfig.temperature must be positive, got {self.temperature!r}")
         if not 0.0 <= self.momentum <= 1.0:
             raise ConfigError(f"PCRLConfig.momentum must lie in [0, 1], got {self.momentum!r}")
+        if self.momentum_steps is not None:
+            require_positive_int("PCRLConfig.momentum_steps", self.momentum_steps)
+        try:
+            momentum_at(0, self.momentum_steps, self.momentum, self.momentum_schedule)
+        except ValueError as exc:
+            raise ConfigError(f"PCRLConfig.momentum_schedule: {exc}") from None
         if self.loss not in get_args(ContrastiveLoss):
             raise ConfigError(
                 f"PCRLConfig.loss must be one of {get_args(ContrastiveLoss)}, got {self.loss!r}"
@@ -212,6 +235,7 @@ class PCRL(nn.Module):
             self.student.aug_fc2.requires_grad_(False)
         self.momentum_encoder = copy.deepcopy(self.student).requires_grad_(False)
         self.queue = KeyQueue(config.queue_size, config.proj_dim, generator=generator)
+        self.ema = MomentumSchedule(config.momentum, config.momentum_schedule, config.momentum_steps)
         self.contrastive: nn.Module = (
             NCELoss.from_setting(config.nce, config.n_data, config.temperature)  # type: ignore[arg-type]
             if config.loss == "nce"
@@ -252,7 +276,8 @@ class PCRL(nn.Module):
             means), the enabled terms among :data:`CONTRASTIVE_TERMS` and
             :data:`RECONSTRUCTION_TERMS`, and two readable gauges without gradient:
             ``con_acc`` (plain pass: positive key ranked first among the queue) and
-            ``queue_fill`` (share of the queue holding real keys, before this step's); all
+            ``queue_fill`` (share of the queue holding real keys, before this step's), and
+            ``ema_momentum`` (the EMA coefficient of the coming update); all
             scalars. In training mode the step's keys are
             enqueued; in eval mode (validation) the queue is left as it is.
         """
@@ -264,12 +289,15 @@ class PCRL(nn.Module):
 
         # (1) keys and momentum features of view 2.
         k, feats_k = self._momentum_forward(views.input2, generator, features=cfg.hybrid)
+        if cfg.shuffle_positives:  # negative control: another sample's key is the positive
+            k = k.roll(1, dims=0)
         # (2) student on view 1: contrastive, plain and hybrid reconstruction.
         feats_q = net.encode(views.input1)
         q = net.project(feats_q[-1])
         gated_q = _gate_deepest(feats_q, net.tca_gate(views.codes1) if cfg.tca else None)
         terms["con_plain"] = self.contrastive(q, k, negatives)
-        readable = {"con_acc": contrastive_accuracy(q.detach(), k, negatives), "queue_fill": self.queue.fill}
+        readable = {"con_acc": contrastive_accuracy(q.detach(), k, negatives), "queue_fill": self.queue.fill,
+                    "ema_momentum": torch.tensor(self.ema.current)}
         terms["mse_plain"] = reconstruction_loss(net.decode(gated_q), views.target1)
         if cfg.hybrid:
             alpha1 = folded_uniform(generator, x1.device)
@@ -286,6 +314,8 @@ class PCRL(nn.Module):
             # views would make this term an identity.
             base1, base2 = mix(views.clean1), mix(views.clean2)
             k_mix, feats_k_mix = self._momentum_forward(mix(views.input2), generator, features=cfg.hybrid)
+            if cfg.shuffle_positives:
+                k_mix = k_mix.roll(1, dims=0)
             feats_q_mix = net.encode(mix(views.input1))
             q_mix = net.project(feats_q_mix[-1])
             terms["con_mix"] = self.contrastive(q_mix, k_mix, negatives)
@@ -327,7 +357,7 @@ class PCRL(nn.Module):
     @torch.no_grad()
     def after_step(self) -> None:
         """EMA update of the momentum encoder (call after the optimiser step)."""
-        update_momentum(self.student, self.momentum_encoder, self.config.momentum)
+        self.ema.update(self.student, self.momentum_encoder)
 
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """The student's weights under the release's key names (``down_tr64...``, ``fc1``...)."""

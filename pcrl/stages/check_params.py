@@ -17,6 +17,7 @@ from pcrl.config import source_of
 from pcrl.data.registry import get_dataset
 from pcrl.data.shards import shard_count
 from pcrl.errors import ConfigError
+from pcrl.momentum_rule import momentum_warning, run_steps
 
 
 def run_check_params(data: dict[str, Any], *, out: Path) -> Path:
@@ -37,3 +38,41 @@ def run_check_params(data: dict[str, Any], *, out: Path) -> Path:
     with atomic_dir(out) as tmp:
         write_json(tmp / "data.json", data)
     return Path(out)
+
+
+#: LUNA16's scans per subset (888 in 10 subsets), for the step estimate of real data.
+LUNA16_SCANS_PER_SUBSET = 88.8
+
+
+def pretrain_steps_estimate(params: dict[str, Any]) -> int | None:
+    """The 3D pretraining run's optimiser steps as params.yaml implies them (None: no LUNA16).
+
+    Pairs = training scans x ``cubes.pretrain.pairs_per_case``; the phantom's training scans
+    are counted exactly (scan i lies in subset i mod subsets), real LUNA16's from its 888 scans.
+    """
+    data, cubes, pretrain = params.get("data", {}), params.get("cubes", {}), params.get("pretrain", {})
+    if "luna16" not in data.get("datasets", []) or "pretrain" not in cubes or not pretrain:
+        return None
+    train = {int(str(g).removeprefix("subset")) for g in cubes["pretrain"]["groups"]["train"]}
+    if source_of(data, "luna16") == "phantom":
+        phantom = data.get("phantom", {}).get("luna16", {})
+        scans, subsets = int(phantom.get("scans", 10)), int(phantom.get("subsets", 10))
+        n_scans = float(sum(1 for i in range(scans) if i % subsets in train))
+    else:
+        n_scans = LUNA16_SCANS_PER_SUBSET * len(train)
+    pairs = int(n_scans * int(cubes["pretrain"]["pairs_per_case"]))
+    return run_steps(pairs, int(pretrain["batch_size"]), int(pretrain["epochs"]))
+
+
+def momentum_warnings(params: dict[str, Any]) -> list[str]:
+    """The momentum rule (pcrl/momentum_rule.py) for every 3D method with a momentum encoder.
+
+    Only warnings: the run's exact step count is known when the pairs exist, and the
+    pretrain stage checks it again then (and records it in its summary).
+    """
+    steps = pretrain_steps_estimate(params)
+    if steps is None:
+        return []
+    pretrain = params["pretrain"]
+    found = (momentum_warning(m, pretrain, steps) for m in pretrain.get("methods", []))
+    return [f"about {steps} steps: {w}" for w in found if w]

@@ -78,7 +78,10 @@ WEIGHTS_NAME = "weights.pt"
 #: Validation metric that selects the checkpoint, per task kind.
 MONITOR = {"classification": "auc", "segmentation": "dice_mean", "multilabel": "auc_mean"}
 Validator = Callable[[torch.nn.Module], dict[str, float]]
-TRAIN_KEYS = ("epochs", "lr", "momentum", "weight_decay", "max_grad_norm", "deterministic")
+#: ``finetune.<task>`` keys passed to the engine's TrainConfig as they are;
+#: ``min_steps_per_epoch`` pads an epoch of few labels to that many SGD steps (absent: None).
+TRAIN_KEYS = ("epochs", "lr", "momentum", "weight_decay", "max_grad_norm", "deterministic",
+              "min_steps_per_epoch")
 
 
 def network_settings(task: str, settings: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,9 @@ from pcrl.atomic import atomic_dir, read_json, write_json
 from pcrl.data.pairs import PairsDataset, pair_files
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig, train
+from pcrl.methods.momentum import is_distributed
+from pcrl.momentum_rule import MOMENTUM_METHODS, momentum_warning, run_steps
+from pcrl.evaluation.gauges import effective_rank, psnr_gain, retrieval_accuracy, term_gradient_norms
 from pcrl.methods import build_method, method_config
 from pcrl.networks.factory import spatial_dims
 from pcrl.previews import save_preview
@@ -42,6 +45,13 @@ TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "checkpo
 PREVIEW_SEED = 1234
 #: Held-out pairs whose reconstruction PSNR is logged each epoch (the previews show the first 2).
 PSNR_PAIRS = 8
+#: The gauges' dvclive names (summary.json carries their series).
+GAUGES = ("gauges/effective_rank", "gauges/retrieval_top1", "gauges/retrieval_chance", "val/psnr_gain",
+          "gauges/grad_contrastive", "gauges/grad_reconstruction")
+#: Held-out pairs of the collapse and retrieval gauges (pcrl/evaluation/gauges.py).
+GAUGE_PAIRS = 64
+#: An effective rank below this at the end of a run is reported as collapse.
+MIN_EFFECTIVE_RANK = 2.0
 #: The pretrain params every method reads; each method also reads its own section
 #: (``pretrain.<method>``). dvc.yaml lists exactly these as the params of ``pretrain@<method>``.
 SHARED_KEYS = (*TRAIN_KEYS, "network", "corruption", "augment")
@@ -56,14 +66,20 @@ def used_settings(method: str, settings: dict[str, Any]) -> dict[str, Any]:
     return used
 
 
-def method_settings(method: str, settings: dict[str, Any], *, n_data: int) -> dict[str, Any]:
-    """The method's config mapping: shared network/corruption/augment + its own section."""
+def method_settings(method: str, settings: dict[str, Any], *, n_data: int, steps: int | None = None) -> dict[str, Any]:
+    """The method's config mapping: shared network/corruption/augment + its own section.
+
+    ``n_data``: training samples (NCE's normaliser); ``steps``: the run's optimiser steps
+    (the momentum schedule's length, methods with a momentum encoder only).
+    """
     own = dict(settings.get(method) or {})
     values: dict[str, Any] = {**settings["network"], **own}
     values["corruption"] = dict(settings.get("corruption", {}))
     values["augment"] = dict(settings.get("augment", {}))
     if method == "pcrl" and values.get("loss", "nce") == "nce":
         values["n_data"] = n_data  # the number of training samples (not of batches)
+    if method in MOMENTUM_METHODS and steps is not None:
+        values["momentum_steps"] = max(int(steps), 1)
     return values
 
 
@@ -108,12 +124,86 @@ def _preview_hook(val: PairsDataset | None, previews: Path, device: torch.device
         save_preview(shown, previews / f"epoch_{epoch:03d}.png", title=f"{method_name}, epoch {epoch}")
         psnr = PSNRMetric(max_val=1.0)(images["output"].float().clamp(0, 1), images["target"].float())
         value = float(cast(torch.Tensor, psnr).mean())
-        log.info("%s epoch %d: reconstruction PSNR %.2f dB on %d held-out pairs", method_name, epoch, value,
-                 len(samples))
+        gain = psnr_gain(images["output"], images["input"], images["target"])
+        log.info("%s epoch %d: reconstruction PSNR %.2f dB on %d held-out pairs (%+.2f dB over the corrupted "
+                 "input)", method_name, epoch, value, len(samples), gain)
         if live is not None:
             live.log_metric("val/psnr", value)
+            live.log_metric("val/psnr_gain", gain)
 
     return hook
+
+
+@torch.no_grad()
+def _pooled(encoder: torch.nn.Module, x: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
+    """(N, C): the spatial mean of the deepest encoder map of each crop (eval mode, restored)."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        out = [cast(Any, encoder).encode(x[i:i + batch].to(device))[-1].flatten(2).mean(dim=2).double().cpu()
+               for i in range(0, x.shape[0], batch)]
+    finally:
+        encoder.train(was_training)
+    return torch.cat(out)
+
+
+def _gauge_hook(val: PairsDataset | None, device: torch.device, method_name: str):
+    """Each epoch, on the first :data:`GAUGE_PAIRS` held-out pairs (the same every epoch):
+
+    ``gauges/effective_rank`` of the pooled features of view 1, ``gauges/retrieval_top1``
+    (view 2 found among all held-out views 2 from view 1) with ``gauges/retrieval_chance``,
+    and ``gauges/grad_<half>``: each loss half's gradient norm on the encoder, on the first
+    8 pairs with fixed views (pcrl/evaluation/gauges.py; one process only: with several,
+    the hook runs on rank 0 alone, and a training step's collectives would wait for the
+    other ranks). The method's state is untouched.
+    """
+    if val is None or len(val) < 2:
+        return None
+    samples = [val[i] for i in range(min(GAUGE_PAIRS, len(val)))]
+    x1 = torch.stack([s[0] for s in samples])
+    x2 = torch.stack([s[1] for s in samples])
+
+    def hook(epoch: int, method: torch.nn.Module, live: Any) -> None:
+        unwrapped = getattr(method, "module", method)
+        encoder = encoder_of(unwrapped)
+        f1, f2 = _pooled(encoder, x1, device), _pooled(encoder, x2, device)
+        values = {"gauges/effective_rank": effective_rank(f1), "gauges/retrieval_top1": retrieval_accuracy(f1, f2),
+                  "gauges/retrieval_chance": 1.0 / len(samples)}
+        if not is_distributed():  # the step's collectives (shuffled BN, the queue) would wait for other ranks
+            generator = torch.Generator(device=device).manual_seed(PREVIEW_SEED)
+            attr = "student" if hasattr(unwrapped, "student") else "net"
+            norms = term_gradient_norms(unwrapped, attr, x1[:8].to(device), x2[:8].to(device), generator)
+            values.update({f"gauges/grad_{term}": norm for term, norm in norms.items()})
+        log.info("%s epoch %d: %s", method_name, epoch, ", ".join(f"{k.split('/')[1]}={v:.4g}"
+                                                                 for k, v in values.items()))
+        if live is not None:
+            for name, value in values.items():
+                live.log_metric(name, value)
+
+    return hook
+
+
+def gauge_warnings(live: Path) -> list[str]:
+    """Warnings on the last epoch's gauges: retrieval within 2x chance, effective rank below 2.
+
+    Either means the encoder's features do not tell the held-out crops apart (the contrastive
+    half learnt nothing, or the features collapsed); the run's summary carries them.
+    """
+    warnings = []
+    retrieval = _logged_series(live, "gauges/retrieval_top1")
+    chance = _logged_series(live, "gauges/retrieval_chance")
+    rank = _logged_series(live, "gauges/effective_rank")
+    if retrieval and chance:
+        last = max(retrieval, key=int)
+        if retrieval[last] <= 2.0 * chance.get(last, 0.0):
+            warnings.append(f"held-out retrieval {retrieval[last]:.3f} at epoch {last} is within 2x chance "
+                            f"({chance[last]:.3f}): the encoder does not tell held-out crops apart")
+    if rank:
+        last = max(rank, key=int)
+        if rank[last] < MIN_EFFECTIVE_RANK:
+            warnings.append(f"effective rank of the pooled features {rank[last]:.2f} at epoch {last} is below "
+                            f"{MIN_EFFECTIVE_RANK:g}: the features have collapsed")
+    return warnings
 
 
 def _probe_hook(processed: Path | None, settings: dict[str, Any], device: torch.device, method_name: str):
@@ -202,7 +292,11 @@ def run_pretrain(
     val = PairsDataset(val_files, planar=planar) if val_files else None
 
     dist: DistInfo = init_distributed(None if device == "auto" else device)
-    values = method_settings(method, settings, n_data=len(dataset))
+    steps = run_steps(len(dataset), settings["batch_size"], settings["epochs"])
+    values = method_settings(method, settings, n_data=len(dataset), steps=steps)
+    warning = momentum_warning(method, settings, steps)
+    if warning:
+        log.warning("%s", warning)
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
         torch.manual_seed(settings["seed"])
         model = build_method(method, method_config(method, values))
@@ -219,6 +313,7 @@ def run_pretrain(
         torch.distributed.barrier()
     hook = _hooks(
         _preview_hook(val, state / "previews", dist.device, method),
+        _gauge_hook(val, dist.device, method) if dist.rank == 0 else None,
         _probe_hook(probe, {**(probe_settings or {}), "epochs": settings["epochs"]}, dist.device, method)
         if dist.rank == 0 else None,
     )
@@ -226,6 +321,9 @@ def run_pretrain(
                    dist=dist if dist.world_size > 1 else None, on_epoch_end=hook)
 
     if dist.rank == 0:
+        warnings = ([warning] if warning else []) + gauge_warnings(state / "live")
+        for text in warnings:
+            log.warning("%s: %s", method, text)
         with atomic_dir(out) as tmp:
             weights = {
                 "state_dict": cast(Any, getattr(model, "module", model)).encoder_state_dict(),
@@ -248,6 +346,8 @@ def run_pretrain(
                 "world_size": dist.world_size,
                 "final": result.final_metrics,
                 "probe_val_auc": _logged_series(state / "live", "probe/val_auc"),
+                "gauges": {name.split("/")[1]: _logged_series(state / "live", name) for name in GAUGES},
+                "warnings": warnings,
                 "provenance": provenance({"pretrain": settings}, device=dist.device),
             })
         log.info("%s: pretrained %d epochs on %d pairs -> %s", method, settings["epochs"], len(dataset), out)
