@@ -52,7 +52,7 @@ def momentum_warning(method: str, settings: dict[str, Any], steps: int, *, secti
         return None
     m = float((settings.get(method) or {}).get("momentum", 0.999))
     tau = momentum_time_constant(m)
-    if tau <= TIME_CONSTANT_SHARE * steps:
+    if tau <= TIME_CONSTANT_SHARE * steps * (1.0 + 1e-9):  # 1 / (1 - 0.9) is 10.000000000000002 in floats
         return None
     return (f"{section}.{method}.momentum {m:g}: the momentum encoder's time constant 1/(1-m) = {tau:.0f} steps "
             f"exceeds a tenth of the run's {steps} steps, so its keys stay near their random init; use "
