@@ -79,6 +79,53 @@ def test_moco_is_infonce_of_query_and_momentum_key_against_the_queue() -> None:
     assert method.queue.ptr.item() == N
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_moco_shuffle_positives_rolls_the_keys_by_one(shuffle: bool) -> None:
+    """The negative control: query i's positive is key i - 1 (row 0 takes the last key)."""
+    method = MoCoV2(MoCoConfig(base=4, queue_size=16, proj_dim=8, shuffle_positives=shuffle))
+    ref = copy.deepcopy(method)
+    queue0 = method.queue.keys.clone()
+    x1, x2 = _pairs()
+    out = method(x1, x2, torch.Generator().manual_seed(5))
+
+    g = torch.Generator().manual_seed(5)
+    cfg = transforms.CorruptionConfig()
+    input1 = transforms.corrupt(transforms.augment(x1, g), cfg, g)
+    input2 = transforms.corrupt(transforms.augment(x2, g), cfg, g)
+    with torch.no_grad():
+        k = ref.momentum_encoder.project(ref.momentum_encoder.encode(input2)[-1])
+    q = ref.student.project(ref.student.encode(input1)[-1])
+    positives = [k[(i - 1) % N] if shuffle else k[i] for i in range(N)]
+    rows = []
+    for i in range(N):
+        logits = torch.cat([(q[i] * positives[i]).sum().view(1), queue0 @ q[i]]) / 0.2
+        rows.append(torch.logsumexp(logits, 0) - logits[0])
+    torch.testing.assert_close(out["loss"], torch.stack(rows).mean(), rtol=1e-5, atol=1e-7)
+    # the two references differ, so the test tells the control from the plain loss
+    plain = torch.stack([torch.logsumexp(torch.cat([(q[i] * k[i]).sum().view(1), queue0 @ q[i]]) / 0.2, 0)
+                         - (q[i] * k[i]).sum() / 0.2 for i in range(N)]).mean()
+    assert shuffle != bool(torch.allclose(out["loss"], plain, rtol=1e-5, atol=1e-7))
+    assert out["ema_momentum"].item() == pytest.approx(0.999)
+
+
+def test_moco_cosine_schedule_ramps_the_ema() -> None:
+    """m0 = 0.5 over 2 steps: m_0 = 0.5, m_1 = 1 - 0.5 (cos(pi/2) + 1) / 2 = 0.75, then 1."""
+    method = MoCoV2(MoCoConfig(base=4, queue_size=16, proj_dim=8, momentum=0.5, momentum_schedule="cosine",
+                               momentum_steps=2))
+    with torch.no_grad():
+        method.student.fc1.weight.add_(1.0)
+    t0 = method.momentum_encoder.fc1.weight.detach().clone()
+    s = method.student.fc1.weight.detach().clone()
+    expected = t0
+    for m in (0.5, 0.75, 1.0):
+        assert method(*_pairs(), torch.Generator().manual_seed(0))["ema_momentum"].item() == pytest.approx(m)
+        method.after_step()
+        expected = m * expected + (1 - m) * s
+        torch.testing.assert_close(method.momentum_encoder.fc1.weight, expected)
+    # 0.5 * 0.75 = 0.375 of the initial gap is left
+    torch.testing.assert_close(method.momentum_encoder.fc1.weight, s + 0.375 * (t0 - s))
+
+
 def test_moco_trains_encoder_and_head_only_and_updates_by_ema() -> None:
     method = MoCoV2(MoCoConfig(base=4, queue_size=16, proj_dim=8, momentum=0.9))
     method(*_pairs(), torch.Generator().manual_seed(0))["loss"].backward()

@@ -374,3 +374,89 @@ def test_every_method_trains_the_2d_resnet_unet(name: str) -> None:
     trained = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
     assert trained and all(p.grad is not None for _, p in trained), [n for n, p in trained if p.grad is None][:3]
     assert all(k.startswith(("encoder.", "decoder.", "out_tr.", "fc", "aug_fc")) for k in method.encoder_state_dict())
+
+
+# ------------------------------------------------- momentum schedule, negative control
+
+
+def test_cosine_schedule_two_after_steps_are_the_hand_computed_ema() -> None:
+    """m0 = 0.9 over 4 steps: m_0 = 0.9, m_1 = 1 - 0.1 (cos(pi/4) + 1) / 2; with the student
+    held fixed, the momentum encoder after two updates is m_0 m_1 theta_k + (1 - m_0 m_1) theta_q."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        method = PCRL(PCRLConfig(base=4, queue_size=16, proj_dim=8, loss="infonce", momentum=0.9,
+                                 momentum_schedule="cosine", momentum_steps=4))
+        with torch.no_grad():  # as after an optimiser step: the student differs from its EMA copy
+            for p in method.student.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    m0, m1 = 0.9, 1 - 0.1 * (0.5**0.5 + 1) / 2
+    teacher0 = {n: p.detach().clone() for n, p in method.momentum_encoder.named_parameters()}
+    student = {n: p.detach().clone() for n, p in method.student.named_parameters()}
+    assert any(not torch.equal(teacher0[n], student[n]) for n in student)
+    x1, x2 = _pairs()
+
+    out = method(x1, x2, torch.Generator().manual_seed(0))
+    assert out["ema_momentum"].item() == pytest.approx(m0)
+    method.after_step()
+    for n, p in method.momentum_encoder.named_parameters():
+        torch.testing.assert_close(p, m0 * teacher0[n] + (1 - m0) * student[n], rtol=1e-5, atol=1e-7, msg=n)
+    out = method(x1, x2, torch.Generator().manual_seed(1))
+    assert out["ema_momentum"].item() == pytest.approx(m1, abs=1e-6)
+    method.after_step()
+    for n, p in method.student.named_parameters():  # forward passes did not move the student
+        assert torch.equal(p, student[n]), n
+    prod = m0 * m1
+    for n, p in method.momentum_encoder.named_parameters():
+        torch.testing.assert_close(p, prod * teacher0[n] + (1 - prod) * student[n], rtol=1e-5, atol=1e-7, msg=n)
+    assert method.state_dict()["ema.steps"].item() == 2
+    assert method.ema.current == pytest.approx(0.95, abs=1e-12)  # step 2 of 4: 1 - 0.1 (cos(pi/2) + 1) / 2
+
+
+def _rolled(k: torch.Tensor) -> torch.Tensor:
+    """Row i holds key i - 1 (row 0 the last): each query's positive is another sample's key."""
+    return torch.cat([k[-1:], k[:-1]])
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shuffle_positives_pairs_each_query_with_another_samples_key(fresh, shuffle: bool) -> None:
+    """The three contrastive terms recomputed by hand (no hybrid: the draws are views, shuffle,
+    lambda and permutation, shuffle), with the keys rolled by one under the negative control."""
+    method = copy.deepcopy(fresh["infonce"])
+    method.config = dataclasses.replace(method.config, hybrid=False, shuffle_positives=shuffle)
+    ref = copy.deepcopy(method)
+    queue0 = method.queue.keys.clone()
+    x1, x2 = _pairs()
+    out = method(x1, x2, torch.Generator().manual_seed(13))
+
+    g = torch.Generator().manual_seed(13)
+    v = make_views(x1, x2, ref.config.views, g)
+    student, mom = ref.student, ref.momentum_encoder
+    with torch.no_grad():
+        torch.randperm(N, generator=g)
+        k = mom.project(mom.encode(v.input2)[-1])
+    q = student.project(student.encode(v.input1)[-1])
+    lam = folded_uniform(g, "cpu")
+    perm = torch.randperm(N, generator=g)
+
+    def mixed(a):
+        return lam * a + (1 - lam) * a[perm]
+
+    with torch.no_grad():
+        torch.randperm(N, generator=g)
+        km = mom.project(mom.encode(mixed(v.input2))[-1])
+    qm = student.project(student.encode(mixed(v.input1))[-1])
+    if shuffle:
+        k, km = _rolled(k), _rolled(km)
+    expected = {
+        "con_plain": _infonce_ref(q, k, queue0, 0.2),
+        "con_mix": _infonce_ref(qm, km, queue0, 0.2),
+        "con_mix_k": _infonce_ref(qm, F.normalize(mixed(k), dim=1), queue0, 0.2),
+    }
+    for name, value in expected.items():
+        torch.testing.assert_close(out[name], value, rtol=2e-5, atol=1e-7, msg=name)
+    dots_pos, dots_neg = (q * k).sum(dim=1), q @ queue0.t()
+    acc = sum(bool(dots_pos[i] > dots_neg[i].max()) for i in range(N)) / N
+    assert out["con_acc"].item() == pytest.approx(acc)
+    # the control changes the loss: the rolled and unrolled references differ
+    other = _rolled(k) if not shuffle else torch.cat([k[1:], k[:1]])
+    assert not torch.allclose(_infonce_ref(q, other, queue0, 0.2), expected["con_plain"], rtol=1e-3)

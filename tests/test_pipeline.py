@@ -86,11 +86,14 @@ def test_dvc_repro_reaches_the_report(dvc_run: Path) -> None:
 
 def test_the_probe_and_readable_losses_appear_in_dvc_plots(dvc_run: Path) -> None:
     live = dvc_run / "data" / "pretrain" / "pcrl" / "live" / "plots" / "metrics"
-    for name in ("probe/val_auc", "val/psnr", "train/con_acc", "train/queue_fill"):
+    gauges = ("gauges/effective_rank", "gauges/retrieval_top1", "gauges/retrieval_chance", "val/psnr_gain",
+              "gauges/grad_contrastive", "gauges/grad_reconstruction", "train/ema_momentum")
+    for name in ("probe/val_auc", "val/psnr", "train/con_acc", "train/queue_fill", *gauges):
         rows = (live / f"{name}.tsv").read_text().splitlines()[1:]
         assert [int(r.split("\t")[0]) for r in rows] == [1, 2], name  # one value per epoch
     shown = run(["dvc", "plots", "show", "--json"], dvc_run)
     assert "probe/val_auc" in shown and "data/probe/probe.png" in shown
+    assert all(name in shown for name in gauges)  # the collapse and learning gauges are DVC plots
 
 
 def test_second_dvc_repro_is_a_no_op(dvc_run: Path) -> None:

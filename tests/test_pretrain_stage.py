@@ -22,7 +22,7 @@ from pcrl.data.phantom import luna16_case
 from pcrl.data.pairs import PairsDataset
 from pcrl.engine import TrainConfig, load_checkpoint, train
 from pcrl.methods import build_method, method_config
-from pcrl.stages.pretrain import method_settings, run_pretrain
+from pcrl.stages.pretrain import gauge_warnings, method_settings, run_pretrain
 
 CUBE = (16, 16, 8)
 
@@ -148,6 +148,31 @@ def test_pretrain_stage_writes_weights_previews_summary(pairs_dir: Path, tmp_pat
     assert summary["provenance"]["device"].startswith("cpu")
     assert len(summary["provenance"]["params_sha256"]) == 64 and "torch" in summary["provenance"]["versions"]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    # the gauges of every epoch, on the held-out pairs (pcrl/evaluation/gauges.py)
+    val_pairs = len(PairsDataset(sorted((pairs_dir / "pairs").glob("*.npy"))[2:]))  # split: 3rd case is val
+    assert val_pairs == 8
+    gauges = summary["gauges"]
+    for name in ("effective_rank", "retrieval_top1", "retrieval_chance"):
+        assert set(gauges[name]) == {"1", "2"}, name
+        assert (live / "gauges" / f"{name}.tsv").is_file(), name
+    for epoch in ("1", "2"):
+        assert gauges["retrieval_chance"][epoch] == pytest.approx(1 / min(64, val_pairs))
+        assert 0.0 <= gauges["retrieval_top1"][epoch] <= 1.0
+        assert gauges["retrieval_top1"][epoch] * val_pairs == pytest.approx(round(gauges["retrieval_top1"][epoch]
+                                                                                  * val_pairs))
+        # pooled deepest features of 8 crops (32 channels at base 2): rank in [0, min(8 - 1, 32)]
+        assert 0.0 <= gauges["effective_rank"][epoch] <= 7.0 + 1e-9
+    for name in ("grad_contrastive", "grad_reconstruction"):  # PCRL has both halves
+        assert (live / "gauges" / f"{name}.tsv").is_file() and set(gauges[name]) == {"1", "2"}, name
+        assert all(v > 0 for v in gauges[name].values()), name
+    assert set(gauges["psnr_gain"]) == {"1", "2"}
+    warnings = summary["warnings"]
+    assert isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)
+    # 2 epochs of 16 // 4 batches = 8 steps: any m >= 0 has 1 / (1 - m) >= 1 > 8 / 10 steps
+    assert "pretrain.pcrl.momentum" in warnings[0] and "8 steps" in warnings[0]
+    assert warnings[1:] == gauge_warnings(out / "live")
+    # the momentum schedule ran over the 8 steps and its count is checkpointed (a resume continues it)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["method"]["ema.steps"].item() == 8
 
 
 def _params_file(tmp_path: Path, demo: dict, settings: dict) -> Path:
@@ -252,3 +277,44 @@ def test_dvc_yaml_declares_exactly_the_keys_a_method_reads(repo_root: Path) -> N
 
     stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["pretrain"]["do"]
     assert set(stage["params"]) == {f"pretrain.{k}" for k in SHARED_KEYS} | {"pretrain.${item}", "probe"}
+
+
+def _write_series(live: Path, name: str, values: list[float]) -> None:
+    """A dvclive plot file: header ``step\\t<name>``, then one row per step."""
+    path = live / "plots" / "metrics" / f"{name}.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [f"step\t{name.split('/')[-1]}"] + [f"{i}\t{v}" for i, v in enumerate(values, start=1)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_gauge_warnings_read_the_last_epoch(tmp_path: Path) -> None:
+    # retrieval 0.03 with chance 0.02 is within 2x chance (0.04): a warning naming both
+    near_chance = tmp_path / "near_chance"
+    _write_series(near_chance, "gauges/retrieval_top1", [0.5, 0.03])  # only the last epoch counts
+    _write_series(near_chance, "gauges/retrieval_chance", [0.02, 0.02])
+    _write_series(near_chance, "gauges/effective_rank", [1.0, 5.0])
+    warnings = gauge_warnings(near_chance)
+    assert len(warnings) == 1 and "retrieval" in warnings[0] and "0.030" in warnings[0] and "0.020" in warnings[0]
+    assert "epoch 2" in warnings[0]
+
+    fine = tmp_path / "fine"
+    _write_series(fine, "gauges/retrieval_top1", [0.03, 0.5])
+    _write_series(fine, "gauges/retrieval_chance", [0.02, 0.02])
+    _write_series(fine, "gauges/effective_rank", [1.2, 5.0])
+    assert gauge_warnings(fine) == []
+
+    collapsed = tmp_path / "collapsed"
+    _write_series(collapsed, "gauges/retrieval_top1", [0.5])
+    _write_series(collapsed, "gauges/retrieval_chance", [0.02])
+    _write_series(collapsed, "gauges/effective_rank", [1.5])
+    warnings = gauge_warnings(collapsed)
+    assert len(warnings) == 1 and "effective rank" in warnings[0] and "1.50" in warnings[0]
+
+    assert gauge_warnings(tmp_path / "nothing_logged") == []
+    # retrieval exactly at 2x chance still counts as near chance; rank exactly 2 does not collapse
+    boundary = tmp_path / "boundary"
+    _write_series(boundary, "gauges/retrieval_top1", [0.25])
+    _write_series(boundary, "gauges/retrieval_chance", [0.125])
+    _write_series(boundary, "gauges/effective_rank", [2.0])
+    warnings = gauge_warnings(boundary)
+    assert len(warnings) == 1 and "retrieval" in warnings[0]

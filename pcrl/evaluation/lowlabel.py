@@ -86,11 +86,13 @@ def knn_auc(train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, t
     a = torch.nn.functional.normalize((x - mean) / std, dim=1)
     b = torch.nn.functional.normalize((test.double() - mean) / std, dim=1)
     y = torch.as_tensor(np.asarray(train_labels), dtype=torch.float64)
-    weight = torch.where(y > 0, 0.5 / y.sum().clamp_min(1), 0.5 / (1 - y).sum().clamp_min(1))
+    w_pos, w_neg = 0.5 / y.sum().clamp_min(1), 0.5 / (1 - y).sum().clamp_min(1)
     k = min(int(k), x.shape[0])
     nearest = (b @ a.T).topk(k, dim=1).indices
-    w = weight[nearest]
-    scores = (w * y[nearest]).sum(dim=1) / w.sum(dim=1)
+    # From the (exact) count of nodules among the k: equal votes give bitwise equal scores, so
+    # they tie in the AUC (summing the weights in neighbour order broke such ties by rounding).
+    votes = y[nearest].sum(dim=1)
+    scores = votes * w_pos / (votes * w_pos + (k - votes) * w_neg)
     return float(classification_metrics(scores.numpy(), test_labels)["auc"])
 
 
