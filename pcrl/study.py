@@ -258,7 +258,7 @@ def run_study(config: Path, out: Path) -> dict:
 
     config, out = Path(config).resolve(), Path(out).resolve()
     params, design = split_config(config)  # validate before anything runs: a bad key is named here
-    start = time.monotonic()
+    start, code = time.monotonic(), _git_head()  # the code that runs, read before anything can change it
     for name in RESULTS:  # a failed rerun must not leave an earlier run's results looking current
         (out / name).unlink(missing_ok=True)
     work = out / "work"
@@ -308,7 +308,7 @@ def run_study(config: Path, out: Path) -> dict:
     summary = {
         "config": str(config),
         "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
-        "code": _git_head(),
+        "code": code,
         "elapsed_s": round(time.monotonic() - start, 1),
         "design": design,
         "label_sets": label_sets,
