@@ -30,8 +30,8 @@ def _seeds(value: Any, key: str) -> list[int]:
 
 
 def _positive(mapping: Mapping[str, Any], key: str, where: str, kind: type = int) -> Any:
-    value = mapping.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) or not value > 0:
+    value: Any = mapping.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) or not float(value) > 0:  # type: ignore[arg-type]
         raise ConfigError(f"study.{where}.{key} must be a positive {kind.__name__}, got {value!r}")
     return value
 
