@@ -34,9 +34,13 @@ def _offenders(files: list[Path], forbidden: tuple[str, ...]) -> dict[str, list[
     return bad
 
 
+#: The drivers above the stages: the CLI and the known-answer study (docs/architecture.md).
+DRIVERS = ("cli.py", "study.py")
+
+
 def library_files() -> list[Path]:
     return [p for p in sorted(PACKAGE.rglob("*.py"))
-            if p.name != "cli.py" or p.parent != PACKAGE
+            if p.name not in DRIVERS or p.parent != PACKAGE
             if "stages" not in p.relative_to(PACKAGE).parts]
 
 
@@ -44,7 +48,12 @@ def test_the_library_never_imports_the_cli_or_the_stages() -> None:
     files = library_files()
     assert PACKAGE / "engine" / "__init__.py" in files or PACKAGE / "engine.py" in files
     assert not any("stages" in p.parts for p in files) and PACKAGE / "cli.py" not in files
-    assert _offenders(files, ("pcrl.cli", "pcrl.stages")) == {}
+    assert PACKAGE / "study_design.py" in files and PACKAGE / "study_report.py" in files  # library, not drivers
+    assert _offenders(files, ("pcrl.cli", "pcrl.stages", "pcrl.study")) == {}
+
+
+def test_the_study_driver_never_imports_the_cli() -> None:
+    assert _offenders([PACKAGE / "study.py"], ("pcrl.cli",)) == {}
 
 
 def test_stage_drivers_never_import_the_cli() -> None:
