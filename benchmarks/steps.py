@@ -23,6 +23,8 @@ from pcrl.methods import build_method, method_config
 from pcrl.stages.pretrain import method_settings, used_settings
 
 CONV_OPS = ("conv", "cudnn_convolution", "mkldnn_convolution", "slow_conv")
+#: The run length given to the momentum schedule of a benchmarked step (any value times the same).
+NOMINAL_STEPS = 10_000
 
 
 @dataclass
@@ -53,7 +55,8 @@ def build_step(params_file: Path, method: str, device: torch.device, *, amp: str
     cube = [int(s) for s in params["cubes"]["pretrain2d" if planar else "pretrain"]["cube_size"]]
     size = tuple(cube[:2] if planar else cube)
     batch = int(batch or settings["batch_size"])
-    values = method_settings(method, settings, n_data=n_data or max(batch * 64, 1))
+    # steps: a nominal run length for the momentum schedule (the EMA coefficient does not change a step's cost)
+    values = method_settings(method, settings, n_data=n_data or max(batch * 64, 1), steps=NOMINAL_STEPS)
     values.update(overrides or {})
     torch.manual_seed(0)
     model = build_method(method, method_config(method, values)).to(device)

@@ -64,25 +64,31 @@ def test_pcrl_on_phantom_pairs_lowers_the_loss(pairs_dir: Path, tmp_path: Path, 
     """Pretraining lowers the total PCRL loss on the phantom pairs.
 
     Both the initial and the trained model are scored on the same batch, with the same
-    generator seed (same views, corruptions, alphas, mixup) and the same negatives (the
-    trained run's queue): per-epoch training means are not comparable, because the queue
-    starts as random unit vectors (easy negatives) and fills with real keys.
+    generator seed (same views, corruptions, alphas, mixup) and the same negatives: per-epoch
+    training means are not comparable, because the queue starts as random unit vectors (easy
+    negatives) and fills with real keys. The negatives are fixed random unit vectors, not the
+    trained run's queue: that queue holds the keys of these very pairs (2 pair files, a queue of
+    2 steps), and with a key encoder that follows the student (the cosine momentum ramp) they
+    equal the positives, which puts the loss at ln(K + 1) whatever the encoder learnt.
     """
     torch.set_num_threads(1)
     settings = _settings(demo_params, epochs=8, lr=0.1, network={"base": 4, "norm": "batch"})
     settings["pcrl"].update(loss="infonce", queue_size=8)
-    values = method_settings("pcrl", settings, n_data=16)
+    dataset = PairsDataset(sorted((pairs_dir / "pairs").glob("*.npy"))[:2])
+    values = method_settings("pcrl", settings, n_data=16, steps=8 * (len(dataset) // 4))  # the run's steps
     method = build_method("pcrl", method_config("pcrl", values))
     initial = copy.deepcopy(method)
-    dataset = PairsDataset(sorted((pairs_dir / "pairs").glob("*.npy"))[:2])
     config = TrainConfig(epochs=8, batch_size=4, lr=0.1, checkpoint_every=8, progress=False)
     train(method, dataset, config, tmp_path / "state", device="cpu")
     x1 = torch.stack([dataset[i][0] for i in range(8)])
     x2 = torch.stack([dataset[i][1] for i in range(8)])
 
+    negatives = torch.nn.functional.normalize(
+        torch.randn(method.queue.keys.shape, generator=torch.Generator().manual_seed(11)), dim=1)
+
     def score(model: torch.nn.Module) -> dict[str, float]:
         model = copy.deepcopy(model).train()
-        model.queue.keys.copy_(method.queue.keys)
+        model.queue.keys.copy_(negatives)
         with torch.no_grad():
             out = model(x1, x2, torch.Generator().manual_seed(7))
         return {k: float(v) for k, v in out.items()}
