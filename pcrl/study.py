@@ -190,12 +190,12 @@ def _pretrained_encoder(folder: Path) -> torch.nn.Module:
 def _held_out_pairs(pairs: Path, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``count`` validation pairs, as the pretrain stage's gauges take them."""
     from pcrl.data.pairs import PairsDataset, pair_files
+    from pcrl.stages.pretrain import first_pairs
 
     split = json.loads((pairs / "split.json").read_text())
     index = {entry["id"] for entry in json.loads((pairs / "pairs.json").read_text())}
-    val = PairsDataset(pair_files(pairs / "pairs", [i for i in split.get("val", []) if i in index]))
-    samples = [val[i] for i in range(min(count, len(val)))]
-    return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+    return first_pairs(PairsDataset(pair_files(pairs / "pairs", [i for i in split.get("val", []) if i in index])),
+                       count)
 
 
 def _init_gauges(encoder: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, float]:

@@ -107,9 +107,7 @@ def _preview_hook(val: PairsDataset | None, previews: Path, device: torch.device
         return None
     from monai.metrics import PSNRMetric
 
-    samples = [val[i] for i in range(min(PSNR_PAIRS, len(val)))]
-    x1 = torch.stack([s[0] for s in samples])
-    x2 = torch.stack([s[1] for s in samples])
+    x1, x2 = first_pairs(val, PSNR_PAIRS)
 
     def hook(epoch: int, method: torch.nn.Module, live: Any) -> None:
         unwrapped = getattr(method, "module", method)
@@ -126,12 +124,18 @@ def _preview_hook(val: PairsDataset | None, previews: Path, device: torch.device
         value = float(cast(torch.Tensor, psnr).mean())
         gain = psnr_gain(images["output"], images["input"], images["target"])
         log.info("%s epoch %d: reconstruction PSNR %.2f dB on %d held-out pairs (%+.2f dB over the corrupted "
-                 "input)", method_name, epoch, value, len(samples), gain)
+                 "input)", method_name, epoch, value, x1.shape[0], gain)
         if live is not None:
             live.log_metric("val/psnr", value)
             live.log_metric("val/psnr_gain", gain)
 
     return hook
+
+
+def first_pairs(pairs: PairsDataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` pairs of ``pairs`` as two batches (views 1 and views 2)."""
+    samples = [pairs[i] for i in range(min(count, len(pairs)))]
+    return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
 
 
 @torch.no_grad()
@@ -159,16 +163,14 @@ def _gauge_hook(val: PairsDataset | None, device: torch.device, method_name: str
     """
     if val is None or len(val) < 2:
         return None
-    samples = [val[i] for i in range(min(GAUGE_PAIRS, len(val)))]
-    x1 = torch.stack([s[0] for s in samples])
-    x2 = torch.stack([s[1] for s in samples])
+    x1, x2 = first_pairs(val, GAUGE_PAIRS)
 
     def hook(epoch: int, method: torch.nn.Module, live: Any) -> None:
         unwrapped = getattr(method, "module", method)
         encoder = encoder_of(unwrapped)
         f1, f2 = _pooled(encoder, x1, device), _pooled(encoder, x2, device)
         values = {"gauges/effective_rank": effective_rank(f1), "gauges/retrieval_top1": retrieval_accuracy(f1, f2),
-                  "gauges/retrieval_chance": 1.0 / len(samples)}
+                  "gauges/retrieval_chance": 1.0 / x1.shape[0]}
         if not is_distributed():  # the step's collectives (shuffled BN, the queue) would wait for other ranks
             generator = torch.Generator(device=device).manual_seed(PREVIEW_SEED)
             attr = "student" if hasattr(unwrapped, "student") else "net"
