@@ -13,7 +13,8 @@ The hypothesis it tests: with a momentum time constant 1/(1 - m) of ~33 steps an
 spanning K / B = 32 steps, queue keys come from visibly older key encoders, so the current
 step's key is found by its "age", not its content. A queue spanning 4 steps removes that
 shortcut: if the accuracy then falls to chance too, the run is too short for the contrastive
-task to be learnt at all.
+task to be learnt at all; the last variant also drops the corruptions (augmented views only),
+to tell the run's length from the corruptions' difficulty.
 
 Usage (after ``make study``, which builds the pairs)::
 
@@ -42,6 +43,7 @@ VARIANTS = {
     "constant m 0.97, K 256": {"momentum_schedule": "constant"},
     "constant m 0.99, K 256": {"momentum_schedule": "constant", "momentum": 0.99},
     "cosine from 0.97, K 32": {"queue_size": 32},
+    "cosine from 0.97, K 32, no corruption": {"queue_size": 32, "corrupt": False},
 }
 PAIRS = 64
 
