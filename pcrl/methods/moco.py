@@ -29,8 +29,8 @@ from pcrl.methods.momentum import (
     KeyQueue,
     MomentumSchedule,
     MomentumScheduleName,
+    check_momentum_settings,
     forward_shuffled,
-    momentum_at,
 )
 from pcrl.methods.views import ViewConfig, augment_and_corrupt
 from pcrl.networks.factory import DECODER_PREFIXES, Arch, check_arch, pretraining_network
@@ -88,14 +88,7 @@ class MoCoConfig:
         check_arch(self.arch, "MoCoConfig.arch")
         if not self.temperature > 0:
             raise ConfigError(f"MoCoConfig.temperature must be positive, got {self.temperature!r}")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ConfigError(f"MoCoConfig.momentum must lie in [0, 1], got {self.momentum!r}")
-        if self.momentum_steps is not None:
-            require_positive_int("MoCoConfig.momentum_steps", self.momentum_steps)
-        try:
-            momentum_at(0, self.momentum_steps, self.momentum, self.momentum_schedule)
-        except ValueError as exc:
-            raise ConfigError(f"MoCoConfig.momentum_schedule: {exc}") from None
+        check_momentum_settings("MoCoConfig", self.momentum, self.momentum_schedule, self.momentum_steps)
         try:
             self.views  # noqa: B018 - validates corruption and augment
         except ConfigError as exc:

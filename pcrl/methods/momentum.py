@@ -31,6 +31,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pcrl.errors import ConfigError
+from pcrl.networks.unet3d import require_positive_int
 from pcrl.momentum_rule import TIME_CONSTANT_SHARE, momentum_time_constant, recommended_momentum
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ __all__ = [
     "MomentumScheduleName",
     "batch_shuffle",
     "batch_unshuffle",
+    "check_momentum_settings",
     "concat_all_gather",
     "forward_shuffled",
     "is_distributed",
@@ -77,6 +80,24 @@ def momentum_at(step: int, total_steps: int | None, m0: float, schedule: str = "
         raise ValueError(f"the cosine momentum schedule needs the run's total steps, got {total_steps!r}")
     t = min(max(step, 0), total_steps) / total_steps
     return 1.0 - (1.0 - m0) * (math.cos(math.pi * t) + 1.0) / 2.0
+
+
+def check_momentum_settings(owner: str, m0: float, schedule: str, total_steps: int | None) -> None:
+    """Validate a method config's momentum fields (PCRL's and MoCo v2's).
+
+    Raises:
+        ConfigError: naming ``<owner>.<field>``: ``momentum`` outside [0, 1],
+            ``momentum_steps`` not a positive integer, or an unknown schedule (or ``cosine``
+            without steps) under ``momentum_schedule``.
+    """
+    if not 0.0 <= m0 <= 1.0:
+        raise ConfigError(f"{owner}.momentum must lie in [0, 1], got {m0!r}")
+    if total_steps is not None:
+        require_positive_int(f"{owner}.momentum_steps", total_steps)
+    try:
+        momentum_at(0, total_steps, m0, schedule)
+    except ValueError as exc:
+        raise ConfigError(f"{owner}.momentum_schedule: {exc}") from None
 
 
 class MomentumSchedule(nn.Module):

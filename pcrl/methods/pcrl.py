@@ -58,8 +58,8 @@ from pcrl.methods.momentum import (
     KeyQueue,
     MomentumSchedule,
     MomentumScheduleName,
+    check_momentum_settings,
     forward_shuffled,
-    momentum_at,
 )
 from pcrl.methods.views import (
     TargetMode,
@@ -152,14 +152,7 @@ class PCRLConfig:
         check_arch(self.arch, "PCRLConfig.arch")
         if not self.temperature > 0:
             raise ConfigError(f"PCRLConfig.temperature must be positive, got {self.temperature!r}")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ConfigError(f"PCRLConfig.momentum must lie in [0, 1], got {self.momentum!r}")
-        if self.momentum_steps is not None:
-            require_positive_int("PCRLConfig.momentum_steps", self.momentum_steps)
-        try:
-            momentum_at(0, self.momentum_steps, self.momentum, self.momentum_schedule)
-        except ValueError as exc:
-            raise ConfigError(f"PCRLConfig.momentum_schedule: {exc}") from None
+        check_momentum_settings("PCRLConfig", self.momentum, self.momentum_schedule, self.momentum_steps)
         if self.loss not in get_args(ContrastiveLoss):
             raise ConfigError(
                 f"PCRLConfig.loss must be one of {get_args(ContrastiveLoss)}, got {self.loss!r}"
