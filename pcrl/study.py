@@ -201,9 +201,9 @@ def _held_out_pairs(pairs: Path, count: int) -> tuple[torch.Tensor, torch.Tensor
 def _init_gauges(encoder: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, float]:
     """Retrieval and effective rank of an encoder on the held-out pairs (the runs' gauges)."""
     from pcrl.evaluation.gauges import effective_rank, retrieval_accuracy
-    from pcrl.stages.pretrain import _pooled
+    from pcrl.evaluation.probe import pooled_tensor_features
 
-    f1, f2 = _pooled(encoder, x1, torch.device("cpu")), _pooled(encoder, x2, torch.device("cpu"))
+    f1, f2 = pooled_tensor_features(encoder, x1), pooled_tensor_features(encoder, x2)
     return {"retrieval_top1": retrieval_accuracy(f1, f2), "effective_rank": effective_rank(f1),
             "retrieval_chance": 1.0 / x1.shape[0]}
 

@@ -19,7 +19,7 @@ gradient entry is below :data:`GRAD_TOLERANCE` (a warning says when it is not re
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +30,8 @@ from pcrl.errors import DataError
 from pcrl.evaluation.metrics import classification_metrics
 from pcrl.finetune.data import CandidateRows, cube_batches, read_candidate_rows
 
-__all__ = ["LogisticProbe", "ProbeSplit", "fit_logistic", "pooled_features", "probe_auc", "probe_split"]
+__all__ = ["LogisticProbe", "ProbeSplit", "fit_logistic", "pooled_features", "pooled_tensor_features", "probe_auc",
+           "probe_split"]
 
 #: Default strength of the L2 penalty on the standardised features.
 DEFAULT_L2 = 1e-2
@@ -82,24 +83,37 @@ def probe_split(processed: str, train_ids: Sequence[str], held_out_ids: Sequence
 
 
 @torch.no_grad()
-def pooled_features(encoder: nn.Module, rows: CandidateRows, *, device: torch.device | str = "cpu",
-                    batch_size: int = 32) -> Tensor:
-    """(N, C) float64: the spatial mean of the deepest map of ``encoder.encode`` per cube.
+def _pooled_batches(encoder: nn.Module, batches: Iterable[Tensor], device: torch.device | str) -> Tensor:
+    """(N, C) float64: the spatial mean of the deepest map of ``encoder.encode`` per image.
 
     The encoder is put in eval mode for the call (batch norm with running statistics) and
-    restored afterwards. With ``norm: batch_stats`` a feature depends on the other cubes of
-    its batch (batch statistics in eval mode too): batches are formed in candidate order.
+    restored afterwards.
     """
     was_training = encoder.training
     encoder.eval()
     try:
-        out = []
-        for cubes, _ in cube_batches(rows, batch_size):
-            deepest = encoder.encode(cubes.to(device))[-1]  # type: ignore[operator]
-            out.append(deepest.flatten(2).mean(dim=2).double().cpu())
+        out = [encoder.encode(x.to(device))[-1].flatten(2).mean(dim=2).double().cpu()  # type: ignore[operator]
+               for x in batches]
     finally:
         encoder.train(was_training)
     return torch.cat(out)
+
+
+def pooled_features(encoder: nn.Module, rows: CandidateRows, *, device: torch.device | str = "cpu",
+                    batch_size: int = 32) -> Tensor:
+    """(N, C) float64: the pooled deepest features (:func:`pooled_tensor_features`) of NCC cubes.
+
+    With ``norm: batch_stats`` a feature depends on the other cubes of its batch (batch
+    statistics in eval mode too): batches are formed in candidate order.
+    """
+    return _pooled_batches(encoder, (cubes for cubes, _ in cube_batches(rows, batch_size)), device)
+
+
+def pooled_tensor_features(encoder: nn.Module, x: Tensor, *, device: torch.device | str = "cpu",
+                           batch_size: int = 32) -> Tensor:
+    """(N, C) float64: the spatial mean of the deepest encoder map of each image of ``x``
+    (N, C, ...), in batches of ``batch_size``, eval mode (restored afterwards)."""
+    return _pooled_batches(encoder, (x[i:i + batch_size] for i in range(0, x.shape[0], batch_size)), device)
 
 
 @dataclass(frozen=True)

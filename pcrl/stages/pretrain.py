@@ -31,6 +31,7 @@ from pcrl.engine import TrainConfig, train
 from pcrl.methods.momentum import is_distributed
 from pcrl.momentum_rule import MOMENTUM_METHODS, momentum_warning, run_steps
 from pcrl.evaluation.gauges import effective_rank, psnr_gain, retrieval_accuracy, term_gradient_norms
+from pcrl.evaluation.probe import pooled_tensor_features
 from pcrl.methods import build_method, method_config
 from pcrl.networks.factory import spatial_dims
 from pcrl.previews import save_preview
@@ -138,19 +139,6 @@ def first_pairs(pairs: PairsDataset, count: int) -> tuple[torch.Tensor, torch.Te
     return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
 
 
-@torch.no_grad()
-def _pooled(encoder: torch.nn.Module, x: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
-    """(N, C): the spatial mean of the deepest encoder map of each crop (eval mode, restored)."""
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        out = [cast(Any, encoder).encode(x[i:i + batch].to(device))[-1].flatten(2).mean(dim=2).double().cpu()
-               for i in range(0, x.shape[0], batch)]
-    finally:
-        encoder.train(was_training)
-    return torch.cat(out)
-
-
 def _gauge_hook(val: PairsDataset | None, device: torch.device, method_name: str):
     """Each epoch, on the first :data:`GAUGE_PAIRS` held-out pairs (the same every epoch):
 
@@ -168,7 +156,8 @@ def _gauge_hook(val: PairsDataset | None, device: torch.device, method_name: str
     def hook(epoch: int, method: torch.nn.Module, live: Any) -> None:
         unwrapped = getattr(method, "module", method)
         encoder = encoder_of(unwrapped)
-        f1, f2 = _pooled(encoder, x1, device), _pooled(encoder, x2, device)
+        f1 = pooled_tensor_features(encoder, x1, device=device)
+        f2 = pooled_tensor_features(encoder, x2, device=device)
         values = {"gauges/effective_rank": effective_rank(f1), "gauges/retrieval_top1": retrieval_accuracy(f1, f2),
                   "gauges/retrieval_chance": 1.0 / x1.shape[0]}
         if not is_distributed():  # the step's collectives (shuffled BN, the queue) would wait for other ranks
