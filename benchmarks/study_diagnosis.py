@@ -18,7 +18,7 @@ to tell the run's length from the corruptions' difficulty.
 
 Usage (after ``make study``, which builds the pairs)::
 
-    python benchmarks/study_diagnosis.py [--pairs results/study/work/data/processed/pretrain]
+    python benchmarks/study_diagnosis.py [--study-out <make study's --out>]
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.data import Subset
 
 from pcrl.data.pairs import PairsDataset, pair_files
 from pcrl.evaluation.gauges import retrieval_accuracy
-from pcrl.stages.pretrain import run_pretrain
-from pcrl.study import REPO, _fresh_encoder, _pretrained_encoder, split_config
+from pcrl.stages.pretrain import first_pairs, logged_series, run_pretrain
+from pcrl.study import DEFAULT_OUT, REPO, _fresh_encoder, _pretrained_encoder, split_config, workspace_cubes
 
 #: One change at a time against the study's MoCo v2 settings.
 VARIANTS = {
@@ -51,9 +52,7 @@ PAIRS = 64
 def _spread(pairs: Path, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``PAIRS`` pairs taken at a regular stride over ``ids``' pairs (every scan represented)."""
     data = PairsDataset(pair_files(pairs / "pairs", ids))
-    stride = max(1, len(data) // PAIRS)
-    picked = [data[i] for i in range(0, len(data), stride)][:PAIRS]
-    return torch.stack([p[0] for p in picked]), torch.stack([p[1] for p in picked])
+    return first_pairs(Subset(data, range(0, len(data), max(1, len(data) // PAIRS))), PAIRS)
 
 
 @torch.no_grad()
@@ -65,20 +64,15 @@ def _retrieval(net: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> tupl
             retrieval_accuracy(f1.flatten(2).mean(2), f2.flatten(2).mean(2)))
 
 
-def _series(live: Path, name: str) -> list[float]:
-    rows = (live / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()[1:]
-    return [float(row.split("\t")[1]) for row in rows]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "study.yaml"))
-    parser.add_argument("--pairs", default="results/study/work/data/processed/pretrain",
-                        help="the study's pretraining pairs (make study builds them)")
+    parser.add_argument("--study-out", default=str(DEFAULT_OUT),
+                        help="the study's output folder (make study builds its pretraining pairs there)")
     parser.add_argument("--out", default="benchmarks/out/study_diagnosis")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    pairs, out = Path(args.pairs), Path(args.out)
+    pairs, out = workspace_cubes(Path(args.study_out), "pretrain"), Path(args.out)
     if not (pairs / "split.json").is_file():
         print(f"{pairs}: no pretraining pairs; run 'make study' first", file=sys.stderr)
         return 2
@@ -100,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             run_pretrain("moco", settings, pairs=pairs, out=folder, state=out / "state", device="cpu",
                          progress=False)
         net = _pretrained_encoder(folder)
-        acc, loss = _series(folder / "live", "train/con_acc"), _series(folder / "live", "train/contrastive")
+        acc = list(logged_series(folder / "live", "train/con_acc").values())
+        loss = list(logged_series(folder / "live", "train/contrastive").values())
         chance = float(torch.log(torch.tensor(settings["moco"]["queue_size"] + 1.0)))
         ho, tr = _retrieval(net, *held_out), _retrieval(net, *seen)
         print(f"| {name} | {max(acc):.3f} / {acc[-1]:.3f} | {loss[-1]:.2f} / {chance:.2f} | {ho[0]:.3f}, {ho[1]:.3f} "

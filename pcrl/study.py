@@ -75,6 +75,20 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "pcrl study", "GIT_AUTHOR_EMAIL": "study@example.i
            "GIT_COMMITTER_NAME": "pcrl study", "GIT_COMMITTER_EMAIL": "study@example.invalid"}
 
 
+#: Where ``make study`` writes (``--out``).
+DEFAULT_OUT = Path("results/study")
+
+
+def workspace(out: Path) -> Path:
+    """The pipeline copy the study runs in: ``<out>/work``."""
+    return Path(out) / "work"
+
+
+def workspace_cubes(out: Path, task: str) -> Path:
+    """A cubes stage's output in the study's workspace (``pretrain``: the pairs; ``ncc``)."""
+    return workspace(out) / "data" / "processed" / task
+
+
 def split_config(config: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(params, design)``: the config's pipeline params (validated, the schema of
     params.yaml) and its ``study`` section (validated by :func:`pcrl.study_design.parse_design`).
@@ -261,12 +275,13 @@ def run_study(config: Path, out: Path) -> dict:
     start, code = time.monotonic(), _git_head()  # the code that runs, read before anything can change it
     for name in RESULTS:  # a failed rerun must not leave an earlier run's results looking current
         (out / name).unlink(missing_ok=True)
-    work = out / "work"
+    work = workspace(out)
     prepare_workspace(config, work)
     _run(["dvc", "repro", *TARGETS], work)
-    runs = _pretrain_runs(params, design, work / "data" / "processed" / "pretrain", out)
+    pairs = workspace_cubes(out, "pretrain")
+    runs = _pretrain_runs(params, design, pairs, out)
 
-    ncc = work / "data" / "processed" / "ncc"
+    ncc = workspace_cubes(out, "ncc")
     split = json.loads((ncc / "split.json").read_text())
     train, test = read_candidate_rows(ncc, split["train"]), read_candidate_rows(ncc, split["test"])
     encoders: dict[str, Any] = {f"scratch-s{s}": (lambda s=s: _fresh_encoder(params, s))
@@ -278,7 +293,7 @@ def run_study(config: Path, out: Path) -> dict:
         lr=positive["lr"], seed=s)) for s in positive["seeds"]})
     from pcrl.stages.pretrain import GAUGE_PAIRS
 
-    held_out = _held_out_pairs(work / "data" / "processed" / "pretrain", GAUGE_PAIRS)
+    held_out = _held_out_pairs(pairs, GAUGE_PAIRS)
     features, scratch_gauges = {}, {}
     for name, build in encoders.items():
         log.info("study: features of %s", name)
@@ -335,7 +350,7 @@ def run_study(config: Path, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pcrl.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "study.yaml"), help="the study's config")
-    parser.add_argument("--out", default="results/study", help="output folder (its work/ subfolder is the pipeline)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (its work/ subfolder is the pipeline)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

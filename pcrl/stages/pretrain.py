@@ -181,9 +181,9 @@ def gauge_warnings(live: Path) -> list[str]:
     half learnt nothing, or the features collapsed); the run's summary carries them.
     """
     warnings = []
-    retrieval = _logged_series(live, "gauges/retrieval_top1")
-    chance = _logged_series(live, "gauges/retrieval_chance")
-    rank = _logged_series(live, "gauges/effective_rank")
+    retrieval = logged_series(live, "gauges/retrieval_top1")
+    chance = logged_series(live, "gauges/retrieval_chance")
+    rank = logged_series(live, "gauges/effective_rank")
     if retrieval and chance:
         last = max(retrieval, key=int)
         if retrieval[last] <= 2.0 * chance.get(last, 0.0):
@@ -225,7 +225,7 @@ def _probe_hook(processed: Path | None, settings: dict[str, Any], device: torch.
     return hook
 
 
-def _logged_series(live: Path, name: str) -> dict[str, float]:
+def logged_series(live: Path, name: str) -> dict[str, float]:
     """``{epoch: value}`` of one dvclive metric, read back from its plot file.
 
     The plot file survives a resumed job (dvclive appends to it), unlike anything kept in
@@ -336,8 +336,8 @@ def run_pretrain(
                 "train_pairs": len(dataset),
                 "world_size": dist.world_size,
                 "final": result.final_metrics,
-                "probe_val_auc": _logged_series(state / "live", "probe/val_auc"),
-                "gauges": {name.split("/")[1]: _logged_series(state / "live", name) for name in GAUGES},
+                "probe_val_auc": logged_series(state / "live", "probe/val_auc"),
+                "gauges": {name.split("/")[1]: logged_series(state / "live", name) for name in GAUGES},
                 "warnings": warnings,
                 "provenance": provenance({"pretrain": settings}, device=dist.device),
             })
