@@ -490,14 +490,12 @@ def luna16_case(
                 "'shapes' (a nodule and a decoy); enlarge it ([96, 96, 48] fits)"
             )
         nodules = [Nodule(_vec3(s.center), 2.0 * s.ball_radius) for s in shapes if s.label == 1]
-    else:
-        nodules = _place_nodules(rng, depth, axes, spacing, origin)
-    if not nodules:
-        raise ConfigError(f"luna16 phantom: 'shape' {list(shape)} leaves no room for a lung nodule; enlarge it")
-    if ncc_task == "shapes":
         _paint_shapes(hu, axes, shapes)
         candidates = _shape_candidates(rng, shapes)
     else:
+        nodules = _place_nodules(rng, depth, axes, spacing, origin)
+        if not nodules:
+            raise ConfigError(f"luna16 phantom: 'shape' {list(shape)} leaves no room for a lung nodule; enlarge it")
         _paint_nodules(rng, hu, axes, nodules)
         negatives = _false_positives(rng, depth, nodules, segments, junctions, spacing, origin)
         candidates = _luna16_candidates(rng, nodules, negatives, spacing, origin)
