@@ -23,6 +23,19 @@ from pcrl.methods import (
 N, SHAPE = 4, (16, 16, 8)
 
 
+def _moco_query_and_key(ref: MoCoV2, x1: torch.Tensor, x2: torch.Tensor,
+                        seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """By hand: the query of view 1 and the momentum key of view 2, both augmented and corrupted
+    with the draws of ``generator(seed)`` in the method's order."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = transforms.CorruptionConfig()
+    input1 = transforms.corrupt(transforms.augment(x1, g), cfg, g)
+    input2 = transforms.corrupt(transforms.augment(x2, g), cfg, g)
+    with torch.no_grad():
+        k = ref.momentum_encoder.project(ref.momentum_encoder.encode(input2)[-1])
+    return ref.student.project(ref.student.encode(input1)[-1]), k
+
+
 def _pairs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(N, 1, *SHAPE, generator=g), torch.rand(N, 1, *SHAPE, generator=g)
@@ -63,13 +76,7 @@ def test_moco_is_infonce_of_query_and_momentum_key_against_the_queue() -> None:
     out = method(x1, x2, torch.Generator().manual_seed(5))
     assert set(out) == {"loss", "contrastive", "con_acc", "queue_fill", "ema_momentum"}
 
-    g = torch.Generator().manual_seed(5)
-    cfg = transforms.CorruptionConfig()
-    input1 = transforms.corrupt(transforms.augment(x1, g), cfg, g)
-    input2 = transforms.corrupt(transforms.augment(x2, g), cfg, g)
-    with torch.no_grad():
-        k = ref.momentum_encoder.project(ref.momentum_encoder.encode(input2)[-1])
-    q = ref.student.project(ref.student.encode(input1)[-1])
+    q, k = _moco_query_and_key(ref, x1, x2, 5)
     rows = []
     for i in range(N):
         logits = torch.cat([(q[i] * k[i]).sum().view(1), queue0 @ q[i]]) / 0.2
@@ -88,13 +95,7 @@ def test_moco_shuffle_positives_rolls_the_keys_by_one(shuffle: bool) -> None:
     x1, x2 = _pairs()
     out = method(x1, x2, torch.Generator().manual_seed(5))
 
-    g = torch.Generator().manual_seed(5)
-    cfg = transforms.CorruptionConfig()
-    input1 = transforms.corrupt(transforms.augment(x1, g), cfg, g)
-    input2 = transforms.corrupt(transforms.augment(x2, g), cfg, g)
-    with torch.no_grad():
-        k = ref.momentum_encoder.project(ref.momentum_encoder.encode(input2)[-1])
-    q = ref.student.project(ref.student.encode(input1)[-1])
+    q, k = _moco_query_and_key(ref, x1, x2, 5)
     positives = [k[(i - 1) % N] if shuffle else k[i] for i in range(N)]
     rows = []
     for i in range(N):

@@ -122,6 +122,12 @@ def test_mixup_algebra_with_recorded_lambda_and_permutation() -> None:
 # ------------------------------------------------------------------------- the step
 
 
+def _ranking_accuracy(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> float:
+    """By hand: the share of queries whose positive key scores above every queue key."""
+    dots_pos, dots_neg = (q * k).sum(dim=1), q @ queue.t()
+    return sum(bool(dots_pos[i] > dots_neg[i].max()) for i in range(q.shape[0])) / q.shape[0]
+
+
 def _infonce_ref(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> torch.Tensor:
     rows = []
     for i in range(q.shape[0]):
@@ -193,10 +199,7 @@ def test_forward_reproduces_every_term_of_the_spec(fresh, target: str) -> None:
     for name, value in expected.items():
         torch.testing.assert_close(out[name], value, rtol=2e-5, atol=1e-7, msg=name)
     # Readable gauges: the positive ranked first among the queue; the queue held no real key yet.
-    dots_pos = (q * k).sum(dim=1)
-    dots_neg = q @ queue0.t()
-    expected_acc = sum(bool(dots_pos[i] > dots_neg[i].max()) for i in range(N)) / N
-    assert out["con_acc"].item() == pytest.approx(expected_acc)
+    assert out["con_acc"].item() == pytest.approx(_ranking_accuracy(q, k, queue0))
     assert out["queue_fill"].item() == 0.0 and method.queue.fill.item() == N / method.queue.size
     # Keys of this step enqueued once: rows 0..3 hold k, ptr moved by N (not 3N).
     torch.testing.assert_close(method.queue.keys[:N], k, rtol=1e-4, atol=1e-6)
@@ -454,9 +457,7 @@ def test_shuffle_positives_pairs_each_query_with_another_samples_key(fresh, shuf
     }
     for name, value in expected.items():
         torch.testing.assert_close(out[name], value, rtol=2e-5, atol=1e-7, msg=name)
-    dots_pos, dots_neg = (q * k).sum(dim=1), q @ queue0.t()
-    acc = sum(bool(dots_pos[i] > dots_neg[i].max()) for i in range(N)) / N
-    assert out["con_acc"].item() == pytest.approx(acc)
+    assert out["con_acc"].item() == pytest.approx(_ranking_accuracy(q, k, queue0))
     # the control changes the loss: the rolled and unrolled references differ
     other = _rolled(k) if not shuffle else torch.cat([k[1:], k[:1]])
     assert not torch.allclose(_infonce_ref(q, other, queue0, 0.2), expected["con_plain"], rtol=1e-3)
