@@ -23,9 +23,9 @@ install: $(PYTHON)
 demo: install
 	dvc repro
 
-# The known-answer study (pcrl/study.py, configs/study.yaml): about an hour on 2 CPU cores.
+# The known-answer study (pcrl/runners/study.py, configs/study.yaml): about an hour on 2 CPU cores.
 study: install
-	$(PYTHON) -m pcrl.study --config configs/study.yaml --out results/study
+	$(PYTHON) -m pcrl.runners.study --config configs/study.yaml --out results/study
 
 lint: install
 	ruff check pcrl tests benchmarks

@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
-from pcrl.config import load_params, planar_settings
+from pcrl.config import load_params
 from pcrl.engine import resolve_amp
 from pcrl.engine.config import amp_dtype
 from pcrl.methods import build_method, method_config
+from pcrl.settings import get_setting
 from pcrl.stages.pretrain import method_settings, used_settings
 
 CONV_OPS = ("conv", "cudnn_convolution", "mkldnn_convolution", "slow_conv")
@@ -49,18 +50,17 @@ def build_step(params_file: Path, method: str, device: torch.device, *, amp: str
     (e.g. a small ``base`` for a tiny run); ``wrap`` wraps the module for the forward pass
     (e.g. DistributedDataParallel)."""
     params = load_params(params_file)
-    planar = setting == "2d"
-    pretrain = planar_settings(params["pretrain"], params["pretrain2d"]) if planar else params["pretrain"]
-    settings = used_settings(method, pretrain)
-    cube = [int(s) for s in params["cubes"]["pretrain2d" if planar else "pretrain"]["cube_size"]]
-    size = tuple(cube[:2] if planar else cube)
+    chosen = get_setting(setting)
+    settings = used_settings(method, chosen.pretrain_params(params))
+    cube = [int(s) for s in params["cubes"][chosen.pretrain_task]["cube_size"]]
+    size = tuple(cube[:chosen.spatial_dims])
     batch = int(batch or settings["batch_size"])
     # steps: a nominal run length for the momentum schedule (the EMA coefficient does not change a step's cost)
     values = method_settings(method, settings, n_data=n_data or max(batch * 64, 1), steps=NOMINAL_STEPS)
     values.update(overrides or {})
     torch.manual_seed(0)
     model = build_method(method, method_config(method, values)).to(device)
-    memory_format = (torch.channels_last if planar else torch.channels_last_3d) if channels_last \
+    memory_format = (torch.channels_last if chosen.spatial_dims == 2 else torch.channels_last_3d) if channels_last \
         else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     params_list = [p for p in model.parameters() if p.requires_grad]

@@ -15,23 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pcrl.config import DEFAULT_PARAMS, load_params, planar_settings, section
+from pcrl.config import DEFAULT_PARAMS, load_params, section
 from pcrl.errors import PcrlError, PreemptedError
+from pcrl.resources import available_cpus, configure_threads
+from pcrl.settings import SETTINGS, get_setting, setting_of_task
 
 log = logging.getLogger("pcrl")
 
 EXIT_ERROR = 2
-
-
-def available_cpus() -> int:
-    """CPUs this job may use: SLURM's allocation, else the process's CPU affinity."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
-    if slurm and slurm.isdigit():
-        return max(1, int(slurm))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------- stages
@@ -103,12 +94,10 @@ def cmd_pretrain(args: argparse.Namespace, params: dict[str, Any]) -> None:
     """Pretrain one method on the PCRL pairs (resumes from its state folder)."""
     from pcrl.stages.pretrain import run_pretrain
 
-    settings = section(params, "pretrain")
-    if args.setting == "2d":
-        settings = planar_settings(settings, section(params, "pretrain2d"))
+    setting = get_setting(args.setting)
+    settings = setting.pretrain_params(params)
     if args.method not in settings["methods"]:
-        log.warning("method %s is not listed in %s.methods", args.method,
-                    "pretrain2d" if args.setting == "2d" else "pretrain")
+        log.warning("method %s is not listed in %s", args.method, setting.methods_key())
     run_pretrain(
         args.method,
         settings,
@@ -140,15 +129,14 @@ def cmd_init_weights(args: argparse.Namespace, params: dict[str, Any]) -> None:
     """Write an initialisation no pretraining writes: scratch, or an external checkpoint."""
     from pcrl.stages.init_weights import run_init_weights
 
-    if args.checkpoint is not None:
-        keys = ("finetune", "chest14", "external") if args.setting == "2d" else ("finetune", "external")
-        if section(params, *keys).get(args.init) != args.checkpoint:
-            log.warning("%s does not map %s to %s", ".".join(keys), args.init, args.checkpoint)
+    setting = get_setting(args.setting)
+    if args.checkpoint is not None and setting.externals(section(params, "finetune")).get(args.init) != args.checkpoint:
+        log.warning("%s does not map %s to %s", setting.external_key, args.init, args.checkpoint)
     run_init_weights(
         args.init,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         out=Path(args.out),
-        setting=args.setting,
+        setting=setting,
     )
 
 
@@ -157,11 +145,10 @@ def cmd_finetune(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from pcrl.stages.finetune import run_finetune
 
     settings = section(params, "finetune")
-    task_settings = section(settings, args.task)
-    listed, key = (task_settings["inits"], "finetune.chest14.inits") if args.task == "chest14" \
-        else (settings["inits"], "finetune.inits")
-    if args.init not in listed:
-        log.warning("init %s is not listed in %s", args.init, key)
+    section(settings, args.task)
+    setting = setting_of_task(args.task)
+    if args.init not in setting.inits(settings):
+        log.warning("init %s is not listed in %s", args.init, setting.inits_key)
     run_finetune(
         args.task,
         args.init,
@@ -211,8 +198,9 @@ def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- parser
 
 
-#: The downstream tasks (``finetune`` and ``evaluate`` choices).
-_DOWNSTREAM_TASKS = ["ncc", "lcs", "bms", "chest14"]
+#: The downstream tasks (``finetune`` and ``evaluate`` choices) and the cubes stage's tasks.
+_DOWNSTREAM_TASKS = [task for setting in SETTINGS.values() for task in setting.tasks]
+_CUBES_TASKS = [task for setting in SETTINGS.values() for task in setting.cubes_tasks]
 
 
 def _add_stage(sub: argparse._SubParsersAction, name: str, func: Callable,
@@ -249,7 +237,7 @@ def _add_data_stages(sub: argparse._SubParsersAction) -> None:
 
     p = _add_stage(sub, "cubes", cmd_cubes,
                    "splits, fractions and cubes of a task (params: cubes.<task>)")
-    p.add_argument("--task", required=True, choices=["pretrain", "ncc", "lcs", "bms", "pretrain2d", "chest14"])
+    p.add_argument("--task", required=True, choices=_CUBES_TASKS)
     p.add_argument("--raw", required=True, help="download stage output of the task's dataset")
     p.add_argument("--interim", required=True, help="resample stage output of the task's dataset")
     p.add_argument("--out", required=True, help="output folder, e.g. data/processed/ncc")
@@ -266,7 +254,7 @@ def _add_training_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (default: from the CPUs allotted)")
     p.add_argument("--probe",
                    help="cubes@ncc output (data/processed/ncc): log the frozen-encoder probe (params: probe)")
-    p.add_argument("--setting", choices=["3d", "2d"], default="3d",
+    p.add_argument("--setting", choices=list(SETTINGS), default="3d",
                    help="3d: LUNA16 (params: pretrain); 2d: ChestX-ray14 (params: pretrain with pretrain2d over it)")
 
     p = _add_stage(sub, "init-weights", cmd_init_weights,
@@ -274,7 +262,7 @@ def _add_training_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", required=True, help="scratch, or the checkpoint's name in finetune.external")
     p.add_argument("--checkpoint", help="external checkpoint (PCRL release / Models Genesis layout; 2d: a ResNet-18)")
     p.add_argument("--out", required=True, help="output folder, e.g. data/pretrain/scratch")
-    p.add_argument("--setting", choices=["3d", "2d"], default="3d",
+    p.add_argument("--setting", choices=list(SETTINGS), default="3d",
                    help="3d: a 3D U-Net checkpoint (finetune.external); 2d: a ResNet-18 (finetune.chest14.external)")
 
     p = _add_stage(sub, "finetune", cmd_finetune, "fine-tune a task (params: finetune)")
@@ -367,43 +355,6 @@ def relaunched(argv: list[str]) -> int | None:
     from pcrl.launch import maybe_relaunch
 
     return maybe_relaunch(argv)
-
-
-RESOURCES_FILE = Path("workflow") / "resources.yaml"
-
-
-def resource_group(args: argparse.Namespace) -> str:
-    """The workflow/resources.yaml entry of a command (its dvc.yaml stage group)."""
-    command = args.command.replace("-", "_")
-    if command == "init_weights":
-        return "init_scratch" if args.init == "scratch" else "init_external"
-    if command in ("finetune", "evaluate"):
-        return f"{command}_{args.task}"
-    return command
-
-
-def configure_threads(args: argparse.Namespace) -> int:
-    """Give the stage the same CPU thread count under every runner, and return it.
-
-    CPU results are bit-exact only for a given thread count. Snakemake sets
-    ``OMP_NUM_THREADS`` to the rule's threads (from workflow/resources.yaml, capped by
-    ``--cores``) and SLURM jobs inherit it; under ``dvc repro`` nothing does, so the stage's
-    threads are read from the same file here, capped by the CPUs this process may use. The
-    variable is set before torch starts its thread pool (and for DataLoader workers).
-    """
-    given = os.environ.get("OMP_NUM_THREADS", "")
-    if given.isdigit() and int(given) > 0:
-        return int(given)
-    if "torch" in sys.modules:  # called in-process (tests, notebooks): leave the pool as it is
-        return int(sys.modules["torch"].get_num_threads())
-    threads = available_cpus()
-    resources = Path(args.params).resolve().parent / RESOURCES_FILE
-    if resources.is_file():
-        from pcrl.dag import load_resources
-
-        threads = min(threads, load_resources(resources).for_stage(resource_group(args)).threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    return threads
 
 
 #: Stages that train, and run one process per GPU when given several (pcrl.launch).

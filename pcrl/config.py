@@ -18,6 +18,7 @@ import yaml
 
 from pcrl.errors import ConfigError
 from pcrl.outputs import is_within
+from pcrl.settings import SETTINGS, Setting
 
 DEFAULT_PARAMS = Path("params.yaml")
 #: Folders the pipeline writes (DVC outputs, state, caches), relative to the params file:
@@ -140,7 +141,7 @@ def _check_semantics(params: dict[str, Any], source: str) -> None:
             f"{source}: data.local_paths: source is 'local' but no folder is given for "
             f"{', '.join(missing)}"
         )
-    _check_planar(params, source)
+    _check_2d(params, source)
     for name, section in params.get("resample", {}).items():
         if "normalization" not in section:  # radiographs: resized, not resampled
             continue
@@ -167,22 +168,8 @@ def _check_semantics(params: dict[str, Any], source: str) -> None:
             )
     finetune = params.get("finetune")
     if finetune and "pretrain" in params:
-        known = {"scratch", *params["pretrain"]["methods"], *finetune.get("external", {})}
-        unknown = [i for i in finetune["inits"] if i not in known]
-        if unknown:
-            raise ConfigError(
-                f"{source}: finetune.inits: {unknown} is neither scratch, a pretrain.methods "
-                f"entry nor a finetune.external name (known: {sorted(known)})"
-            )
-    chest14 = (finetune or {}).get("chest14")
-    if chest14 and "pretrain" in params:
-        methods = params.get("pretrain2d", {}).get("methods", [])
-        known = {"scratch", *methods, *chest14.get("external", {})}
-        unknown = [i for i in chest14["inits"] if i not in known]
-        if unknown:
-            raise ConfigError(f"{source}: finetune.chest14.inits: {unknown} is neither scratch, a 2D pretraining "
-                              f"method (pretrain2d.methods) nor a finetune.chest14.external name "
-                              f"(known: {sorted(known)})")
+        for setting in SETTINGS.values():
+            _check_inits(setting, params, source)
     ncc = params.get("cubes", {}).get("ncc")
     if ncc:
         seen: dict[str, str] = {}
@@ -195,47 +182,41 @@ def _check_semantics(params: dict[str, Any], source: str) -> None:
                 seen[g] = split_name
 
 
-def planar_settings(pretrain: dict[str, Any], pretrain2d: dict[str, Any]) -> dict[str, Any]:
-    """The 2D setting's pretraining params: ``pretrain`` with ``pretrain2d.settings`` over
-    it, and ``pretrain2d.methods``.
-
-    ``pretrain2d.settings`` holds what differs for ChestX-ray14 (``network.arch:
-    resnet18_unet2d``, its width, epochs, batch size, ...); a key that is a mapping in both
-    (``network``, ``augment``, a method's section) is merged one level deep, so the 2D
-    setting inherits every other corruption, augmentation and method setting of the 3D one.
-    """
-    merged = dict(pretrain)
-    for key, value in pretrain2d.get("settings", {}).items():
-        below = merged.get(key)
-        merged[key] = {**below, **value} if isinstance(below, dict) and isinstance(value, dict) else value
-    merged["methods"] = list(pretrain2d.get("methods", []))
-    return merged
+def _check_inits(setting: Setting, params: dict[str, Any], source: str) -> None:
+    """The setting's fine-tuning initialisations are scratch, its pretraining methods or
+    its external checkpoints."""
+    if setting.finetune_keys and not params["finetune"].get(setting.finetune_keys[0]):
+        return  # the setting's task is left out
+    methods = params.get(setting.pretrain_section, {}).get("methods", [])
+    known = {"scratch", *methods, *setting.externals(params["finetune"])}
+    unknown = [i for i in setting.inits(params["finetune"]) if i not in known]
+    if unknown:
+        raise ConfigError(f"{source}: {setting.inits_key}: {unknown} is neither scratch, a {setting.methods_key()} "
+                          f"entry nor a {setting.external_key} name (known: {sorted(known)})")
 
 
-#: The ResNet-18's total stride, :data:`pcrl.networks.resnet_unet2d.DOWNSAMPLING_FACTOR`
-#: (not imported: reading params must not load torch; tests/test_config.py checks they agree).
-RESNET18_STRIDE = 32
-
-
-def _check_planar(params: dict[str, Any], source: str) -> None:
+def _check_2d(params: dict[str, Any], source: str) -> None:
     """The 2D setting: ResNet-18 sizes divisible by its stride, one width for pretraining
     and Chest14 (the fine-tuning loads the pretrained encoder)."""
+    setting = SETTINGS["2d"]
     size = params.get("resample", {}).get("chestxray14", {}).get("size")
-    if size and any(int(v) % RESNET18_STRIDE for v in size):
-        raise ConfigError(f"{source}: resample.chestxray14.size: {size} must be multiples of {RESNET18_STRIDE} "
+    if size and any(int(v) % setting.stride for v in size):
+        raise ConfigError(f"{source}: resample.chestxray14.size: {size} must be multiples of {setting.stride} "
                           "(the ResNet-18's stride; Chest14 reads the stored radiographs whole)")
-    cube = params.get("cubes", {}).get("pretrain2d", {}).get("cube_size")
-    if cube and any(int(v) % RESNET18_STRIDE for v in cube[:2]):
-        raise ConfigError(f"{source}: cubes.pretrain2d.cube_size: {cube[:2]} must be multiples of "
-                          f"{RESNET18_STRIDE} (the ResNet-18's stride)")
-    pretrain2d, chest14 = params.get("pretrain2d", {}), params.get("finetune", {}).get("chest14", {})
-    pretrained = [i for i in chest14.get("inits", []) if i in pretrain2d.get("methods", [])]
-    if pretrained:
-        network = planar_settings(params.get("pretrain", {}), pretrain2d).get("network", {})
-        if network.get("base") != chest14["network"]["base"]:
-            raise ConfigError(f"{source}: finetune.chest14.network.base {chest14['network']['base']} differs from the "
-                              f"2D pretraining's width {network.get('base')} (pretrain2d.settings.network.base), "
-                              f"whose encoder Chest14 loads for {pretrained}")
+    cube = params.get("cubes", {}).get(setting.pretrain_task, {}).get("cube_size")
+    if cube and any(int(v) % setting.stride for v in cube[:2]):
+        raise ConfigError(f"{source}: cubes.{setting.pretrain_task}.cube_size: {cube[:2]} must be multiples of "
+                          f"{setting.stride} (the ResNet-18's stride)")
+    methods = params.get(setting.pretrain_section, {}).get("methods", [])
+    pretrained = [i for i in setting.inits(params.get("finetune", {})) if i in methods]
+    if pretrained and "pretrain" in params:
+        network = setting.pretrain_params(params).get("network", {})
+        task = params["finetune"][setting.finetune_keys[0]]
+        if network.get("base") != task["network"]["base"]:
+            raise ConfigError(f"{source}: {setting.finetune_key}.network.base {task['network']['base']} differs "
+                              f"from the 2D pretraining's width {network.get('base')} "
+                              f"({setting.pretrain_section}.settings.network.base), whose encoder it loads for "
+                              f"{pretrained}")
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:

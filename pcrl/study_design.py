@@ -3,7 +3,7 @@
 The design is written before the study runs and is not tuned afterwards: which arms, how many
 seeds, the label sets, the gate and the falsification rules. :func:`parse_design` validates
 it (a bad key is named), :func:`gate_outcome` and :func:`apply_rules` read the result against
-it. See pcrl/study.py for the procedure.
+it. See pcrl/runners/study.py for the procedure.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The known-answer study's report: markdown tables and two figures (pcrl/study.py).
+"""The known-answer study's report: markdown tables and two figures (pcrl/runners/study.py).
 
 Reads the study's summary mapping only; computes nothing but means for display.
 """
@@ -91,7 +91,7 @@ def render_report(summary: Mapping[str, Any]) -> str:
         "# Known-answer study: does pretraining help a frozen encoder where labels are scarce?",
         "",
         f"Code {summary['code']}, config sha256 {summary['config_sha256'][:12]}, {summary['elapsed_s'] / 60:.1f} min. "
-        f"Command: `make study` (`python -m pcrl.study --config configs/study.yaml --out results/study`).",
+        f"Command: `make study` (`python -m pcrl.runners.study --config configs/study.yaml --out results/study`).",
         "",
         f"NCC on the shapes phantom: {summary['train']['scans']} training scans ({summary['train']['candidates']} "
         f"candidates, {summary['train']['nodules']} nodules), {summary['test']['scans']} test scans "

@@ -34,32 +34,104 @@ def _offenders(files: list[Path], forbidden: tuple[str, ...]) -> dict[str, list[
     return bad
 
 
-#: The drivers above the stages: the CLI and the known-answer study (docs/architecture.md).
-DRIVERS = ("cli.py", "study.py")
+#: Above the library: the CLI, the stage drivers and the runners' glue (docs/architecture.md).
+DRIVERS = ("cli.py",)
+ABOVE = ("stages", "runners")
 
 
 def library_files() -> list[Path]:
     return [p for p in sorted(PACKAGE.rglob("*.py"))
-            if p.name not in DRIVERS or p.parent != PACKAGE
-            if "stages" not in p.relative_to(PACKAGE).parts]
+            if not (p.parent == PACKAGE and p.name in DRIVERS)
+            if not set(ABOVE) & set(p.relative_to(PACKAGE).parts)]
 
 
-def test_the_library_never_imports_the_cli_or_the_stages() -> None:
+def test_the_library_never_imports_the_cli_the_stages_or_the_runners() -> None:
     files = library_files()
-    assert PACKAGE / "engine" / "__init__.py" in files or PACKAGE / "engine.py" in files
-    assert not any("stages" in p.parts for p in files) and PACKAGE / "cli.py" not in files
+    assert PACKAGE / "engine" / "__init__.py" in files and PACKAGE / "settings.py" in files
+    assert not any(set(ABOVE) & set(p.parts) for p in files) and PACKAGE / "cli.py" not in files
     assert PACKAGE / "study_design.py" in files and PACKAGE / "study_report.py" in files  # library, not drivers
-    assert _offenders(files, ("pcrl.cli", "pcrl.stages", "pcrl.study")) == {}
+    assert _offenders(files, ("pcrl.cli", "pcrl.stages", "pcrl.runners")) == {}
 
 
-def test_the_study_driver_never_imports_the_cli() -> None:
-    assert _offenders([PACKAGE / "study.py"], ("pcrl.cli",)) == {}
+def test_the_runners_never_import_the_cli() -> None:
+    runners = sorted((PACKAGE / "runners").glob("*.py"))
+    assert {p.name for p in runners} >= {"dag.py", "preflight.py", "study.py"}
+    assert _offenders(runners, ("pcrl.cli",)) == {}
 
 
-def test_stage_drivers_never_import_the_cli() -> None:
+def test_stage_drivers_never_import_the_cli_or_the_runners() -> None:
+    """A stage is callable from Python, and the runners' glue is no stage's code dep."""
     stages = sorted((PACKAGE / "stages").glob("*.py"))
     assert len(stages) >= 8
-    assert _offenders(stages, ("pcrl.cli",)) == {}
+    assert _offenders(stages, ("pcrl.cli", "pcrl.runners")) == {}
+    assert _offenders([PACKAGE / "cli.py"], ("pcrl.runners",)) == {}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """pcrl module -> the pcrl modules it imports (lazy imports too; ``from a.b import c``
+    counts as a.b.c when that is a module, else a.b)."""
+    modules = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+    graph = {}
+    for name, path in modules.items():
+        targets = {m for m in imported_modules(path) if m in modules}
+        graph[name] = {t for t in targets if t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circle() -> None:
+    """Modules form layers: no two import each other, directly or through others (a
+    package's ``__init__`` re-exporting its modules counts only where a module imports the
+    package itself)."""
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check can fail
+    assert cycles(import_graph()) == []
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
+
+
+def test_evaluation_never_imports_fine_tuning() -> None:
+    """Scoring and the probe read data through the readers below both, not fine-tuning's."""
+    assert _offenders(sorted((PACKAGE / "evaluation").glob("*.py")), ("pcrl.finetune",)) == {}
 
 
 def test_the_checker_finds_a_forbidden_import(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def test_threads_come_from_the_stage_resources_under_every_runner(tmp_path: Path
     (tmp_path / "workflow").mkdir()
     (tmp_path / "workflow" / "resources.yaml").write_text(
         "default: {threads: 1}\nresample: {threads: 1}\nfinetune_lcs: {threads: 2}\n")
-    probe = ("import argparse, os, sys; from pcrl.cli import configure_threads; "
+    probe = ("import argparse, os, sys; from pcrl.resources import configure_threads; "
              "args = argparse.Namespace(command=sys.argv[1], task='lcs', init='scratch', "
              "params=sys.argv[2]); "
              "n = configure_threads(args); import torch; "

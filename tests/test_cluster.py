@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from conftest import fresh_copy, git, narrowed, run, without_2d
-from pcrl.dag import load_stages
+from pcrl.runners.dag import load_stages
 
 pytestmark = pytest.mark.pipeline
 

@@ -443,8 +443,9 @@ def test_stage_passes_placement_and_border_to_the_sampler(tmp_path, monkeypatch)
     seen = []
     monkeypatch.setattr(stage, "write_pretrain_pairs", lambda *args, config, **kwargs: seen.append(config) or [])
     settings = {"pairs_per_case": 2, "crop_sizes": [[8, 8, 4]], "cube_size": [8, 8, 4], "min_iou": 0.25}
-    stage._pretrain({**settings, "placement": "release", "border": [4, 5, 2]}, 0, [], tmp_path, tmp_path, False)
-    stage._pretrain(settings, 0, [], tmp_path, tmp_path, False)
+    stage._pretrain({**settings, "placement": "release", "border": [4, 5, 2]}, 0, [], tmp_path, tmp_path, tmp_path,
+                    False)
+    stage._pretrain(settings, 0, [], tmp_path, tmp_path, tmp_path, False)
     assert (seen[0].placement, seen[0].border) == ("release", (4, 5, 2))
     assert (seen[1].placement, seen[1].border) == ("overlap", (70, 70, 15))
 

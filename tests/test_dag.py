@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pcrl.dag import Stage, load_resources, load_stages
+from pcrl.resources import load_resources
+from pcrl.runners.dag import Stage, load_stages
 from pcrl.errors import ConfigError
 
 
 def _dvc_stages(root: Path) -> dict[str, dict]:
-    """DVC's own view of the pipeline, straight from its index (not via pcrl.dag)."""
+    """DVC's own view of the pipeline, straight from its index (not via pcrl.runners.dag)."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:

@@ -43,8 +43,7 @@ def _node_imports(nodes: list[ast.AST]) -> set[str]:
 
 
 #: Functions of pcrl/cli.py that run for every stage.
-CLI_COMMON = ("main", "check_stage_paths", "build_parser", "available_cpus", "configure_threads",
-              "resource_group")
+CLI_COMMON = ("main", "check_stage_paths", "build_parser")
 TRAINING = ("pretrain", "finetune")
 
 

@@ -236,7 +236,7 @@ def test_every_stage_reads_only_its_deps_and_writes_only_its_outs(dvc_run: Path,
     a declared out, its temporary sibling, or the stage's state folder under data/state.
     ITK reads image bytes in C++, unseen by the hook; pcrl opens every image file in Python
     first (gzip CRC, header checks), so those reads are seen."""
-    from pcrl.dag import load_stages
+    from pcrl.runners.dag import load_stages
 
     stages = {s.name: s for s in load_stages(dvc_run)}
     problems = {}

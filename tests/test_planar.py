@@ -19,7 +19,7 @@ from pcrl.data.radiographs import open_store, resize_radiograph
 from pcrl.errors import ConfigError, DataError
 from pcrl.stages.cubes import run_cubes
 from pcrl.stages.download import run_download
-from pcrl.config import planar_settings
+from pcrl.settings import SETTINGS
 from pcrl.stages.resample import run_resample
 
 PHANTOM = {"patients": 10, "images_per_patient": [1, 3], "size": [64, 64], "test_fraction": 0.3}
@@ -145,13 +145,14 @@ def test_cubes_refuse_a_store_that_is_not_the_downloaded_dataset(chest: Path, tm
     assert not (tmp_path / "out").exists()
 
 
-def test_planar_settings_put_the_2d_keys_over_the_3d_ones() -> None:
+def test_the_2d_settings_put_the_2d_keys_over_the_3d_ones() -> None:
     pretrain = {"methods": ["pcrl"], "epochs": 3, "lr": 0.01, "network": {"base": 4, "norm": "batch"},
                 "pcrl": {"queue_size": 256, "loss": "nce"}, "corruption": {"paint_prob": 0.9}}
     pretrain2d = {"methods": ["moco", "pcrl"],
                   "settings": {"epochs": 5, "network": {"arch": "resnet18_unet2d", "base": 8},
                                "pcrl": {"queue_size": 64}}}
-    merged = planar_settings(pretrain, pretrain2d)
+    merged = SETTINGS["2d"].pretrain_params({"pretrain": pretrain, "pretrain2d": pretrain2d})
+    assert SETTINGS["3d"].pretrain_params({"pretrain": pretrain, "pretrain2d": pretrain2d}) == pretrain
     assert merged == {"methods": ["moco", "pcrl"], "epochs": 5, "lr": 0.01,
                       "network": {"base": 8, "norm": "batch", "arch": "resnet18_unet2d"},
                       "pcrl": {"queue_size": 64, "loss": "nce"}, "corruption": {"paint_prob": 0.9}}

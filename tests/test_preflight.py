@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pcrl.dag import StageResources, load_resources
+from pcrl.resources import StageResources, load_resources
 from pcrl.errors import ConfigError
-from pcrl.preflight import ACCOUNT_MESSAGES, _AccountNoise, check_cluster, minutes, parse_sinfo, problems
+from pcrl.runners.preflight import ACCOUNT_MESSAGES, _AccountNoise, check_cluster, minutes, parse_sinfo, problems
 
 # what `sinfo -h -N -o "%P|%N|%c|%m|%G|%l"` prints on a small cluster (hand-written)
 SINFO = """\

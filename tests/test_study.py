@@ -1,4 +1,4 @@
-"""pcrl.study: the known-answer study's design, workspace and a tiny end-to-end run.
+"""pcrl.runners.study: the known-answer study's design, workspace and a tiny end-to-end run.
 
 The real study takes ~half an hour (``make study``); here a tiny config (1 epoch, 1 seed,
 3 label sets) runs the whole procedure, and its report is checked against numbers
@@ -18,7 +18,7 @@ import yaml
 from pcrl.config import load_yaml
 from pcrl.errors import ConfigError
 from pcrl.stages.check_params import momentum_warnings
-from pcrl.study import TARGETS, arm_settings, prepare_workspace, run_study, split_config
+from pcrl.runners.study import TARGETS, arm_settings, prepare_workspace, run_study, split_config
 
 
 def test_the_study_config_asks_the_question_it_claims(repo_root: Path) -> None:
@@ -50,17 +50,17 @@ def test_arm_settings_override_the_method_section_and_the_seed_only() -> None:
 def test_workspace_is_a_git_copy_with_the_study_params_and_keeps_its_data(tmp_path: Path, repo_root: Path) -> None:
     work = tmp_path / "work"
     config = repo_root / "configs" / "study.yaml"
-    prepare_workspace(config, work)
+    prepare_workspace(config, work, repo_root)
     expected = load_yaml(config)
     expected.pop("study")
     assert yaml.safe_load((work / "params.yaml").read_text()) == expected
     assert (work / "dvc.yaml").read_text() == (repo_root / "dvc.yaml").read_text()
-    assert (work / "pcrl" / "study.py").is_file() and (work / ".dvc" / "config").is_file()
+    assert (work / "pcrl" / "runners" / "study.py").is_file() and (work / ".dvc" / "config").is_file()
     status = subprocess.run(["git", "status", "--porcelain"], cwd=work, capture_output=True, text=True, check=True)
     assert status.stdout.strip() == ""  # committed: DVC sees a clean tree
     (work / "data").mkdir()
     (work / "data" / "kept.txt").write_text("from an earlier run")
-    prepare_workspace(config, work)  # a rerun resumes
+    prepare_workspace(config, work, repo_root)  # a rerun resumes
     assert (work / "data" / "kept.txt").read_text() == "from an earlier run"
     stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
     assert all(target.split("@")[0] in stages for target in TARGETS)
@@ -77,7 +77,7 @@ def test_a_bad_study_config_is_refused_before_anything_runs(tmp_path: Path, repo
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=named):
-        run_study(bad, tmp_path / "out")
+        run_study(bad, tmp_path / "out", repo_root)
     assert not (tmp_path / "out").exists()
 
 
@@ -108,7 +108,7 @@ def _tiny_config(repo_root: Path, path: Path) -> Path:
 def tiny_study(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("study")
     out = root / "out"
-    summary = run_study(_tiny_config(repo_root, root / "tiny.yaml"), out)
+    summary = run_study(_tiny_config(repo_root, root / "tiny.yaml"), out, repo_root)
     return out, summary
 
 
@@ -153,3 +153,12 @@ def test_the_tiny_study_gate_reads_each_runs_last_gauges(tiny_study: tuple[Path,
     retrieval = summary["gauges"]["moco-s0"]["retrieval_top1"]
     expected = retrieval >= 5 * chance and retrieval > summary["scratch_retrieval"]
     assert summary["gates"]["runs"]["moco-s0"]["pass"] == expected
+
+
+def test_the_repository_is_found_from_where_the_study_runs_never_from_the_package(tmp_path: Path,
+                                                                                   repo_root: Path) -> None:
+    from pcrl.runners.study import repository
+
+    assert repository(repo_root / "docs") == repo_root  # found above the working directory
+    with pytest.raises(ConfigError, match="not inside the pipeline's repository"):
+        repository(tmp_path)  # an installed package's location is never used instead

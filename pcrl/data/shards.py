@@ -2,7 +2,7 @@
 
 A dataset of 888 CT scans or 112,120 radiographs spreads over a cluster only if its data
 stages do. ``data.shards`` lists the shard numbers ``0 .. n-1``; DVC's ``matrix`` (and so
-Snakemake, through :mod:`pcrl.dag`) makes one ``download`` and one ``resample`` job per
+Snakemake, through :mod:`pcrl.runners.dag`) makes one ``download`` and one ``resample`` job per
 (dataset, shard):
 
 - ``download`` shard k writes ``data/raw/<dataset>/<k>/``: the published archives whose

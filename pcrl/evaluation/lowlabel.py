@@ -1,6 +1,6 @@
 """Low-label evaluation of frozen encoders on cached features, with paired bootstrap intervals.
 
-The known-answer study (pcrl/study.py) asks whether pretraining helps where labels are
+The known-answer study (pcrl/runners/study.py) asks whether pretraining helps where labels are
 scarce (Zhou et al., ICCV 2021, Sec. 4: the 10 % label fractions). One fine-tuning run on
 one fixed small split is too noisy to tell (random inits alone spread 0.46-0.78 in AUC at
 10 %), so the criterion here is cheap enough to repeat: every encoder's pooled features of

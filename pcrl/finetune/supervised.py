@@ -2,7 +2,7 @@
 
 An encoder trained with the labels of every training scan has, by construction, features
 that separate the classes; a low-label probe on it must beat a random init. If it does not,
-the study's criterion cannot detect a real gain (pcrl/study.py). The encoder is the same
+the study's criterion cannot detect a real gain (pcrl/runners/study.py). The encoder is the same
 pretraining network as the other arms (so its weights load the same way); a linear head on
 its pooled deepest features is trained with class-balanced BCE, Adam, random flips along
 x, y and z.

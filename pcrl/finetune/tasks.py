@@ -21,7 +21,7 @@ PCRL's 2D setting (Zhou et al., ICCV 2021) adds
   radiographs: PCRL fine-tunes its pretrained ResNet-18 with one logit and a binary
   cross-entropy per finding; metric ROC AUC per finding and their mean (``auc_mean``). Its
   splits are patient-wise (a patient's images stay together); the class names are the
-  findings in Wang et al.'s order, lower-case (:data:`pcrl.data.chestxray14.FINDINGS`).
+  findings in Wang et al.'s order, lower-case (:data:`pcrl.settings.CHEST14_FINDINGS`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 
 from pcrl.errors import ConfigError, DataError
+from pcrl.settings import CHEST14_FINDINGS
 
 __all__ = ["TASKS", "TaskKind", "TaskSpec", "check_label_values", "get_task", "segmentation_target"]
 
@@ -88,13 +89,8 @@ TASKS: dict[str, TaskSpec] = {
     "bms": TaskSpec("bms", "segmentation", "msd_brain", in_channels=4, out_channels=3,
                     class_names=("wt", "tc", "et"), regions=((1, 2, 3), (2, 3), (3,)),
                     label_values=(0, 1, 2, 3), primary="dice_mean"),
-    # the findings of pcrl.data.chestxray14.FINDINGS, lower-case (not imported: this table
-    # is read by stages that never touch the radiographs)
-    "chest14": TaskSpec("chest14", "multilabel", "chestxray14", in_channels=1, out_channels=14,
-                        class_names=("atelectasis", "cardiomegaly", "effusion", "infiltration",
-                                     "mass", "nodule", "pneumonia", "pneumothorax",
-                                     "consolidation", "edema", "emphysema", "fibrosis",
-                                     "pleural_thickening", "hernia"),
+    "chest14": TaskSpec("chest14", "multilabel", "chestxray14", in_channels=1, out_channels=len(CHEST14_FINDINGS),
+                        class_names=tuple(name.lower() for name in CHEST14_FINDINGS),
                         label_values=(0, 1), primary="auc_mean"),
 }
 

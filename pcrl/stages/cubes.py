@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,10 @@ from pcrl.data.radiographs import open_store
 from pcrl.data.shards import read_cases as gathered_interim
 from pcrl.data.splits import check_disjoint, nested_fractions, split_by_group, split_random
 from pcrl.errors import ConfigError, DataError
+from pcrl.settings import setting_of_cubes_task
 
 log = logging.getLogger(__name__)
 
-#: The tasks of the 2D setting (ChestX-ray14): cut from the radiograph store, not from volumes.
-PLANAR_TASKS = ("pretrain2d", "chest14")
 PAIR_KEYS = ("crop_sizes", "cube_size", "min_iou", "threshold_hu", "foreground", "min_fraction", "max_fraction",
              "placement", "border")
 
@@ -54,17 +55,24 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             writer.writerows(rows)
 
 
+def _groups_split(settings: dict, seed: int, cases: list[dict]) -> dict[str, list[str]]:
+    """The case groups named in ``cubes.<task>.groups`` (LUNA16's subsets)."""
+    return split_by_group(cases, settings["groups"])
+
+
+def _labelled_split(settings: dict, seed: int, cases: list[dict]) -> dict[str, list[str]]:
+    """A seeded random split of the labelled cases (the Decathlon's imagesTr/labelsTr)."""
+    labelled = sorted(c["id"] for c in cases if c.get("label"))
+    if not labelled:
+        raise DataError("no labelled case in the resampled dataset (Decathlon imagesTr/labelsTr)")
+    return split_random(labelled, val=settings["val"], test=settings["test"], seed=seed)
+
+
 def _split(task: str, settings: dict, seed: int, cases: list[dict]) -> dict[str, list[str]]:
     """Patient split of the task, checked disjoint and non-empty before any cube is cut."""
-    if task in ("pretrain", "ncc"):
-        split = split_by_group(cases, settings["groups"])
-    elif task in ("lcs", "bms"):
-        labelled = sorted(c["id"] for c in cases if c.get("label"))
-        if not labelled:
-            raise DataError("no labelled case in the resampled dataset (Decathlon imagesTr/labelsTr)")
-        split = split_random(labelled, val=settings["val"], test=settings["test"], seed=seed)
-    else:
-        raise ConfigError(f"unknown task {task!r}; known: pretrain, ncc, lcs, bms")
+    if task not in VOLUME_TASKS:
+        raise ConfigError(f"unknown task {task!r}; known: {', '.join(VOLUME_TASKS)}")
+    split = VOLUME_TASKS[task].split(settings, seed, cases)
     check_disjoint(split)
     for name, ids in split.items():
         if not ids:
@@ -75,7 +83,8 @@ def _split(task: str, settings: dict, seed: int, cases: list[dict]) -> dict[str,
     return split
 
 
-def _pretrain(settings: dict, seed: int, cases: list[dict], interim: Path, out: Path, progress: bool) -> None:
+def _pretrain(settings: dict, seed: int, cases: list[dict], raw: Path, interim: Path, out: Path,
+              progress: bool) -> None:
     config = PairConfig(**{k: settings[k] for k in PAIR_KEYS if k in settings})
     index = write_pretrain_pairs(
         cases,
@@ -120,6 +129,25 @@ def _ncc(settings: dict, seed: int, cases: list[dict], raw: Path, interim: Path,
     _write_csv(out / "candidates.csv", rows)
 
 
+@dataclass(frozen=True)
+class VolumeTask:
+    """How the cubes stage serves one task of the volumes: its split, and what it writes
+    besides ``split.json`` and ``fractions.json`` (None: nothing; LCS and BMS fine-tune on
+    the resampled volumes directly)."""
+
+    split: Callable[[dict, int, list[dict]], dict[str, list[str]]]
+    write: Callable[[dict, int, list[dict], Path, Path, Path, bool], None] | None = None
+
+
+#: The cubes tasks that read resampled volumes (the 3D setting's, :data:`pcrl.settings.SETTINGS`).
+VOLUME_TASKS: dict[str, VolumeTask] = {
+    "pretrain": VolumeTask(_groups_split, _pretrain),
+    "ncc": VolumeTask(_groups_split, _ncc),
+    "lcs": VolumeTask(_labelled_split),
+    "bms": VolumeTask(_labelled_split),
+}
+
+
 def run_cubes(
     task: str,
     settings: dict[str, Any],
@@ -135,17 +163,16 @@ def run_cubes(
     Splits are by patient (case id), never by cube; label fractions are nested
     (10 % ⊂ 20 % ⊂ 50 % ⊂ 100 % of the training cases) and seeded by ``cubes.seed``.
     """
-    if task in PLANAR_TASKS:
-        return _planar(task, settings, seed=seed, raw=Path(raw), interim=Path(interim), out=Path(out),
-                       progress=progress)
+    if setting_of_cubes_task(task).reader == "radiographs":
+        return _radiograph_task(task, settings, seed=seed, raw=Path(raw), interim=Path(interim), out=Path(out),
+                                progress=progress)
     cases = read_cases(interim)
     split = _split(task, settings, seed, cases)
     used = _select(cases, [i for ids in split.values() for i in ids])
+    write = VOLUME_TASKS[task].write
     with atomic_dir(out) as tmp:
-        if task == "pretrain":
-            _pretrain(settings, seed, used, interim, tmp, progress)
-        elif task == "ncc":
-            _ncc(settings, seed, used, raw, interim, tmp, progress)
+        if write is not None:
+            write(settings, seed, used, raw, interim, tmp, progress)
         if "fractions" in settings:
             write_json(tmp / "fractions.json", nested_fractions(split["train"], settings["fractions"], seed))
         write_json(tmp / "split.json", split)
@@ -153,11 +180,37 @@ def run_cubes(
     return split
 
 
-def _planar(task: str, settings: dict[str, Any], *, seed: int, raw: Path, interim: Path, out: Path,
-            progress: bool) -> dict[str, list[str]]:
-    """``pretrain2d``: ``pairs/``, ``pairs.json``, ``split.json`` (pair file ids) and
-    ``patients.json``; ``chest14``: ``images.csv``, ``split.json`` and ``fractions.json`` of
-    patient ids. Both: train / val from the train_val list's patients, test = the test list's."""
+def _pairs2d(store: Any, split: dict[str, list[str]], settings: dict[str, Any], seed: int, raw: Path, out: Path,
+             progress: bool) -> None:
+    """``pairs/``, ``pairs.json``, ``split.json`` (pair file ids) and ``patients.json``."""
+    # no foreground rule: the CT one (HU threshold, body mask) means nothing on a
+    # radiograph, and PCRL's 2D crops have none
+    config = PairConfig(**{k: settings[k] for k in PAIR_KEYS if k in settings}, min_fraction=0.0,
+                        max_fraction=1.0)
+    index, ids = write_planar_pairs(store, split, out, pairs_per_image=int(settings["pairs_per_image"]),
+                                    images_per_file=int(settings["images_per_file"]), config=config,
+                                    seed=seed, progress=progress)
+    write_json(out / "pairs.json", index)
+    write_json(out / "patients.json", split)
+    write_json(out / "split.json", ids)
+
+
+def _labels2d(store: Any, split: dict[str, list[str]], settings: dict[str, Any], seed: int, raw: Path, out: Path,
+              progress: bool) -> None:
+    """``images.csv``, ``split.json`` and ``fractions.json`` of patient ids."""
+    write_label_table(store, chest_entries(raw), out / IMAGES_CSV)
+    write_json(out / "fractions.json", nested_fractions(split["train"], settings["fractions"], seed))
+    write_json(out / "split.json", split)
+
+
+#: What the cubes stage writes for each task of the radiographs (the 2D setting's).
+RADIOGRAPH_TASKS = {"pretrain2d": _pairs2d, "chest14": _labels2d}
+
+
+def _radiograph_task(task: str, settings: dict[str, Any], *, seed: int, raw: Path, interim: Path, out: Path,
+                     progress: bool) -> dict[str, list[str]]:
+    """A task of the radiograph store (:data:`RADIOGRAPH_TASKS`): train / val from the
+    train_val list's patients, test = the test list's."""
     store = open_store(interim)
     cases = gathered_cases(raw, case_order("chestxray14"))
     listed = {Path(c["image"]).name for c in cases}
@@ -167,20 +220,6 @@ def _planar(task: str, settings: dict[str, Any], *, seed: int, raw: Path, interi
                         f"images (e.g. {odd[:3]}): rerun the resample stage")
     split = patient_split(cases, val=float(settings["val"]), seed=seed)
     with atomic_dir(out) as tmp:
-        if task == "pretrain2d":
-            # no foreground rule: the CT one (HU threshold, body mask) means nothing on a
-            # radiograph, and PCRL's 2D crops have none
-            config = PairConfig(**{k: settings[k] for k in PAIR_KEYS if k in settings}, min_fraction=0.0,
-                                max_fraction=1.0)
-            index, ids = write_planar_pairs(store, split, tmp, pairs_per_image=int(settings["pairs_per_image"]),
-                                            images_per_file=int(settings["images_per_file"]), config=config,
-                                            seed=seed, progress=progress)
-            write_json(tmp / "pairs.json", index)
-            write_json(tmp / "patients.json", split)
-            write_json(tmp / "split.json", ids)
-        else:
-            write_label_table(store, chest_entries(raw), tmp / IMAGES_CSV)
-            write_json(tmp / "fractions.json", nested_fractions(split["train"], settings["fractions"], seed))
-            write_json(tmp / "split.json", split)
+        RADIOGRAPH_TASKS[task](store, split, settings, seed, raw, tmp, progress)
         log.info("%s: patients %s", task, ", ".join(f"{k} {len(v)}" for k, v in split.items()))
     return split

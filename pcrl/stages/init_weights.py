@@ -24,20 +24,25 @@ from pcrl.atomic import atomic_dir, write_json
 from pcrl.torchfile import save_checked
 from pcrl.errors import ConfigError
 from pcrl.finetune.models import import_checkpoint, import_resnet18_checkpoint, scratch_record
+from pcrl.settings import Setting, get_setting
 
 log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"
+#: The importer of an external checkpoint, by the setting's spatial dims: a PCRL / Models
+#: Genesis 3D U-Net, or a ResNet-18.
+IMPORTERS = {3: import_checkpoint, 2: import_resnet18_checkpoint}
 
 
-def run_init_weights(name: str, *, checkpoint: Path | None, out: Path, setting: str = "3d") -> Path:
+def run_init_weights(name: str, *, checkpoint: Path | None, out: Path, setting: Setting | str = "3d") -> Path:
     """Write ``out/weights.pt`` (and ``summary.json``) for initialisation ``name``.
 
     Args:
         name: ``scratch`` (no ``checkpoint``), or the name of an external checkpoint.
         checkpoint: The external checkpoint file; None for ``scratch``.
         out: Output folder, e.g. ``data/pretrain/<name>``.
-        setting: ``3d`` (a PCRL / Models Genesis 3D U-Net checkpoint) or ``2d`` (a ResNet-18).
+        setting: The :class:`~pcrl.settings.Setting` (or its name): ``3d`` reads a PCRL /
+            Models Genesis 3D U-Net checkpoint, ``2d`` a ResNet-18.
 
     Raises:
         ConfigError: ``scratch`` with a checkpoint, another name without one, or a
@@ -47,7 +52,7 @@ def run_init_weights(name: str, *, checkpoint: Path | None, out: Path, setting: 
     if (name == SCRATCH) != (checkpoint is None):
         raise ConfigError(f"init {name!r}: 'scratch' takes no checkpoint and every other "
                           "initialisation needs one (finetune.external)")
-    importer = import_resnet18_checkpoint if setting == "2d" else import_checkpoint
+    importer = IMPORTERS[get_setting(setting).spatial_dims]
     record = scratch_record() if checkpoint is None else importer(checkpoint, name)
     with atomic_dir(out) as tmp:
         save_checked(record.to_file(), tmp / "weights.pt")

@@ -24,6 +24,7 @@ from pcrl.atomic import atomic_dir, read_json
 from pcrl.data.splits import fraction_key
 from pcrl.errors import DataError
 from pcrl.finetune.tasks import TASKS, get_task
+from pcrl.settings import setting_of_task
 from pcrl.report import numbers_run, read_metrics_json, record_run, summarise, write_report
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,6 @@ def run_folder(evaluations: Path, task: str, init: str, fraction: float, seed: i
     return Path(evaluations) / task / init / f"f{fraction}" / f"s{seed}"
 
 
-#: Tasks with their own list of initialisations, ``finetune.<task>.inits`` (2D pretraining).
-OWN_INITS = ("chest14",)
-
-
 def expected_runs(tasks: Sequence[str], inits: Sequence[str], fractions: Sequence[float],
                   seeds: Sequence[int]) -> list[tuple[str, str, float, int]]:
     """Every (task, init, fraction, seed) of the protocol, in a stable order."""
@@ -47,18 +44,17 @@ def expected_runs(tasks: Sequence[str], inits: Sequence[str], fractions: Sequenc
 
 
 def task_inits(task: str, finetune: dict[str, Any]) -> list[str]:
-    """The initialisations ``task`` is fine-tuned from: ``finetune.<task>.inits`` for the
-    tasks of :data:`OWN_INITS` ([] when absent), ``finetune.inits`` for the others."""
-    if task in OWN_INITS:
-        return list((finetune.get(task) or {}).get("inits") or [])
-    return list(finetune["inits"])
+    """The initialisations ``task`` is fine-tuned from: its setting's list
+    (``finetune.inits``, ``finetune.chest14.inits``; [] when absent)."""
+    return setting_of_task(task).inits(finetune)
 
 
 def reported_tasks(finetune: dict[str, Any], evaluations: Path) -> list[str]:
-    """The tasks whose runs are expected: a 3D task once it has a folder under
-    ``evaluations``; a task of :data:`OWN_INITS` whenever it lists initialisations."""
+    """The tasks whose runs are expected: a task of a setting with its own list of
+    initialisations (2D) whenever it lists some; the others (3D, which share
+    ``finetune.inits``) once they have a folder under ``evaluations``."""
     return [t for t in TASKS
-            if (task_inits(t, finetune) if t in OWN_INITS else (evaluations / t).is_dir())]
+            if (task_inits(t, finetune) if setting_of_task(t).finetune_keys else (evaluations / t).is_dir())]
 
 
 def _read_present(run: tuple[str, str, float, int], path: Path) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from typing import Any
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.data.layout import case_order, gathered_cases, read_manifests
 from pcrl.data.radiographs import write_shard_of
-from pcrl.data.registry import get_dataset
 from pcrl.data.resample import CASES_FILE, Normalization, resample_dataset
 from pcrl.data.shards import in_shard
+from pcrl.settings import setting_of_dataset
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def run_resample(
     """
     dataset = read_manifests(raw)[0][1]["dataset"]
     everything = gathered_cases(raw, case_order(dataset))
-    if get_dataset(dataset).layout == "chestxray14":
+    if setting_of_dataset(dataset).reader == "radiographs":
         return _radiographs(settings, everything, out=out, shard=shard, progress=progress)
     mine = [(i, case) for i, case in enumerate(everything) if in_shard(i, *shard)]
     cases = [case for _, case in mine]

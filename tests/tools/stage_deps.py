@@ -1,11 +1,14 @@
 """Print the code deps each ``pcrl`` command needs in dvc.yaml, as tests/test_dag_deps.py
 computes them (every pcrl module the command imports, folders where all their files are).
 
-Usage, from the repository root: ``python tests/tools/stage_deps.py download pretrain ...``
+Usage, from the repository root: ``python tests/tools/stage_deps.py download pretrain ...``;
+``python tests/tools/stage_deps.py --write`` replaces the ``pcrl/`` deps of every stage of
+dvc.yaml with what its command needs (the rest of the file is left as it is).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -30,7 +33,32 @@ def code_deps(command: str) -> list[str]:
     return deps
 
 
+def rewrite(text: str) -> str:
+    """dvc.yaml with each stage's run of ``- pcrl/...`` deps replaced by its command's."""
+    lines, out, command = text.splitlines(), [], None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        found = re.match(r"\s*cmd: pcrl ([a-z-]+)", line)
+        if found:
+            command = found.group(1)
+        dep = re.match(r"(\s*)- pcrl/", line)
+        if dep and command:
+            while i < len(lines) and re.match(r"\s*- pcrl/", lines[i]):
+                i += 1
+            out += [f"{dep.group(1)}- {d}" for d in code_deps(command)]
+            command = None
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        path = REPO / "dvc.yaml"
+        path.write_text(rewrite(path.read_text()))
+        sys.exit(0)
     for command in sys.argv[1:]:
         print(f"{command}:")
         print("\n".join(f"  - {dep}" for dep in code_deps(command)))

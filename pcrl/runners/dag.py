@@ -12,11 +12,10 @@ import logging
 import os
 import re
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from pcrl.errors import ConfigError
 
@@ -116,82 +115,6 @@ def gather_inputs(stages: list[Stage]) -> list[Stage]:
         changed = tuple(inputs) != st.deps
         resolved.append(dataclasses.replace(st, gathered=tuple(inputs)) if changed else st)
     return resolved
-
-
-@dataclass(frozen=True)
-class StageResources:
-    """Cluster resources of one stage (workflow/resources.yaml)."""
-
-    threads: int = 1
-    mem_mb: int = 4000
-    runtime: int = 60
-    gpus: int = 0
-    nodes: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def snakemake_resources(self) -> dict[str, Any]:
-        """Keyword resources of the rule; ``gpu`` and ``nodes`` only when asked (SLURM plugin)."""
-        res: dict[str, Any] = {"mem_mb": self.mem_mb, "runtime": self.runtime, **self.extra}
-        if self.gpus > 0:
-            res["gpu"] = self.gpus
-        if self.nodes > 1:
-            res["nodes"] = self.nodes
-        return res
-
-
-_KNOWN = ("threads", "mem_mb", "runtime", "gpus", "nodes")
-SET_OVERRIDE = "PCRL_RESOURCES"
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Per-stage resources with a default: one set of workflow/resources.yaml."""
-
-    table: dict[str, dict[str, Any]]
-    name: str = "default"
-    source: str = "workflow/resources.yaml"
-
-    def for_stage(self, group: str) -> StageResources:
-        merged = {**self.table.get("default", {}), **self.table.get(group, {})}
-        for key in _KNOWN:
-            value = merged.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ConfigError(f"{self.source}: set {self.name!r}, stage {group}: {key} must be "
-                                  f"a non-negative integer, got {value!r}")
-        extra = {k: v for k, v in merged.items() if k not in _KNOWN}
-        return StageResources(**{k: v for k, v in merged.items() if k in _KNOWN}, extra=extra)
-
-
-def _is_table(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
-
-
-def load_resources(path: str | Path, choice: str | None = None) -> Resources:
-    """Read the chosen set of workflow/resources.yaml.
-
-    The file holds named ``sets`` and the one in ``use``; ``choice``, else the environment
-    variable ``PCRL_RESOURCES``, overrides ``use``. A file without ``sets`` is one table.
-
-    Raises:
-        ConfigError: The file is unreadable or malformed, or the chosen set does not exist.
-    """
-    path = Path(path)
-    try:
-        content = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read stage resources: {exc}") from None
-    if isinstance(content, dict) and "sets" in content:
-        sets = content["sets"]
-        if not isinstance(sets, dict) or not all(_is_table(t) for t in sets.values()):
-            raise ConfigError(f"{path}: 'sets' must map set names to tables of stage -> resources")
-        name = choice or os.environ.get(SET_OVERRIDE) or content.get("use")
-        if name not in sets:
-            where = f"{SET_OVERRIDE}={name}" if not choice and os.environ.get(SET_OVERRIDE) else f"use: {name}"
-            raise ConfigError(f"{path}: {where} names no resource set; known: {', '.join(sorted(sets))}")
-        return Resources(sets[name], str(name), str(path))
-    if not _is_table(content):
-        raise ConfigError(f"{path}: expected a mapping of stage name -> resources")
-    return Resources(content, "default", str(path))
 
 
 def built_since(stage: Stage, started: float, root: Path) -> bool:

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pcrl.dag import StageResources
+from pcrl.resources import StageResources
 from pcrl.errors import ConfigError
 
 #: ``sinfo`` format: one line per (node, partition); see ``man sinfo`` (%P %N %c %m %G %l).

@@ -34,7 +34,7 @@ Outputs (``<out>``)::
     gauges.png    the gauges of every run over epochs; auc.png: AUC per label set
     runs/         each pretraining run's output (weights, live/, summary.json)
 
-Usage: ``python -m pcrl.study [--config configs/study.yaml] [--out results/study]``.
+Usage: ``python -m pcrl.runners.study [--config configs/study.yaml] [--out results/study]``.
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ from pcrl.study_design import parse_design
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 #: What the study's workspace needs of the repository (copied, not linked: DVC hashes them).
 WORKSPACE_FILES = ("dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".gitignore", "pyproject.toml")
 WORKSPACE_DIRS = ("pcrl", "workflow")
@@ -77,6 +76,22 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "pcrl study", "GIT_AUTHOR_EMAIL": "study@example.i
 
 #: Where ``make study`` writes (``--out``).
 DEFAULT_OUT = Path("results/study")
+
+
+def repository(start: Path | None = None) -> Path:
+    """The pipeline's repository: ``start`` (default: the working directory) or the first
+    folder above it holding ``dvc.yaml`` and ``pcrl/`` (the study copies it, never an
+    installed package's location).
+
+    Raises:
+        ConfigError: No such folder.
+    """
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file() and (folder / "pcrl").is_dir():
+            return folder
+    raise ConfigError(f"{start}: not inside the pipeline's repository (no dvc.yaml and pcrl/ here or above): "
+                      "run the study from the repository, or give --repo")
 
 
 def workspace(out: Path) -> Path:
@@ -104,8 +119,8 @@ def split_config(config: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return validate_params(raw, str(config)), design
 
 
-def prepare_workspace(config: Path, work: Path) -> None:
-    """Copy the pipeline into ``work`` with ``config``'s params (without its ``study``
+def prepare_workspace(config: Path, work: Path, repo: Path) -> None:
+    """Copy the pipeline of ``repo`` into ``work`` with ``config``'s params (without its ``study``
     section) as its params.yaml; a git repository.
 
     An existing workspace is updated in place (its ``data/`` and DVC cache are kept, so a
@@ -113,12 +128,12 @@ def prepare_workspace(config: Path, work: Path) -> None:
     """
     work.mkdir(parents=True, exist_ok=True)
     for name in WORKSPACE_FILES:
-        if (REPO / name).is_file():
+        if (repo / name).is_file():
             (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, work / name)
+            shutil.copy2(repo / name, work / name)
     for name in WORKSPACE_DIRS:  # mirrored: a module deleted here is deleted there
         shutil.rmtree(work / name, ignore_errors=True)
-        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(repo / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     params, _ = split_config(config)
     write_text(work / "params.yaml", yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, **GIT_ENV}
@@ -138,12 +153,12 @@ def _run(cmd: list[str], cwd: Path) -> None:
     subprocess.run(cmd, cwd=cwd, check=True, env={**os.environ, "PCRL_NO_DVC_COMMIT": "1", "PYTHONPATH": path})
 
 
-def _git_head() -> str:
+def _git_head(repo: Path) -> str:
     """The repository's commit (and ``-dirty`` when its tracked files differ), or ``unknown``."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -261,7 +276,7 @@ def _compare(scores: dict[str, list[float]], groups: dict[str, list[str]], scrat
             for group, inits in groups.items()}
 
 
-def run_study(config: Path, out: Path) -> dict:
+def run_study(config: Path, out: Path, repo: Path | None = None) -> dict:
     """Run the study of ``config`` into ``out`` (see the module docstring); its summary."""
     from pcrl.evaluation.probe import pooled_features
     from pcrl.evaluation.lowlabel import draw_label_sets
@@ -272,11 +287,12 @@ def run_study(config: Path, out: Path) -> dict:
 
     config, out = Path(config).resolve(), Path(out).resolve()
     params, design = split_config(config)  # validate before anything runs: a bad key is named here
-    start, code = time.monotonic(), _git_head()  # the code that runs, read before anything can change it
+    repo = repository(repo)
+    start, code = time.monotonic(), _git_head(repo)  # the code that runs, read before anything can change it
     for name in RESULTS:  # a failed rerun must not leave an earlier run's results looking current
         (out / name).unlink(missing_ok=True)
     work = workspace(out)
-    prepare_workspace(config, work)
+    prepare_workspace(config, work, repo)
     _run(["dvc", "repro", *TARGETS], work)
     pairs = workspace_cubes(out, "pretrain")
     runs = _pretrain_runs(params, design, pairs, out)
@@ -337,7 +353,7 @@ def run_study(config: Path, out: Path) -> dict:
         "scratch_retrieval": scratch_retrieval,
         "warnings": {name: g["warnings"] for name, g in gauges.items() if g["warnings"]},
         "rules": rules,
-        "commands": [f"dvc repro {' '.join(TARGETS)}", "python -m pcrl.study --config <config> --out <out>"],
+        "commands": [f"dvc repro {' '.join(TARGETS)}", "python -m pcrl.runners.study --config <config> --out <out>"],
     }
     save_plots(out, {name: g["series"] for name, g in gauges.items()}, scores, groups, scratch, design["criterion"],
                scratch_retrieval)
@@ -348,13 +364,14 @@ def run_study(config: Path, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pcrl.study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "study.yaml"), help="the study's config")
+    parser = argparse.ArgumentParser(prog="python -m pcrl.runners.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/study.yaml", help="the study's config")
+    parser.add_argument("--repo", default=".", help="the pipeline's repository, copied into the workspace")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (its work/ subfolder is the pipeline)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run_study(Path(args.config), Path(args.out))
+        run_study(Path(args.config), Path(args.out), Path(args.repo))
     except subprocess.CalledProcessError as exc:
         print(f"study: {' '.join(map(str, exc.cmd))} failed with exit code {exc.returncode}", file=sys.stderr)
         return 1
