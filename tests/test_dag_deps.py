@@ -84,10 +84,27 @@ def closure(roots: list[Path], *, seed_imports: set[str] = frozenset()) -> set[P
     return seen
 
 
-def stage_code(command: str) -> set[Path]:
-    """The pcrl files ``pcrl <command>`` runs: the CLI and what it imports for this command
-    (:func:`cli_imports`), with everything those import."""
-    return closure([REPO / "pcrl" / "cli.py"], seed_imports=cli_imports(command))
+#: Commands that import the module of their task's kind by name (:mod:`pcrl.stages.kinds`).
+BY_KIND = ("finetune", "evaluate")
+
+
+def stage_code(command: str, task: str | None = None) -> set[Path]:
+    """The pcrl files ``pcrl <command> [--task <task>]`` runs: the CLI and what it imports
+    for this command (:func:`cli_imports`), the module of the task's kind where the command
+    picks it by name, with everything those import."""
+    seeds = cli_imports(command)
+    if command in BY_KIND and task is not None:
+        from pcrl.finetune.tasks import get_task
+
+        seeds = {*seeds, f"pcrl.stages.kinds.{get_task(task).kind}"}
+    return closure([REPO / "pcrl" / "cli.py"], seed_imports=seeds)
+
+
+def command_of(cmd: str) -> tuple[str, str | None]:
+    """``(command, task)`` of a stage's ``pcrl ...`` command line (task None without ``--task``)."""
+    words = cmd.split()
+    task = words[words.index("--task") + 1] if "--task" in words else None
+    return words[1], task if task and "${" not in task else None
 
 
 def stages() -> dict[str, dict]:
@@ -104,10 +121,34 @@ def covered(path: Path, deps: list[str]) -> bool:
 @pytest.mark.parametrize("name", sorted(stages()))
 def test_every_imported_module_is_a_declared_dep(name: str) -> None:
     stage = stages()[name]
-    command = stage["cmd"].split()[1]
+    command, task = command_of(stage["cmd"])
     deps = [d for d in stage.get("deps", []) if "${" not in d]
-    missing = sorted(str(p.relative_to(REPO)) for p in stage_code(command) if not covered(p, deps))
+    missing = sorted(str(p.relative_to(REPO)) for p in stage_code(command, task) if not covered(p, deps))
     assert not missing, f"stage {name} ({command}) runs code it does not declare: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_no_stage_declares_code_it_does_not_run(name: str) -> None:
+    """A change to code a stage never imports reruns nothing: its ``pcrl/`` deps are
+    exactly its code (``python tests/tools/stage_deps.py --write`` writes them)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stage_deps", REPO / "tests" / "tools" / "stage_deps.py")
+    assert spec and spec.loader
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    stage = stages()[name]
+    declared = [d for d in stage.get("deps", []) if d.startswith("pcrl/")]
+    assert declared == tool.code_deps(*command_of(stage["cmd"])), name
+
+
+def test_a_3d_fine_tune_neither_runs_nor_depends_on_the_2d_code() -> None:
+    for task in ("ncc", "lcs", "bms"):
+        for command in BY_KIND:
+            files = {str(p.relative_to(REPO)) for p in stage_code(command, task)}
+            assert "pcrl/finetune/chest14.py" not in files and "pcrl/stages/kinds/multilabel.py" not in files
+    chest = {str(p.relative_to(REPO)) for p in stage_code("finetune", "chest14")}
+    assert "pcrl/finetune/chest14.py" in chest and "pcrl/finetune/datasets.py" not in chest
 
 
 def test_the_closure_follows_lazy_and_transitive_imports() -> None:

@@ -18,23 +18,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.torchfile import load_checked, require_finite
 from pcrl.distributed import init_distributed
 from pcrl.errors import DataError
-from pcrl.finetune.chest14 import image_size, open_store, read_image_labels
-from pcrl.finetune.data import load_split, read_candidate_rows, read_volume_cases
-from pcrl.evaluation.scoring import (
-    SegmentationSettings,
-    score_candidates,
-    score_radiographs,
-    score_volumes,
-)
+from pcrl.finetune.data import load_split
 from pcrl.finetune.models import NetworkConfig, build_network
-from pcrl.finetune.tasks import TaskSpec, get_task
+from pcrl.finetune.tasks import get_task
 from pcrl.provenance import provenance
+from pcrl.stages.kinds import kind_module
 
 log = logging.getLogger(__name__)
 
@@ -72,30 +65,6 @@ def test_ids(processed: Path, model: dict[str, Any], source: Path) -> list[str]:
                             f"{'train' if name == 'train_ids' else 'validate'} {source}; "
                             "the test split must be untouched")
     return test
-
-
-def score_test_radiographs(net: torch.nn.Module, spec: TaskSpec, model: dict[str, Any],
-                           ids: list[str], settings: dict[str, Any], *, processed: Path,
-                           interim: Path | None, source: Path, device: torch.device
-                           ) -> dict[str, float]:
-    """Chest14: the AUC per finding and their mean over every image of the test patients.
-
-    Raises:
-        DataError: No ``--interim``; radiographs of another size than the model was
-            fine-tuned on (``roi_size``); no finding with both classes among the test images
-            (one with a single class is left out and named, see :func:`pcrl.evaluation.scoring.score_radiographs`).
-    """
-    if interim is None:
-        raise DataError(f"task {spec.name} reads radiographs: give --interim "
-                        f"(data/interim/{spec.dataset})")
-    store = open_store(interim)
-    size = list(image_size(store))
-    if size != [int(s) for s in model["roi_size"]]:
-        raise DataError(f"{interim}: radiographs of {size[0]}x{size[1]} pixels, but {source} was "
-                        f"fine-tuned on {model['roi_size']}: rerun the finetune stage")
-    images = read_image_labels(processed, store, spec).of_patients(ids)
-    return score_radiographs(net, images, spec, device=device, batch_size=int(settings["batch_size"]),
-                             split="test")
 
 
 def run_evaluate(
@@ -138,22 +107,9 @@ def run_evaluate(
     net = build_network(spec, NetworkConfig(**model["network"]))
     net.load_state_dict(model["state_dict"])
     net.to(dev)
-    if spec.kind == "classification":
-        rows = read_candidate_rows(processed, ids, spec)
-        metrics = score_candidates(net, rows, device=dev, batch_size=settings["batch_size"])
-    elif spec.kind == "multilabel":
-        metrics = score_test_radiographs(net, spec, model, ids, settings, processed=Path(processed),
-                                         interim=Path(interim) if interim else None,
-                                         source=model_dir / MODEL_NAME, device=dev)
-    else:
-        if interim is None:
-            raise DataError(f"task {task} reads volumes: give --interim "
-                            f"(data/interim/{spec.dataset})")
-        inference = SegmentationSettings(tuple(model["roi_size"]), settings["sw_batch_size"],
-                                         settings["overlap"], settings["threshold"])
-        metrics, per_case = score_volumes(net, read_volume_cases(interim, ids), spec,
-                                          settings=inference, device=dev)
-        log.info("per case: %s", {k: round(v["dice_mean"], 4) for k, v in per_case.items()})
+    metrics = kind_module(spec).test_metrics(net, spec, model, ids, settings, processed=Path(processed),
+                                             interim=Path(interim) if interim else None,
+                                             source=model_dir / MODEL_NAME, device=dev)
     record = {
         "task": spec.name, "init": model["init"], "fraction": model["fraction"],
         "seed": model["seed"], "metrics": metrics, "primary": spec.primary,

@@ -22,12 +22,11 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sized
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-from torch.utils.data import Dataset
 
 from pcrl.torchfile import save_checked
 from pcrl.hashing import file_digest
@@ -35,22 +34,7 @@ from pcrl.outputs import discard_state, prepare_state
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig
-from pcrl.errors import ConfigError
-from pcrl.finetune.data import (
-    TaskSplit,
-    check_cases,
-    load_split,
-    read_candidate_rows,
-    read_volume_cases,
-)
-from pcrl.finetune.chest14 import RadiographSet, image_size, open_store, read_image_labels
-from pcrl.finetune.datasets import CandidateCubeSet, PatchSet
-from pcrl.evaluation.scoring import (
-    SegmentationSettings,
-    score_candidates,
-    score_radiographs,
-    score_volumes,
-)
+from pcrl.finetune.data import TaskSplit, load_split
 from pcrl.finetune.models import (
     InitRecord,
     NetworkConfig,
@@ -68,8 +52,8 @@ from pcrl.finetune.train import (
     flip_dims,
 )
 from pcrl.networks import LoadReport
-from pcrl.networks.resnet_unet2d import DOWNSAMPLING_FACTOR
 from pcrl.provenance import provenance
+from pcrl.stages.kinds import kind_module
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +61,6 @@ MODEL_NAME = "model.pt"
 WEIGHTS_NAME = "weights.pt"
 #: Validation metric that selects the checkpoint, per task kind.
 MONITOR = {"classification": "auc", "segmentation": "dice_mean", "multilabel": "auc_mean"}
-Validator = Callable[[torch.nn.Module], dict[str, float]]
 #: ``finetune.<task>`` keys passed to the engine's TrainConfig as they are;
 #: ``min_steps_per_epoch`` pads an epoch of few labels to that many SGD steps (absent: None).
 TRAIN_KEYS = ("epochs", "lr", "momentum", "weight_decay", "max_grad_norm", "deterministic",
@@ -97,66 +80,6 @@ def run_params(task: str, settings: dict[str, Any]) -> dict[str, Any]:
     own = {k: v for k, v in settings[task].items() if k not in ("inits", "external")}
     return {"network": network_settings(task, settings), "amp": settings["amp"],
             "validation": settings["validation"], task: own}
-
-
-def _data(spec: TaskSpec, task_settings: dict[str, Any], validation: dict[str, Any],
-          split: TaskSplit, *, processed: Path, interim: Path | None, seed: int,
-          device: torch.device) -> tuple[Dataset, Validator, tuple[int, ...]]:
-    """(training dataset, validation function, sliding-window / cube / radiograph size) of the task."""
-    if spec.kind == "multilabel":
-        return _radiograph_data(spec, validation, split, processed=processed, interim=interim,
-                                device=device)
-    if spec.kind == "classification":
-        train_rows = read_candidate_rows(processed, split.train, spec)
-        val_rows = read_candidate_rows(processed, split.val, spec)
-        cubes = CandidateCubeSet(train_rows, task_settings.get("negatives_per_positive"), seed)
-        batch = int(validation["batch_size"])
-
-        def validate_cubes(net: torch.nn.Module) -> dict[str, float]:
-            return score_candidates(net, val_rows, device=device, batch_size=batch)
-
-        cube = tuple(int(s) for s in cubes.store.cubes(cubes.positives[:1]).shape[1:])
-        return cubes, validate_cubes, cube
-    if interim is None:
-        raise ConfigError(f"task {spec.name} reads volumes: give --interim "
-                          f"(data/interim/{spec.dataset})")
-    patch = cast(tuple[int, int, int], tuple(int(s) for s in task_settings["patch_size"]))
-    dataset = PatchSet(read_volume_cases(interim, split.train), spec, patch,
-                       task_settings["patches_per_volume"],
-                       task_settings.get("foreground_prob", 0.5), seed)
-    val_cases = read_volume_cases(interim, split.val)
-    check_cases(val_cases, spec)
-    inference = SegmentationSettings(patch, int(validation["sw_batch_size"]),
-                                     float(validation["overlap"]), float(validation["threshold"]))
-
-    def validate(net: torch.nn.Module) -> dict[str, float]:
-        return score_volumes(net, val_cases, spec, settings=inference, device=device)[0]
-
-    return dataset, validate, patch
-
-
-def _radiograph_data(spec: TaskSpec, validation: dict[str, Any], split: TaskSplit, *,
-                     processed: Path, interim: Path | None, device: torch.device
-                     ) -> tuple[Dataset, Validator, tuple[int, ...]]:
-    """Chest14: every image of the fraction's training patients; the val patients' images
-    scored with the mean AUC over the findings (``validation.batch_size`` per pass)."""
-    if interim is None:
-        raise ConfigError(f"task {spec.name} reads radiographs: give --interim "
-                          f"(data/interim/{spec.dataset})")
-    store = open_store(interim)
-    size = image_size(store)
-    if any(s % DOWNSAMPLING_FACTOR for s in size):
-        raise ConfigError(f"{interim}: radiographs of {size[0]}x{size[1]} pixels; the ResNet-18 "
-                          f"needs multiples of {DOWNSAMPLING_FACTOR} (resample.{spec.dataset}.size)")
-    labelled = read_image_labels(processed, store, spec)
-    dataset = RadiographSet(labelled.of_patients(split.train))
-    val = labelled.of_patients(split.val)
-    batch = int(validation["batch_size"])
-
-    def validate(net: torch.nn.Module) -> dict[str, float]:
-        return score_radiographs(net, val, spec, device=device, batch_size=batch, split="val")
-
-    return dataset, validate, size
 
 
 def _batch_size(wanted: int, items: int, world: int, what: str) -> int:
@@ -284,7 +207,7 @@ def run_finetune(
     record = read_init_record(weights / WEIGHTS_NAME, init)
 
     dist = init_distributed(None if device == "auto" else device)
-    dataset, validate, roi = _data(spec, task_settings, settings["validation"], split,
+    dataset, validate, roi = kind_module(spec).training_data(spec, task_settings, settings["validation"], split,
                                    processed=processed, interim=Path(interim) if interim else None,
                                    seed=seed, device=dist.device)
     module, report = _module(spec, network, record, task_settings, task=task, init=init, seed=seed)

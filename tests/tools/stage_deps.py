@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from test_dag_deps import REPO, stage_code  # noqa: E402 - after the path set-up
+from test_dag_deps import REPO, command_of, stage_code  # noqa: E402 - after the path set-up
 
 
-def code_deps(command: str) -> list[str]:
+def code_deps(command: str, task: str | None = None) -> list[str]:
     """The stage's code deps: files, or their folder when every file of it is needed."""
-    files = sorted(str(p.relative_to(REPO)) for p in stage_code(command))
+    files = sorted(str(p.relative_to(REPO)) for p in stage_code(command, task))
     files.append("pcrl/schemas/params.schema.yaml")
     by_folder: dict[str, list[str]] = defaultdict(list)
     for name in files:
@@ -35,18 +35,19 @@ def code_deps(command: str) -> list[str]:
 
 def rewrite(text: str) -> str:
     """dvc.yaml with each stage's run of ``- pcrl/...`` deps replaced by its command's."""
-    lines, out, command = text.splitlines(), [], None
+    lines, out = text.splitlines(), []
+    command: tuple[str, str | None] | None = None
     i = 0
     while i < len(lines):
         line = lines[i]
-        found = re.match(r"\s*cmd: pcrl ([a-z-]+)", line)
+        found = re.match(r"\s*cmd: (pcrl .*)", line)
         if found:
-            command = found.group(1)
+            command = command_of(found.group(1))
         dep = re.match(r"(\s*)- pcrl/", line)
         if dep and command:
             while i < len(lines) and re.match(r"\s*- pcrl/", lines[i]):
                 i += 1
-            out += [f"{dep.group(1)}- {d}" for d in code_deps(command)]
+            out += [f"{dep.group(1)}- {d}" for d in code_deps(*command)]
             command = None
             continue
         out.append(line)
