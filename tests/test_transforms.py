@@ -450,25 +450,25 @@ def test_wrong_arguments_are_named() -> None:
         T.spatial_codes(2, gen(), "meta")  # the generator must live where the tensors are made
 
 
-# ---------------------------------------------------------- 2D images (planar)
+# ---------------------------------------------------------- 2D images
 
 
-def test_planar_codes_never_flip_z_and_drop_that_entry() -> None:
+def test_2d_codes_never_flip_z_and_drop_that_entry() -> None:
     codes3d = T.spatial_codes(64, gen(3))
-    planar = T.spatial_codes(64, gen(3), planar=True)
-    assert not bool(planar[:, 2].any())
+    codes2d = T.spatial_codes(64, gen(3), spatial_dims=2)
+    assert not bool(codes2d[:, 2].any())
     # the same stream: every entry but the flip of z equals the 3D draw
-    torch.testing.assert_close(planar[:, [0, 1, 3, 4, 5, 6]], codes3d[:, [0, 1, 3, 4, 5, 6]])
-    six = T.planar_codes(planar)
-    assert six.shape == (64, T.CODE_SIZE_2D) and torch.equal(T.volume_codes(six), planar)
+    torch.testing.assert_close(codes2d[:, [0, 1, 3, 4, 5, 6]], codes3d[:, [0, 1, 3, 4, 5, 6]])
+    six = T.codes_2d(codes2d)
+    assert six.shape == (64, T.CODE_SIZE_2D) and torch.equal(T.volume_codes(six), codes2d)
     assert bool(codes3d[:, 2].any())
     with pytest.raises(ValueError, match="cannot flip z"):
-        T.planar_codes(codes3d)
+        T.codes_2d(codes3d)
 
 
-def test_planar_spatial_transform_is_the_2d_flip_then_turn() -> None:
+def test_2d_spatial_transform_is_the_2d_flip_then_turn() -> None:
     images = batch((8, 1, 12, 12, 1))[..., 0]
-    six = T.planar_codes(T.spatial_codes(8, gen(4), planar=True))
+    six = T.codes_2d(T.spatial_codes(8, gen(4), spatial_dims=2))
     out = T.apply_spatial(images[..., None], T.volume_codes(six))[..., 0]
     for i in range(8):
         dims = [1 + a for a in range(2) if six[i, a] == 1]
@@ -476,14 +476,14 @@ def test_planar_spatial_transform_is_the_2d_flip_then_turn() -> None:
         torch.testing.assert_close(out[i], expected)
 
 
-def test_planar_affine_is_an_in_plane_rotation_about_the_centre() -> None:
+def test_2d_affine_is_an_in_plane_rotation_about_the_centre() -> None:
     """Independent reference: scipy's affine_transform of the 2D image by the drawn angle."""
     n, size, degrees = 3, 32, 30.0
     images = torch.zeros(n, 1, size, size)
     images[:, :, 10:20, 6:14] = 1.0  # an off-centre block, so rotation and its sign show
     images += 0.05
     out = T.augment(images[..., None], gen(5), flip=False, blur=False, degrees=degrees, scale=0.0,
-                    planar=True)[..., 0]
+                    spatial_dims=2)[..., 0]
     g = gen(5)
     torch.rand(n, generator=g)  # the affine's choice
     angles = (2 * torch.rand((n, 3), generator=g) - 1) * math.radians(degrees)
@@ -499,9 +499,9 @@ def test_planar_affine_is_an_in_plane_rotation_about_the_centre() -> None:
         assert abs(theta) > math.radians(1)
 
 
-def test_planar_augment_keeps_one_slice_and_refuses_thick_volumes() -> None:
+def test_2d_augment_keeps_one_slice_and_refuses_thick_volumes() -> None:
     images = batch((4, 1, 16, 16, 1))
-    out = T.augment(images, gen(6), planar=True)
+    out = T.augment(images, gen(6), spatial_dims=2)
     assert out.shape == images.shape and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="one-slice volumes"):
-        T.augment(batch((2, 1, 16, 16, 4)), gen(6), planar=True)
+        T.augment(batch((2, 1, 16, 16, 4)), gen(6), spatial_dims=2)

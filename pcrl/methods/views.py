@@ -112,7 +112,7 @@ def augment_and_corrupt(x: Tensor, config: ViewConfig, generator: torch.Generato
     """Augment a batch, then corrupt it (Models Genesis' and PCRL's input pipeline).
 
     A 2D batch (PCRL's ChestX-ray14 setting) runs through the same 3D transforms as one-slice
-    volumes, with the planar augmentation (in-plane rotations, no flip / scaling / blur of z).
+    volumes, with the 2D augmentation (in-plane rotations, no flip / scaling / blur of z).
 
     Args:
         x: (N, C, x, y, z) or (N, C, x, y) clean views in [0, 1].
@@ -123,11 +123,11 @@ def augment_and_corrupt(x: Tensor, config: ViewConfig, generator: torch.Generato
         ``(clean, corrupted)``: the augmented view and the corrupted network input, shaped as ``x``.
     """
     _check_batch("x", x)
-    planar = x.ndim == 4
+    spatial_dims = x.ndim - 2
     volume = _lift(x)
-    clean = transforms.augment(volume, generator, **{**dict(config.augment), "planar": planar})
+    clean = transforms.augment(volume, generator, **{**dict(config.augment), "spatial_dims": spatial_dims})
     corrupted = transforms.corrupt(clean, config.corruption, generator)
-    return (clean[..., 0], corrupted[..., 0]) if planar else (clean, corrupted)
+    return (clean[..., 0], corrupted[..., 0]) if spatial_dims == 2 else (clean, corrupted)
 
 
 def identity_codes(n: int, device: torch.device | str) -> Tensor:
@@ -164,21 +164,21 @@ def make_views(x1: Tensor, x2: Tensor, config: ViewConfig, generator: torch.Gene
         raise ValueError(
             f"spatial targets turn the x-y plane: x and y sizes must be equal, got batch {tuple(x1.shape)}"
         )
-    planar = x1.ndim == 4
+    spatial_dims = x1.ndim - 2
     clean1, input1 = augment_and_corrupt(x1, config, generator)
     clean2, input2 = augment_and_corrupt(x2, config, generator)
     n = x1.shape[0]
     if config.spatial:
-        codes1 = transforms.spatial_codes(n, generator, x1.device, planar=planar)
-        codes2 = transforms.spatial_codes(n, generator, x1.device, planar=planar)
+        codes1 = transforms.spatial_codes(n, generator, x1.device, spatial_dims=spatial_dims)
+        codes2 = transforms.spatial_codes(n, generator, x1.device, spatial_dims=spatial_dims)
     else:
         codes1 = codes2 = identity_codes(n, x1.device)
     base1, base2 = (clean1, clean2) if config.target == "intent" else (input1, input2)
     target1 = transforms.apply_spatial(_lift(base1), codes1)
     target2 = transforms.apply_spatial(_lift(base2), codes2)
-    if planar:  # back to 2D: images (N, C, x, y) and 6-entry codes
+    if spatial_dims == 2:  # back to 2D: images (N, C, x, y) and 6-entry codes
         target1, target2 = target1[..., 0], target2[..., 0]
-        codes1, codes2 = transforms.planar_codes(codes1), transforms.planar_codes(codes2)
+        codes1, codes2 = transforms.codes_2d(codes1), transforms.codes_2d(codes2)
     return Views(
         clean1=clean1,
         clean2=clean2,

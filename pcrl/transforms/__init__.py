@@ -11,8 +11,8 @@ What is implemented and where each rule comes from:
 * **Spatial codes** (docs/method.md "Transformation-conditioned attention"): a 7-vector per
   sample, flips of x, y, z as 0/1, then a one-hot of k = 0..3 quarter turns in the x-y
   plane (dims -3, -2); 2D images (PCRL's ChestX-ray14 setting) are one-slice volumes
-  (N, C, x, y, 1) with the 6-entry code without the flip of z (:func:`planar_codes`), and
-  :func:`augment` takes ``planar=True`` for them: one implementation for 2D and 3D.
+  (N, C, x, y, 1) with the 6-entry code without the flip of z (:func:`codes_2d`), and
+  :func:`augment` takes ``spatial_dims=2`` for them: one implementation for 2D and 3D.
   :func:`apply_spatial` flips first, then turns; :func:`invert_spatial` undoes it exactly.
   Both gather voxels by index, so they are exact for any dtype.
 * **Corruptions** of Models Genesis (Zhou et al., MICCAI 2019 / MedIA 2021), kept by PCRL
@@ -63,7 +63,7 @@ from pcrl.transforms.spatial import (
     decode_spatial,
     encode_spatial,
     invert_spatial,
-    planar_codes,
+    codes_2d,
     spatial_codes,
     volume_codes,
 )
@@ -95,7 +95,7 @@ __all__ = [
     "local_pixel_shuffle",
     "out_paint",
     "paint",
-    "planar_codes",
+    "codes_2d",
     "spatial_codes",
     "volume_codes",
 ]

@@ -135,23 +135,23 @@ def _random_flips(x: Tensor, generator: torch.Generator, flip_prob: float, flip_
     return _gather_xyz(x, *_flip_indices(flips, x.shape[-3:]))
 
 
-#: Axes a planar (2D) image may move along: x and y; z (its single slice) stays put.
+#: Axes a 2D image may move along: x and y; z (its single slice) stays put.
 _PLANAR = torch.tensor([True, True, False])
 
 
 def _random_affine(
-    x: Tensor, generator: torch.Generator, affine_prob: float, degrees: float, scale: float, planar: bool = False
+    x: Tensor, generator: torch.Generator, affine_prob: float, degrees: float, scale: float, spatial_dims: int = 3
 ) -> Tensor:
     """With ``affine_prob`` per sample, a random rotation (+-``degrees``) and scaling (1 +- ``scale``).
 
-    Draws, in order and for every sample: the choice, three angles, three scales. ``planar``
-    keeps only the rotation about z and the x, y scales (the same draws, the others zeroed).
+    Draws, in order and for every sample: the choice, three angles, three scales. With
+    ``spatial_dims`` 2 it keeps only the rotation about z and the x, y scales (the same draws, the others zeroed).
     """
     n, device = x.shape[0], x.device
     chosen = (_rand((n,), generator, device) < affine_prob).nonzero().squeeze(1)
     angles = (2 * _rand((n, 3), generator, device) - 1) * math.radians(degrees)
     scales = 1 + (2 * _rand((n, 3), generator, device) - 1) * scale
-    if planar:
+    if spatial_dims == 2:
         in_plane = _PLANAR.to(device)
         angles = torch.where(~in_plane, angles, torch.zeros_like(angles))  # about z only
         scales = torch.where(in_plane, scales, torch.ones_like(scales))
@@ -168,19 +168,19 @@ def _random_blur(
     blur_prob: float,
     sigma_range: tuple[float, float],
     blur_truncate: float,
-    planar: bool = False,
+    spatial_dims: int = 3,
 ) -> Tensor:
     """With ``blur_prob`` per sample, a Gaussian blur of per-axis standard deviation uniform in ``sigma_range``.
 
     Draws, in order and for every sample: the choice, then three standard deviations
-    (``planar``: the z one is zeroed).
+    (``spatial_dims`` 2: the z one is zeroed).
     """
     n, device = x.shape[0], x.device
     sigma_low, sigma_high = sigma_range
     chosen = _rand((n,), generator, device) < blur_prob
     sigma = sigma_low + (sigma_high - sigma_low) * _rand((n, 3), generator, device)
     sigma = torch.where(chosen[:, None], sigma, torch.zeros_like(sigma))
-    if planar:
+    if spatial_dims == 2:
         sigma = torch.where(_PLANAR.to(device), sigma, torch.zeros_like(sigma))
     radius = int(math.ceil(blur_truncate * sigma_high))
     if radius > 0 and bool(chosen.any()):
@@ -203,7 +203,7 @@ def augment(
     blur_prob: float = 1.0,
     blur_sigma: Sequence[float] = (0.0, 2.0),
     blur_truncate: float = 3.0,
-    planar: bool = False,
+    spatial_dims: int = 3,
 ) -> Tensor:
     """Geometric and intensity augmentation of a view before corruption (docs/method.md).
 
@@ -230,7 +230,7 @@ def augment(
         blur_prob: probability that a sample is blurred.
         blur_sigma: (low, high) standard deviation in voxels.
         blur_truncate: kernel half-width in units of the largest standard deviation.
-        planar: the batch holds 2D images as one-slice volumes (N, C, x, y, 1): flips of z
+        spatial_dims: 3, or 2 when the batch holds 2D images as one-slice volumes (N, C, x, y, 1): flips of z
             are dropped, rotations are about z only, z is neither scaled nor blurred. The
             same numbers are drawn, so 2D and 3D share one implementation and one stream.
 
@@ -240,15 +240,15 @@ def augment(
     _check_batch(x)
     _check_generator(generator, x.device)
     sigma_range = _check_augment_args(flip_prob, affine_prob, blur_prob, flip_axes, degrees, scale, blur_sigma)
-    if planar and x.shape[-1] != 1:
-        raise ValueError(f"planar augmentation needs one-slice volumes (N, C, x, y, 1); got {tuple(x.shape)}")
-    if planar:
+    if spatial_dims == 2 and x.shape[-1] != 1:
+        raise ValueError(f"2D augmentation needs one-slice volumes (N, C, x, y, 1); got {tuple(x.shape)}")
+    if spatial_dims == 2:
         flip_axes = [a for a in flip_axes if a != 2]
     out = x.clone()
     if flip:
         out = _random_flips(out, generator, flip_prob, flip_axes)
     if affine:
-        out = _random_affine(out, generator, affine_prob, degrees, scale, planar)
+        out = _random_affine(out, generator, affine_prob, degrees, scale, spatial_dims)
     if blur:
-        out = _random_blur(out, generator, blur_prob, sigma_range, blur_truncate, planar)
+        out = _random_blur(out, generator, blur_prob, sigma_range, blur_truncate, spatial_dims)
     return out

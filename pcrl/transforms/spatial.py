@@ -22,7 +22,7 @@ __all__ = [
     "decode_spatial",
     "encode_spatial",
     "invert_spatial",
-    "planar_codes",
+    "codes_2d",
     "spatial_codes",
     "volume_codes",
 ]
@@ -32,7 +32,7 @@ CODE_SIZE = 7
 #: Length of a 2D spatial code (PCRL's ChestX-ray14 setting): flips of x, y and the one-hot of k.
 CODE_SIZE_2D = 6
 #: Entries of a 3D code that a 2D code keeps (all but the flip of z).
-_PLANAR_ENTRIES = (0, 1, 3, 4, 5, 6)
+_2D_ENTRIES = (0, 1, 3, 4, 5, 6)
 
 
 def encode_spatial(flips: Tensor, k: Tensor) -> Tensor:
@@ -78,7 +78,7 @@ def decode_spatial(codes: Tensor) -> tuple[Tensor, Tensor]:
     return codes[:, :3] > 0.5, codes[:, 3:].argmax(dim=1)
 
 
-def spatial_codes(n: int, generator: torch.Generator, device: _DeviceLike = None, *, planar: bool = False
+def spatial_codes(n: int, generator: torch.Generator, device: _DeviceLike = None, *, spatial_dims: int = 3
                   ) -> Tensor:
     """Random spatial transforms as codes, one per sample (docs/method.md, TCA).
 
@@ -89,7 +89,7 @@ def spatial_codes(n: int, generator: torch.Generator, device: _DeviceLike = None
         generator: source of randomness, on ``device``.
         device: where the codes are created; the generator's device when ``None``.
 
-        planar: z is never flipped (2D images as one-slice volumes; :func:`planar_codes`
+        spatial_dims: 3, or 2: z is never flipped (2D images as one-slice volumes; :func:`codes_2d`
             gives their 6-entry codes).
 
     Returns:
@@ -98,13 +98,13 @@ def spatial_codes(n: int, generator: torch.Generator, device: _DeviceLike = None
     device = generator.device if device is None else torch.device(device)
     _check_generator(generator, device)
     flips = _rand((n, 3), generator, device) < 0.5
-    if planar:  # the same draws, z never flipped: one-slice volumes of 2D images
+    if spatial_dims == 2:  # the same draws, z never flipped: one-slice volumes of 2D images
         flips[:, 2] = False
     k = torch.randint(0, 4, (n,), generator=generator, device=device)
     return encode_spatial(flips, k)
 
 
-def planar_codes(codes: Tensor) -> Tensor:
+def codes_2d(codes: Tensor) -> Tensor:
     """The (N, 6) 2D codes of (N, 7) codes without a flip of z: flips of x, y, one-hot of k.
 
     A 2D image is handled as a one-slice volume (N, C, x, y, 1), so its transforms are the 3D
@@ -116,12 +116,12 @@ def planar_codes(codes: Tensor) -> Tensor:
     if codes.ndim != 2 or codes.shape[1] != CODE_SIZE:
         raise ValueError(f"codes must be (N, {CODE_SIZE}); got shape {tuple(codes.shape)}")
     if bool((codes[:, 2] != 0).any()):
-        raise ValueError("a planar code cannot flip z; draw the codes with planar=True")
-    return codes[:, list(_PLANAR_ENTRIES)]
+        raise ValueError("a 2D code cannot flip z; draw the codes with spatial_dims=2")
+    return codes[:, list(_2D_ENTRIES)]
 
 
 def volume_codes(codes: Tensor) -> Tensor:
-    """The (N, 7) codes of (N, 6) 2D codes (inverse of :func:`planar_codes`): z not flipped."""
+    """The (N, 7) codes of (N, 6) 2D codes (inverse of :func:`codes_2d`): z not flipped."""
     if codes.ndim != 2 or codes.shape[1] != CODE_SIZE_2D:
         raise ValueError(f"2D codes must be (N, {CODE_SIZE_2D}); got shape {tuple(codes.shape)}")
     return torch.cat([codes[:, :2], torch.zeros_like(codes[:, :1]), codes[:, 2:]], dim=1)
