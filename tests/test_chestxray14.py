@@ -20,13 +20,12 @@ from pcrl.data import phantom
 from pcrl.data.archives import safe_extract
 from pcrl.data.chestxray14 import (
     FINDINGS,
-    check_png,
     label_matrix,
-    load_radiograph,
     read_entries,
     read_split_lists,
     verify_chestxray14,
 )
+from pcrl.data.png import check_png, load_radiograph
 from pcrl.data.phantom.chestxray14 import chestxray14_radiograph, generate_chestxray14
 from pcrl.errors import ConfigError, DataError
 from pcrl.outputs import MARKER

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pcrl.data.imagecheck import check_metaimage
+from pcrl.data.metaimage import check_metaimage
 from pcrl.data.imageio import array_to_image, image_to_array, read_image, write_image
 from pcrl.errors import DataError
 
@@ -347,14 +347,14 @@ def test_a_write_cut_short_is_an_error_and_leaves_no_file(tmp_path: Path, name: 
 def test_nonfinite_voxels_are_counted_across_read_chunks(tmp_path: Path, monkeypatch, name: str):
     """The file is read once, in chunks: with 7-byte chunks every float32 straddles a chunk
     boundary somewhere, and the count must still equal numpy's over the voxels."""
-    import pcrl.data.imagecheck as imagecheck
+    import pcrl.data.nifti as nifti
 
     values = np.random.default_rng(0).random((9, 7, 5)).astype(np.float32)
     values.flat[[0, 13, 14, 200, 314]] = [np.nan, np.inf, -np.inf, np.nan, np.nan]
     path = tmp_path / name
     write_image(path, array_to_image(values, spacing=(1, 1, 1), origin=(0, 0, 0),
                                      direction=np.eye(3).ravel()))
-    monkeypatch.setattr(imagecheck, "_CHUNK_BYTES", 7)
-    assert imagecheck.check_nifti(path) == (5, values.size)
+    monkeypatch.setattr(nifti, "_CHUNK_BYTES", 7)
+    assert nifti.check_nifti(path) == (5, values.size)
     with pytest.raises(DataError, match=f"5 non-finite voxels \\(NaN or inf\\) of {values.size}"):
         read_image(path)

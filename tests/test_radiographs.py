@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcrl.data.chestxray14 import load_radiograph
+from pcrl.data.png import load_radiograph
 from pcrl.data.phantom import generate_chestxray14
 from pcrl.data.radiographs import gather_store, resize_radiograph, shard_positions, write_shard
 from pcrl.errors import DataError

@@ -4,7 +4,7 @@ SimpleITK reads MetaImage (LUNA16 ``.mhd``/``.raw``) and NIfTI (Medical Segmenta
 Decathlon ``.nii.gz``) with their spacing, origin and direction, but a truncated ``.raw``
 is reported as "File cannot be read ... No such file or directory", and ITK before
 version 6 reads the NaN/inf voxels of a NIfTI file as 0. :func:`read_image` verifies the
-file's bytes before SimpleITK runs (:mod:`pcrl.data.imagecheck`), the dimension, spacing
+file's bytes before SimpleITK runs (:mod:`pcrl.data.metaimage`, :mod:`pcrl.data.nifti`), the dimension, spacing
 and non-finite voxels after, and raises :class:`pcrl.errors.DataError` naming the file;
 :func:`write_image` verifies what SimpleITK wrote the same way.
 
@@ -24,13 +24,44 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pcrl.data.imagecheck import _check_is_file, check_image_file
+from pcrl.data.metaimage import check_metaimage
+from pcrl.data.nifti import check_nifti
 from pcrl.errors import DataError
 
 
 _FLOAT_PIXEL_IDS = frozenset(
     {sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64}
 )
+_META_SUFFIXES = (".mhd", ".mha")
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def check_image_file(path: Path) -> tuple[int, int] | None:
+    """Verify the bytes of an image file before (or after) SimpleITK touches it.
+
+    MetaImage: :func:`check_metaimage`. NIfTI: :func:`check_nifti` (the whole gzip
+    stream with its CRC and length, and the voxel bytes the header announces). SimpleITK
+    reads a ``.nii.gz`` cut in half or with corrupt bytes without an error, filling the
+    missing voxels, so this is the only check that catches it.
+
+    Returns:
+        For NIfTI, (non-finite voxels, voxels) of floating-point data ((0, 0) for other
+        data types); None for other formats.
+    """
+    name = path.name.lower()
+    if path.suffix.lower() in _META_SUFFIXES:
+        check_metaimage(path)
+    elif name.endswith(_NIFTI_SUFFIXES):
+        return check_nifti(path)
+    return None
+
+
+def _check_is_file(path: Path) -> None:
+    """Raise DataError unless ``path`` is an existing regular file."""
+    if not path.exists():
+        raise DataError(f"{path}: file does not exist")
+    if not path.is_file():
+        raise DataError(f"{path}: is not a file")
 
 
 def read_image(
@@ -103,7 +134,7 @@ def _check_finite(path: Path, img: sitk.Image, nifti_counts: tuple[int, int] | N
     ITK before version 6 silently turns the NaN/inf voxels of a NIfTI file into 0
     (its nifti_read_buffer; fixed by ITK pull request 6683), so for NIfTI the voxels are
     those counted in the file itself (``nifti_counts``, from the single pass of
-    :func:`pcrl.data.imagecheck.check_nifti`) rather than in the image SimpleITK returns.
+    :func:`pcrl.data.nifti.check_nifti`) rather than in the image SimpleITK returns.
     """
     if img.GetPixelID() not in _FLOAT_PIXEL_IDS:
         return

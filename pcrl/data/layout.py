@@ -25,7 +25,7 @@ import jsonschema
 from pcrl.data.chestxray14 import (ENTRY_CSV, IMAGES_DIR, TEST_LIST, TRAIN_VAL_LIST, read_split_lists,
                                    verify_chestxray14)
 from pcrl.data.registry import get_dataset
-from pcrl.data.imagecheck import check_metaimage
+from pcrl.data.metaimage import check_metaimage
 from pcrl.data.shards import shard_folders
 from pcrl.errors import ConfigError, DataError
 

@@ -24,15 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pcrl.data.npy import read_npy_header
 from pcrl.errors import DataError
 
 __all__ = ["PairFile", "PairsDataset", "pair_files", "read_pair_header"]
-
-_HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
-
 
 @dataclass(frozen=True)
 class PairFile:
@@ -67,12 +62,7 @@ def read_pair_header(path: str | os.PathLike[str]) -> PairFile:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version not in _HEADER_READERS:
-                raise ValueError(f".npy format version {version} is not supported")
-            shape, fortran_order, dtype = _HEADER_READERS[version](fh)
-            data_offset = fh.tell()
+        shape, fortran_order, dtype, data_offset = read_npy_header(path)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npy file ({exc})") from exc
     if len(shape) != 5 or shape[1] != 2 or min(shape[2:], default=0) < 1:

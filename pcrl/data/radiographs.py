@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pcrl.atomic import atomic_dir, save_npy
-from pcrl.data.chestxray14 import IMAGES_DIR, load_radiograph
+from pcrl.data.chestxray14 import IMAGES_DIR
+from pcrl.data.png import load_radiograph
 from pcrl.data.shards import shard_folders
 from pcrl.errors import ConfigError, DataError
 

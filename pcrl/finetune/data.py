@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from pcrl.atomic import read_json
+from pcrl.data.npy import read_npy_header
 from pcrl.data.splits import check_disjoint, fraction_key
 from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.tasks import (
@@ -136,14 +137,8 @@ class CandidateRows:
 
 def _npy_shape(path: Path) -> tuple[int, ...]:
     """The shape in an ``.npy`` header, without reading the data."""
-    readers = {(1, 0): np.lib.format.read_array_header_1_0,
-               (2, 0): np.lib.format.read_array_header_2_0}
     try:
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version not in readers:
-                raise ValueError(f".npy format version {version}")
-            shape, _, _ = readers[version](fh)
+        shape = read_npy_header(path).shape
     except FileNotFoundError:
         raise DataError(f"{path}: cube file is missing") from None
     except (OSError, ValueError) as exc:
