@@ -16,23 +16,19 @@ voxels separates them (test AUC ~0.99 with no training) and no pretraining can s
 gain. ``shapes`` is the task of the known-answer study, where learned features must
 matter: every candidate sits on a bright lung object of the same HU distribution and the
 same volume distribution, a sphere (nodule) or a straight capped tube (decoy), so only
-shape tells them apart (see ``_place_shapes``).
+shape tells them apart (:mod:`pcrl.data.phantom.luna16_shapes`). The chest itself (body,
+ribs, lungs, vessel trees) is drawn by :mod:`pcrl.data.phantom.luna16_chest`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pcrl.atomic import atomic_dir
 from pcrl.data.phantom.drawing import (
-    _AIR_HU,
-    _FAT_HU,
-    _SOFT_HU,
-    _SPINE_HU,
     Axes,
     Candidate,
     Nodule,
@@ -43,11 +39,7 @@ from pcrl.data.phantom.drawing import (
     _check_shape,
     _depth_mm,
     _distance,
-    _ellipse_radius,
-    _ellipsoid_radius,
-    _grid_center,
     _half_diagonal,
-    _half_extent,
     _nearest_voxel_center,
     _pick_center,
     _to_hu,
@@ -55,6 +47,8 @@ from pcrl.data.phantom.drawing import (
     _vec3,
     _world_axes,
 )
+from pcrl.data.phantom.luna16_chest import _chest_frame, _chest_hu, _paint_vessels, _Segment, _vessel_tree
+from pcrl.data.phantom.luna16_shapes import _paint_shapes, _place_shapes, _shape_candidates
 from pcrl.data.phantom.writers import _csv_text, _write_case_image
 from pcrl.errors import ConfigError
 
@@ -65,8 +59,6 @@ LUNA16_UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
 
 _UID_DIGITS = 30  # real LUNA16 UIDs carry 30 digits after the prefix (64 characters)
 
-# LUNA16 anatomy, HU (typical CT values; air, fat, soft tissue and spine are shared)
-_LUNG_HU, _RIB_HU = -850.0, 700.0
 _LUNA_NOISE_HU = 20.0
 _NODULE_MIN_MM, _NODULE_MAX_MM = 4.0, 12.0  # >= 4 mm so a 2.5 mm slice always cuts the centre
 _NODULE_SHELL_MM = 3.5  # lung kept around each nodule (the test checks a shell of 1..3 mm)
@@ -74,23 +66,6 @@ _MAX_JITTER_MM = 1.5  # LUNA16 candidates lie within ~1.5 mm of the annotated ce
 
 NCC_TASKS = ("vessels", "shapes")
 """Values of ``ncc_task``: what tells nodule candidates from the others (module docstring)."""
-
-# ncc_task "shapes": tube radius and length (between the cap centres) of every object; a
-# nodule is the sphere of the same volume (diameter 9.9..13.2 mm), a decoy the capsule
-# itself (7.6..9.2 mm thick, 13.6..21.2 mm long, within ~20 degrees of the axial plane so
-# that it stays whole in a 32x32x16 NCC cube at 1 mm). The tube radius is >= 3.8 mm so
-# that both forms fill the centre of the cube alike (after the partial volume of 2.5 mm
-# slices): with thinner tubes the mean of the central 4x4x4 voxels still tells the
-# classes apart (AUC 0.85 at 1.8..2.6 mm, 0.7 at 3.0..3.6 mm, ~0.5 from 3.8 mm). Sized so
-# that 6-7 objects fit the lungs of a 96x96x48 phantom on average.
-_SHAPE_RADIUS_MM = (3.8, 4.6)
-_SHAPE_LENGTH_MM = (6.0, 12.0)
-_SHAPE_HU = (30.0, 100.0)
-_SHAPE_SHELL_MM = 1.5  # lung kept around each object (and 2 shells between two objects)
-_SHAPE_JITTER_MM = 0.5  # candidate offset from the object's centre, both classes
-_SHAPE_MAX_TILT = 0.35  # sine of the largest angle of a tube to the axial plane
-_SHAPE_TRIES = 64  # draws of size, direction and centre before an object is dropped
-_SHAPE_SCAN_TRIES = 8  # placements of a scan's objects before giving up on both classes
 
 
 def _series_uid(rng: np.random.Generator) -> str:
@@ -112,136 +87,6 @@ def _luna16_geometry(rng: np.random.Generator) -> tuple[Vec3, Vec3]:
     xy = np.round(rng.uniform(-250.0, -150.0, size=2) * 4.0) / 4.0
     z = round(float(rng.uniform(-300.0, -100.0)) * 4.0) / 4.0
     return (inplane, inplane, thickness), (float(xy[0]), float(xy[1]), z)
-
-
-@dataclass(frozen=True)
-class _Chest:
-    """Anatomical frame of a chest phantom: body ellipse and the two lung ellipsoids."""
-
-    center: np.ndarray
-    body_semi: tuple[float, float]
-    lung_centers: tuple[np.ndarray, np.ndarray]
-    lung_semi: tuple[float, float, float]
-
-
-def _chest_frame(rng: np.random.Generator, shape: Sequence[int], spacing: Vec3, origin: Vec3) -> _Chest:
-    """Body and lungs sized from the field of view, with a small random offset."""
-    half = _half_extent(shape, spacing)
-    center = _grid_center(shape, spacing, origin)
-    center[:2] += rng.uniform(-0.03, 0.03, size=2) * half[:2]
-    a, b = 0.95 * half[0] * rng.uniform(0.95, 1.0), 0.8 * half[1] * rng.uniform(0.95, 1.0)
-    lung_semi = (0.40 * a, 0.76 * b, 0.85 * half[2])
-    lungs = tuple(center + np.array([side * 0.48 * a, -0.06 * b, 0.08 * half[2]]) for side in (-1.0, 1.0))
-    return _Chest(center, (a, b), lungs, lung_semi)
-
-
-def _ribs(rng: np.random.Generator, axes: Axes, chest: _Chest, rho: np.ndarray) -> np.ndarray:
-    """Oblique rib arcs in a ring inside the body wall, open anteriorly (-y in LPS)."""
-    a, b = chest.body_semi
-    angle = np.arctan2((axes[1] - chest.center[1]) / b, (axes[0] - chest.center[0]) / a)
-    ring = (rho > 0.88) & (rho < 0.945) & (np.abs(angle + np.pi / 2) > 0.6)
-    pitch, thickness = rng.uniform(18.0, 24.0), rng.uniform(5.0, 8.0)
-    phase = rng.uniform(0.0, pitch)
-    slant = axes[2] + 0.3 * (axes[1] - chest.center[1]) + phase
-    return ring & (np.mod(slant, pitch) < thickness)
-
-
-def _lung_mask(axes: Axes, chest: _Chest, rho: np.ndarray) -> np.ndarray:
-    """Both lungs, kept inside the rib cage."""
-    lungs = [_ellipsoid_radius(axes, c, chest.lung_semi) < 1.0 for c in chest.lung_centers]
-    return (lungs[0] | lungs[1]) & (rho < 0.87)
-
-
-def _chest_hu(
-    rng: np.random.Generator, axes: Axes, chest: _Chest, shape: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """HU volume of air, body, fat, spine, ribs and lungs; returns (hu, lung mask)."""
-    a, b = chest.body_semi
-    rho = _ellipse_radius(axes, chest.center, (a, b))
-    hu = np.full(tuple(shape), _AIR_HU, dtype=np.float32)
-    body = np.broadcast_to(rho < 1.0, hu.shape)
-    hu[body] = _SOFT_HU
-    hu[np.broadcast_to(body & (rho > 0.95), hu.shape)] = _FAT_HU
-    spine_center = chest.center + np.array([0.0, 0.62 * b, 0.0])
-    spine = _ellipse_radius(axes, spine_center, (0.16 * b, 0.16 * b)) < 1.0
-    hu[np.broadcast_to(spine, hu.shape)] = _SPINE_HU
-    lung = _lung_mask(axes, chest, rho)
-    hu[_ribs(rng, axes, chest, rho) & ~lung] = _RIB_HU
-    hu[lung] = _LUNG_HU
-    return hu, lung
-
-
-@dataclass(frozen=True)
-class _Segment:
-    """A vessel piece from ``start`` to ``start + vector`` with radius tapering 40 %."""
-
-    start: np.ndarray
-    vector: np.ndarray
-    radius: float
-
-
-def _grow_vessel(
-    rng: np.random.Generator,
-    start: np.ndarray,
-    direction: np.ndarray,
-    length: float,
-    radius: float,
-    generations: int,
-    out: tuple[list[_Segment], list[np.ndarray]],
-) -> None:
-    """Append a segment and, while ``generations`` remain, 1-2 thinner, shorter branches."""
-    segment = _Segment(start, direction / np.linalg.norm(direction) * length, radius)
-    out[0].append(segment)
-    if generations == 0:
-        return
-    for _ in range(rng.integers(1, 3)):
-        fork = start + rng.uniform(0.35, 0.75) * segment.vector
-        turn = direction / np.linalg.norm(direction) + 0.9 * rng.normal(size=3)
-        out[1].append(fork)
-        _grow_vessel(rng, fork, turn, length * rng.uniform(0.5, 0.7), radius * 0.65, generations - 1, out)
-
-
-def _vessel_tree(rng: np.random.Generator, chest: _Chest) -> tuple[list[_Segment], list[np.ndarray]]:
-    """Vessel trees fanning out from each hilum: 4-5 trunks branching twice.
-
-    Returns the segments and the branch points (vessel junctions, the classic false
-    positives of nodule detectors).
-    """
-    out: tuple[list[_Segment], list[np.ndarray]] = ([], [])
-    size = float(np.mean(chest.lung_semi))
-    for side, lung_center in zip((-1.0, 1.0), chest.lung_centers):
-        hilum = lung_center - np.array([side * 0.6 * chest.lung_semi[0], 0.0, 0.0])
-        for _ in range(rng.integers(4, 6)):
-            direction = np.array([side * rng.uniform(0.3, 1.0), rng.uniform(-1, 1), rng.uniform(-1.2, 1.2)])
-            _grow_vessel(rng, hilum, direction, size * rng.uniform(0.6, 1.0), rng.uniform(1.3, 1.8), 2, out)
-    return out
-
-
-def _segment_box(segment: _Segment, spacing: Vec3, origin: Vec3, shape: Sequence[int]) -> tuple[slice, ...]:
-    """Voxel slices of the box around a segment's tube (empty if off the grid)."""
-    ends = np.stack([segment.start, segment.start + segment.vector])
-    low = np.floor((ends.min(axis=0) - segment.radius - np.asarray(origin)) / np.asarray(spacing))
-    high = np.ceil((ends.max(axis=0) + segment.radius - np.asarray(origin)) / np.asarray(spacing)) + 1
-    return tuple(slice(int(np.clip(lo, 0, n)), int(np.clip(hi, 0, n))) for lo, hi, n in zip(low, high, shape))
-
-
-def _tube(axes: Axes, segment: _Segment) -> np.ndarray:
-    """Voxels of ``axes`` inside the tapered tube of ``segment``."""
-    rel = [axes[d] - segment.start[d] for d in range(3)]
-    along = sum(rel[d] * segment.vector[d] for d in range(3)) / float(segment.vector @ segment.vector)
-    t = np.clip(along, 0.0, 1.0)
-    dist2 = sum((rel[d] - t * segment.vector[d]) ** 2 for d in range(3))
-    return dist2 < (segment.radius * (1.0 - 0.4 * t)) ** 2
-
-
-def _paint_vessels(
-    hu: np.ndarray, lung: np.ndarray, axes: Axes, segments: list[_Segment], spacing: Vec3, origin: Vec3
-) -> None:
-    """Paint vessel tubes (soft tissue HU) where they run inside the lungs."""
-    for segment in segments:
-        box = _segment_box(segment, spacing, origin, hu.shape)
-        sub_axes = (axes[0][box[0]], axes[1][:, box[1]], axes[2][:, :, box[2]])
-        hu[box][_tube(sub_axes, segment) & lung[box]] = _SOFT_HU
 
 
 def _place_nodules(
@@ -336,120 +181,6 @@ def _luna16_candidates(
     jittered = [_jitter_candidate(rng, nodule, spacing, origin) for nodule in nodules]
     merged = [Candidate(_vec3(p), 1) for p in jittered] + [Candidate(_vec3(p), 0) for p in negatives]
     return tuple(merged[i] for i in rng.permutation(len(merged)))
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """One object of the ``shapes`` task: a tube's size and pose, and which form is painted.
-
-    ``label`` 1 paints the sphere of the tube's volume (a nodule), 0 the capsule of radius
-    ``radius`` around the segment of length ``length`` along ``axis`` (a decoy).
-    """
-
-    center: np.ndarray
-    axis: np.ndarray
-    radius: float
-    length: float
-    hu: float
-    label: int
-
-    @property
-    def ball_radius(self) -> float:
-        """Radius of the sphere with the capsule's volume (pi r^2 L + 4/3 pi r^3)."""
-        return _ball_radius(self.radius, self.length)
-
-    def distance(self, axes: Axes) -> np.ndarray:
-        """Distance in mm of every voxel centre to the painted object's surface (< 0 inside)."""
-        if self.label == 1:
-            return _distance(axes, self.center) - self.ball_radius
-        return _segment_distance(axes, self.center, self.axis, self.length) - self.radius
-
-
-def _ball_radius(radius: float, length: float) -> float:
-    """Radius of the sphere with the volume of a capsule (tube radius, length between caps)."""
-    return float((0.75 * radius**2 * length + radius**3) ** (1.0 / 3.0))
-
-
-def _segment_distance(axes: Axes, center: np.ndarray, axis: np.ndarray, length: float) -> np.ndarray:
-    """Distance in mm of every voxel centre to the segment ``center +- axis * length / 2``."""
-    rel = [axes[d] - center[d] for d in range(3)]
-    along = np.clip(sum(rel[d] * axis[d] for d in range(3)), -length / 2, length / 2)
-    return np.sqrt(sum((rel[d] - along * axis[d]) ** 2 for d in range(3)))
-
-
-def _axial_direction(rng: np.random.Generator) -> np.ndarray:
-    """Unit vector uniform on the band of the sphere within _SHAPE_MAX_TILT of the axial plane."""
-    z = rng.uniform(-1.0, 1.0) * _SHAPE_MAX_TILT
-    phi = rng.uniform(0.0, 2.0 * np.pi)
-    return np.array([np.sqrt(1.0 - z * z) * np.cos(phi), np.sqrt(1.0 - z * z) * np.sin(phi), z])
-
-
-def _room_along(room: np.ndarray, points: np.ndarray, spacing: Vec3, origin: Vec3) -> float:
-    """Smallest ``room`` at the voxels nearest to ``points`` (n, 3); -inf if one is off the grid."""
-    index = np.round((points - np.asarray(origin)) / np.asarray(spacing)).astype(int)
-    if np.any((index < 0) | (index >= np.asarray(room.shape))):
-        return -np.inf
-    return float(room[tuple(index.T)].min())
-
-
-def _place_shapes(
-    rng: np.random.Generator, depth: np.ndarray, axes: Axes, spacing: Vec3, origin: Vec3
-) -> list[_Shape]:
-    """The objects of one scan, at least one of each class; [] if a few tries find none such.
-
-    Small lungs may not hold both classes on a try (see ``_try_shapes``); the condition on
-    both classes treats the two alike.
-    """
-    for _ in range(_SHAPE_SCAN_TRIES):
-        shapes = _try_shapes(rng, depth, axes, spacing, origin)
-        if len({s.label for s in shapes}) == 2:
-            return shapes
-    return []
-
-
-def _try_shapes(
-    rng: np.random.Generator, depth: np.ndarray, axes: Axes, spacing: Vec3, origin: Vec3
-) -> list[_Shape]:
-    """2-4 nodules and 3-6 decoys (fewer if the lungs are full), in a random class order.
-
-    Every object, whatever its class, draws a tube radius, length and direction, an HU
-    value, and a centre where both forms fit: the sphere of the tube's volume around the
-    centre and the capsule along the direction each keep ``_SHAPE_SHELL_MM`` of lung
-    around them and twice that from the objects placed before. So class tells nothing
-    about size, HU, depth in the lung or neighbourhood; only the painted form differs.
-    """
-    labels = np.array([1] * int(rng.integers(2, 5)) + [0] * int(rng.integers(3, 7)))
-    margin = _SHAPE_SHELL_MM + _half_diagonal(spacing)
-    room = depth.copy()  # mm of lung around each voxel not claimed by a placed object
-    shapes: list[_Shape] = []
-    for label in labels[rng.permutation(labels.size)]:
-        for _ in range(_SHAPE_TRIES):
-            radius, length = rng.uniform(*_SHAPE_RADIUS_MM), rng.uniform(*_SHAPE_LENGTH_MM)
-            axis = _axial_direction(rng)
-            center = _pick_center(rng, room >= _ball_radius(radius, length) + margin, spacing, origin)
-            if center is None:
-                continue
-            steps = np.linspace(-length / 2, length / 2, int(np.ceil(length / 0.5)) + 1)
-            if _room_along(room, center + steps[:, None] * axis, spacing, origin) >= radius + margin:
-                break
-        else:
-            continue
-        shape = _Shape(center, axis, float(radius), float(length), float(rng.uniform(*_SHAPE_HU)), int(label))
-        shapes.append(shape)
-        room = np.minimum(room, shape.distance(axes) - _SHAPE_SHELL_MM)
-    return shapes
-
-
-def _paint_shapes(hu: np.ndarray, axes: Axes, shapes: list[_Shape]) -> None:
-    """Solid spheres (nodules) and capsules (decoys), each of its own HU."""
-    for shape in shapes:
-        hu[shape.distance(axes) < 0.0] = shape.hu
-
-
-def _shape_candidates(rng: np.random.Generator, shapes: list[_Shape]) -> tuple[Candidate, ...]:
-    """One candidate per object, its centre moved by <= _SHAPE_JITTER_MM in a random direction."""
-    offsets = _unit_vectors(rng, len(shapes)) * rng.uniform(0.0, _SHAPE_JITTER_MM, size=(len(shapes), 1))
-    return tuple(Candidate(_vec3(s.center + o), s.label) for s, o in zip(shapes, offsets))
 
 
 def luna16_case(

@@ -1,8 +1,10 @@
-"""Shared writers of the phantoms: SimpleITK images and the Decathlon folder layout.
+"""Shared writers of the phantoms: SimpleITK images, the Decathlon folder layout, PNG
+files and tar archives.
 
 Images are written with the identity direction and the case's spacing and origin;
 MetaImage stays uncompressed (``.mhd`` + ``.raw``, as LUNA16 ships it) and NIfTI is
-gzipped; CSVs use Unix line ends. ``_write_decathlon`` writes an MSD task folder
+gzipped; CSVs use Unix line ends. PNGs and ``.tar.gz`` archives (ChestX-ray14's) are
+encoded here byte for byte: no metadata, fixed times and owners. ``_write_decathlon`` writes an MSD task folder
 (``imagesTr/``, ``labelsTr/``, ``imagesTs/``, ``dataset.json``) atomically, replacing
 ``root`` as a whole.
 """
@@ -10,8 +12,12 @@ gzipped; CSVs use Unix line ends. ``_write_decathlon`` writes an MSD task folder
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
+import struct
+import tarfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -125,3 +131,42 @@ def _check_decathlon_args(dataset: str, cases: int, test_cases: int, seed: int) 
         _check_count(dataset, "test_cases", test_cases, 0),
         _check_count(dataset, "seed", seed, 0),
     )
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC of type and data."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    """PNG (ISO/IEC 15948) of (H, W) uint8 grayscale or (H, W, 4) uint8 RGBA, no metadata.
+
+    Every row uses the 'Up' filter (difference to the row above), which compresses smooth
+    radiographs well; the bytes depend on the pixels and zlib only.
+    """
+    color = 0 if pixels.ndim == 2 else 6
+    rows = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(pixels.shape[0], -1)
+    filtered = rows.copy()
+    filtered[1:] -= rows[:-1]  # uint8 arithmetic wraps modulo 256, as PNG filters do
+    raw = np.hstack([np.full((rows.shape[0], 1), 2, dtype=np.uint8), filtered]).tobytes()
+    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, color, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(raw, 6)) + _png_chunk(b"IEND", b""))
+
+
+def _write_archives(tmp: Path, folder_name: str, names: list[str], archives: int, mtime: int) -> None:
+    """``images_001.tar.gz``.. : the files ``tmp/<folder_name>/<name>`` in the order of
+    ``names``, in contiguous groups, each extracting to ``<folder_name>/<name>``; fixed
+    times (``mtime``) and owners, so the bytes are reproducible."""
+    for number, group in enumerate(np.array_split(np.array(names, dtype=object), archives), start=1):
+        path = tmp / f"images_{number:03d}.tar.gz"
+        with path.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            folder = tarfile.TarInfo(folder_name)
+            folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o755, mtime
+            tar.addfile(folder)
+            for name in group:
+                data = (tmp / folder_name / name).read_bytes()
+                info = tarfile.TarInfo(f"{folder_name}/{name}")
+                info.size, info.mode, info.mtime = len(data), 0o644, mtime
+                tar.addfile(info, io.BytesIO(data))
