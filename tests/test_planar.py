@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from pcrl.data.chestxray14 import FINDINGS, read_entries, read_split_lists
-from pcrl.data.cubes import PairConfig, case_rng, sample_pairs
+from pcrl.data.pair_config import PairConfig
+from pcrl.data.pair_sampling import sample_pairs
+from pcrl.data.pretrain_pairs import case_rng
 from pcrl.data.pairs import PairsDataset
 from pcrl.data.planar import patient_split, write_planar_pairs
 from pcrl.data.radiographs import open_store, resize_radiograph

@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from pcrl.atomic import save_npy, write_json
-from pcrl.data.cubes import PairConfig, sample_pairs
+from pcrl.data.pair_config import PairConfig
+from pcrl.data.pair_sampling import sample_pairs
 from pcrl.data.phantom import luna16_case
 from pcrl.data.pairs import PairsDataset
 from pcrl.engine import TrainConfig, load_checkpoint, train

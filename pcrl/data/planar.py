@@ -7,7 +7,7 @@ by pretraining), and the patients of ``train_val_list.txt`` are split into train
 by a seeded draw with each task's ``val`` share (the same draw when the shares are equal).
 
 - ``pretrain2d``: pairs of two crops of one radiograph with IoU above the threshold,
-  resized to the cube size: the 3D pair rule (:func:`pcrl.data.cubes.sample_pairs`) on a
+  resized to the cube size: the 3D pair rule (:func:`pcrl.data.pair_sampling.sample_pairs`) on a
   one-slice volume (x, y, 1), so the pretraining stage reads them as it reads the 3D pairs.
   Pairs are stored in chunks of images (``pairs/<group>_<NNNN>.npy``), not one file per
   image: 112,120 files would be a burden to every file system and to DVC.
@@ -28,8 +28,10 @@ from tqdm.auto import tqdm
 
 from pcrl.atomic import atomic_path, save_npy
 from pcrl.data.chestxray14 import FINDINGS, IMAGES_CSV, ChestEntry, patient_of, read_entries
-from pcrl.data.cubes import PairConfig, case_rng, sample_pairs
-from pcrl.data.layout import read_manifests, resolve_extras
+from pcrl.data.pair_config import PairConfig
+from pcrl.data.pair_sampling import sample_pairs
+from pcrl.data.pretrain_pairs import case_rng
+from pcrl.data.manifest import read_manifests, resolve_extras
 from pcrl.data.radiographs import RadiographStore
 from pcrl.data.splits import check_disjoint, split_random
 from pcrl.errors import ConfigError, DataError

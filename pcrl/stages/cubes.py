@@ -16,8 +16,10 @@ from typing import Any
 
 from pcrl.atomic import atomic_dir, atomic_path, write_json
 from pcrl.data.candidates import write_ncc_cubes
-from pcrl.data.cubes import PairConfig, write_pretrain_pairs
-from pcrl.data.layout import case_order, gathered_cases, read_manifests, resolve_extras
+from pcrl.data.pair_config import PairConfig
+from pcrl.data.pretrain_pairs import write_pretrain_pairs
+from pcrl.data.layout import case_order
+from pcrl.data.manifest import gathered_cases, read_manifests, resolve_extras
 from pcrl.data.planar import IMAGES_CSV, chest_entries, patient_split, write_label_table, write_planar_pairs
 from pcrl.data.radiographs import open_store
 from pcrl.data.shards import read_cases as gathered_interim

@@ -1,4 +1,5 @@
-"""Tests of pcrl.data.cubes: PCRL pretraining pairs (docs/method.md "Views")."""
+"""Tests of pcrl.data.pair_config, boxes, pair_sampling and pretrain_pairs: PCRL pretraining
+pairs (docs/method.md "Views")."""
 
 from __future__ import annotations
 
@@ -10,20 +11,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pcrl.data.cubes import (
-    DEFAULT_CROP_SIZES,
-    PairConfig,
-    box_iou_3d,
-    box_sums,
-    case_rng,
-    foreground_mask,
-    integral_image,
-    pair_layout,
-    resize_crops,
-    sample_boxes,
-    sample_pairs,
-    write_pretrain_pairs,
-)
+from pcrl.data.boxes import box_iou_3d, box_sums, foreground_mask, integral_image
+from pcrl.data.pair_config import DEFAULT_CROP_SIZES, PairConfig
+from pcrl.data.pair_sampling import pair_layout, resize_crops, sample_boxes, sample_pairs
+from pcrl.data.pretrain_pairs import case_rng, write_pretrain_pairs
 from pcrl.errors import ConfigError, DataError
 
 AIR, TISSUE = 0.0, 0.6  # -1000 HU and +200 HU on the [0, 1] scale; the -150 HU threshold is 0.425
