@@ -9,15 +9,8 @@ from pathlib import Path
 import pytest
 
 from pcrl.atomic import write_json
-from pcrl.data.layout import (
-    build_manifest,
-    check_mhd,
-    load_manifest,
-    resolve_case_paths,
-    resolve_extras,
-    scan_decathlon,
-    scan_luna16,
-)
+from pcrl.data.layout import build_manifest, check_mhd, scan_decathlon, scan_luna16
+from pcrl.data.manifest import load_manifest, resolve_case_paths, resolve_extras
 from pcrl.errors import ConfigError, DataError
 
 ANNOTATIONS = "seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3,1.0,2.0,3.0,4.5\n"

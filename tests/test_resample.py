@@ -11,9 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from pcrl.data.imageio import array_to_image, image_to_array, read_image, write_image
+from pcrl.data.normalization import Normalization, normalize
 from pcrl.data.resample import (
-    Normalization,
-    normalize,
     output_size,
     resample_case,
     resample_dataset,

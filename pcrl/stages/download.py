@@ -9,7 +9,8 @@ from typing import Any
 
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.config import source_of
-from pcrl.data.layout import build_manifest, empty_manifest
+from pcrl.data.layout import build_manifest
+from pcrl.data.manifest import empty_manifest
 from pcrl.data.registry import DatasetSpec, get_dataset
 from pcrl.data.shards import shard_files
 from pcrl.errors import ConfigError

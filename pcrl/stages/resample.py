@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from pcrl.atomic import atomic_dir, write_json
-from pcrl.data.layout import case_order, gathered_cases, read_manifests
+from pcrl.data.layout import case_order
+from pcrl.data.manifest import gathered_cases, read_manifests
 from pcrl.data.radiographs import write_shard_of
 from pcrl.data.registry import get_dataset
-from pcrl.data.resample import CASES_FILE, Normalization, resample_dataset
+from pcrl.data.normalization import Normalization
+from pcrl.data.resample import CASES_FILE, resample_dataset
 from pcrl.data.shards import in_shard
 
 log = logging.getLogger(__name__)
