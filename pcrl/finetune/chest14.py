@@ -17,8 +17,8 @@ PCRL's 2D setting (Zhou et al., ICCV 2021) fine-tunes on the 14 findings of NIH 
   patient's images are all the rows naming it, so the splits are patient-wise.
 
 The network sees ``pixels / 255``, float32 in [0, 1] (the scaling the 2D preprocessing leaves
-to the batch, :mod:`pcrl.data.radiographs`). Items have no randomness of their own: the
-flips are the task module's (:class:`pcrl.finetune.train.FinetuneModule`).
+to the batch, :mod:`pcrl.data.radiographs`). The training items built on these readers are
+:class:`pcrl.finetune.datasets.RadiographSet`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from pcrl.data.chestxray14 import IMAGES_CSV
 from pcrl.data.radiographs import RadiographStore, open_store
@@ -42,7 +41,6 @@ from pcrl.finetune.tasks import TaskSpec, get_task
 __all__ = [
     "IMAGES_CSV",
     "LabelledImages",
-    "RadiographSet",
     "image_size",
     "open_store",
     "radiograph_batches",
@@ -183,32 +181,6 @@ def _parse_row(row: list[str], spec: TaskSpec, where: str) -> tuple[str, str, li
             raise DataError(f"{where}: {finding} is {value!r}, expected 0 or 1")
         flags.append(int(value))
     return name, patient, flags
-
-
-class RadiographSet(Dataset[tuple[Tensor, Tensor]]):
-    """Chest14 training items: ``(pixels / 255 as (1, H, W) float32, labels (L,) float32)``.
-
-    Args:
-        images: The training images (e.g. the label fraction's patients).
-
-    Raises:
-        DataError: No image.
-    """
-
-    def __init__(self, images: LabelledImages) -> None:
-        if not len(images):
-            raise DataError(f"{images.source}: no training radiograph")
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"item {index} of {len(self)}")
-        pixels = self.images.store.images([int(self.images.index[index])])  # (1, H, W): the channel axis
-        labels = self.images.labels[index].astype(np.float32)
-        return torch.from_numpy(to_unit(pixels)), torch.from_numpy(labels)
 
 
 def radiograph_batches(images: LabelledImages, batch_size: int

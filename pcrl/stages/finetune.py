@@ -43,8 +43,8 @@ from pcrl.finetune.data import (
     read_candidate_rows,
     read_volume_cases,
 )
-from pcrl.finetune.chest14 import RadiographSet, image_size, open_store, read_image_labels
-from pcrl.finetune.datasets import CandidateCubeSet, PatchSet
+from pcrl.finetune.chest14 import image_size, open_store, read_image_labels
+from pcrl.finetune.datasets import CandidateCubeSet, PatchSet, RadiographSet
 from pcrl.evaluation.scoring import (
     SegmentationSettings,
     score_candidates,
