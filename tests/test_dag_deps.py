@@ -119,5 +119,5 @@ def test_the_closure_follows_lazy_and_transitive_imports() -> None:
     assert "pcrl/engine/trainer.py" in pretrain and "pcrl/networks/unet3d.py" in pretrain
     assert "pcrl/stages/download.py" not in pretrain
     download = {str(p.relative_to(REPO)) for p in stage_code("download")}
-    assert "pcrl/data/phantom/luna16.py" in download and "pcrl/outputs.py" in download
+    assert "pcrl/phantom/luna16.py" in download and "pcrl/outputs.py" in download
     assert "pcrl/engine/trainer.py" not in download

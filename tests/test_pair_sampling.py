@@ -1,4 +1,4 @@
-"""Tests of pcrl.data.pair_config, boxes, pair_sampling and pretrain_pairs: PCRL pretraining
+"""Tests of pcrl.preprocessing.pair_config, boxes, pair_sampling and pretrain_pairs: PCRL pretraining
 pairs (docs/method.md "Views")."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pcrl.data.boxes import box_iou_3d, box_sums, foreground_mask, integral_image
-from pcrl.data.pair_config import DEFAULT_CROP_SIZES, PairConfig
-from pcrl.data.pair_sampling import pair_layout, resize_crops, sample_boxes, sample_pairs
-from pcrl.data.pretrain_pairs import case_rng, write_pretrain_pairs
+from pcrl.preprocessing.boxes import box_iou_3d, box_sums, foreground_mask, integral_image
+from pcrl.preprocessing.pair_config import DEFAULT_CROP_SIZES, PairConfig
+from pcrl.preprocessing.pair_sampling import pair_layout, resize_crops, sample_boxes, sample_pairs
+from pcrl.preprocessing.pretrain_pairs import case_rng, write_pretrain_pairs
 from pcrl.errors import ConfigError, DataError
 
 AIR, TISSUE = 0.0, 0.6  # -1000 HU and +200 HU on the [0, 1] scale; the -150 HU threshold is 0.425

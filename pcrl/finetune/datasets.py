@@ -1,6 +1,6 @@
 """Fine-tuning training datasets: NCC candidate cubes, segmentation patches, radiographs.
 
-They read what :mod:`pcrl.finetune.data` reads (splits, candidates, resampled volumes).
+They read what :mod:`pcrl.preprocessing.task_data` reads (splits, candidates, resampled volumes).
 
 Training sets yield ``(image, target)`` pairs for :func:`pcrl.engine.train` and draw their
 randomness per epoch from the DataLoader: in a worker process, ``get_worker_info().seed``
@@ -21,7 +21,7 @@ uninterrupted one. Without workers (tests, debugging) the base seed is the datas
   (``resample.<dataset>.arrays``) the same rule cuts patches from memory maps
   (:mod:`pcrl.finetune.patches`), reading only the patches' bytes.
 - :class:`RadiographSet`, Chest14: the labelled radiographs of the training patients
-  (:mod:`pcrl.finetune.chest14`), without randomness of their own.
+  (:mod:`pcrl.preprocessing.chest_labels`), without randomness of their own.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
 from pcrl.errors import ConfigError, DataError
-from pcrl.finetune.chest14 import LabelledImages, to_unit
-from pcrl.finetune.data import CandidateRows, CubeStore, VolumeCase, check_cases, load_case
+from pcrl.preprocessing.chest_labels import LabelledImages, to_unit
+from pcrl.preprocessing.task_data import CandidateRows, CubeStore, VolumeCase, check_cases, load_case
 from pcrl.finetune.patches import cut, draw_centres
-from pcrl.finetune.tasks import TaskSpec, get_task, segmentation_target
+from pcrl.tasks import TaskSpec, get_task, segmentation_target
 from pcrl.seeding import mix_seed
 
 __all__ = ["CandidateCubeSet", "PatchSet", "RadiographSet", "loader_seed"]

@@ -24,8 +24,8 @@ from pcrl.atomic import atomic_dir, write_json
 from pcrl.torchfile import load_checked, require_finite
 from pcrl.distributed import init_distributed
 from pcrl.errors import DataError
-from pcrl.finetune.chest14 import image_size, open_store, read_image_labels
-from pcrl.finetune.data import load_split, read_candidate_rows, read_volume_cases
+from pcrl.preprocessing.chest_labels import image_size, open_store, read_image_labels
+from pcrl.preprocessing.task_data import load_split, read_candidate_rows, read_volume_cases
 from pcrl.evaluation.scoring import (
     SegmentationSettings,
     score_candidates,
@@ -33,7 +33,7 @@ from pcrl.evaluation.scoring import (
     score_volumes,
 )
 from pcrl.finetune.models import NetworkConfig, build_network
-from pcrl.finetune.tasks import TaskSpec, get_task
+from pcrl.tasks import TaskSpec, get_task
 from pcrl.provenance import provenance
 
 log = logging.getLogger(__name__)

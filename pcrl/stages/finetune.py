@@ -36,14 +36,14 @@ from pcrl.atomic import atomic_dir, write_json
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig
 from pcrl.errors import ConfigError
-from pcrl.finetune.data import (
+from pcrl.preprocessing.task_data import (
     TaskSplit,
     check_cases,
     load_split,
     read_candidate_rows,
     read_volume_cases,
 )
-from pcrl.finetune.chest14 import image_size, open_store, read_image_labels
+from pcrl.preprocessing.chest_labels import image_size, open_store, read_image_labels
 from pcrl.finetune.datasets import CandidateCubeSet, PatchSet, RadiographSet
 from pcrl.evaluation.scoring import (
     SegmentationSettings,
@@ -58,7 +58,7 @@ from pcrl.finetune.models import (
     read_init_record,
     seeded_network,
 )
-from pcrl.finetune.tasks import TaskSpec, get_task
+from pcrl.tasks import TaskSpec, get_task
 from pcrl.finetune.train import (
     STATE_NAME,
     FinetuneModule,
