@@ -1,6 +1,6 @@
 """Benchmark: vectorised PCRL pair sampling against a per-voxel reference of the same rule.
 
-The reference (``reference_sample_pair``) follows the sampling rule of ``pcrl.data.cubes``
+The reference (``reference_sample_pair``) follows the sampling rule of ``pcrl.preprocessing.pair_sampling``
 step by step with Python loops, as the release did: one candidate pair at a time, IoU and
 foreground fraction counted voxel by voxel, crops copied voxel by voxel. Both share the
 foreground mask and the trilinear resize (the release also resized with a library call), so
@@ -22,7 +22,9 @@ import SimpleITK as sitk
 import torch
 
 from pcrl.atomic import write_json
-from pcrl.data.cubes import PairConfig, foreground_mask, resize_crops, sample_pairs
+from pcrl.preprocessing.boxes import foreground_mask
+from pcrl.preprocessing.pair_config import PairConfig
+from pcrl.preprocessing.pair_sampling import resize_crops, sample_pairs
 from pcrl.errors import DataError
 
 HU_LOW, HU_HIGH = -1000.0, 1000.0

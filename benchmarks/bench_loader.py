@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from pcrl.atomic import write_json
-from pcrl.data.arrays import write_arrays
-from pcrl.finetune.data import VolumeCase
+from pcrl.preprocessing.arrays import write_arrays
+from pcrl.preprocessing.task_data import VolumeCase
 from pcrl.finetune.datasets import PatchSet
 
 #: Typical shapes after resampling to 1 mm (x, y, z) and channels: assumptions of the
@@ -40,7 +40,7 @@ SHAPES = {"lits": ((384, 384, 432), 1, "lcs"), "brats": ((240, 240, 155), 4, "bm
 def _write(folder: Path, index: int, shape: tuple[int, int, int], channels: int, rng: np.random.Generator,
            arrays: bool) -> VolumeCase:
     """One synthetic case: smooth-ish intensities, a blob of foreground labels."""
-    from pcrl.data.imageio import array_to_image, write_image
+    from pcrl.io.images import array_to_image, write_image
 
     image = rng.random((channels, *shape), dtype=np.float32)
     label = np.zeros(shape, np.uint8)

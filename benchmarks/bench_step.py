@@ -64,7 +64,7 @@ def loader_throughput(size: tuple[int, ...], batch: int, workers: int, n_pairs: 
     import numpy as np
     import torch
 
-    from pcrl.data.pairs import PairsDataset
+    from pcrl.preprocessing.pairs import PairsDataset
 
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)

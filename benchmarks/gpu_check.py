@@ -137,7 +137,7 @@ def _pair_files(folder: Path, size: tuple[int, ...], count: int) -> list[Path]:
 
 def section_feeding(args: argparse.Namespace, device: torch.device, amp: str) -> dict[str, Any]:
     """GPU busy fraction with the real loader: compute time / (compute + waiting for data)."""
-    from pcrl.data.pairs import PairsDataset
+    from pcrl.preprocessing.pairs import PairsDataset
 
     step = _build(args, device, amp=amp)
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,7 +225,7 @@ def section_ddp(args: argparse.Namespace, device: torch.device, amp: str, plain:
 
 def section_resume(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """deterministic: 2 epochs straight vs 1 epoch, stop, resume: the same weights?"""
-    from pcrl.data.pairs import PairsDataset
+    from pcrl.preprocessing.pairs import PairsDataset
     from pcrl.engine import TrainConfig, last_checkpoint, load_checkpoint, train
 
     def fresh() -> Any:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from pcrl.data.pairs import PairsDataset, pair_files
+from pcrl.preprocessing.pairs import PairsDataset, pair_files
 from pcrl.evaluation.gauges import retrieval_accuracy
 from pcrl.stages.pretrain import first_pairs, logged_series, run_pretrain
 from pcrl.runners.study import DEFAULT_OUT, REPO, _fresh_encoder, _pretrained_encoder, split_config, workspace_cubes

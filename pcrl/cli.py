@@ -44,7 +44,7 @@ def cmd_download(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 def _shard(args: argparse.Namespace, data: dict[str, Any]) -> tuple[int, int]:
     """``(k, n)`` of ``--shard k`` among ``data.shards`` (the whole dataset without it)."""
-    from pcrl.data.shards import check_shard
+    from pcrl.datasets.shards import check_shard
 
     if args.shard is None:
         return (0, 1)

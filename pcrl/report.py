@@ -13,7 +13,7 @@ over seeds (:func:`summarise`), pairs the runs of two initialisations by seed
 (:func:`verdict`), and writes a paper-style table, a table of paired differences, the summary
 as JSON and one plot per task (:func:`write_report`).
 
-Summary layout (JSON-serialisable; fractions keyed by :func:`pcrl.data.splits.fraction_key`,
+Summary layout (JSON-serialisable; fractions keyed by :func:`pcrl.preprocessing.splits.fraction_key`,
 e.g. ``"0.1"``, in increasing order; initialisations in :data:`INIT_ORDER`, others after)::
 
     {task: {fraction: {init: {"metric": "auc", "mean": 0.81, "std": 0.01, "n": 3,
@@ -49,9 +49,9 @@ from typing import Any
 import numpy as np
 
 from pcrl.atomic import atomic_path, write_json, write_text
-from pcrl.data.splits import fraction_key
+from pcrl.preprocessing.splits import fraction_key
 from pcrl.errors import DataError
-from pcrl.finetune.tasks import get_task
+from pcrl.tasks import get_task
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",

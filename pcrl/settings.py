@@ -52,7 +52,7 @@ class Setting:
             setting's ``pretrain2d.settings`` apply over ``pretrain`` (:meth:`pretrain_params`).
         finetune_keys: Where its fine-tuning's ``inits`` and ``external`` live below
             ``finetune`` (``()``: ``finetune.inits``; ``("chest14",)``: ``finetune.chest14.inits``).
-        datasets: The datasets it reads (:mod:`pcrl.data.registry` names).
+        datasets: The datasets it reads (:mod:`pcrl.datasets.registry` names).
         tasks: Its downstream tasks.
         cubes_tasks: Its cubes stage tasks (pretraining pairs and downstream data).
         weights_root: The folder of its initialisations (``<root>/<init>/weights.pt``).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pcrl.data.archives import safe_extract
+from pcrl.datasets.archives import safe_extract
 from pcrl.errors import DataError
 from test_download import TINY_FILES, entries, tar_bytes, write, zip_bytes
 

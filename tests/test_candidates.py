@@ -1,4 +1,4 @@
-"""Tests of pcrl.data.candidates: NCC cubes around LUNA16 candidates."""
+"""Tests of pcrl.preprocessing.candidates: NCC cubes around LUNA16 candidates."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pcrl.data.candidates import (
+from pcrl.preprocessing.candidates import (
     extract_candidate_cubes,
     read_candidates,
     subsample_negatives,

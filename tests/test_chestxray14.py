@@ -1,5 +1,5 @@
-"""Tests of the ChestX-ray14 phantom (pcrl.data.phantom.chestxray14) and of the reading
-and verification of a local copy (pcrl.data.chestxray14), Wang et al., CVPR 2017."""
+"""Tests of the ChestX-ray14 phantom (pcrl.phantom.chestxray14) and of the reading
+and verification of a local copy (pcrl.datasets.chestxray14), Wang et al., CVPR 2017."""
 
 from __future__ import annotations
 
@@ -16,18 +16,17 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from pcrl.data import phantom
-from pcrl.data.archives import safe_extract
-from pcrl.data.chestxray14 import (
+from pcrl import phantom
+from pcrl.datasets.archives import safe_extract
+from pcrl.datasets.chestxray14 import (
     FINDINGS,
-    check_png,
     label_matrix,
-    load_radiograph,
     read_entries,
     read_split_lists,
     verify_chestxray14,
 )
-from pcrl.data.phantom.chestxray14 import chestxray14_radiograph, generate_chestxray14
+from pcrl.io.png import check_png, load_radiograph
+from pcrl.phantom.chestxray14 import chestxray14_radiograph, generate_chestxray14
 from pcrl.errors import ConfigError, DataError
 from pcrl.outputs import MARKER
 

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import yaml
 
 from pcrl.cli import main
-from pcrl.data.phantom import generate_luna16, generate_msd_liver
+from pcrl.phantom import generate_luna16, generate_msd_liver
 
 LUNA_SIZES = {"scans": 3, "subsets": 3, "shape": [80, 80, 24]}
 

@@ -94,7 +94,7 @@ def stage_code(command: str, task: str | None = None) -> set[Path]:
     picks it by name, with everything those import."""
     seeds = cli_imports(command)
     if command in BY_KIND and task is not None:
-        from pcrl.finetune.tasks import get_task
+        from pcrl.tasks import get_task
 
         seeds = {*seeds, f"pcrl.stages.kinds.{get_task(task).kind}"}
     return closure([REPO / "pcrl" / "cli.py"], seed_imports=seeds)
@@ -146,9 +146,9 @@ def test_a_3d_fine_tune_neither_runs_nor_depends_on_the_2d_code() -> None:
     for task in ("ncc", "lcs", "bms"):
         for command in BY_KIND:
             files = {str(p.relative_to(REPO)) for p in stage_code(command, task)}
-            assert "pcrl/finetune/chest14.py" not in files and "pcrl/stages/kinds/multilabel.py" not in files
+            assert "pcrl/preprocessing/chest_labels.py" not in files and "pcrl/stages/kinds/multilabel.py" not in files
     chest = {str(p.relative_to(REPO)) for p in stage_code("finetune", "chest14")}
-    assert "pcrl/finetune/chest14.py" in chest and "pcrl/finetune/datasets.py" not in chest
+    assert "pcrl/preprocessing/chest_labels.py" in chest and "pcrl/finetune/datasets.py" not in chest
 
 
 def test_the_closure_follows_lazy_and_transitive_imports() -> None:
@@ -159,5 +159,5 @@ def test_the_closure_follows_lazy_and_transitive_imports() -> None:
     assert "pcrl/engine/trainer.py" in pretrain and "pcrl/networks/unet3d.py" in pretrain
     assert "pcrl/stages/download.py" not in pretrain
     download = {str(p.relative_to(REPO)) for p in stage_code("download")}
-    assert "pcrl/data/phantom/luna16.py" in download and "pcrl/outputs.py" in download
+    assert "pcrl/phantom/luna16.py" in download and "pcrl/outputs.py" in download
     assert "pcrl/engine/trainer.py" not in download

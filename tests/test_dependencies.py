@@ -71,7 +71,7 @@ def test_the_scan_sees_known_imports() -> None:
     """The scanner itself: it finds imports written in several forms, and no docstring words."""
     modules = imported_top_level_modules()
     assert {"torch", "numpy", "SimpleITK", "scipy", "yaml", "pytest"} <= set(modules)
-    assert "pcrl/data/cubes.py" in modules["scipy"]
+    assert "pcrl/preprocessing/boxes.py" in modules["scipy"]
     assert "where" not in modules and "it" not in modules
 
 

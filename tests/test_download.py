@@ -1,4 +1,4 @@
-"""Tests of pcrl.data.download against a real HTTP server on 127.0.0.1.
+"""Tests of pcrl.datasets.download against a real HTTP server on 127.0.0.1.
 
 The handler serves in-memory files, honours ``Range: bytes=N-`` (206 / 416), records
 every request, and can cut the connection after N body bytes on a path's next request.
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from pcrl.data.download import download_dataset, fetch
-from pcrl.data.layout import scan_decathlon
-from pcrl.data.registry import DATASETS, DatasetSpec, RemoteFile
+from pcrl.datasets.download import download_dataset, fetch
+from pcrl.datasets.layout import scan_decathlon
+from pcrl.datasets.registry import DATASETS, DatasetSpec, RemoteFile
 from pcrl.errors import ChecksumError, ConfigError, DataError
 from pcrl.outputs import MARKER
 
@@ -414,7 +414,7 @@ def test_chestxray14_from_a_mirror_merges_its_twelve_archives(server: Server, tm
     """The NIH release has no stable links, so a configured mirror makes it downloadable; its
     12 archives all extract into images/, and one download shard fetches them all (the CSV and
     the lists describe every image); the other shard has nothing to fetch."""
-    from pcrl.data.phantom import generate_chestxray14
+    from pcrl.phantom import generate_chestxray14
     from pcrl.stages.download import run_download
 
     source = tmp_path / "published"

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from pcrl.data.pairs import PairsDataset
+from pcrl.preprocessing.pairs import PairsDataset
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import (
     NonFiniteLossError,

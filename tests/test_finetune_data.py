@@ -1,5 +1,5 @@
-"""pcrl.finetune.data: splits, NCC cubes with per-epoch negatives, segmentation patches;
-pcrl.finetune.chest14: labelled radiographs of a patient split."""
+"""pcrl.preprocessing.task_data: splits, NCC cubes with per-epoch negatives, segmentation patches;
+pcrl.preprocessing.chest_labels: labelled radiographs of a patient split."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from pcrl.atomic import save_npy, write_json
-from pcrl.data.imageio import array_to_image, write_image
+from pcrl.io.images import array_to_image, write_image
 from pcrl.errors import ConfigError, DataError
-from pcrl.finetune.data import (
+from pcrl.preprocessing.task_data import (
     cube_batches,
     load_case,
     load_split,
@@ -257,7 +257,8 @@ def _chest_world(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray], lis
 
 
 def test_chest14_items_are_the_patients_images_over_255_with_their_findings(tmp_path: Path) -> None:
-    from pcrl.finetune.chest14 import RadiographSet, open_store, radiograph_batches, read_image_labels
+    from pcrl.preprocessing.chest_labels import open_store, radiograph_batches, read_image_labels
+    from pcrl.finetune.datasets import RadiographSet
 
     interim, processed, images, rows = _chest_world(tmp_path)
     store = open_store(interim)
@@ -299,7 +300,7 @@ def _set(index: int, change):
     ],
 )
 def test_a_bad_images_csv_row_names_the_file_and_line(tmp_path: Path, edit, message: str) -> None:
-    from pcrl.finetune.chest14 import open_store, read_image_labels
+    from pcrl.preprocessing.chest_labels import open_store, read_image_labels
 
     interim, processed, _, rows = _chest_world(tmp_path)
     edit(rows)
@@ -309,7 +310,7 @@ def test_a_bad_images_csv_row_names_the_file_and_line(tmp_path: Path, edit, mess
 
 
 def test_images_csv_header_and_patients_without_images_are_refused(tmp_path: Path) -> None:
-    from pcrl.finetune.chest14 import open_store, read_image_labels
+    from pcrl.preprocessing.chest_labels import open_store, read_image_labels
 
     interim, processed, _, rows = _chest_world(tmp_path)
     store = open_store(interim)

@@ -1,4 +1,4 @@
-"""Tests of pcrl.data.layout: native-layout verification and manifest.json."""
+"""Tests of pcrl.datasets.layout: native-layout verification and manifest.json."""
 
 from __future__ import annotations
 
@@ -9,15 +9,8 @@ from pathlib import Path
 import pytest
 
 from pcrl.atomic import write_json
-from pcrl.data.layout import (
-    build_manifest,
-    check_mhd,
-    load_manifest,
-    resolve_case_paths,
-    resolve_extras,
-    scan_decathlon,
-    scan_luna16,
-)
+from pcrl.datasets.layout import build_manifest, check_mhd, scan_decathlon, scan_luna16
+from pcrl.datasets.manifest import load_manifest, resolve_case_paths, resolve_extras
 from pcrl.errors import ConfigError, DataError
 
 ANNOTATIONS = "seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3,1.0,2.0,3.0,4.5\n"
@@ -217,7 +210,7 @@ def test_build_manifest_rejects_unknown_source_and_layout(tmp_path: Path) -> Non
 def test_chestxray14_manifest_lists_every_radiograph_in_its_official_list(tmp_path: Path) -> None:
     """Cases are the images of train_val_list.txt / test_list.txt (group), sorted by file
     stem; the phantom's download shards (patients p mod n) together give the unsharded set."""
-    from pcrl.data.phantom import generate_chestxray14
+    from pcrl.phantom import generate_chestxray14
 
     generate_chestxray14(tmp_path / "all", patients=6, images_per_patient=(1, 2), size=(64, 64), seed=3)
     manifest = build_manifest("chestxray14", tmp_path / "all", source="phantom", manifest_dir=tmp_path / "all")
@@ -240,7 +233,7 @@ def test_chestxray14_manifest_lists_every_radiograph_in_its_official_list(tmp_pa
 
 
 def test_chestxray14_manifest_refuses_a_truncated_png_naming_it(tmp_path: Path) -> None:
-    from pcrl.data.phantom import generate_chestxray14
+    from pcrl.phantom import generate_chestxray14
 
     generate_chestxray14(tmp_path, patients=3, images_per_patient=1, size=(64, 64))
     victim = sorted((tmp_path / "images").iterdir())[1]

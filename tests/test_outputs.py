@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pcrl.cli import main
-from pcrl.data.phantom import generate_msd_liver
+from pcrl.phantom import generate_msd_liver
 from pcrl.outputs import MARKER, FINGERPRINT, UnsafeOutputError, check_output, prepare_state
 
 

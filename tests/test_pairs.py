@@ -1,4 +1,4 @@
-"""Tests of pcrl.data.pairs: validation at construction, indexing, lazy memory maps."""
+"""Tests of pcrl.preprocessing.pairs: validation at construction, indexing, lazy memory maps."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pcrl.atomic import save_npy
-from pcrl.data.pairs import PairsDataset, pair_files, read_pair_header
+from pcrl.preprocessing.pairs import PairsDataset, pair_files, read_pair_header
 from pcrl.errors import DataError
 
 SHAPE = (6, 5, 4)

@@ -1,4 +1,4 @@
-"""Patches from memory-mapped volumes (pcrl/finetune/patches.py, pcrl/data/arrays.py).
+"""Patches from memory-mapped volumes (pcrl/finetune/patches.py, pcrl/preprocessing/arrays.py).
 
 References are written here: a window found by brute force in the full volume, MONAI's
 centre correction by hand, and the foreground share counted over many draws.
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from pcrl.data.arrays import open_arrays, write_arrays
+from pcrl.preprocessing.arrays import open_arrays, write_arrays
 from pcrl.errors import DataError
-from pcrl.finetune.data import VolumeCase, load_case
+from pcrl.preprocessing.task_data import VolumeCase, load_case
 from pcrl.finetune.datasets import PatchSet
 from pcrl.finetune.patches import crop_start, cut, draw_centres
 
@@ -78,7 +78,7 @@ def test_centres_fall_on_foreground_as_often_as_asked(tmp_path: Path) -> None:
 def test_patch_set_reads_the_arrays_like_the_nifti_files(tmp_path: Path) -> None:
     """The same case with and without arrays: load_case gives the same voxels; the
     memory-mapped PatchSet gives patches that are windows of that volume, with targets."""
-    from pcrl.data.imageio import array_to_image, write_image
+    from pcrl.io.images import array_to_image, write_image
 
     image, label, names = _volume(tmp_path)
     grid = {"spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0), "direction": tuple(np.eye(3).ravel())}
@@ -132,7 +132,7 @@ def test_resample_writes_arrays_that_fine_tuning_reads(tmp_path: Path, demo_para
     cases.json names them, and fine-tuning reads the very voxels of the NIfTI files."""
     import copy
 
-    from pcrl.finetune.data import read_volume_cases
+    from pcrl.preprocessing.task_data import read_volume_cases
     from pcrl.stages.download import run_download
     from pcrl.stages.resample import run_resample
 

@@ -1,4 +1,4 @@
-"""Tests of pcrl.data.phantom: native layouts, geometry, labels and determinism."""
+"""Tests of pcrl.phantom: native layouts, geometry, labels and determinism."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from pcrl.outputs import MARKER, UnsafeOutputError
-from pcrl.data import phantom
+from pcrl import phantom
 from pcrl.errors import ConfigError
 
 LUNA_SHAPE = (80, 80, 20)

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from pcrl.config import load_params, validate_params
-from pcrl.data import phantom
-from pcrl.data.candidates import write_ncc_cubes
-from pcrl.data.resample import Normalization, resample_case
+from pcrl import phantom
+from pcrl.preprocessing.candidates import write_ncc_cubes
+from pcrl.preprocessing.normalization import Normalization
+from pcrl.preprocessing.resample import resample_case
 from pcrl.errors import ConfigError
 from pcrl.stages.download import _phantom
 

@@ -39,7 +39,7 @@ def snakemake_run(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_dvc_repro_builds_every_stage(dvc_run: Path) -> None:
-    from pcrl.data.shards import read_cases
+    from pcrl.datasets.shards import read_cases
 
     for ds in ("luna16", "msd_liver", "msd_brain"):
         for shard in ("0", "1"):  # data.shards: [0, 1]
@@ -132,7 +132,7 @@ def test_dvc_repro_never_deletes_a_dataset_in_the_pipelines_folders(
     check_params stage runs first and stops the DAG instead."""
     import subprocess
 
-    from pcrl.data.phantom import generate_msd_liver
+    from pcrl.phantom import generate_msd_liver
 
     work = fresh_copy(repo_root, tmp_path / "clone")
     dataset = work / "data" / "raw" / "msd_liver"
@@ -326,7 +326,7 @@ def test_the_2d_setting_runs_from_the_phantom_to_chest14_test_aucs(repo_root: Pa
     """`dvc repro evaluate_chest14` runs the 2D setting alone: the ChestX-ray14 phantom in 2
     download shards, the radiograph store, the patient split and 2D pairs, PCRL on the
     ResNet-18 U-Net, Chest14 from scratch and from PCRL, the test AUC of every finding."""
-    from pcrl.data.chestxray14 import FINDINGS
+    from pcrl.datasets.chestxray14 import FINDINGS
 
     work = fresh_copy(repo_root, tmp_path / "clone2d")
     params = yaml.safe_load((work / "params.yaml").read_text())

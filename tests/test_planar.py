@@ -1,4 +1,4 @@
-"""The 2D setting's inputs (pcrl/data/planar.py and the 2D branches of the resample, cubes and
+"""The 2D setting's inputs (pcrl/preprocessing/planar.py and the 2D branches of the resample, cubes and
 pretrain stages), on the ChestX-ray14 phantom run through the real download stage."""
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from pcrl.data.chestxray14 import FINDINGS, read_entries, read_split_lists
-from pcrl.data.cubes import PairConfig, case_rng, sample_pairs
-from pcrl.data.pairs import PairsDataset
-from pcrl.data.planar import patient_split, write_planar_pairs
-from pcrl.data.radiographs import open_store, resize_radiograph
+from pcrl.datasets.chestxray14 import FINDINGS, read_entries, read_split_lists
+from pcrl.preprocessing.pair_config import PairConfig
+from pcrl.preprocessing.pair_sampling import sample_pairs
+from pcrl.preprocessing.pretrain_pairs import case_rng
+from pcrl.preprocessing.pairs import PairsDataset
+from pcrl.preprocessing.planar import patient_split, write_planar_pairs
+from pcrl.preprocessing.radiographs import open_store, resize_radiograph
 from pcrl.errors import ConfigError, DataError
 from pcrl.stages.cubes import run_cubes
 from pcrl.stages.download import run_download

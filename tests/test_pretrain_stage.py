@@ -17,9 +17,10 @@ import torch
 import yaml
 
 from pcrl.atomic import save_npy, write_json
-from pcrl.data.cubes import PairConfig, sample_pairs
-from pcrl.data.phantom import luna16_case
-from pcrl.data.pairs import PairsDataset
+from pcrl.preprocessing.pair_config import PairConfig
+from pcrl.preprocessing.pair_sampling import sample_pairs
+from pcrl.phantom import luna16_case
+from pcrl.preprocessing.pairs import PairsDataset
 from pcrl.engine import TrainConfig, load_checkpoint, train
 from pcrl.methods import build_method, method_config
 from pcrl.stages.pretrain import gauge_warnings, method_settings, run_pretrain

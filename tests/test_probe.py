@@ -14,7 +14,7 @@ from torch import nn
 from pcrl.atomic import save_npy, write_json
 from pcrl.errors import DataError
 from pcrl.evaluation.probe import fit_logistic, pooled_features, probe_auc, probe_split
-from pcrl.finetune.data import read_candidate_rows
+from pcrl.preprocessing.task_data import read_candidate_rows
 
 CUBE = (8, 8, 8)
 

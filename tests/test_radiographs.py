@@ -1,4 +1,4 @@
-"""pcrl.data.radiographs: the 2D array store of ChestX-ray14 (resized uint8 shards)."""
+"""pcrl.preprocessing.radiographs: the 2D array store of ChestX-ray14 (resized uint8 shards)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcrl.data.chestxray14 import load_radiograph
-from pcrl.data.phantom import generate_chestxray14
-from pcrl.data.radiographs import gather_store, resize_radiograph, shard_positions, write_shard
+from pcrl.io.png import load_radiograph
+from pcrl.phantom import generate_chestxray14
+from pcrl.preprocessing.radiographs import gather_store, resize_radiograph, shard_positions, write_shard
 from pcrl.errors import DataError
 
 

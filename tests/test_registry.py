@@ -1,4 +1,4 @@
-"""Tests of pcrl.data.registry: the datasets of the protocol and their published files."""
+"""Tests of pcrl.datasets.registry: the datasets of the protocol and their published files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pcrl.data.registry import DATASETS, LAYOUTS, get_dataset
+from pcrl.datasets.registry import DATASETS, LAYOUTS, get_dataset
 from pcrl.errors import ConfigError
 
 

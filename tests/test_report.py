@@ -397,7 +397,7 @@ def _evaluated(root: Path, task: str, init: str, fraction: float, seed: int, num
 
 
 def _chest_numbers(mean: float) -> dict:
-    from pcrl.finetune.tasks import get_task
+    from pcrl.tasks import get_task
 
     names = get_task("chest14").class_names
     return {**{f"auc_{n}": mean for n in names}, "auc_mean": mean, "labels_scored": 14, "n": 6}

@@ -1,4 +1,4 @@
-"""Tests of pcrl.data.resample against hand-computed references."""
+"""Tests of pcrl.preprocessing.resample against hand-computed references."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pcrl.data.imageio import array_to_image, image_to_array, read_image, write_image
-from pcrl.data.resample import (
-    Normalization,
-    normalize,
+from pcrl.io.images import array_to_image, image_to_array, read_image, write_image
+from pcrl.preprocessing.normalization import Normalization, normalize
+from pcrl.preprocessing.resample import (
     output_size,
     resample_case,
     resample_dataset,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pcrl.errors import ConfigError
-from pcrl.finetune.tasks import TASKS
+from pcrl.tasks import TASKS
 from pcrl.settings import (
     CHEST14_FINDINGS,
     SETTINGS,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pcrl.data.registry import get_dataset
-from pcrl.data.shards import check_shard, read_cases, shard_count, shard_files, shard_folders, take_shard
+from pcrl.datasets.registry import get_dataset
+from pcrl.datasets.shards import check_shard, read_cases, shard_count, shard_files, shard_folders, take_shard
 from pcrl.errors import ConfigError, DataError
 from pcrl.stages.cubes import run_cubes
 from pcrl.stages.download import run_download

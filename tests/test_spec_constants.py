@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pcrl import transforms
-from pcrl.data.cubes import DEFAULT_CROP_SIZES, PairConfig
+from pcrl.preprocessing.pair_config import DEFAULT_CROP_SIZES, PairConfig
 from pcrl.methods.pcrl import PCRL, PCRLConfig
 from pcrl.networks.pcrl_net import PCRLNet3D
 from pcrl.transforms.painting import _inpaint_boxes, _outpaint_boxes

@@ -1,10 +1,10 @@
-"""Tests of pcrl.data.splits: patient-level splits and nested label fractions."""
+"""Tests of pcrl.preprocessing.splits: patient-level splits and nested label fractions."""
 
 from __future__ import annotations
 
 import pytest
 
-from pcrl.data.splits import check_disjoint, nested_fractions, split_by_group, split_random
+from pcrl.preprocessing.splits import check_disjoint, nested_fractions, split_by_group, split_random
 from pcrl.errors import ConfigError, DataError
 
 LUNA_GROUPS = {

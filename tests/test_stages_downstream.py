@@ -420,7 +420,7 @@ def test_chest14_record_loads_into_the_task_network(chest: dict) -> None:
 
 def test_chest14_evaluate_scores_every_test_image(chest: dict, chest_models: dict) -> None:
     from pcrl.finetune.models import MultiLabelResNet
-    from pcrl.finetune.tasks import get_task
+    from pcrl.tasks import get_task
     from pcrl.stages.evaluate import run_evaluate
 
     root = chest["root"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pcrl.evaluation.probe import fit_logistic
-from pcrl.finetune.data import CandidateRows
+from pcrl.preprocessing.task_data import CandidateRows
 from pcrl.finetune.supervised import supervised_pretrain
 from pcrl.networks.factory import pretraining_network
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from pcrl.errors import DataError
 from pcrl.evaluation.metrics import classification_metrics
-from pcrl.finetune.data import CandidateRows, cube_batches, read_candidate_rows
+from pcrl.preprocessing.task_data import CandidateRows, cube_batches, read_candidate_rows
 
 __all__ = ["LogisticProbe", "ProbeSplit", "fit_logistic", "pooled_features", "pooled_tensor_features", "probe_auc",
            "probe_split"]

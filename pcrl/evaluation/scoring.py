@@ -33,9 +33,9 @@ from pcrl.evaluation.metrics import (
     predict_volume,
     segmentation_metrics,
 )
-from pcrl.finetune.chest14 import LabelledImages, radiograph_batches
-from pcrl.finetune.data import CandidateRows, VolumeCase, cube_batches, load_case
-from pcrl.finetune.tasks import TaskSpec, get_task
+from pcrl.preprocessing.chest_labels import LabelledImages, radiograph_batches
+from pcrl.preprocessing.task_data import CandidateRows, VolumeCase, cube_batches, load_case
+from pcrl.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 

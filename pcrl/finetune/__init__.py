@@ -14,10 +14,10 @@ Modules:
     inference  validation/test scoring (AUC; sliding-window Dice/IoU)
     train      engine adapter, losses, validation hook, early stopping
 
-Only :mod:`pcrl.finetune.tasks` is imported here; the others load torch/MONAI and are
+Only :mod:`pcrl.tasks` is imported here; the others load torch/MONAI and are
 imported where needed.
 """
 
-from pcrl.finetune.tasks import TASKS, TaskSpec, get_task, segmentation_target
+from pcrl.tasks import TASKS, TaskSpec, get_task, segmentation_target
 
 __all__ = ["TASKS", "TaskSpec", "get_task", "segmentation_target"]

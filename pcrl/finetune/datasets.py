@@ -1,6 +1,6 @@
-"""Fine-tuning training datasets: NCC candidate cubes and segmentation patches.
+"""Fine-tuning training datasets: NCC candidate cubes, segmentation patches, radiographs.
 
-They read what :mod:`pcrl.finetune.data` reads (splits, candidates, resampled volumes).
+They read what :mod:`pcrl.preprocessing.task_data` reads (splits, candidates, resampled volumes).
 
 Training sets yield ``(image, target)`` pairs for :func:`pcrl.engine.train` and draw their
 randomness per epoch from the DataLoader: in a worker process, ``get_worker_info().seed``
@@ -20,6 +20,8 @@ uninterrupted one. Without workers (tests, debugging) the base seed is the datas
   ``SpatialPadd`` to at least the patch size; from volumes stored as arrays
   (``resample.<dataset>.arrays``) the same rule cuts patches from memory maps
   (:mod:`pcrl.finetune.patches`), reading only the patches' bytes.
+- :class:`RadiographSet`, Chest14: the labelled radiographs of the training patients
+  (:mod:`pcrl.preprocessing.chest_labels`), without randomness of their own.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
 from pcrl.errors import ConfigError, DataError
-from pcrl.finetune.data import CandidateRows, CubeStore, VolumeCase, check_cases, load_case
+from pcrl.preprocessing.chest_labels import LabelledImages, to_unit
+from pcrl.preprocessing.task_data import CandidateRows, CubeStore, VolumeCase, check_cases, load_case
 from pcrl.finetune.patches import cut, draw_centres
-from pcrl.finetune.tasks import TaskSpec, get_task, segmentation_target
+from pcrl.tasks import TaskSpec, get_task, segmentation_target
 from pcrl.seeding import mix_seed
 
-__all__ = ["CandidateCubeSet", "PatchSet", "loader_seed"]
+__all__ = ["CandidateCubeSet", "PatchSet", "RadiographSet", "loader_seed"]
 
 
 def loader_seed(fallback: int) -> int:
@@ -223,3 +226,29 @@ class PatchSet(Dataset[tuple[Tensor, Tensor]]):
         images = torch.stack([torch.as_tensor(c["image"]).as_subclass(Tensor) for c in crops])
         targets = torch.stack([torch.as_tensor(c["target"]).as_subclass(Tensor) for c in crops])
         return images.float(), targets.to(torch.uint8)
+
+
+class RadiographSet(Dataset[tuple[Tensor, Tensor]]):
+    """Chest14 training items: ``(pixels / 255 as (1, H, W) float32, labels (L,) float32)``.
+
+    Args:
+        images: The training images (e.g. the label fraction's patients).
+
+    Raises:
+        DataError: No image.
+    """
+
+    def __init__(self, images: LabelledImages) -> None:
+        if not len(images):
+            raise DataError(f"{images.source}: no training radiograph")
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} of {len(self)}")
+        pixels = self.images.store.images([int(self.images.index[index])])  # (1, H, W): the channel axis
+        labels = self.images.labels[index].astype(np.float32)
+        return torch.from_numpy(to_unit(pixels)), torch.from_numpy(labels)

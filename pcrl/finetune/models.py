@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from pcrl.hashing import file_digest
 from pcrl.torchfile import load_checked, require_finite
 from pcrl.errors import ConfigError, DataError
-from pcrl.finetune.tasks import TaskSpec, get_task
+from pcrl.tasks import TaskSpec, get_task
 from pcrl.networks import (LoadReport, ResNet18Encoder, UNet3D, adapt_first_conv, load_pretrained,
                            unwrap_state_dict)
 from pcrl.networks.resnet_unet2d import Norm2dName

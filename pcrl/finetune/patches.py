@@ -8,7 +8,7 @@ volume smaller than the patch is zero-padded symmetrically. It is written here r
 called from MONAI because MONAI's transform converts the whole volume to a tensor and scans
 every voxel for the foreground and background indices on every item: at LiTS size (~250 MB
 a volume) that reads the whole file and costs far more than a GPU step per item. Here the
-foreground indices are computed once per case (:mod:`pcrl.data.arrays`), a background
+foreground indices are computed once per case (:mod:`pcrl.preprocessing.arrays`), a background
 centre is drawn by rejection against the memory-mapped label, and a patch reads only its
 own bytes.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pcrl.data.arrays import CaseArrays
+from pcrl.preprocessing.arrays import CaseArrays
 
 #: Draws of a random voxel before a background centre is taken without the label check
 #: (a volume that is nearly all foreground).

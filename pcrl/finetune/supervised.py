@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pcrl.finetune.data import CandidateRows, cube_batches
+from pcrl.preprocessing.task_data import CandidateRows, cube_batches
 
 __all__ = ["supervised_pretrain"]
 

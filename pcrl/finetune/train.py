@@ -42,7 +42,7 @@ from pcrl.atomic import write_json
 from pcrl.distributed import DistInfo
 from pcrl.engine import TrainConfig, last_checkpoint, load_checkpoint, train
 from pcrl.errors import ConfigError, DataError
-from pcrl.finetune.tasks import TaskSpec, get_task
+from pcrl.tasks import TaskSpec, get_task
 
 __all__ = [
     "BEST_NAME",

@@ -218,7 +218,7 @@ def _pretrained_encoder(folder: Path) -> torch.nn.Module:
 
 def _held_out_pairs(pairs: Path, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``count`` validation pairs, as the pretrain stage's gauges take them."""
-    from pcrl.data.pairs import PairsDataset, pair_files
+    from pcrl.preprocessing.pairs import PairsDataset, pair_files
     from pcrl.stages.pretrain import first_pairs
 
     split = json.loads((pairs / "split.json").read_text())
@@ -280,7 +280,7 @@ def run_study(config: Path, out: Path, repo: Path | None = None) -> dict:
     """Run the study of ``config`` into ``out`` (see the module docstring); its summary."""
     from pcrl.evaluation.probe import pooled_features
     from pcrl.evaluation.lowlabel import draw_label_sets
-    from pcrl.finetune.data import read_candidate_rows
+    from pcrl.preprocessing.task_data import read_candidate_rows
     from pcrl.finetune.supervised import supervised_pretrain
     from pcrl.study_design import apply_rules, gate_outcome
     from pcrl.study_report import render_report, save_plots

@@ -14,8 +14,8 @@ from typing import Any
 
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.config import source_of
-from pcrl.data.registry import get_dataset
-from pcrl.data.shards import shard_count
+from pcrl.datasets.registry import get_dataset
+from pcrl.datasets.shards import shard_count
 from pcrl.errors import ConfigError
 from pcrl.momentum_rule import momentum_warning, run_steps
 

@@ -4,7 +4,7 @@ Tasks (docs/method.md "Protocol"): ``pretrain`` (LUNA16 pairs of overlapping cro
 (LUNA16 candidate cubes for false-positive reduction), ``lcs`` (liver) and ``bms``
 (brain tumour), whose fine-tuning reads the resampled volumes directly; and the 2D setting's
 ``pretrain2d`` (ChestX-ray14 pairs) and ``chest14`` (its label table), split by patient with
-the official test list held out (:mod:`pcrl.data.planar`).
+the official test list held out (:mod:`pcrl.preprocessing.planar`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from pcrl.atomic import atomic_dir, atomic_path, write_json
-from pcrl.data.candidates import write_ncc_cubes
-from pcrl.data.cubes import PairConfig, write_pretrain_pairs
-from pcrl.data.layout import case_order, gathered_cases, read_manifests, resolve_extras
-from pcrl.data.planar import IMAGES_CSV, chest_entries, patient_split, write_label_table, write_planar_pairs
-from pcrl.data.radiographs import open_store
-from pcrl.data.shards import read_cases as gathered_interim
-from pcrl.data.splits import check_disjoint, nested_fractions, split_by_group, split_random
+from pcrl.preprocessing.candidates import write_ncc_cubes
+from pcrl.preprocessing.pair_config import PairConfig
+from pcrl.preprocessing.pretrain_pairs import write_pretrain_pairs
+from pcrl.datasets.layout import case_order
+from pcrl.datasets.manifest import gathered_cases, read_manifests, resolve_extras
+from pcrl.preprocessing.planar import IMAGES_CSV, chest_entries, patient_split, write_label_table, write_planar_pairs
+from pcrl.preprocessing.radiographs import open_store
+from pcrl.datasets.shards import read_cases as gathered_interim
+from pcrl.preprocessing.splits import check_disjoint, nested_fractions, split_by_group, split_random
 from pcrl.errors import ConfigError, DataError
 from pcrl.settings import setting_of_cubes_task
 
@@ -34,7 +36,7 @@ PAIR_KEYS = ("crop_sizes", "cube_size", "min_iou", "threshold_hu", "foreground",
 
 
 def read_cases(interim: Path) -> list[dict[str, Any]]:
-    """The resample stage's cases, every shard gathered (:func:`pcrl.data.shards.read_cases`);
+    """The resample stage's cases, every shard gathered (:func:`pcrl.datasets.shards.read_cases`);
     DataError when a shard is missing or none lists a case."""
     cases = gathered_interim(interim)
     if not cases:

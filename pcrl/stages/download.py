@@ -9,9 +9,10 @@ from typing import Any
 
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.config import source_of
-from pcrl.data.layout import build_manifest, empty_manifest
-from pcrl.data.registry import DatasetSpec, get_dataset
-from pcrl.data.shards import shard_files
+from pcrl.datasets.layout import build_manifest
+from pcrl.datasets.manifest import empty_manifest
+from pcrl.datasets.registry import DatasetSpec, get_dataset
+from pcrl.datasets.shards import shard_files
 from pcrl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 def _phantom(dataset: str, data: dict[str, Any], into: Path, shard: tuple[int, int]) -> bool:
     """Generate shard ``shard`` of ``dataset``'s phantom into ``into``; False when the shard
     holds no case (more shards than ChestX-ray14 phantom patients)."""
-    from pcrl.data.phantom import GENERATORS
+    from pcrl.phantom import GENERATORS
 
     if dataset not in GENERATORS:
         raise ConfigError(
@@ -49,7 +50,7 @@ def run_download(dataset: str, data: dict[str, Any], *, out: Path, shard: tuple[
                  progress: bool = True) -> Path:
     """Write ``out`` = the dataset's native layout (or a pointer to it) + ``manifest.json``.
 
-    ``shard`` = (k, n): only download shard k of n (:mod:`pcrl.data.shards`): its archives,
+    ``shard`` = (k, n): only download shard k of n (:mod:`pcrl.datasets.shards`): its archives,
     its phantom cases, or the cases of its slice of a local copy.
 
     ``data.source`` (or ``data.sources.<dataset>``) picks how: ``phantom`` generates the
@@ -70,7 +71,7 @@ def run_download(dataset: str, data: dict[str, Any], *, out: Path, shard: tuple[
                 return out
             root = tmp
         elif source == "download":
-            from pcrl.data.download import download_dataset
+            from pcrl.datasets.download import download_dataset
 
             spec = dataclasses.replace(spec, files=tuple(shard_files(spec.files, *shard, together=not spec.shardable)))
             if not spec.files:  # more shards than archives: this one has nothing to fetch

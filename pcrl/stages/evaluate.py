@@ -23,9 +23,9 @@ from pcrl.atomic import atomic_dir, write_json
 from pcrl.torchfile import load_checked, require_finite
 from pcrl.distributed import init_distributed
 from pcrl.errors import DataError
-from pcrl.finetune.data import load_split
+from pcrl.preprocessing.task_data import load_split
 from pcrl.finetune.models import NetworkConfig, build_network
-from pcrl.finetune.tasks import get_task
+from pcrl.tasks import get_task
 from pcrl.provenance import provenance
 from pcrl.stages.kinds import kind_module
 

@@ -34,7 +34,7 @@ from pcrl.outputs import discard_state, prepare_state
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig
-from pcrl.finetune.data import TaskSplit, load_split
+from pcrl.preprocessing.task_data import TaskSplit, load_split
 from pcrl.finetune.models import (
     InitRecord,
     NetworkConfig,
@@ -42,7 +42,7 @@ from pcrl.finetune.models import (
     read_init_record,
     seeded_network,
 )
-from pcrl.finetune.tasks import TaskSpec, get_task
+from pcrl.tasks import TaskSpec, get_task
 from pcrl.finetune.train import (
     STATE_NAME,
     FinetuneModule,

@@ -25,7 +25,7 @@ import torch
 from pcrl.torchfile import save_checked
 from pcrl.outputs import discard_state, prepare_state
 from pcrl.atomic import atomic_dir, read_json, write_json
-from pcrl.data.pairs import PairsDataset, pair_files
+from pcrl.preprocessing.pairs import PairsDataset, pair_files
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig, train
 from pcrl.methods.momentum import is_distributed

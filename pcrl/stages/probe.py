@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from pcrl.atomic import atomic_dir, atomic_path, write_json, write_text
-from pcrl.data.splits import fraction_key
+from pcrl.preprocessing.splits import fraction_key
 from pcrl.evaluation.probe import probe_auc, probe_split
-from pcrl.finetune.data import load_split
+from pcrl.preprocessing.task_data import load_split
 from pcrl.finetune.models import NetworkConfig, apply_init, read_init_record, seeded_network
 
 log = logging.getLogger(__name__)

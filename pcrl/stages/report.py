@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from pcrl.atomic import atomic_dir, read_json
-from pcrl.data.splits import fraction_key
+from pcrl.preprocessing.splits import fraction_key
 from pcrl.errors import DataError
-from pcrl.finetune.tasks import TASKS, get_task
+from pcrl.tasks import TASKS, get_task
 from pcrl.settings import setting_of_task
 from pcrl.report import numbers_run, read_metrics_json, record_run, summarise, write_report
 

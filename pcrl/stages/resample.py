@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from pcrl.atomic import atomic_dir, write_json
-from pcrl.data.layout import case_order, gathered_cases, read_manifests
-from pcrl.data.radiographs import write_shard_of
-from pcrl.data.resample import CASES_FILE, Normalization, resample_dataset
-from pcrl.data.shards import in_shard
+from pcrl.datasets.layout import case_order
+from pcrl.datasets.manifest import gathered_cases, read_manifests
+from pcrl.datasets.shards import in_shard
+from pcrl.preprocessing.normalization import Normalization
+from pcrl.preprocessing.radiographs import write_shard_of
+from pcrl.preprocessing.resample import CASES_FILE, resample_dataset
 from pcrl.settings import setting_of_dataset
 
 log = logging.getLogger(__name__)
@@ -24,12 +26,12 @@ def run_resample(
     """Resample shard k of n of the cases of ``raw`` into ``out`` (one file per case).
 
     ``raw`` is the download stage's folder: one ``manifest.json``, or one shard folder per
-    download job (:mod:`pcrl.data.shards`). Its cases are gathered in the order an
+    download job (:mod:`pcrl.datasets.shards`). Its cases are gathered in the order an
     unsharded manifest lists them; this shard takes positions k, k + n, ... and records
     each case's position (``order``) in ``cases.json`` so later stages read the shards
     back in that order. ``settings`` is ``params.resample.<dataset>``: ``spacing`` (mm,
     x y z), ``normalization`` and ``arrays`` (also write memory-mappable arrays for
-    fine-tuning, :mod:`pcrl.data.arrays`). ``out`` appears only when every case succeeded.
+    fine-tuning, :mod:`pcrl.preprocessing.arrays`). ``out`` appears only when every case succeeded.
     """
     dataset = read_manifests(raw)[0][1]["dataset"]
     everything = gathered_cases(raw, case_order(dataset))
@@ -57,7 +59,7 @@ def run_resample(
 
 def _radiographs(settings: dict[str, Any], cases: list[dict[str, Any]], *, out: Path, shard: tuple[int, int],
                  progress: bool) -> list[dict[str, Any]]:
-    """The 2D preprocessing (:mod:`pcrl.data.radiographs`): shard k of n of the radiographs,
+    """The 2D preprocessing (:mod:`pcrl.preprocessing.radiographs`): shard k of n of the radiographs,
     decoded once, checked (``expected_size``: the originals' (width, height)) and
     area-resized to ``size`` (height, width) into ``images.npy`` + ``index.json``."""
     expected = settings.get("expected_size")

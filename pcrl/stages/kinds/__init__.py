@@ -1,5 +1,5 @@
 """What the finetune and evaluate stages do differently per task kind, one module per
-:data:`pcrl.finetune.tasks.TaskKind`:
+:data:`pcrl.tasks.TaskKind`:
 
 - :mod:`.classification`: NCC's candidate cubes (ROC AUC);
 - :mod:`.segmentation`: LCS's and BMS's resampled volumes (sliding-window Dice and IoU);
@@ -22,8 +22,8 @@ from typing import Any, Protocol, cast
 import torch
 from torch.utils.data import Dataset
 
-from pcrl.finetune.data import TaskSplit
-from pcrl.finetune.tasks import TaskSpec
+from pcrl.preprocessing.task_data import TaskSplit
+from pcrl.tasks import TaskSpec
 
 #: A validation pass: the network -> its validation metrics.
 Validator = Callable[[torch.nn.Module], dict[str, float]]

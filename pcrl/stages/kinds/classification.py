@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import Dataset
 
 from pcrl.evaluation.scoring import score_candidates
-from pcrl.finetune.data import TaskSplit, read_candidate_rows
+from pcrl.preprocessing.task_data import TaskSplit, read_candidate_rows
 from pcrl.finetune.datasets import CandidateCubeSet
-from pcrl.finetune.tasks import TaskSpec
+from pcrl.tasks import TaskSpec
 from pcrl.stages.kinds import Validator
 
 

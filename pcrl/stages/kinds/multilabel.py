@@ -12,9 +12,10 @@ from torch.utils.data import Dataset
 
 from pcrl.errors import ConfigError, DataError
 from pcrl.evaluation.scoring import score_radiographs
-from pcrl.finetune.chest14 import RadiographSet, image_size, open_store, read_image_labels
-from pcrl.finetune.data import TaskSplit
-from pcrl.finetune.tasks import TaskSpec
+from pcrl.finetune.datasets import RadiographSet
+from pcrl.preprocessing.chest_labels import image_size, open_store, read_image_labels
+from pcrl.preprocessing.task_data import TaskSplit
+from pcrl.tasks import TaskSpec
 from pcrl.settings import setting_of_task
 from pcrl.stages.kinds import Validator
 

@@ -13,9 +13,9 @@ from torch.utils.data import Dataset
 
 from pcrl.errors import ConfigError, DataError
 from pcrl.evaluation.scoring import SegmentationSettings, score_volumes
-from pcrl.finetune.data import TaskSplit, check_cases, read_volume_cases
+from pcrl.preprocessing.task_data import TaskSplit, check_cases, read_volume_cases
 from pcrl.finetune.datasets import PatchSet
-from pcrl.finetune.tasks import TaskSpec
+from pcrl.tasks import TaskSpec
 from pcrl.stages.kinds import Validator
 
 log = logging.getLogger(__name__)

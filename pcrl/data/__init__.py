@@ -1,1 +1,0 @@
-"""Datasets: registry, download and verification, phantom, resampling, cubes and splits."""

@@ -1,0 +1,1 @@
+"""Dataset layouts: registry, download, archives, shards, verification and manifests."""

@@ -1,0 +1,1 @@
+"""Readers and writers by file format, each with its integrity checks."""

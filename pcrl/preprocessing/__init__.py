@@ -1,0 +1,1 @@
+"""Preprocessing: resampling, pairs, NCC cubes, splits, radiographs, and their readers."""
