@@ -258,7 +258,7 @@ def _chest_world(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray], lis
 
 def test_chest14_items_are_the_patients_images_over_255_with_their_findings(tmp_path: Path) -> None:
     from pcrl.preprocessing.chest_labels import open_store, radiograph_batches, read_image_labels
-    from pcrl.finetune.datasets import RadiographSet
+    from pcrl.finetune.radiographs import RadiographSet
 
     interim, processed, images, rows = _chest_world(tmp_path)
     store = open_store(interim)

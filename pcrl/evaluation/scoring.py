@@ -9,9 +9,8 @@ are computed the same way (Models Genesis' protocol):
 - LCS/BMS: sliding-window inference over each whole resampled volume
   (:func:`pcrl.evaluation.metrics.predict_volume`, sigmoid per region), thresholded, then Dice and
   IoU per region (:func:`pcrl.evaluation.metrics.segmentation_metrics`), averaged over volumes;
-- Chest14: the sigmoid of each finding's logit for every image of the patients, then ROC AUC
-  per finding and their mean (:func:`pcrl.evaluation.metrics.multilabel_metrics`; Wang et al.,
-  CVPR 2017, and PCRL's 2D setting score ChestX-ray14 so).
+- Chest14: in :mod:`pcrl.evaluation.radiographs` (the 2D setting's code, which a 3D stage
+  neither imports nor depends on).
 """
 
 from __future__ import annotations
@@ -25,26 +24,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcrl.errors import DataError
 from pcrl.evaluation.metrics import (
     binarize,
     classification_metrics,
-    multilabel_metrics,
     predict_volume,
     segmentation_metrics,
 )
-from pcrl.preprocessing.chest_labels import LabelledImages, radiograph_batches
 from pcrl.preprocessing.task_data import CandidateRows, VolumeCase, cube_batches, load_case
 from pcrl.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SegmentationSettings", "candidate_scores", "radiograph_scores", "score_candidates",
-           "score_radiographs", "score_volumes"]
+__all__ = ["SegmentationSettings", "candidate_scores", "eval_outputs", "score_candidates", "score_volumes"]
 
 
 @torch.no_grad()
-def _eval_outputs(net: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]], device: torch.device,
+def eval_outputs(net: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]], device: torch.device,
                   to_numpy: Callable[[torch.Tensor], np.ndarray]) -> list[np.ndarray]:
     """``to_numpy(net(inputs))`` of every batch, in eval mode without gradients; the network's
     training mode is restored afterwards."""
@@ -59,7 +54,7 @@ def _eval_outputs(net: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]], d
 def candidate_scores(net: nn.Module, rows: CandidateRows, *, device: torch.device,
                      batch_size: int = 32) -> np.ndarray:
     """Nodule probabilities (sigmoid of the logit) of every candidate, in row order."""
-    scores = _eval_outputs(net, cube_batches(rows, batch_size), device,
+    scores = eval_outputs(net, cube_batches(rows, batch_size), device,
                            lambda logits: torch.sigmoid(logits.float()).reshape(-1).cpu().numpy())
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
@@ -116,42 +111,3 @@ def score_volumes(net: nn.Module, cases: Sequence[VolumeCase], task: TaskSpec | 
     names = next(iter(per_case.values())).keys() if per_case else []
     mean = {name: float(np.mean([m[name] for m in per_case.values()])) for name in names}
     return mean, per_case
-
-
-def radiograph_scores(net: nn.Module, images: LabelledImages, *, device: torch.device,
-                      batch_size: int = 32) -> np.ndarray:
-    """(N, L) probabilities (sigmoid of each finding's logit) of every image, in order.
-
-    The sigmoid is taken in float64, so that large logits do not saturate into ties.
-    """
-    scores = _eval_outputs(net, radiograph_batches(images, batch_size), device,
-                           lambda logits: torch.sigmoid(logits.double()).cpu().numpy())
-    width = images.labels.shape[1]
-    return np.concatenate(scores) if scores else np.zeros((0, width), np.float64)
-
-
-def score_radiographs(net: nn.Module, images: LabelledImages, task: TaskSpec | str, *,
-                      device: torch.device, batch_size: int = 32, split: str = "scored"
-                      ) -> dict[str, float]:
-    """``{"auc_<finding>", ..., "auc_mean", "labels_scored", "n"}`` of the network on ``images``.
-
-    A finding with a single class among the images (no positive: a small split) has no AUC:
-    it is left out, with a warning naming it, and ``auc_mean`` is over the findings scored
-    (``labels_scored`` of 14). On the real ChestX-ray14 val and test lists none is left out.
-
-    Raises:
-        DataError: No finding has both classes, or bad labels/scores, naming the file and
-            the ``split`` scored (``val``, ``test``).
-    """
-    spec = get_task(task)
-    scores = radiograph_scores(net, images, device=device, batch_size=batch_size)
-    labels = np.asarray(images.labels)
-    missing = [name for j, name in enumerate(spec.class_names) if len(np.unique(labels[:, j])) == 1]
-    if missing:
-        log.warning("%s, the %d %s images: %d of %d findings have a single class and no AUC: %s", images.source,
-                    len(images), split, len(missing), len(spec.class_names), ", ".join(missing))
-    try:
-        return multilabel_metrics(scores, labels, spec.class_names, skip_single_class=True)
-    except DataError as exc:
-        raise DataError(f"{images.source}, the {len(images)} images of the "
-                        f"{len(set(images.patients))} {split} patients: {exc}") from None

@@ -1,4 +1,4 @@
-"""Fine-tuning training datasets: NCC candidate cubes, segmentation patches, radiographs.
+"""Fine-tuning training datasets of the 3D tasks: NCC candidate cubes, segmentation patches.
 
 They read what :mod:`pcrl.preprocessing.task_data` reads (splits, candidates, resampled volumes).
 
@@ -20,8 +20,8 @@ uninterrupted one. Without workers (tests, debugging) the base seed is the datas
   ``SpatialPadd`` to at least the patch size; from volumes stored as arrays
   (``resample.<dataset>.arrays``) the same rule cuts patches from memory maps
   (:mod:`pcrl.finetune.patches`), reading only the patches' bytes.
-- :class:`RadiographSet`, Chest14: the labelled radiographs of the training patients
-  (:mod:`pcrl.preprocessing.chest_labels`), without randomness of their own.
+
+Chest14's training set is :class:`pcrl.finetune.radiographs.RadiographSet`.
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
 from pcrl.errors import ConfigError, DataError
-from pcrl.preprocessing.chest_labels import LabelledImages, to_unit
 from pcrl.preprocessing.task_data import CandidateRows, CubeStore, VolumeCase, check_cases, load_case
 from pcrl.finetune.patches import cut, draw_centres
 from pcrl.tasks import TaskSpec, get_task, segmentation_target
 from pcrl.seeding import mix_seed
 
-__all__ = ["CandidateCubeSet", "PatchSet", "RadiographSet", "loader_seed"]
+__all__ = ["CandidateCubeSet", "PatchSet", "loader_seed"]
 
 
 def loader_seed(fallback: int) -> int:
@@ -226,29 +225,3 @@ class PatchSet(Dataset[tuple[Tensor, Tensor]]):
         images = torch.stack([torch.as_tensor(c["image"]).as_subclass(Tensor) for c in crops])
         targets = torch.stack([torch.as_tensor(c["target"]).as_subclass(Tensor) for c in crops])
         return images.float(), targets.to(torch.uint8)
-
-
-class RadiographSet(Dataset[tuple[Tensor, Tensor]]):
-    """Chest14 training items: ``(pixels / 255 as (1, H, W) float32, labels (L,) float32)``.
-
-    Args:
-        images: The training images (e.g. the label fraction's patients).
-
-    Raises:
-        DataError: No image.
-    """
-
-    def __init__(self, images: LabelledImages) -> None:
-        if not len(images):
-            raise DataError(f"{images.source}: no training radiograph")
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"item {index} of {len(self)}")
-        pixels = self.images.store.images([int(self.images.index[index])])  # (1, H, W): the channel axis
-        labels = self.images.labels[index].astype(np.float32)
-        return torch.from_numpy(to_unit(pixels)), torch.from_numpy(labels)

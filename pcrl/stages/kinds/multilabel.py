@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from pcrl.errors import ConfigError, DataError
-from pcrl.evaluation.scoring import score_radiographs
-from pcrl.finetune.datasets import RadiographSet
+from pcrl.evaluation.radiographs import score_radiographs
+from pcrl.finetune.radiographs import RadiographSet
 from pcrl.preprocessing.chest_labels import image_size, open_store, read_image_labels
 from pcrl.preprocessing.task_data import TaskSplit
 from pcrl.tasks import TaskSpec
@@ -54,7 +54,7 @@ def test_metrics(net: torch.nn.Module, spec: TaskSpec, model: dict[str, Any], id
         DataError: No ``--interim``; radiographs of another size than the model was
             fine-tuned on (``roi_size``); no finding with both classes among the test images
             (one with a single class is left out and named, see
-            :func:`pcrl.evaluation.scoring.score_radiographs`).
+            :func:`pcrl.evaluation.radiographs.score_radiographs`).
     """
     if interim is None:
         raise DataError(f"task {spec.name} reads radiographs: give --interim "
