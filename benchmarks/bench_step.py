@@ -74,9 +74,8 @@ def loader_throughput(size: tuple[int, ...], batch: int, workers: int, n_pairs: 
             shape = (*size, 1) if len(size) == 2 else size  # 2D pairs are stored as (x, y, 1)
             np.save(path, rng.random((n_pairs // 8, 2, *shape), dtype=np.float32).astype(np.float16))
             files.append(path)
-        planar = len(size) == 2
-        loader = torch.utils.data.DataLoader(PairsDataset(files, planar=planar), batch_size=batch, shuffle=True,
-                                             num_workers=workers)
+        loader = torch.utils.data.DataLoader(PairsDataset(files, spatial_dims=len(size)), batch_size=batch,
+                                             shuffle=True, num_workers=workers)
         start = time.perf_counter()
         count = sum(x1.shape[0] for x1, _ in loader)
         return count / (time.perf_counter() - start)

@@ -66,7 +66,7 @@ def without_2d(params: dict) -> dict:
     """The demo's params without the 2D setting: no ChestX-ray14 download, 2D tasks, 2D
     pretraining or Chest14 runs (tests/test_pipeline.py runs the 2D setting on its own)."""
     params["data"]["datasets"] = [d for d in params["data"]["datasets"] if d != "chestxray14"]
-    params["cubes"]["planar"] = {}
+    params["cubes"]["tasks2d"] = {}
     params["pretrain2d"]["methods"] = []
     params["finetune"]["chest14"]["inits"] = []
     return params

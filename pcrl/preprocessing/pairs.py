@@ -105,19 +105,19 @@ class PairsDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     Args:
         files: ``.npy`` files of shape (n, 2, X, Y, Z); every file must have the same
             spatial shape so that samples can be batched.
-        planar: The pairs are radiographs (Z = 1, :mod:`pcrl.preprocessing.planar`): views are
+        spatial_dims: 3, or 2: the pairs are radiographs (Z = 1, :mod:`pcrl.preprocessing.setting2d`): views are
             returned as 2D images (1, X, Y) for the 2D network.
 
     Raises:
         DataError: If the list is empty, a file is bad (see :func:`read_pair_header`),
-            the files disagree on the spatial shape, or ``planar`` pairs have Z > 1.
+            the files disagree on the spatial shape, or 2D pairs have Z > 1.
 
     Example:
         >>> ds = PairsDataset(pair_files("data/processed/pretrain/pairs", split["train"]))
         >>> x1, x2 = ds[0]          # each (1, 64, 64, 32), float32
     """
 
-    def __init__(self, files: Sequence[str | os.PathLike[str]], *, planar: bool = False) -> None:
+    def __init__(self, files: Sequence[str | os.PathLike[str]], *, spatial_dims: int = 3) -> None:
         if len(files) == 0:
             raise DataError("PairsDataset: no pairs files given")
         self.headers: tuple[PairFile, ...] = tuple(read_pair_header(f) for f in files)
@@ -128,9 +128,9 @@ class PairsDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                     f"{header.path}: views of shape {header.shape} differ from "
                     f"{first.shape} in {first.path}; all pairs must have one shape"
                 )
-        if planar and first.shape[2] != 1:
+        if spatial_dims == 2 and first.shape[2] != 1:
             raise DataError(f"{first.path}: views of shape {first.shape} are not 2D (X, Y, 1) pairs")
-        self.planar = planar
+        self.spatial_dims = spatial_dims
         self.shape: tuple[int, int, int] = first.shape
         self._ends: list[int] = np.cumsum([h.count for h in self.headers]).tolist()
         self._maps: dict[int, np.ndarray] = {}
@@ -171,7 +171,7 @@ class PairsDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         file_index, row = self._locate(int(index))
         pair = torch.from_numpy(np.array(self._array(file_index)[row], dtype=np.float32))
-        if self.planar:
+        if self.spatial_dims == 2:
             pair = pair[..., 0]
         return pair[0:1], pair[1:2]
 

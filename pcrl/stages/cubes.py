@@ -4,7 +4,7 @@ Tasks (docs/method.md "Protocol"): ``pretrain`` (LUNA16 pairs of overlapping cro
 (LUNA16 candidate cubes for false-positive reduction), ``lcs`` (liver) and ``bms``
 (brain tumour), whose fine-tuning reads the resampled volumes directly; and the 2D setting's
 ``pretrain2d`` (ChestX-ray14 pairs) and ``chest14`` (its label table), split by patient with
-the official test list held out (:mod:`pcrl.preprocessing.planar`).
+the official test list held out (:mod:`pcrl.preprocessing.setting2d`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pcrl.preprocessing.pair_config import PairConfig
 from pcrl.preprocessing.pretrain_pairs import write_pretrain_pairs
 from pcrl.datasets.layout import case_order
 from pcrl.datasets.manifest import gathered_cases, read_manifests, resolve_extras
-from pcrl.preprocessing.planar import IMAGES_CSV, chest_entries, patient_split, write_label_table, write_planar_pairs
+from pcrl.preprocessing.setting2d import IMAGES_CSV, chest_entries, patient_split, write_label_table, write_pairs_2d
 from pcrl.preprocessing.radiographs import open_store
 from pcrl.datasets.shards import read_cases as gathered_interim
 from pcrl.preprocessing.splits import check_disjoint, nested_fractions, split_by_group, split_random
@@ -189,7 +189,7 @@ def _pairs2d(store: Any, split: dict[str, list[str]], settings: dict[str, Any], 
     # radiograph, and PCRL's 2D crops have none
     config = PairConfig(**{k: settings[k] for k in PAIR_KEYS if k in settings}, min_fraction=0.0,
                         max_fraction=1.0)
-    index, ids = write_planar_pairs(store, split, out, pairs_per_image=int(settings["pairs_per_image"]),
+    index, ids = write_pairs_2d(store, split, out, pairs_per_image=int(settings["pairs_per_image"]),
                                     images_per_file=int(settings["images_per_file"]), config=config,
                                     seed=seed, progress=progress)
     write_json(out / "pairs.json", index)

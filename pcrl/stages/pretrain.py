@@ -278,9 +278,9 @@ def run_pretrain(
     by_id = {entry["id"]: entry for entry in index}
     train_files = pair_files(pairs / "pairs", split["train"])
     val_files = pair_files(pairs / "pairs", [i for i in split.get("val", []) if i in by_id])
-    planar = spatial_dims(settings["network"].get("arch", "unet3d")) == 2
-    dataset = PairsDataset(train_files, planar=planar)
-    val = PairsDataset(val_files, planar=planar) if val_files else None
+    dims = spatial_dims(settings["network"].get("arch", "unet3d"))
+    dataset = PairsDataset(train_files, spatial_dims=dims)
+    val = PairsDataset(val_files, spatial_dims=dims) if val_files else None
 
     dist: DistInfo = init_distributed(None if device == "auto" else device)
     steps = run_steps(len(dataset), settings["batch_size"], settings["epochs"])

@@ -1,4 +1,4 @@
-"""The 2D setting's inputs (pcrl/preprocessing/planar.py and the 2D branches of the resample, cubes and
+"""The 2D setting's inputs (pcrl/preprocessing/setting2d.py and the 2D branches of the resample, cubes and
 pretrain stages), on the ChestX-ray14 phantom run through the real download stage."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pcrl.preprocessing.pair_config import PairConfig
 from pcrl.preprocessing.pair_sampling import sample_pairs
 from pcrl.preprocessing.pretrain_pairs import case_rng
 from pcrl.preprocessing.pairs import PairsDataset
-from pcrl.preprocessing.planar import patient_split, write_planar_pairs
+from pcrl.preprocessing.setting2d import patient_split, write_pairs_2d
 from pcrl.preprocessing.radiographs import open_store, resize_radiograph
 from pcrl.errors import ConfigError, DataError
 from pcrl.stages.cubes import run_cubes
@@ -87,7 +87,7 @@ def test_2d_pairs_are_the_pair_rule_per_image_whatever_the_chunking(chest: Path,
     config = PairConfig(crop_sizes=((24, 24, 1), (32, 32, 1)), cube_size=(16, 16, 1), min_iou=0.25, min_fraction=0.0)
     split = patient_split([{"id": Path(n).stem, "group": "train_val"} for n in store.names]
                           + [{"id": "99999999_000", "group": "test"}], val=0.25, seed=0)
-    index, ids = write_planar_pairs(store, split, tmp_path / "a", pairs_per_image=3, images_per_file=4,
+    index, ids = write_pairs_2d(store, split, tmp_path / "a", pairs_per_image=3, images_per_file=4,
                                     config=config, seed=5, progress=False)
     assert [e["id"] for e in index] == ids["train"] + ids["val"] and all(len(e["images"]) <= 4 for e in index)
     first = index[0]
@@ -97,12 +97,12 @@ def test_2d_pairs_are_the_pair_rule_per_image_whatever_the_chunking(chest: Path,
     image = store.image(list(store.names).index(name)).astype(np.float32)[:, :, None] / 255.0
     expected, _ = sample_pairs(image, 3, config, case_rng(5, name), case_id=name)
     np.testing.assert_array_equal(pairs[3:6], expected.astype(np.float16))
-    one_file, _ = write_planar_pairs(store, split, tmp_path / "b", pairs_per_image=3, images_per_file=1000,
+    one_file, _ = write_pairs_2d(store, split, tmp_path / "b", pairs_per_image=3, images_per_file=1000,
                                      config=config, seed=5, progress=False)
     together = np.concatenate([np.load(tmp_path / "a" / e["file"]) for e in index if e["group"] == "train"])
     np.testing.assert_array_equal(np.load(tmp_path / "b" / one_file[0]["file"]), together)
     with pytest.raises(ConfigError, match=r"\(x, y, 1\)"):
-        write_planar_pairs(store, split, tmp_path / "c", pairs_per_image=1, images_per_file=1,
+        write_pairs_2d(store, split, tmp_path / "c", pairs_per_image=1, images_per_file=1,
                            config=PairConfig(crop_sizes=((8, 8, 2),), cube_size=(8, 8, 2)), seed=0, progress=False)
 
 
@@ -115,12 +115,12 @@ def test_the_pretrain2d_task_feeds_2d_views_to_the_pretraining(chest: Path) -> N
     for group in ("train", "val"):  # no test patient, and no val patient among the training pairs
         seen = {patient for e in index if e["group"] == group for patient in (n[:8] for n in e["images"])}
         assert seen == set(split[group])
-    dataset = PairsDataset([chest / "pretrain2d" / "pairs" / f"{i}.npy" for i in ids["train"]], planar=True)
+    dataset = PairsDataset([chest / "pretrain2d" / "pairs" / f"{i}.npy" for i in ids["train"]], spatial_dims=2)
     x1, x2 = dataset[0]
     assert x1.shape == x2.shape == (1, 16, 16)
     assert PairsDataset([chest / "pretrain2d" / "pairs" / f"{ids['train'][0]}.npy"])[0][0].shape == (1, 16, 16, 1)
     with pytest.raises(DataError, match="not 2D"):
-        PairsDataset([_three_d(chest)], planar=True)
+        PairsDataset([_three_d(chest)], spatial_dims=2)
 
 
 def _three_d(root: Path) -> Path:

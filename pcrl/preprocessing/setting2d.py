@@ -36,7 +36,7 @@ from pcrl.preprocessing.radiographs import RadiographStore
 from pcrl.preprocessing.splits import check_disjoint, split_random
 from pcrl.errors import ConfigError, DataError
 
-__all__ = ["IMAGES_CSV", "chest_entries", "patient_split", "write_label_table", "write_planar_pairs"]
+__all__ = ["IMAGES_CSV", "chest_entries", "patient_split", "write_label_table", "write_pairs_2d"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _rows_of(store: RadiographStore, patients: Sequence[str]) -> list[int]:
     return [i for i, name in enumerate(store.names) if patient_of(name) in wanted]
 
 
-def write_planar_pairs(store: RadiographStore, split: dict[str, list[str]], out: Path, *, pairs_per_image: int,
+def write_pairs_2d(store: RadiographStore, split: dict[str, list[str]], out: Path, *, pairs_per_image: int,
                        images_per_file: int, config: PairConfig, seed: int, progress: bool = True
                        ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
     """Write ``out/pairs/<group>_<NNNN>.npy`` (n, 2, X, Y, 1) float16 for the train and val
