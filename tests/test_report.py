@@ -17,10 +17,10 @@ from pcrl.report import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     bootstrap_interval,
-    collect_runs,
     comparison_rows,
     fraction_label,
     paired_difference,
+    read_metrics_json,
     summarise,
     verdict,
     write_report,
@@ -32,56 +32,87 @@ def _run(task: str, init: str, fraction: float, seed: int, value: float, primary
             "metrics": {primary: value, **extra}, "primary": primary, "provenance": {"git": "abc"}}
 
 
-def _write(root: Path, run: dict) -> Path:
-    path = root / run["task"] / run["init"] / f"f{run['fraction']}" / f"s{run['seed']}" / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run))
-    return path
-
-
 def _runs(values: dict[tuple[str, float], list[float]], task: str = "ncc") -> list[dict]:
     """(init, fraction) -> one value per seed (seeds 0, 1, ...)."""
     return [_run(task, init, f, seed, v) for (init, f), vs in values.items() for seed, v in enumerate(vs)]
 
 
-# ---------------------------------------------------------------------- collect_runs
+# ---------------------------------------------------------------------- reading runs (the report stage)
 
 
-def test_collect_runs_reads_and_normalises(tmp_path):
-    path = _write(tmp_path, _run("ncc", "pcrl", 1, 7, 0.9, n=40))
-    (run,) = collect_runs([path])
-    assert run == {"task": "ncc", "init": "pcrl", "fraction": 1.0, "seed": 7,
-                   "metrics": {"auc": 0.9, "n": 40.0}, "primary": "auc", "path": str(path)}
-    assert isinstance(run["fraction"], float)
+def _stage_world(root: Path) -> dict[Path, object]:
+    """ncc, scratch and pcrl at 100 % labels, seeds 0 and 7: the evaluate stage's numbers-only
+    files, and one full record as earlier versions wrote it. Returns path -> content."""
+    files: dict[Path, object] = {}
+    for init, seed, value in (("pcrl", 0, 0.9), ("pcrl", 7, 0.8), ("scratch", 0, 0.7)):
+        files[root / "ncc" / init / "f1.0" / f"s{seed}" / "metrics.json"] = {"auc": value, "n": 40, "test_cases": 3}
+    files[root / "ncc" / "scratch" / "f1.0" / "s7" / "metrics.json"] = _run("ncc", "scratch", 1, 7, 0.7, n=40)
+    for path, content in files.items():
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(content))
+    return files
+
+
+_STAGE_PARAMS = {"inits": ["scratch", "pcrl"], "fractions": [1.0], "seeds": [0, 7]}
+
+
+def test_report_stage_reads_numbers_only_files_and_full_records(tmp_path):
+    from pcrl.stages.report import run_report
+
+    _stage_world(tmp_path / "evaluate")
+    run_report(_STAGE_PARAMS, {"require_complete": True}, evaluations=tmp_path / "evaluate", out=tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    # by hand: pcrl 0.9 and 0.8 (mean 0.85, sample std 0.05 * sqrt(2)); scratch 0.7 twice;
+    # paired differences 0.2 (seed 0) and 0.1 (seed 7): mean 0.15, bootstrap interval = their range,
+    # Student-t half width t(0.975, df 1) * 0.05 * sqrt(2) / sqrt(2) = 12.7062047 * 0.05
+    half = 12.706204736174698 * 0.05
+    assert summary == {"ncc": {"1.0": {
+        "scratch": {"metric": "auc", "mean": 0.7, "std": 0.0, "n": 2, "values": [0.7, 0.7], "seeds": [0, 7],
+                    "metrics": {"auc": 0.7, "n": 40.0}},
+        "pcrl": {"metric": "auc", "mean": pytest.approx(0.85), "std": pytest.approx(0.05 * math.sqrt(2)), "n": 2,
+                 "values": [0.9, 0.8], "seeds": [0, 7], "metrics": {"auc": pytest.approx(0.85), "n": 40.0},
+                 "paired": {"scratch": {
+                     "n": 2, "seeds": [0, 7], "differences": pytest.approx([0.2, 0.1]), "mean": pytest.approx(0.15),
+                     "ci": pytest.approx([0.1, 0.2]), "t_ci": pytest.approx([0.15 - half, 0.15 + half]),
+                     "verdict": "cannot tell",
+                     "reason": "the 95 % interval [+0.100, +0.200] excludes 0, but 2 paired seeds are too few "
+                               "(at least 3)"}}},
+    }}}
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"task": "ncc", "init": ', "not a readable metrics JSON"),
-        ("[1, 2]", "expected a JSON object"),
-        (json.dumps({k: v for k, v in _run("ncc", "pcrl", 0.1, 0, 0.8).items() if k != "seed"}), r"missing.*seed"),
-        (json.dumps({**_run("ncc", "pcrl", 0.1, 0, 0.8), "primary": "dice"}), "primary metric 'dice'"),
+        ('{"auc": ', "not a readable metrics JSON"),
+        ("[1, 2]", "expected a JSON object of numbers, got list"),
+        (json.dumps({k: v for k, v in _run("ncc", "pcrl", 1.0, 0, 0.8).items() if k != "seed"}), r"missing.*seed"),
+        (json.dumps({"dice": 0.8, "test_cases": 3}), "primary metric 'auc' is not among the metrics"),
         (json.dumps(_run("ncc", "pcrl", 0.0, 0, 0.8)), r"fraction must be in \(0, 1\]"),
-        (json.dumps(_run("ncc", "pcrl", 0.1, 0, float("nan"))), "metrics.auc must be a finite number"),
-        (json.dumps(_run("ncc", "../up", 0.1, 0, 0.8)), "init must be a simple name"),
+        (json.dumps({"auc": float("nan")}), "metrics.auc must be a finite number"),
+        (json.dumps(_run("ncc", "../up", 1.0, 0, 0.8)), "init must be a simple name"),
+        (json.dumps(_run("ncc", "pcrl", 1.0, 3, 0.8)), "describes task ncc, init pcrl, fraction 1.0, seed 3, not"),
     ],
-    ids=["truncated", "not-object", "no-seed", "bad-primary", "zero-fraction", "nan", "path-like-init"],
+    ids=["truncated", "not-object", "no-seed", "bad-primary", "zero-fraction", "nan", "path-like-init",
+         "another-run"],
 )
-def test_collect_runs_names_the_bad_file(tmp_path, content, message):
-    good = _write(tmp_path, _run("ncc", "scratch", 0.1, 0, 0.7))
-    bad = tmp_path / "bad" / "metrics.json"
-    bad.parent.mkdir()
+def test_report_stage_names_the_bad_file(tmp_path, content, message):
+    from pcrl.stages.report import run_report
+
+    _stage_world(tmp_path / "evaluate")
+    bad = tmp_path / "evaluate" / "ncc" / "pcrl" / "f1.0" / "s0" / "metrics.json"
     bad.write_text(content)
     with pytest.raises(DataError, match=message) as info:
-        collect_runs([good, bad])
+        run_report(_STAGE_PARAMS, {"require_complete": True}, evaluations=tmp_path / "evaluate",
+                   out=tmp_path / "out")
     assert str(bad) in str(info.value)
+    assert not (tmp_path / "out").exists()
 
 
-def test_collect_runs_missing_file(tmp_path):
-    with pytest.raises(DataError, match="not found") as info:
-        collect_runs([tmp_path / "nope" / "metrics.json"])
-    assert str(tmp_path / "nope" / "metrics.json") in str(info.value)
+def test_read_metrics_json_names_a_missing_file(tmp_path):
+    missing = tmp_path / "nope" / "metrics.json"
+    with pytest.raises(DataError, match="metrics file not found") as info:
+        read_metrics_json(missing)
+    assert str(missing) in str(info.value)
 
 
 # ---------------------------------------------------------------------- summarise
@@ -112,10 +143,10 @@ def test_summarise_orders_tasks_fractions_and_inits():
 
 
 def test_summarise_rejects_duplicates_mixed_primaries_and_nothing(tmp_path):
-    a = _write(tmp_path / "a", _run("ncc", "pcrl", 0.1, 0, 0.8))
-    b = _write(tmp_path / "b", _run("ncc", "pcrl", 0.1, 0, 0.9))
+    a, b = tmp_path / "a" / "metrics.json", tmp_path / "b" / "metrics.json"
     with pytest.raises(DataError, match="seed 0") as info:
-        summarise(collect_runs([a, b]))
+        summarise([{**_run("ncc", "pcrl", 0.1, 0, 0.8), "path": str(a)},
+                   {**_run("ncc", "pcrl", 0.1, 0, 0.9), "path": str(b)}])
     assert str(a) in str(info.value) and str(b) in str(info.value)
     with pytest.raises(DataError, match="primary metric 'auc'.*'acc'"):
         summarise([_run("ncc", "pcrl", 0.1, 0, 0.8), _run("ncc", "moco", 0.1, 0, 0.8, primary="acc")])

@@ -24,7 +24,7 @@ This package re-exports what its callers use.
 from __future__ import annotations
 
 from pcrl.report.render import comparison_rows, render_markdown, write_report
-from pcrl.report.runs import collect_runs, numbers_run, read_metrics_json, record_run
+from pcrl.report.runs import numbers_run, read_metrics_json, record_run
 from pcrl.report.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, bootstrap_interval, t_interval
 from pcrl.report.summary import INIT_ORDER, summarise
 from pcrl.report.verdicts import MIN_PAIRED_SEEDS, fraction_label, paired_difference, verdict
@@ -36,7 +36,6 @@ __all__ = [
     "INIT_ORDER",
     "MIN_PAIRED_SEEDS",
     "bootstrap_interval",
-    "collect_runs",
     "comparison_rows",
     "fraction_label",
     "numbers_run",

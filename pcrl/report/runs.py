@@ -12,22 +12,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pcrl.errors import DataError
 
-__all__ = ["check_run", "collect_runs", "numbers_run", "read_metrics_json", "record_run"]
+__all__ = ["check_run", "numbers_run", "read_metrics_json", "record_run"]
 
 _REQUIRED = ("task", "init", "fraction", "seed", "metrics", "primary")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def collect_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Read and check full run records (``{"task", "init", "fraction", "seed", "metrics",
-    "primary", "provenance"}``), one per file; DataError naming the file otherwise."""
-    return [record_run(read_metrics_json(Path(path)), str(path)) for path in paths]
 
 
 def read_metrics_json(path: Path) -> Any:
