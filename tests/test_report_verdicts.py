@@ -34,6 +34,9 @@ def _stats(n: int, ci: list[float] | None, t_ci: list[float] | None = None) -> d
         (_stats(3, [0.01, 0.02], [-0.01, 0.05]),
          ("cannot tell", "the 95 % interval [+0.010, +0.020] excludes 0 but the Student-t interval "
                          "[-0.010, +0.050] does not")),
+        (_stats(3, [-0.02, -0.01], [-0.05, 0.01]),
+         ("cannot tell", "the 95 % interval [-0.020, -0.010] excludes 0 but the Student-t interval "
+                         "[-0.050, +0.010] does not")),
         (_stats(3, [0.01, 0.02], [-0.05, -0.01]),
          ("cannot tell", "the 95 % interval [+0.010, +0.020] excludes 0 but the Student-t interval "
                          "[-0.050, -0.010] does not")),
@@ -41,8 +44,8 @@ def _stats(n: int, ci: list[float] | None, t_ci: list[float] | None = None) -> d
         (_stats(4, [-0.02, -0.0004], [-0.03, -0.0001]),
          ("worse", "the 95 % interval [-0.020, -4.0e-04] excludes 0")),
     ],
-    ids=["no-seed", "one-seed", "contains-0", "touches-0", "too-few", "t-contains-0", "t-other-side", "better",
-         "worse"],
+    ids=["no-seed", "one-seed", "contains-0", "touches-0", "too-few", "t-contains-0", "t-contains-0-below",
+         "t-other-side", "better", "worse"],
 )
 def test_the_rule_says_better_or_worse_only_when_every_condition_holds(stats, expected):
     judged = judge(stats)
