@@ -27,12 +27,13 @@ def test_summarise_mean_and_sample_std_over_two_seeds():
 
 
 def test_summarise_orders_tasks_fractions_and_inits():
-    runs = [make_run("ncc", i, f, 0, 0.5) for f in (1.0, 0.1, 0.5) for i in ("imagenet", "pcrl", "moco", "scratch")]
+    inits = ("imagenet", "pcrl", "moco", "genesis", "scratch")
+    runs = [make_run("ncc", i, f, 0, 0.5) for f in (1.0, 0.1, 0.5) for i in inits]
     runs.append(make_run("bms", "pcrl", 0.2, 0, 0.6, primary="dice_mean"))
     summary = summarise(runs)
     assert list(summary) == ["bms", "ncc"]
     assert list(summary["ncc"]) == ["0.1", "0.5", "1.0"]
-    assert list(summary["ncc"]["0.1"]) == ["scratch", "moco", "pcrl", "imagenet"]
+    assert list(summary["ncc"]["0.1"]) == ["scratch", "genesis", "moco", "pcrl", "imagenet"]
     assert summary["bms"]["0.2"]["pcrl"]["metric"] == "dice_mean"
 
 
