@@ -157,3 +157,31 @@ def test_every_stage_names_the_module_that_implements_it() -> None:
         module = f"pcrl/stages/{command[1].replace('-', '_')}.py"
         assert (PACKAGE.parent / module).is_file(), (name, module)
         assert module in body["desc"], f"{name}: desc does not name {module}"
+
+
+#: The rows of docs/architecture.md "Layers": a module may import its own row and the rows below.
+ROWS: dict[str, int] = {
+    **dict.fromkeys(("settings", "tasks", "config", "resources", "errors", "atomic", "outputs", "run_state",
+                     "torchfile", "hashing", "seeding", "momentum_rule", "provenance", "previews"), 0),
+    **dict.fromkeys(("io", "transforms", "distributed"), 1),
+    **dict.fromkeys(("networks", "engine", "datasets", "launch"), 2),
+    **dict.fromkeys(("methods", "preprocessing", "phantom"), 3),
+    **dict.fromkeys(("finetune", "evaluation", "report", "study_design", "study_report"), 4),
+    "stages": 5,
+    **dict.fromkeys(("cli", "runners"), 6),
+}
+
+
+def row_of(module: str) -> int | None:
+    """The row of ``pcrl.<top>...`` (None for the package ``pcrl`` itself)."""
+    parts = module.split(".")
+    return ROWS[parts[1]] if len(parts) > 1 else None
+
+
+def test_every_module_sits_in_a_row_and_imports_only_its_row_and_below() -> None:
+    graph = import_graph()
+    unplaced = sorted({m.split(".")[1] for m in graph if "." in m and m.split(".")[1] not in ROWS})
+    assert unplaced == [], "place these in ROWS and in docs/architecture.md"
+    upward = sorted((m, t) for m, targets in graph.items() for t in targets
+                    if row_of(m) is not None and row_of(t) is not None and row_of(t) > row_of(m))  # type: ignore[operator]
+    assert upward == []
