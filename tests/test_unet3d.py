@@ -9,7 +9,8 @@ from torch import nn
 
 from pcrl.errors import ConfigError
 from pcrl.networks import UNet3D
-from pcrl.networks.unet3d import BatchStatsNorm3d, group_norm_groups
+from pcrl.networks.blocks import group_norm_groups
+from pcrl.networks.unet3d import BatchStatsNorm3d
 
 SHAPE = (32, 32, 16)
 

@@ -21,7 +21,8 @@ from pcrl.errors import ConfigError
 from pcrl.methods.losses import reconstruction_loss
 from pcrl.methods.views import ViewConfig, augment_and_corrupt
 from pcrl.networks.factory import Arch, check_arch, restoration_network
-from pcrl.networks.unet3d import NormName, require_positive_int
+from pcrl.networks.blocks import require_positive_int
+from pcrl.networks.unet3d import NormName
 from pcrl.transforms import CorruptionConfig
 
 __all__ = ["Genesis", "GenesisConfig"]

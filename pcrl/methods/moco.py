@@ -34,7 +34,8 @@ from pcrl.methods.momentum import (
 )
 from pcrl.methods.views import ViewConfig, augment_and_corrupt
 from pcrl.networks.factory import DECODER_PREFIXES, Arch, check_arch, pretraining_network
-from pcrl.networks.unet3d import NormName, require_positive_int
+from pcrl.networks.blocks import require_positive_int
+from pcrl.networks.unet3d import NormName
 from pcrl.transforms import CorruptionConfig
 
 __all__ = ["MoCoConfig", "MoCoV2"]

@@ -69,7 +69,8 @@ from pcrl.methods.views import (
     make_views,
 )
 from pcrl.networks.factory import Arch, check_arch, pretraining_network
-from pcrl.networks.unet3d import NormName, require_positive_int
+from pcrl.networks.blocks import require_positive_int
+from pcrl.networks.unet3d import NormName
 from pcrl.transforms import CorruptionConfig
 
 __all__ = ["CONTRASTIVE_TERMS", "PCRL", "PCRLConfig", "READABLE_TERMS", "RECONSTRUCTION_TERMS", "ContrastiveLoss"]
