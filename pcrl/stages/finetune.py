@@ -51,13 +51,8 @@ from pcrl.evaluation.scoring import (
     score_radiographs,
     score_volumes,
 )
-from pcrl.finetune.models import (
-    InitRecord,
-    NetworkConfig,
-    apply_init,
-    read_init_record,
-    seeded_network,
-)
+from pcrl.finetune.checkpoints import InitRecord, apply_init, read_init_record
+from pcrl.finetune.models import NetworkConfig, seeded_network
 from pcrl.finetune.tasks import TaskSpec, get_task
 from pcrl.finetune.train import (
     STATE_NAME,
