@@ -1,4 +1,4 @@
-"""pcrl.finetune.models: task networks, initialisation records, loading what was pretrained."""
+"""pcrl.finetune.models (task networks) and pcrl.finetune.checkpoints (initialisation records)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ import torch
 
 from pcrl.torchfile import save_checked
 from pcrl.errors import ConfigError, DataError
-from pcrl.finetune.models import (
-    ClassificationNet,
+from pcrl.finetune.checkpoints import (
     InitRecord,
-    NetworkConfig,
     apply_init,
     import_checkpoint,
     read_init_record,
     scratch_record,
-    seeded_network,
 )
+from pcrl.finetune.models import ClassificationNet, NetworkConfig, seeded_network
 from pcrl.networks import UNet3D
 
 NET = NetworkConfig(base=2)
@@ -275,7 +273,8 @@ def test_an_external_resnet18_file_becomes_a_2d_record_and_loads_into_chest14(tm
     """torchvision's ImageNet file layout (fc, no num_batches_tracked), wrapped as a training
     script saves it: the record keeps the 120 encoder keys under torchvision's names; the
     Chest14 network then sums the RGB stem over its channels and takes every other tensor."""
-    from pcrl.finetune.models import MultiLabelResNet, apply_init, import_resnet18_checkpoint
+    from pcrl.finetune.checkpoints import import_resnet18_checkpoint
+    from pcrl.finetune.models import MultiLabelResNet
     from pcrl.networks import ResNet18Encoder
     from pcrl.stages.init_weights import run_init_weights
 
@@ -302,7 +301,7 @@ def test_an_external_resnet18_file_becomes_a_2d_record_and_loads_into_chest14(tm
 
 
 def test_a_file_that_is_no_resnet18_is_refused_at_import_naming_it(tmp_path: Path) -> None:
-    from pcrl.finetune.models import import_resnet18_checkpoint
+    from pcrl.finetune.checkpoints import import_resnet18_checkpoint
     from pcrl.networks import ResNet18Encoder
 
     genesis = tmp_path / "genesis.pt"

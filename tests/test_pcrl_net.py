@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pcrl.errors import ConfigError
 from pcrl.networks import TCA_CODE_DIM, PCRLNet3D, UNet3D
@@ -86,11 +87,38 @@ def test_project_pools_globally() -> None:
         torch.testing.assert_close(net.project(point.expand(2, 64, 4, 4, 2)), net.project(point))
 
 
-def test_project_on_encoder_output() -> None:
-    net = PCRLNet3D(base=4).eval()
+def test_project_of_the_encoder_matches_a_functional_reference() -> None:
+    """q = normalize(fc2(relu(fc1(GAP(deepest))))) with the deepest map of the Models Genesis
+    encoder written out with torch.nn.functional from the state dict (eval mode: running BN
+    statistics, set at random here so that they matter)."""
+    net = PCRLNet3D(base=2, proj_dim=8)
+    gen = _gen(21)
     with torch.no_grad():
-        z = net.project(net.encode(torch.rand(2, 1, 16, 16, 8, generator=_gen(2)))[3])
-    assert z.shape == (2, 128)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                assert m.running_mean is not None and m.running_var is not None
+                m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+        net.fc1.weight.mul_(50.0)  # so that the rows of q follow the pooled features, not fc1's bias
+    net.eval()
+    sd = {k: v.detach() for k, v in net.state_dict().items()}
+
+    def block(h: torch.Tensor, name: str) -> torch.Tensor:
+        h = F.conv3d(h, sd[f"{name}.conv1.weight"], sd[f"{name}.conv1.bias"], padding=1)
+        return F.relu(F.batch_norm(h, sd[f"{name}.bn1.running_mean"], sd[f"{name}.bn1.running_var"],
+                                   sd[f"{name}.bn1.weight"], sd[f"{name}.bn1.bias"], training=False, eps=1e-5))
+
+    x = torch.randn(3, 1, 16, 16, 8, generator=_gen(2)) * torch.tensor([0.1, 3.0, 30.0]).view(3, 1, 1, 1, 1)
+    h = x
+    for depth, name in enumerate(("down_tr64", "down_tr128", "down_tr256", "down_tr512")):
+        h = block(block(F.max_pool3d(h, 2) if depth else h, f"{name}.ops.0"), f"{name}.ops.1")
+    assert h.shape == (3, 32, 2, 2, 1)  # 16b channels at 1/8 resolution
+    pooled = h.mean(dim=(2, 3, 4))
+    z = F.linear(F.relu(F.linear(pooled, sd["fc1.weight"], sd["fc1.bias"])), sd["fc2.weight"], sd["fc2.bias"])
+    expected = z / z.norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        got = net.project(net.encode(x)[3])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_project_rejects_wrong_channels() -> None:

@@ -408,7 +408,8 @@ def test_chest14_finetune_writes_a_model_evaluate_can_rebuild(chest: dict, chest
 
 
 def test_chest14_record_loads_into_the_task_network(chest: dict) -> None:
-    from pcrl.finetune.models import NetworkConfig, apply_init, read_init_record, seeded_network
+    from pcrl.finetune.checkpoints import apply_init, read_init_record
+    from pcrl.finetune.models import NetworkConfig, seeded_network
 
     net = seeded_network("chest14", NetworkConfig(base=4), 0)
     record = read_init_record(chest["root"] / "pcrl" / "weights.pt", "pcrl")

@@ -9,7 +9,8 @@ from torch import nn
 
 from pcrl.errors import ConfigError
 from pcrl.networks import UNet3D
-from pcrl.networks.unet3d import BatchStatsNorm3d, group_norm_groups
+from pcrl.networks.blocks import group_norm_groups
+from pcrl.networks.unet3d import BatchStatsNorm3d
 
 SHAPE = (32, 32, 16)
 
@@ -40,11 +41,76 @@ def test_feature_and_output_shapes(base: int, norm: str, expected: list[tuple[in
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
-def test_multichannel_input_and_output() -> None:
-    net = UNet3D(in_channels=4, out_channels=3, base=4).eval()
+def _randomise_bn(net: nn.Module, seed: int) -> None:
+    """Non-trivial affine parameters and running statistics in every batch norm."""
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        out = net(_rand(1, 4, 16, 16, 8))
-    assert out.shape == (1, 3, 16, 16, 8)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                assert m.running_mean is not None and m.running_var is not None
+                c = m.num_features
+                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
+                m.bias.copy_(0.2 * torch.randn(c, generator=gen))
+                m.running_mean.copy_(0.3 * torch.randn(c, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+
+
+def _functional_unet3d(x: torch.Tensor, sd: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The Models Genesis U-Net written out with torch.nn.functional from a state dict (eval mode):
+    levels of two (3x3x3 conv + BN + ReLU) joined by 2x max-pools, skips before pooling; stages of
+    a 2x transposed conv, ``cat([up, skip])`` and two blocks; a 1x1x1 conv and a sigmoid."""
+
+    def block(h: torch.Tensor, name: str) -> torch.Tensor:
+        h = F.conv3d(h, sd[f"{name}.conv1.weight"], sd[f"{name}.conv1.bias"], padding=1)
+        h = F.batch_norm(h, sd[f"{name}.bn1.running_mean"], sd[f"{name}.bn1.running_var"],
+                         sd[f"{name}.bn1.weight"], sd[f"{name}.bn1.bias"], training=False, eps=1e-5)
+        return F.relu(h)
+
+    skips, h = [], x
+    for depth, name in enumerate(("down_tr64", "down_tr128", "down_tr256", "down_tr512")):
+        h = F.max_pool3d(h, kernel_size=2) if depth else h
+        h = block(block(h, f"{name}.ops.0"), f"{name}.ops.1")
+        skips.append(h)
+    h = skips.pop()
+    for name in ("up_tr256", "up_tr128", "up_tr64"):
+        up = F.conv_transpose3d(h, sd[f"{name}.up_conv.weight"], sd[f"{name}.up_conv.bias"], stride=2)
+        h = block(block(torch.cat((up, skips.pop()), dim=1), f"{name}.ops.0"), f"{name}.ops.1")
+    return torch.sigmoid(F.conv3d(h, sd["out_tr.final_conv.weight"], sd["out_tr.final_conv.bias"]))
+
+
+def test_multichannel_forward_matches_a_functional_unet_from_the_state_dict() -> None:
+    net = UNet3D(in_channels=4, out_channels=3, base=2)
+    _randomise_bn(net, seed=5)
+    net.eval()
+    sd = {k: v.detach() for k, v in net.state_dict().items()}
+    x = _rand(2, 4, 16, 16, 8)
+    with torch.no_grad():
+        out = net(x)
+    assert out.shape == (2, 3, 16, 16, 8)
+    torch.testing.assert_close(out, _functional_unet3d(x, sd), atol=1e-5, rtol=1e-5)
+    # every input channel reaches every output channel
+    for c in range(4):
+        y = x.clone()
+        y[:, c] += 1.0
+        with torch.no_grad():
+            assert bool(((net(y) - out).abs().flatten(2).amax(dim=2) > 1e-4).all())
+
+
+def test_a_voxel_reaches_the_first_level_within_two_voxels() -> None:
+    # Two 3x3x3 convs (padding 1, no pooling): level 0 changes only within Chebyshev distance 2
+    # of a changed input voxel (5x5x5), and does change at that voxel. (A threshold, not > 0: CPU
+    # convolutions may round an unchanged voxel differently from one call to the next.)
+    net = UNet3D(base=2)
+    _randomise_bn(net, seed=6)
+    net.eval()
+    x = _rand(1, 1, 16, 16, 16)
+    y = x.clone()
+    y[0, 0, 7, 8, 9] += 10.0
+    with torch.no_grad():
+        changed = (net.encode(y)[0] - net.encode(x)[0]).abs().amax(dim=1)[0] > 1e-4
+    where = changed.nonzero()
+    assert int((where - torch.tensor([7, 8, 9])).abs().amax()) == 2
+    assert bool(changed[7, 8, 9]) and bool(changed[5, 10, 11])  # the centre and a far corner
 
 
 def test_out_activation_none_gives_logits_of_the_sigmoid_model() -> None:

@@ -8,7 +8,8 @@ label fractions and seeds.
 
 Modules:
     tasks      the task specifications and label -> region targets
-    models     task networks; initialisation records (scratch, pretrained, external)
+    models     task networks (seeded)
+    checkpoints  initialisation records (scratch, pretrained, external) and their loading
     data       splits, NCC candidate cubes, segmentation volumes and patches
     chest14    Chest14's labelled radiographs (images.csv over the 2D preprocessing's shards)
     inference  validation/test scoring (AUC; sliding-window Dice/IoU)

@@ -10,61 +10,31 @@ two independent samples, so a step sees ``2N`` volumes, the same data as a PCRL 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
+from pcrl.methods.config import MethodConfig
 from pcrl.methods.losses import reconstruction_loss
-from pcrl.methods.views import ViewConfig, augment_and_corrupt
-from pcrl.networks.factory import Arch, check_arch, restoration_network
-from pcrl.networks.unet3d import NormName, require_positive_int
-from pcrl.transforms import CorruptionConfig
+from pcrl.methods.views import augment_and_corrupt
+from pcrl.networks.factory import restoration_network
 
 __all__ = ["Genesis", "GenesisConfig"]
 
 
-@dataclass(frozen=True)
-class GenesisConfig:
-    """Settings of :class:`Genesis`.
+@dataclass(frozen=True, kw_only=True)
+class GenesisConfig(MethodConfig):
+    """Settings of :class:`Genesis`: those of :class:`~pcrl.methods.config.MethodConfig`, no more.
 
-    Attributes:
-        in_channels: image channels (1 for CT).
-        arch: ``"unet3d"`` or ``"resnet18_unet2d"`` (see :class:`~pcrl.methods.pcrl.PCRLConfig`).
-        base: U-Net base width (32 in the paper); the ResNet-18's width in 2D.
-        norm: ``"batch"``, ``"group"`` or ``"instance"``.
-        corruption: settings of :func:`pcrl.transforms.corrupt`. Models Genesis itself
-            used the non-linear intensity transform (``nonlinear_prob=0.9``); the default
-            here is PCRL's chain, so the two methods see the same inputs.
-        augment: keyword arguments of :func:`pcrl.transforms.augment`.
+    ``corruption``: Models Genesis itself used the non-linear intensity transform
+    (``nonlinear_prob=0.9``); the default here is PCRL's chain, so the two methods see the
+    same inputs.
 
     Raises:
         ConfigError: naming the field, on an invalid value.
     """
-
-    in_channels: int = 1
-    arch: Arch = "unet3d"
-    base: int = 32
-    norm: NormName = "batch"
-    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
-    augment: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("in_channels", "base"):
-            require_positive_int(f"GenesisConfig.{name}", getattr(self, name))
-        check_arch(self.arch, "GenesisConfig.arch")
-        try:
-            self.views  # noqa: B018 - validates corruption and augment
-        except ConfigError as exc:
-            raise ConfigError(f"GenesisConfig.{exc}") from None
-
-    @property
-    def views(self) -> ViewConfig:
-        """The :class:`ViewConfig` of these settings (no spatial transform)."""
-        return ViewConfig(corruption=self.corruption, augment=self.augment, spatial=False)
 
 
 class Genesis(nn.Module):

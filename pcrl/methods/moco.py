@@ -16,88 +16,34 @@ contrastive branch, so that the two methods differ only by the preservational te
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
+from pcrl.methods.config import ContrastiveConfig
 from pcrl.methods.losses import InfoNCELoss, contrastive_accuracy
-from pcrl.methods.momentum import (
-    KeyQueue,
-    MomentumSchedule,
-    MomentumScheduleName,
-    check_momentum_settings,
-    forward_shuffled,
-)
-from pcrl.methods.views import ViewConfig, augment_and_corrupt
-from pcrl.networks.factory import DECODER_PREFIXES, Arch, check_arch, pretraining_network
-from pcrl.networks.unet3d import NormName, require_positive_int
-from pcrl.transforms import CorruptionConfig
+from pcrl.methods.momentum import KeyQueue, MomentumSchedule, forward_shuffled
+from pcrl.methods.views import augment_and_corrupt
+from pcrl.networks.factory import DECODER_PREFIXES, pretraining_network
 
 __all__ = ["MoCoConfig", "MoCoV2"]
 
 
-
-@dataclass(frozen=True)
-class MoCoConfig:
-    """Settings of :class:`MoCoV2`.
+@dataclass(frozen=True, kw_only=True)
+class MoCoConfig(ContrastiveConfig):
+    """Settings of :class:`MoCoV2`: those of :class:`~pcrl.methods.config.ContrastiveConfig`
+    (network, views, projection, queue, temperature 0.2 as MoCo v2, momentum) and:
 
     Attributes:
-        in_channels: image channels (1 for CT).
-        arch: ``"unet3d"`` or ``"resnet18_unet2d"`` (see :class:`~pcrl.methods.pcrl.PCRLConfig`).
-        base: U-Net base width (32); the ResNet-18's width in 2D.
-        norm: ``"batch"``, ``"group"`` or ``"instance"``.
-        proj_dim: projection dimension (128).
-        queue_size: number of negative keys (16384).
-        temperature: InfoNCE temperature (0.2, MoCo v2).
-        momentum: EMA coefficient per step (0.999); the ramp's start with ``cosine``.
-        momentum_schedule: ``"constant"`` or ``"cosine"`` (see :class:`~pcrl.methods.pcrl.PCRLConfig`).
-        momentum_steps: the run's optimiser steps (set by the pretrain stage).
-        shuffle_positives: negative control: positives rolled by one across the batch.
-        shuffle_bn: shuffle the batch around the momentum encoder.
         corrupt: feed the corrupted views (True, as PCRL) or the augmented views only.
-        corruption: settings of :func:`pcrl.transforms.corrupt`.
-        augment: keyword arguments of :func:`pcrl.transforms.augment`.
 
     Raises:
         ConfigError: naming the field, on an invalid value.
     """
 
-    in_channels: int = 1
-    arch: Arch = "unet3d"
-    base: int = 32
-    norm: NormName = "batch"
-    proj_dim: int = 128
-    queue_size: int = 16384
-    temperature: float = 0.2
-    momentum: float = 0.999
-    momentum_schedule: MomentumScheduleName = "constant"
-    momentum_steps: int | None = None
-    shuffle_positives: bool = False
-    shuffle_bn: bool = True
     corrupt: bool = True
-    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
-    augment: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("in_channels", "base", "proj_dim", "queue_size"):
-            require_positive_int(f"MoCoConfig.{name}", getattr(self, name))
-        check_arch(self.arch, "MoCoConfig.arch")
-        if not self.temperature > 0:
-            raise ConfigError(f"MoCoConfig.temperature must be positive, got {self.temperature!r}")
-        check_momentum_settings("MoCoConfig", self.momentum, self.momentum_schedule, self.momentum_steps)
-        try:
-            self.views  # noqa: B018 - validates corruption and augment
-        except ConfigError as exc:
-            raise ConfigError(f"MoCoConfig.{exc}") from None
-
-    @property
-    def views(self) -> ViewConfig:
-        """The :class:`ViewConfig` of these settings (no spatial transform)."""
-        return ViewConfig(corruption=self.corruption, augment=self.augment, spatial=False)
 
 
 class MoCoV2(nn.Module):

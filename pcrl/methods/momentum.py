@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
-from pcrl.networks.unet3d import require_positive_int
+from pcrl.networks.blocks import require_positive_int
 from pcrl.momentum_rule import TIME_CONSTANT_SHARE, momentum_time_constant, recommended_momentum
 
 log = logging.getLogger(__name__)

@@ -44,23 +44,18 @@ Choices where the release and the paper leave room (each documented at its place
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
+from pcrl.methods.config import ContrastiveConfig
 from pcrl.methods.losses import NCE_SETTINGS, InfoNCELoss, NCELoss, contrastive_accuracy, reconstruction_loss
-from pcrl.methods.momentum import (
-    KeyQueue,
-    MomentumSchedule,
-    MomentumScheduleName,
-    check_momentum_settings,
-    forward_shuffled,
-)
+from pcrl.methods.momentum import KeyQueue, MomentumSchedule, forward_shuffled
 from pcrl.methods.views import (
     TargetMode,
     ViewConfig,
@@ -68,9 +63,8 @@ from pcrl.methods.views import (
     folded_uniform,
     make_views,
 )
-from pcrl.networks.factory import Arch, check_arch, pretraining_network
-from pcrl.networks.unet3d import NormName, require_positive_int
-from pcrl.transforms import CorruptionConfig
+from pcrl.networks.blocks import require_positive_int
+from pcrl.networks.factory import pretraining_network
 
 __all__ = ["CONTRASTIVE_TERMS", "PCRL", "PCRLConfig", "READABLE_TERMS", "RECONSTRUCTION_TERMS", "ContrastiveLoss"]
 
@@ -84,28 +78,13 @@ RECONSTRUCTION_TERMS = ("mse_plain", "mse_hybrid", "mse_mix_plain", "mse_mix_hyb
 READABLE_TERMS = ("con_acc", "queue_fill", "ema_momentum")
 
 
-@dataclass(frozen=True)
-class PCRLConfig:
-    """Settings of :class:`PCRL` (docs/method.md "Networks" and "One training step").
+@dataclass(frozen=True, kw_only=True)
+class PCRLConfig(ContrastiveConfig):
+    """Settings of :class:`PCRL` (docs/method.md "Networks" and "One training step"): those of
+    :class:`~pcrl.methods.config.ContrastiveConfig` (network, views, projection, queue,
+    temperature, momentum) and:
 
     Attributes:
-        in_channels: image channels (1 for CT).
-        arch: ``"unet3d"`` (the LUNA16 setting, default) or ``"resnet18_unet2d"`` (the
-            ChestX-ray14 setting; batches (N, C, x, y), 6-entry codes).
-        base: U-Net base width (32 in the paper; e.g. 4 in tests); the ResNet-18's width in 2D (64).
-        norm: ``"batch"`` (release), ``"group"`` or ``"instance"``.
-        proj_dim: projection dimension (128).
-        queue_size: number of negative keys (16384).
-        temperature: contrastive temperature (0.2).
-        momentum: EMA coefficient of the momentum encoder per step (0.999 in the release);
-            the start of the ramp with ``momentum_schedule="cosine"``.
-        momentum_schedule: ``"constant"`` (the release) or ``"cosine"`` (from ``momentum``
-            to 1 over the run, BYOL); see :class:`~pcrl.methods.momentum.MomentumSchedule`.
-        momentum_steps: the run's optimiser steps (set by the pretrain stage; needed by
-            ``cosine``, and by the rule of :data:`~pcrl.methods.momentum.TIME_CONSTANT_SHARE`).
-        shuffle_positives: the study's negative control: each query's positive key is the
-            key of another sample of the batch (rolled by one), so the contrastive term
-            carries no information about the sample.
         loss: ``"nce"`` (default: the release's NCE estimator; the spec names no other
             intent) or ``"infonce"`` (MoCo v2's softmax).
         n_data: number of training samples (pairs); required by ``loss="nce"``.
@@ -116,25 +95,11 @@ class PCRLConfig:
             ``aug_fc`` layers are frozen (``requires_grad`` False).
         hybrid: hybrid-encoder reconstruction terms on.
         mixup: batch-mixup pass on.
-        shuffle_bn: shuffle the batch around the momentum encoder (MoCo's shuffling BN).
-        corruption: settings of :func:`pcrl.transforms.corrupt`.
-        augment: keyword arguments of :func:`pcrl.transforms.augment`.
 
     Raises:
         ConfigError: naming the field, on an invalid value.
     """
 
-    in_channels: int = 1
-    arch: Arch = "unet3d"
-    base: int = 32
-    norm: NormName = "batch"
-    proj_dim: int = 128
-    queue_size: int = 16384
-    temperature: float = 0.2
-    momentum: float = 0.999
-    momentum_schedule: MomentumScheduleName = "constant"
-    momentum_steps: int | None = None
-    shuffle_positives: bool = False
     loss: ContrastiveLoss = "nce"
     n_data: int | None = None
     nce: Literal["intent", "release"] = "intent"
@@ -142,17 +107,10 @@ class PCRLConfig:
     tca: bool = True
     hybrid: bool = True
     mixup: bool = True
-    shuffle_bn: bool = True
-    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
-    augment: Mapping[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        for name in ("in_channels", "base", "proj_dim", "queue_size"):
-            require_positive_int(f"PCRLConfig.{name}", getattr(self, name))
-        check_arch(self.arch, "PCRLConfig.arch")
-        if not self.temperature > 0:
-            raise ConfigError(f"PCRLConfig.temperature must be positive, got {self.temperature!r}")
-        check_momentum_settings("PCRLConfig", self.momentum, self.momentum_schedule, self.momentum_steps)
+    def check(self) -> None:
+        """The shared contrastive checks, then the loss, NCE setting and ``n_data``."""
+        super().check()
         if self.loss not in get_args(ContrastiveLoss):
             raise ConfigError(
                 f"PCRLConfig.loss must be one of {get_args(ContrastiveLoss)}, got {self.loss!r}"
@@ -165,14 +123,10 @@ class PCRLConfig:
                     "PCRLConfig.n_data: loss 'nce' needs the number of training samples (pairs)"
                 )
             require_positive_int("PCRLConfig.n_data", self.n_data)
-        try:
-            self.views  # noqa: B018 - validates target, corruption and augment
-        except ConfigError as exc:
-            raise ConfigError(f"PCRLConfig.{exc}") from None
 
     @property
     def views(self) -> ViewConfig:
-        """The :class:`ViewConfig` of these settings."""
+        """The :class:`ViewConfig` of these settings (validates ``target`` too)."""
         return ViewConfig(
             target=self.target, corruption=self.corruption, augment=self.augment, spatial=self.tca
         )

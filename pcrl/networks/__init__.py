@@ -3,8 +3,9 @@
 See docs/method.md "Networks" and docs/INTERFACES.md (pcrl/networks).
 """
 
-from pcrl.networks.pcrl_net import TCA_CODE_DIM, PCRLNet3D
-from pcrl.networks.resnet_unet2d import TCA_CODE_DIM_2D, ResNet18Encoder, ResNetUNet2D
+from pcrl.networks.heads import TCA_CODE_DIM, TCA_CODE_DIM_2D
+from pcrl.networks.pcrl_net import PCRLNet3D
+from pcrl.networks.resnet_unet2d import ResNet18Encoder, ResNetUNet2D
 from pcrl.networks.state_dict import (
     LoadReport,
     adapt_first_conv,

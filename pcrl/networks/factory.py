@@ -11,7 +11,8 @@ from typing import Literal, get_args
 
 from pcrl.errors import ConfigError
 from pcrl.networks.pcrl_net import PCRLNet3D
-from pcrl.networks.resnet_unet2d import TCA_CODE_DIM_2D, ResNetUNet2D
+from pcrl.networks.heads import TCA_CODE_DIM_2D
+from pcrl.networks.resnet_unet2d import ResNetUNet2D
 from pcrl.networks.unet3d import UNet3D
 
 __all__ = ["ARCHS", "Arch", "check_arch", "pretraining_network", "restoration_network", "spatial_dims"]

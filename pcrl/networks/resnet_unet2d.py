@@ -24,11 +24,10 @@ stages (``decoder.0 .. decoder.4``), each a 2x transposed conv that keeps the ch
 concatenation ``[upsampled, skip]`` with the encoder map of the same resolution (none for
 the last stage, which reaches the input resolution) and two 3x3 conv/norm/ReLU blocks with
 the skip's channel count (``max(1, w // 2)`` in the last stage); then ``out_tr.final_conv``
-(1x1 conv) and a sigmoid. PCRL's heads are those of
-:class:`pcrl.networks.PCRLNet3D` in 2D: the projection head ``fc1`` (8w -> proj_dim) ->
-ReLU -> ``fc2`` on the global average pool of the deepest map, L2-normalised; the TCA gate
-``aug_fc1`` (code_dim -> 4w) -> ReLU -> ``aug_fc2`` (4w -> 8w) -> sigmoid, per channel of
-the deepest map. The 2D transformation code has :data:`TCA_CODE_DIM_2D` = 6 entries: flip x,
+(1x1 conv) and a sigmoid. PCRL's heads are those of :mod:`pcrl.networks.heads`, as in
+:class:`pcrl.networks.PCRLNet3D`: the projection head ``fc1`` (8w -> proj_dim) / ``fc2`` and
+the TCA gate ``aug_fc1`` (code_dim -> 4w) / ``aug_fc2`` (4w -> 8w) on the deepest map. The 2D
+transformation code has :data:`~pcrl.networks.heads.TCA_CODE_DIM_2D` = 6 entries: flip x,
 flip y (0/1), then a one-hot of k = 0..3 quarter turns.
 
 Spatial sizes must be divisible by 32 (five 2x downsamplings).
@@ -40,19 +39,23 @@ from collections.abc import Sequence
 from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
-from pcrl.networks.unet3d import OutActivation, group_norm_groups, require_positive_int
+from pcrl.networks.blocks import (
+    OutActivation,
+    OutputTransition,
+    check_out_activation,
+    group_norm_groups,
+    require_positive_int,
+)
+from pcrl.networks.heads import TCA_CODE_DIM_2D, ProjectionHead, TCAGate
 
 __all__ = [
     "DOWNSAMPLING_FACTOR",
-    "TCA_CODE_DIM_2D",
     "BasicBlock",
     "ConvBlock2D",
     "Norm2dName",
-    "OutputTransition2D",
     "ResNet18Encoder",
     "ResNetUNet2D",
     "UpBlock2D",
@@ -64,9 +67,6 @@ Norm2dName = Literal["batch", "group", "instance"]
 #: Total downsampling of the ResNet-18 encoder (stem conv, max-pool, layers 2-4 each 2x).
 DOWNSAMPLING_FACTOR = 32
 
-#: Entries of a 2D transformation code: flip x, flip y, one-hot of k = 0..3 quarter turns.
-TCA_CODE_DIM_2D = 6
-
 _LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
 
@@ -76,7 +76,7 @@ def make_norm2d(norm: Norm2dName, channels: int) -> nn.Module:
     Args:
         norm: ``"batch"`` (BatchNorm2d, He et al. and torchvision; the only choice whose
             keys, running statistics included, are torchvision's), ``"group"`` (GroupNorm
-            with :func:`pcrl.networks.unet3d.group_norm_groups` groups) or ``"instance"``
+            with :func:`pcrl.networks.blocks.group_norm_groups` groups) or ``"instance"``
             (InstanceNorm2d with a learnable affine).
         channels: number of channels.
 
@@ -288,27 +288,7 @@ class UpBlock2D(nn.Module):
         return self.ops(h)
 
 
-class OutputTransition2D(nn.Module):
-    """``final_conv`` (1x1 conv) followed by a sigmoid, or nothing (logits).
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels (classes or reconstructed channels).
-        activation: ``"sigmoid"`` (intensities in [0, 1]) or ``"none"``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, activation: OutActivation) -> None:
-        super().__init__()
-        self.final_conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
-        self.activation = activation
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Return the 1x1 conv of ``x``, through a sigmoid unless the activation is "none"."""
-        out = self.final_conv(x)
-        return torch.sigmoid(out) if self.activation == "sigmoid" else out
-
-
-class ResNetUNet2D(nn.Module):
+class ResNetUNet2D(ProjectionHead, TCAGate):
     """ResNet-18 U-Net + projection head (fc1, fc2) + TCA (aug_fc1, aug_fc2), PCRL's 2D network.
 
     Offers the interface of :class:`pcrl.networks.PCRLNet3D` (``encode``, ``decode``,
@@ -356,13 +336,9 @@ class ResNetUNet2D(nn.Module):
         self.in_channels = require_positive_int("in_channels", in_channels)
         self.out_channels = require_positive_int("out_channels", out_channels)
         self.width = require_positive_int("width", width)
-        self.proj_dim = require_positive_int("proj_dim", proj_dim)
-        self.code_dim = require_positive_int("code_dim", code_dim)
         _check_norm(norm)
-        if out_activation not in get_args(OutActivation):
-            raise ConfigError(f"out_activation must be one of {get_args(OutActivation)}, got {out_activation!r}")
         self.norm = norm
-        self.out_activation = out_activation
+        self.out_activation = check_out_activation(out_activation)
 
         self.encoder = ResNet18Encoder(in_channels, width, norm)
         self.feature_channels = self.encoder.feature_channels
@@ -377,11 +353,9 @@ class ResNetUNet2D(nn.Module):
                 UpBlock2D(stem, 0, last, norm),  # 1/2 -> full resolution, no skip
             ]
         )
-        self.out_tr = OutputTransition2D(last, out_channels, out_activation)
-        self.fc1 = nn.Linear(deep, proj_dim)
-        self.fc2 = nn.Linear(proj_dim, proj_dim)
-        self.aug_fc1 = nn.Linear(code_dim, c3)
-        self.aug_fc2 = nn.Linear(c3, deep)
+        self.out_tr = OutputTransition(last, out_channels, out_activation, spatial_dims=2)
+        self.add_projection_head(deep, proj_dim)
+        self.add_tca_gate(code_dim, c3, deep, spatial_dims=2)
 
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """The encoder's state dict, keys without prefix (torchvision's resnet18 names)."""
@@ -420,43 +394,3 @@ class ResNetUNet2D(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruct / segment ``x``: ``decode(encode(x))``."""
         return self.decode(self.encode(x))
-
-    def project(self, deepest: Tensor) -> Tensor:
-        """Projection head: GAP -> fc1 -> ReLU -> fc2 -> L2 normalisation.
-
-        Args:
-            deepest: deepest encoder map (N, 8w, x, y), e.g. ``encode(x)[4]``.
-
-        Returns:
-            (N, proj_dim) rows of unit Euclidean norm.
-
-        Raises:
-            ValueError: if ``deepest`` does not have ``8w`` channels on dim 1.
-        """
-        deep = self.feature_channels[4]
-        if deepest.ndim < 3 or deepest.shape[1] != deep:
-            raise ValueError(
-                f"project expects the deepest map (N, {deep}, *spatial), got shape {tuple(deepest.shape)}"
-            )
-        pooled = deepest.flatten(2).mean(dim=2)
-        return F.normalize(self.fc2(F.relu(self.fc1(pooled))), dim=1)
-
-    def tca_gate(self, codes: Tensor) -> Tensor:
-        """Transformation-conditioned channel gate.
-
-        Args:
-            codes: (N, code_dim) transformation codes (flip x, flip y; one-hot k = 0..3);
-                any numeric dtype.
-
-        Returns:
-            (N, 8w, 1, 1) gate in (0, 1), to multiply into the deepest map.
-
-        Raises:
-            ValueError: if ``codes`` is not of shape (N, code_dim).
-        """
-        if codes.ndim != 2 or codes.shape[1] != self.code_dim:
-            raise ValueError(f"tca_gate expects codes of shape (N, {self.code_dim}), got {tuple(codes.shape)}")
-        codes = codes.to(dtype=self.aug_fc1.weight.dtype)
-        gate = torch.sigmoid(self.aug_fc2(F.relu(self.aug_fc1(codes))))
-        return gate.reshape(codes.shape[0], self.feature_channels[4], 1, 1)
-

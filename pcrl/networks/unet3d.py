@@ -31,59 +31,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
+from pcrl.networks.blocks import (
+    OutActivation,
+    OutputTransition,
+    check_out_activation,
+    group_norm_groups,
+    require_positive_int,
+)
 
 __all__ = [
     "DOWNSAMPLING_FACTOR",
     "ConvBlock",
     "DownTransition",
     "NormName",
-    "OutActivation",
-    "OutputTransition",
     "UNet3D",
     "UpTransition",
     "BatchStatsNorm3d",
-    "group_norm_groups",
     "make_norm",
 ]
 
 NormName = Literal["batch", "batch_stats", "group", "instance"]
-OutActivation = Literal["sigmoid", "none"]
 
 #: Total downsampling of the encoder (three 2x max-pools): input sizes must divide by it.
 DOWNSAMPLING_FACTOR = 8
 
-#: Upper bound on GroupNorm's group count; the PCRL release's "gn" option uses 8 groups.
-GROUP_NORM_MAX_GROUPS = 8
-
 _LEVEL_NAMES = ("down_tr64", "down_tr128", "down_tr256", "down_tr512")
 _UP_NAMES = ("up_tr256", "up_tr128", "up_tr64")
-
-
-def group_norm_groups(channels: int, max_groups: int = GROUP_NORM_MAX_GROUPS) -> int:
-    """Number of GroupNorm groups for ``channels``: the largest divisor not above ``max_groups``.
-
-    The PCRL release's group-norm option uses 8 groups, which divides every channel
-    count at base width 32; for narrow networks (tests, demo) the largest divisor of
-    ``channels`` not exceeding 8 keeps the layer valid (e.g. 12 -> 6, 4 -> 4, 9 -> 3).
-
-    Args:
-        channels: number of channels to normalise (>= 1).
-        max_groups: upper bound on the number of groups (>= 1).
-
-    Returns:
-        A group count that divides ``channels``.
-
-    Raises:
-        ConfigError: if ``channels`` or ``max_groups`` is not a positive integer.
-    """
-    if channels < 1 or max_groups < 1:
-        raise ConfigError(
-            f"group norm needs positive channels and max_groups, got {channels} and {max_groups}"
-        )
-    for groups in range(min(channels, max_groups), 0, -1):
-        if channels % groups == 0:
-            return groups
-    return 1  # unreachable: 1 divides everything
 
 
 class BatchStatsNorm3d(nn.BatchNorm3d):
@@ -124,7 +97,7 @@ def make_norm(norm: NormName, channels: int) -> nn.Module:
         norm: ``"batch"`` (BatchNorm3d, the release default), ``"batch_stats"``
             (:class:`BatchStatsNorm3d`, batch statistics always: Models Genesis' public
             weights), ``"group"`` (GroupNorm with
-            :func:`group_norm_groups` groups) or ``"instance"`` (InstanceNorm3d with a
+            :func:`pcrl.networks.blocks.group_norm_groups` groups) or ``"instance"`` (InstanceNorm3d with a
             learnable affine, as the release's "in" option).
         channels: number of channels.
 
@@ -217,33 +190,6 @@ class UpTransition(nn.Module):
         return self.ops(torch.cat((self.up_conv(x), skip), dim=1))
 
 
-class OutputTransition(nn.Module):
-    """``final_conv`` (1x1x1 conv) followed by a sigmoid, or nothing (logits).
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels (classes or reconstructed channels).
-        activation: ``"sigmoid"`` (the releases; intensities in [0, 1]) or ``"none"``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, activation: OutActivation) -> None:
-        super().__init__()
-        self.final_conv = nn.Conv3d(in_channels, out_channels, kernel_size=1)
-        self.activation = activation
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Return the 1x1x1 conv of ``x``, through a sigmoid unless the activation is "none"."""
-        out = self.final_conv(x)
-        return torch.sigmoid(out) if self.activation == "sigmoid" else out
-
-
-def require_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is a positive int (not a bool), else raise ConfigError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 class UNet3D(nn.Module):
     """Models Genesis 3D U-Net (docs/method.md "Networks"); module names as the release.
 
@@ -284,12 +230,8 @@ class UNet3D(nn.Module):
         self.base = require_positive_int("base", base)
         if norm not in get_args(NormName):
             raise ConfigError(f"norm must be one of {get_args(NormName)}, got {norm!r}")
-        if out_activation not in get_args(OutActivation):
-            raise ConfigError(
-                f"out_activation must be one of {get_args(OutActivation)}, got {out_activation!r}"
-            )
         self.norm = norm
-        self.out_activation = out_activation
+        self.out_activation = check_out_activation(out_activation)
 
         c0, c1, c2, c3 = (2 * base * 2**d for d in range(4))
         self.feature_channels = (c0, c1, c2, c3)

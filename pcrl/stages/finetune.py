@@ -35,13 +35,8 @@ from pcrl.atomic import atomic_dir, write_json
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig
 from pcrl.preprocessing.task_data import TaskSplit, load_split
-from pcrl.finetune.models import (
-    InitRecord,
-    NetworkConfig,
-    apply_init,
-    read_init_record,
-    seeded_network,
-)
+from pcrl.finetune.checkpoints import InitRecord, apply_init, read_init_record
+from pcrl.finetune.models import NetworkConfig, seeded_network
 from pcrl.tasks import TaskSpec, get_task
 from pcrl.finetune.train import (
     STATE_NAME,

@@ -2,7 +2,7 @@
 
 Every initialisation a fine-tuning run can start from is a folder
 ``data/pretrain/<name>/weights.pt`` holding an initialisation record (see
-:mod:`pcrl.finetune.models`): the pretrain stage writes ``pcrl``, ``genesis`` and ``moco``;
+:mod:`pcrl.finetune.checkpoints`): the pretrain stage writes ``pcrl``, ``genesis`` and ``moco``;
 this stage writes
 
 - ``scratch``: the random initialisation, a record with no weights;
@@ -23,7 +23,7 @@ from pathlib import Path
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.torchfile import save_checked
 from pcrl.errors import ConfigError
-from pcrl.finetune.models import import_checkpoint, import_resnet18_checkpoint, scratch_record
+from pcrl.finetune.checkpoints import import_checkpoint, import_resnet18_checkpoint, scratch_record
 from pcrl.settings import Setting, get_setting
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from pcrl.atomic import atomic_dir, atomic_path, write_json, write_text
 from pcrl.preprocessing.splits import fraction_key
 from pcrl.evaluation.probe import probe_auc, probe_split
 from pcrl.preprocessing.task_data import load_split
-from pcrl.finetune.models import NetworkConfig, apply_init, read_init_record, seeded_network
+from pcrl.finetune.checkpoints import apply_init, read_init_record
+from pcrl.finetune.models import NetworkConfig, seeded_network
 
 log = logging.getLogger(__name__)
 
