@@ -26,13 +26,7 @@ from pcrl.finetune.train import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    """Tiny convolutions run faster on one thread of the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ losses and flips
