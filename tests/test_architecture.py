@@ -85,3 +85,50 @@ def test_every_stage_names_the_module_that_implements_it() -> None:
         module = f"pcrl/stages/{command[1].replace('-', '_')}.py"
         assert (PACKAGE.parent / module).is_file(), (name, module)
         assert module in body["desc"], f"{name}: desc does not name {module}"
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Each pcrl module's name -> the pcrl modules it imports (lazy imports included)."""
+    files = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return {name: {m for m in imported_modules(path) if m in files and m != name}
+            for name, path in files.items()}
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of ``graph`` as ``[a, b, ..., a]``, or [] when it has none (depth-first)."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str]:
+        if node in path:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return []
+        for target in sorted(graph[node]):
+            cycle = visit(target, [*path, node])
+            if cycle:
+                return cycle
+        done.add(node)
+        return []
+
+    for start in sorted(graph):
+        cycle = visit(start, [])
+        if cycle:
+            return cycle
+    return []
+
+
+def test_no_pcrl_modules_import_each_other() -> None:
+    """Modules form layers: no module imports itself through others (e.g. pcrl.atomic and
+    pcrl.outputs once imported each other inside functions)."""
+    graph = module_graph()
+    assert {"pcrl.atomic", "pcrl.outputs", "pcrl.engine.trainer"} <= set(graph)
+    assert "pcrl.outputs" in graph["pcrl.atomic"]
+    assert import_cycle(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert import_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from pcrl.torchfile import save_checked
 from pcrl.hashing import file_digest
-from pcrl.outputs import discard_state, prepare_state
+from pcrl.run_state import discard_state, prepare_state
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig
