@@ -58,15 +58,11 @@ from pcrl.finetune.models import (
     read_init_record,
     seeded_network,
 )
+from pcrl.finetune.flips import flip_dims
+from pcrl.finetune.losses import build_loss
+from pcrl.finetune.selection import STATE_NAME
 from pcrl.finetune.tasks import TaskSpec, get_task
-from pcrl.finetune.train import (
-    STATE_NAME,
-    FinetuneModule,
-    FinetuneResult,
-    build_loss,
-    finetune,
-    flip_dims,
-)
+from pcrl.finetune.train import FinetuneModule, FinetuneResult, finetune
 from pcrl.networks import LoadReport
 from pcrl.networks.resnet_unet2d import DOWNSAMPLING_FACTOR
 from pcrl.provenance import provenance
