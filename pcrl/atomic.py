@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pcrl.errors import DataError
+from pcrl.outputs import check_output, write_marker
 
 
 @contextlib.contextmanager
@@ -81,8 +82,6 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     pipeline did not write is refused before anything is built (UnsafeOutputError). On
     error the temporary folder is deleted and ``path`` is left as it was.
     """
-    from pcrl.outputs import check_output, write_marker
-
     final = Path(path)
     check_output(final)
     final.parent.mkdir(parents=True, exist_ok=True)

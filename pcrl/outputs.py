@@ -9,21 +9,20 @@ anything, :func:`check_output` refuses an output path that
 - equals or contains the repository root or the user's home;
 - is an existing non-empty folder that does not carry :data:`MARKER`, the file the
   pipeline writes into every output folder it creates (:func:`pcrl.atomic.atomic_dir`) and
-  every state folder (:func:`prepare_state`): a folder without it was not written by the
-  pipeline, so the pipeline does not delete it.
+  every state folder (:func:`pcrl.run_state.prepare_state`): a folder without it was not
+  written by the pipeline, so the pipeline does not delete it.
+
+This module depends on no other pcrl module but the errors: :mod:`pcrl.atomic` and
+:mod:`pcrl.run_state` build on it.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from pcrl.errors import PcrlError
-
-log = logging.getLogger(__name__)
 
 #: Written into every folder a stage creates; a folder without it is never replaced.
 MARKER = ".pcrl-output"
@@ -131,43 +130,3 @@ def check_output(
             f"{option} {out} exists and was not written by this pipeline (no {MARKER} file in "
             "it); refusing to replace it: choose another folder, or empty or remove it yourself"
         )
-
-
-def discard_state(state: Path) -> None:
-    """Remove a training state folder once its stage succeeded (its outputs hold the result).
-
-    The state only lets an interrupted job resume; a finished one needs none, and its kept
-    checkpoints would otherwise stay on disk. Only a folder the pipeline marked is removed.
-    """
-    state = Path(state)
-    if state.is_dir() and has_marker(state, STATE_MARKERS):
-        shutil.rmtree(state)
-        log.info("%s: stage done, training state removed", state)
-
-
-def prepare_state(state: Path, fingerprint: str) -> None:
-    """Make ``state`` the resumable state folder of the run identified by ``fingerprint``.
-
-    A state folder of another run (its fingerprint differs: params, data or weights
-    changed) is discarded so that the run starts afresh; a non-empty folder that is not a
-    pipeline state folder (no marker) is refused instead of deleted.
-
-    Raises:
-        UnsafeOutputError: ``state`` exists, is not empty and was not written by the pipeline.
-    """
-    from pcrl.atomic import atomic_path
-
-    state = Path(state)
-    check_output(state, option="--state", markers=STATE_MARKERS)
-    stamp = state / FINGERPRINT
-    if state.exists() and has_marker(state, STATE_MARKERS):
-        if not stamp.is_file() or stamp.read_text().strip() != fingerprint:
-            log.warning("%s holds the state of another run (params or data changed): "
-                        "starting afresh", state)
-            shutil.rmtree(state)
-    state.mkdir(parents=True, exist_ok=True)
-    if not has_marker(state):
-        write_marker(state)
-    if not stamp.is_file():
-        with atomic_path(stamp) as tmp:
-            tmp.write_text(fingerprint + "\n")

@@ -1,4 +1,4 @@
-"""Shared fixtures: repository paths and the demo params."""
+"""Shared fixtures: repository paths, the demo params, one torch thread."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import copy
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,20 @@ def repo_root() -> Path:
 def demo_params() -> dict:
     """A fresh copy of the repository's params.yaml (the demo configuration)."""
     return copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a whole test module (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): tiny convolutions run several times faster on
+    shared cores, and results compared bit for bit must use the same thread count. The
+    previous count is restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 GIT_ENV = {

@@ -33,7 +33,7 @@ import yaml
 from conftest import fresh_copy, git, narrowed, run, without_2d
 from pcrl.runners.dag import load_stages
 
-pytestmark = pytest.mark.pipeline
+pytestmark = [pytest.mark.pipeline, pytest.mark.cluster]
 
 TARGET = "data/pretrain/pcrl"
 SMALL_RESOURCES = {"default": {"threads": 1, "mem_mb": 1500, "runtime": 30, "gpus": 0}}

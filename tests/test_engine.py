@@ -44,14 +44,7 @@ from pcrl.errors import ConfigError, DataError
 SHAPE = (8, 8, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    """One thread for every run of this module: tiny convolutions run ~10x faster on
-    shared cores, and results compared bit for bit must use the same thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyMethod(nn.Module):

@@ -1,4 +1,5 @@
-"""pcrl.finetune.train and the engine's early stopping: losses, flips, validation, resume."""
+"""pcrl.finetune (train, losses, flips, selection) and the engine's early stopping: losses,
+flips, validation, resume."""
 
 from __future__ import annotations
 
@@ -14,25 +15,13 @@ from torch.utils.data import Dataset
 from pcrl.engine import TrainConfig, last_checkpoint, load_checkpoint, train
 from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.models import NetworkConfig, seeded_network
-from pcrl.finetune.train import (
-    DiceBCELoss,
-    EarlyStopping,
-    FinetuneModule,
-    ValidationHook,
-    build_loss,
-    finetune,
-    flip_dims,
-    random_flips,
-)
+from pcrl.finetune.flips import flip_dims, random_flips
+from pcrl.finetune.losses import DiceBCELoss, build_loss
+from pcrl.finetune.selection import EarlyStopping, ValidationHook
+from pcrl.finetune.train import FinetuneModule, finetune
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    """Tiny convolutions run faster on one thread of the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ losses and flips

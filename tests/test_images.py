@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -89,10 +90,27 @@ def test_write_leaves_only_final_files_and_mhd_points_at_final_raw(tmp_path: Pat
     assert "ElementDataFile = case.raw" in (tmp_path / "case.mhd").read_text()
 
 
-def test_nii_gz_is_gzip_compressed(tmp_path: Path):
+def test_nii_gz_is_a_gzipped_nifti1_file_of_the_image(tmp_path: Path):
+    """The bytes, read with the NIfTI-1 header layout (nifti1.h) rather than SimpleITK:
+    int16 voxels x fastest after a 352-byte header, and the geometry in NIfTI's RAS world,
+    i.e. ITK's LPS with x and y negated, worked out by hand for small_image():
+    srow = diag(-1, -1, 1) @ direction @ diag(spacing) | (3, -4, 5)."""
     write_image(tmp_path / "a.nii.gz", small_image())
     with gzip.open(tmp_path / "a.nii.gz") as fh:
-        assert len(fh.read()) > 0  # raises BadGzipFile if not gzip
+        raw = fh.read()  # raises BadGzipFile if not gzip
+    assert struct.unpack_from("<i", raw, 0) == (348,)  # sizeof_hdr
+    assert raw[344:348] == b"n+1\0"  # magic: header and voxels in one file
+    assert struct.unpack_from("<4h", raw, 40) == (3, 4, 3, 2)  # dim: 3D, x, y, z
+    assert struct.unpack_from("<2h", raw, 70) == (4, 16)  # datatype DT_INT16, bitpix
+    assert struct.unpack_from("<4f", raw, 76) == (1.0, 0.5, 1.0, 2.0)  # qfac, spacing
+    assert struct.unpack_from("<f", raw, 108) == (352.0,)  # vox_offset
+    assert struct.unpack_from("<3f", raw, 268) == (3.0, -4.0, 5.0)  # qoffset: origin in RAS
+    assert struct.unpack_from("<12f", raw, 280) == (0.0, 1.0, 0.0, 3.0,
+                                                    -0.5, 0.0, 0.0, -4.0,
+                                                    0.0, 0.0, 2.0, 5.0)  # srow_x, srow_y, srow_z
+    voxels = struct.unpack_from("<24h", raw, 352)
+    assert voxels == tuple(100 * i + 10 * j + k for k in range(2) for j in range(3) for i in range(4))
+    assert len(raw) == 352 + 24 * 2
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path):

@@ -12,7 +12,8 @@ import yaml
 
 from pcrl.cli import main
 from pcrl.phantom import generate_msd_liver
-from pcrl.outputs import MARKER, FINGERPRINT, UnsafeOutputError, check_output, prepare_state
+from pcrl.outputs import MARKER, FINGERPRINT, UnsafeOutputError, check_output
+from pcrl.run_state import discard_state, prepare_state
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -154,7 +155,6 @@ def test_check_output_relations(tmp_path: Path) -> None:
 
 
 def test_discard_state_removes_only_a_marked_state_folder(tmp_path: Path) -> None:
-    from pcrl.outputs import discard_state
 
     state = tmp_path / "state"
     prepare_state(state, "run-1")

@@ -294,13 +294,33 @@ def test_brain_same_seed_same_bytes(brain_root: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------------ API and errors
 
 
-def test_generators_registry() -> None:
-    assert phantom.GENERATORS == {
-        "luna16": phantom.generate_luna16,
-        "msd_liver": phantom.generate_msd_liver,
-        "chestxray14": phantom.generate_chestxray14,
-        "msd_brain": phantom.generate_msd_brain,
-    }
+#: The download stage's call for each dataset name (smallest sizes) and the files that
+#: dataset ships with, written by hand from its native layout (the module docstring).
+NATIVE_LAYOUTS = {
+    "luna16": ({"scans": 1, "subsets": 1, "shape": LUNA_SHAPE},
+               ["annotations.csv", "candidates.csv", "subset0/<uid>.mhd", "subset0/<uid>.raw"]),
+    "msd_liver": ({"cases": 1, "test_cases": 0, "shape": LIVER_SHAPE},
+                  ["dataset.json", "imagesTr/liver_0.nii.gz", "labelsTr/liver_0.nii.gz"]),
+    "msd_brain": ({"cases": 1, "test_cases": 0, "shape": BRAIN_SHAPE},
+                  ["dataset.json", "imagesTr/BRATS_001.nii.gz", "labelsTr/BRATS_001.nii.gz"]),
+    "chestxray14": ({"patients": 1, "images_per_patient": 2, "size": (64, 64)},
+                    ["Data_Entry_2017_v2020.csv", "images/00000001_000.png",
+                     "images/00000001_001.png", "test_list.txt", "train_val_list.txt"]),
+}
+
+
+def test_generators_registry_has_one_phantom_per_dataset() -> None:
+    assert sorted(phantom.GENERATORS) == ["chestxray14", "luna16", "msd_brain", "msd_liver"]
+
+
+@pytest.mark.parametrize("name", sorted(NATIVE_LAYOUTS))
+def test_each_registered_generator_writes_its_datasets_native_layout(name: str, tmp_path: Path) -> None:
+    """The download stage's call ``GENERATORS[name](root, seed=, **sizes, shard=)`` writes the
+    files of that dataset (a LUNA16 series uid stands as <uid>), and nothing else."""
+    sizes, expected = NATIVE_LAYOUTS[name]
+    phantom.GENERATORS[name](tmp_path / name, seed=0, shard=(0, 1), **sizes)
+    written = sorted(UID_RE.sub("<uid>", path) for path in tree_bytes(tmp_path / name))
+    assert written == expected
 
 
 def test_generator_replaces_a_stale_root(tmp_path: Path) -> None:

@@ -103,6 +103,7 @@ def test_shapes_no_intensity_feature_separates_the_classes(shape_cubes, feature:
     assert max(value, 1.0 - value) <= 0.6, f"{feature}: test AUC {value:.3f}"
 
 
+@pytest.mark.pipeline  # 300 training steps of a 3D CNN: ~3 min on 2 cores
 def test_shapes_small_cnn_learns_the_shapes(shape_cubes) -> None:
     """A few-layer 3D CNN trained on the labelled cubes of 15 scans tells the other 15 apart."""
     cubes, labels, scans = shape_cubes

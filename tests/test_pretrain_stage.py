@@ -196,6 +196,7 @@ def _cli(params: Path, pairs: Path, out: Path, state: Path, method: str = "genes
             "--workers", "0", "--no-progress"]
 
 
+@pytest.mark.pipeline  # the real CLI three times in subprocesses, one killed: ~100 s
 def test_killed_job_resumes_without_repeating_epochs(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
     """kill -9 after the first checkpoint; the rerun finishes the remaining epochs only,
     with the same weights as an uninterrupted run.
@@ -258,6 +259,7 @@ def test_changed_params_discard_stale_state(pairs_dir: Path, tmp_path: Path, dem
     assert json.loads((out / "summary.json").read_text())["epochs_run_by_this_job"] == [1, 2]
 
 
+@pytest.mark.pipeline  # the real CLI under torchrun (2 processes), then a run in-process: ~40 s
 def test_torchrun_two_processes_on_cpu(pairs_dir: Path, tmp_path: Path, demo_params: dict) -> None:
     """PCRL_NPROC_PER_NODE=2: the CLI re-launches itself under torchrun (gloo, 2 processes)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PCRL_NPROC_PER_NODE": "2"}

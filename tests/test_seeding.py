@@ -9,11 +9,15 @@ import numpy as np
 from pcrl.seeding import indexed_rng, mix_seed, named_rng
 
 
-def test_mix_seed_is_seedsequence_state_words() -> None:
-    words = np.random.SeedSequence([7, 1, 3]).generate_state(2, dtype=np.uint32)
-    assert mix_seed(7, 1, 3) == int(words[1]) * 2**32 + int(words[0])
-    assert mix_seed(7, 1, 3, bits=32) == int(np.random.SeedSequence([7, 1, 3]).generate_state(1)[0])
-    assert 0 <= mix_seed(7, 1, 3) < 2**64 and 0 <= mix_seed(7, 1, 3, bits=32) < 2**32
+def test_mix_seed_values_are_pinned() -> None:
+    """Every training and augmentation seed derives from mix_seed, so its values are pinned:
+    the first two 32-bit state words of numpy's SeedSequence of the keys (recorded once from
+    numpy 2.4: SeedSequence([7, 1, 3]) gives 0x72426bde, 0xdd127b7d; numpy keeps them stable
+    across versions), the first word low, the second high; 32 bits: the first word."""
+    assert mix_seed(7, 1, 3) == 0xDD127B7D_72426BDE
+    assert mix_seed(7, 1, 3, bits=32) == 0x72426BDE
+    assert mix_seed(5, 2) == 0x39BBDF74_C04ABDF5
+    assert mix_seed(5, 2, bits=32) == 0xC04ABDF5
 
 
 def test_mix_seed_wraps_keys_beyond_63_bits() -> None:

@@ -36,12 +36,7 @@ from pcrl.provenance import params_digest
 IDS = ["c0", "c1", "c2", "c3", "c4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,7 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tup
     return out, summary
 
 
+@pytest.mark.pipeline  # the tiny study runs the whole procedure: ~8 min on 2 cores
 def test_a_tiny_study_writes_its_report_and_every_arm(tiny_study: tuple[Path, dict]) -> None:
     out, summary = tiny_study
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
@@ -127,6 +128,7 @@ def test_a_tiny_study_writes_its_report_and_every_arm(tiny_study: tuple[Path, di
     assert "cannot tell" in report
 
 
+@pytest.mark.pipeline  # the tiny study runs the whole procedure: ~8 min on 2 cores
 def test_the_tiny_study_comparisons_follow_from_its_scores(tiny_study: tuple[Path, dict]) -> None:
     """The reported difference is the mean over the arm's seeds and label sets minus scratch's,
     recomputed here from the per-set AUCs the summary records; the interval holds it."""
@@ -140,6 +142,7 @@ def test_the_tiny_study_comparisons_follow_from_its_scores(tiny_study: tuple[Pat
         assert c["low"] <= c["difference"] + 1e-12 and c["difference"] <= c["high"] + 1e-12
 
 
+@pytest.mark.pipeline  # the tiny study runs the whole procedure: ~8 min on 2 cores
 def test_the_tiny_study_gate_reads_each_runs_last_gauges(tiny_study: tuple[Path, dict]) -> None:
     out, summary = tiny_study
     for name, gate in summary["gates"]["runs"].items():

@@ -1,7 +1,8 @@
 """The training loop: :func:`train` and the :class:`_Trainer` behind it.
 
 The method is trained with SGD and a cosine decay stepped once per epoch, under autocast
-when AMP is on, wrapped in DistributedDataParallel with several processes.
+when AMP is on, wrapped in DistributedDataParallel with several processes, under
+deterministic algorithms when the config asks (:mod:`pcrl.engine.determinism`).
 
 - A non-finite loss term stops the run at once with :class:`NonFiniteLossError`, before
   its gradient touches the weights; ``last.pt`` stays the last good checkpoint.
@@ -12,13 +13,11 @@ when AMP is on, wrapped in DistributedDataParallel with several processes.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import dataclasses
 import math
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sized
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -35,6 +34,7 @@ from pcrl.engine.checkpoint import (CHECKPOINT_FORMAT, _check_compatible, _write
 from pcrl.engine.collectives import _Group
 from pcrl.engine.config import (EpochHook, NonFiniteLossError, TrainConfig, TrainResult,
                                 amp_dtype, resolve_amp)
+from pcrl.engine.determinism import determinism
 from pcrl.engine.logging import (close_live, epoch_bar, log, log_epoch, next_live_step,
                                  open_live)
 from pcrl.engine.preemption import Preempted, _catch_preemption, _StopFlag
@@ -361,13 +361,14 @@ def train(
     dist: DistInfo | None = None,  # noqa: A002 - the name of the contract
     on_epoch_end: EpochHook | None = None,
 ) -> TrainResult:
-    """Pretrain ``method`` on ``dataset``, resuming from ``out_dir`` if it holds a checkpoint.
+    """Train ``method`` on ``dataset``, resuming from ``out_dir`` if it holds a checkpoint.
 
     Args:
         method: A method module: ``method(x1, x2, generator)`` returns a dict of scalar
             tensors with a "loss" key; ``method.after_step()`` runs after each SGD step.
             It is moved to ``device`` and trained in place.
-        dataset: Yields pairs ``(x1, x2)`` of tensors (1, X, Y, Z), e.g. a PairsDataset.
+        dataset: Yields pairs of tensors: two views ``(x1, x2)`` (1, X, Y, Z) for
+            pretraining (a PairsDataset), ``(image, target)`` for fine-tuning.
         config: Optimisation settings.
         out_dir: Folder for ``checkpoints/`` and the dvclive log ``live/``.
         device: The device this process trains on.
@@ -391,26 +392,6 @@ def train(
     """
     device = torch.device(device)
     info = dist if dist is not None else DistInfo(device=device)
-    with _determinism(config.deterministic):
+    with determinism(config.deterministic):
         trainer = _Trainer(method, dataset, config, Path(out_dir), device, info, on_epoch_end)
         return trainer.run()
-
-
-@contextlib.contextmanager
-def _determinism(enabled: bool) -> Iterator[None]:
-    """Deterministic algorithms and cuDNN flags for the block when ``enabled``; the
-    process's previous settings are restored afterwards. cuBLAS needs a fixed workspace
-    for deterministic matrix products (CUBLAS_WORKSPACE_CONFIG, set if absent)."""
-    if not enabled:
-        yield
-        return
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-             torch.backends.cudnn.benchmark)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1], saved[2]

@@ -13,7 +13,10 @@ Modules:
     data       splits, NCC candidate cubes, segmentation volumes and patches
     chest14    Chest14's labelled radiographs (images.csv over the 2D preprocessing's shards)
     inference  validation/test scoring (AUC; sliding-window Dice/IoU)
-    train      engine adapter, losses, validation hook, early stopping
+    losses     the loss of each task kind (Dice + BCE, Dice + focal, BCE)
+    flips      random flips as augmentation
+    selection  validation after every epoch: best weights, early stopping
+    train      the engine's task module and the fine-tuning run
 
 Only :mod:`pcrl.tasks` is imported here; the others load torch/MONAI and are
 imported where needed.

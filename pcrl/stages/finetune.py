@@ -30,22 +30,18 @@ import torch
 
 from pcrl.torchfile import save_checked
 from pcrl.hashing import file_digest
-from pcrl.outputs import discard_state, prepare_state
+from pcrl.run_state import discard_state, prepare_state
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig
 from pcrl.preprocessing.task_data import TaskSplit, load_split
 from pcrl.finetune.checkpoints import InitRecord, apply_init, read_init_record
+from pcrl.finetune.flips import flip_dims
+from pcrl.finetune.losses import build_loss
 from pcrl.finetune.models import NetworkConfig, seeded_network
+from pcrl.finetune.selection import STATE_NAME
+from pcrl.finetune.train import FinetuneModule, FinetuneResult, finetune
 from pcrl.tasks import TaskSpec, get_task
-from pcrl.finetune.train import (
-    STATE_NAME,
-    FinetuneModule,
-    FinetuneResult,
-    build_loss,
-    finetune,
-    flip_dims,
-)
 from pcrl.networks import LoadReport
 from pcrl.provenance import provenance
 from pcrl.stages.kinds import kind_module

@@ -23,7 +23,7 @@ from typing import Any, cast
 import torch
 
 from pcrl.torchfile import save_checked
-from pcrl.outputs import discard_state, prepare_state
+from pcrl.run_state import discard_state, prepare_state
 from pcrl.atomic import atomic_dir, read_json, write_json
 from pcrl.preprocessing.pairs import PairsDataset, pair_files
 from pcrl.distributed import DistInfo, cleanup, init_distributed
