@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_finetune_data import (
+from test_task_data import (
     CHEST_HEADER,
     liver_case,
     write_images_csv,
