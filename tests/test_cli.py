@@ -240,7 +240,8 @@ def test_init_weights_2d_imports_a_resnet18_and_refuses_a_3d_file_naming_it(tmp_
 
     import torch
 
-    from pcrl.networks import ResNet18Encoder, UNet3D
+    from pcrl.networks.resnet18 import ResNet18Encoder
+    from pcrl.networks.unet3d import UNet3D
 
     good, bad = tmp_path / "resnet18.pth", tmp_path / "genesis.pt"
     torch.save(ResNet18Encoder(in_channels=3, width=8).state_dict(), good)

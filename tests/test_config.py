@@ -167,11 +167,11 @@ def test_local_paths_outside_are_accepted(tmp_path: Path, demo_params: dict) -> 
 
 
 def test_2d_setting_sizes_and_widths_are_checked_before_any_stage(demo_params: dict) -> None:
-    from pcrl.networks import resnet_unet2d, unet3d
+    from pcrl.networks import resnet18, unet3d
     from pcrl.settings import SETTINGS
 
     # the settings table reads no torch module: its strides must match the networks'
-    assert SETTINGS["2d"].stride == resnet_unet2d.DOWNSAMPLING_FACTOR == 2 ** 5  # ResNet-18: stem 4, 3 stages 2 each
+    assert SETTINGS["2d"].stride == resnet18.DOWNSAMPLING_FACTOR == 2 ** 5  # ResNet-18: stem 4, 3 stages 2 each
     assert SETTINGS["3d"].stride == unet3d.DOWNSAMPLING_FACTOR == 2 ** 3  # three max-poolings
     demo_params["resample"]["chestxray14"]["size"] = [64, 48]
     with pytest.raises(ConfigError, match=r"resample\.chestxray14\.size: \[64, 48\] must be multiples of 32"):

@@ -19,7 +19,7 @@ from pcrl.finetune.checkpoints import (
     scratch_record,
 )
 from pcrl.finetune.models import ClassificationNet, NetworkConfig, seeded_network
-from pcrl.networks import UNet3D
+from pcrl.networks.unet3d import UNet3D
 
 NET = NetworkConfig(base=2)
 
@@ -185,7 +185,8 @@ def test_import_refuses_checkpoints_without_encoder(tmp_path: Path) -> None:
 
 def test_chest14_classifier_loads_torchvision_and_pretrained_2d_encoders() -> None:
     from pcrl.finetune.models import MultiLabelResNet
-    from pcrl.networks import ResNet18Encoder, ResNetUNet2D
+    from pcrl.networks.resnet18 import ResNet18Encoder
+    from pcrl.networks.resnet_unet2d import ResNetUNet2D
 
     with torch.random.fork_rng():
         torch.manual_seed(3)
@@ -211,7 +212,7 @@ def test_chest14_classifier_loads_torchvision_and_pretrained_2d_encoders() -> No
 
 def _unet2d_state(seed: int, width: int = 4) -> dict[str, torch.Tensor]:
     """A ResNetUNet2D's full state dict, shifted so that it differs from any seeded init."""
-    from pcrl.networks import ResNetUNet2D
+    from pcrl.networks.resnet_unet2d import ResNetUNet2D
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -275,7 +276,7 @@ def test_an_external_resnet18_file_becomes_a_2d_record_and_loads_into_chest14(tm
     Chest14 network then sums the RGB stem over its channels and takes every other tensor."""
     from pcrl.finetune.checkpoints import import_resnet18_checkpoint
     from pcrl.finetune.models import MultiLabelResNet
-    from pcrl.networks import ResNet18Encoder
+    from pcrl.networks.resnet18 import ResNet18Encoder
     from pcrl.stages.init_weights import run_init_weights
 
     with torch.random.fork_rng():
@@ -302,7 +303,7 @@ def test_an_external_resnet18_file_becomes_a_2d_record_and_loads_into_chest14(tm
 
 def test_a_file_that_is_no_resnet18_is_refused_at_import_naming_it(tmp_path: Path) -> None:
     from pcrl.finetune.checkpoints import import_resnet18_checkpoint
-    from pcrl.networks import ResNet18Encoder
+    from pcrl.networks.resnet18 import ResNet18Encoder
 
     genesis = tmp_path / "genesis.pt"
     torch.save(_pretrained(), genesis)

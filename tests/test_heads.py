@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from pcrl.errors import ConfigError
-from pcrl.networks import PCRLNet3D, ResNetUNet2D
+from pcrl.networks.pcrl_net import PCRLNet3D
+from pcrl.networks.resnet_unet2d import ResNetUNet2D
 from pcrl.networks.heads import TCA_CODE_DIM, TCA_CODE_DIM_2D, ProjectionHead, TCAGate
 
 HEAD_KEYS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",

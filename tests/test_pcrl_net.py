@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from pcrl.errors import ConfigError
-from pcrl.networks import TCA_CODE_DIM, PCRLNet3D, UNet3D
+from pcrl.networks.heads import TCA_CODE_DIM
+from pcrl.networks.pcrl_net import PCRLNet3D
+from pcrl.networks.unet3d import UNet3D
 
 RELEASE_KEYS = Path(__file__).parent / "data" / "release_pcrl3d_keys.txt"
 

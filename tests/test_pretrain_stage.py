@@ -122,7 +122,7 @@ def test_pretrain_stage_writes_weights_previews_summary(pairs_dir: Path, tmp_pat
     from test_probe import make_ncc_processed
 
     from pcrl.evaluation.probe import probe_auc, probe_split
-    from pcrl.networks import PCRLNet3D
+    from pcrl.networks.pcrl_net import PCRLNet3D
 
     torch.set_num_threads(1)
     settings = _settings(demo_params, epochs=2)

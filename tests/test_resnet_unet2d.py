@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pcrl.errors import ConfigError
-from pcrl.networks import TCA_CODE_DIM_2D, ResNet18Encoder, ResNetUNet2D
+from pcrl.networks.heads import TCA_CODE_DIM_2D
+from pcrl.networks.resnet18 import ResNet18Encoder
+from pcrl.networks.resnet_unet2d import ResNetUNet2D
 
 # torchvision's resnet18().state_dict() without fc.weight / fc.bias, written out by hand
 # (in_channels 3, width 64): the stem (conv1 + bn1: 1 + 5 keys), 8 BasicBlocks of 12 keys

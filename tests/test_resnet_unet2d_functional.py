@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pcrl.networks import ResNetUNet2D
+from pcrl.networks.resnet_unet2d import ResNetUNet2D
 
 #: GroupNorm groups of the widths of a width-8 network: the largest divisor <= 8, by hand.
 GROUPS = {4: 4, 8: 8, 16: 8, 32: 8, 64: 8}

@@ -30,7 +30,8 @@ from test_task_data import (
 from pcrl.torchfile import save_checked
 from pcrl.cli import main
 from pcrl.errors import DataError
-from pcrl.networks import ResNetUNet2D, UNet3D
+from pcrl.networks.resnet_unet2d import ResNetUNet2D
+from pcrl.networks.unet3d import UNet3D
 from pcrl.provenance import params_digest
 
 IDS = ["c0", "c1", "c2", "c3", "c4"]

@@ -10,14 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pcrl.errors import ConfigError, DataError
-from pcrl.networks import (
-    LoadReport,
-    PCRLNet3D,
-    UNet3D,
-    adapt_first_conv,
-    load_pretrained,
-    unwrap_state_dict,
-)
+from pcrl.networks.pcrl_net import PCRLNet3D
+from pcrl.networks.state_dict import adapt_first_conv, load_pretrained, unwrap_state_dict, LoadReport
+from pcrl.networks.unet3d import UNet3D
 
 RELEASE_KEYS = Path(__file__).parent / "data" / "release_pcrl3d_keys.txt"
 FIRST = "down_tr64.ops.0.conv1.weight"

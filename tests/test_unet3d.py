@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pcrl.errors import ConfigError
-from pcrl.networks import UNet3D
+from pcrl.networks.unet3d import UNet3D
 from pcrl.networks.blocks import group_norm_groups
 from pcrl.networks.unet3d import BatchStatsNorm3d
 

@@ -31,7 +31,8 @@ from pcrl.errors import ConfigError, DataError
 from pcrl.finetune.models import ClassificationNet, MultiLabelResNet
 from pcrl.tasks import TaskSpec, get_task
 from pcrl.hashing import file_digest
-from pcrl.networks import LoadReport, ResNet18Encoder, load_pretrained, unwrap_state_dict
+from pcrl.networks.resnet18 import ResNet18Encoder
+from pcrl.networks.state_dict import load_pretrained, unwrap_state_dict, LoadReport
 from pcrl.networks.state_dict import FIRST_CONV_KEY
 from pcrl.torchfile import load_checked, require_finite
 

@@ -3,7 +3,7 @@
 Networks (Models Genesis, Zhou et al., MICCAI 2019 / MedIA 2021, whose target models PCRL
 reuses, docs/method.md "Protocol"):
 
-- segmentation (LCS, BMS): the 3D U-Net :class:`pcrl.networks.UNet3D` with one output
+- segmentation (LCS, BMS): the 3D U-Net :class:`pcrl.networks.unet3d.UNet3D` with one output
   channel per region, returning logits (the sigmoid belongs to the loss and the metrics);
 - classification (NCC): the U-Net's encoder, global average pooling of the deepest
   features, then ``dense_1`` (16b -> 32b, i.e. 512 -> 1024 at base 32) + ReLU +
@@ -28,8 +28,10 @@ from torch import Tensor, nn
 
 from pcrl.errors import ConfigError
 from pcrl.tasks import TaskSpec, get_task
-from pcrl.networks import LoadReport, ResNet18Encoder, UNet3D, adapt_first_conv, unwrap_state_dict
-from pcrl.networks.resnet_unet2d import Norm2dName
+from pcrl.networks.resnet18 import ResNet18Encoder
+from pcrl.networks.state_dict import adapt_first_conv, unwrap_state_dict, LoadReport
+from pcrl.networks.unet3d import UNet3D
+from pcrl.networks.resnet18 import Norm2dName
 from pcrl.networks.unet3d import NormName
 
 __all__ = [
@@ -104,7 +106,7 @@ class MultiLabelResNet(nn.Module):
     PCRL's 2D setting (Zhou et al., ICCV 2021) fine-tunes its pretrained ResNet-18 on the 14
     findings of ChestX-ray14 (Wang et al., CVPR 2017) with binary cross-entropy per finding.
     The encoder keeps torchvision's key names (:attr:`encoder`), so weights pretrained here
-    (:meth:`pcrl.networks.ResNetUNet2D.encoder_state_dict`) and any torchvision-style
+    (:meth:`pcrl.networks.resnet_unet2d.ResNetUNet2D.encoder_state_dict`) and any torchvision-style
     ResNet-18 checkpoint load with :meth:`load_encoder`.
 
     Args:
@@ -112,7 +114,7 @@ class MultiLabelResNet(nn.Module):
         num_labels: logits (14 findings).
         width: the ResNet-18's width (64).
         norm: the encoder's normalisation (``"batch"`` as torchvision's; see
-            :func:`pcrl.networks.resnet_unet2d.make_norm2d`).
+            :func:`pcrl.networks.resnet18.make_norm2d`).
     """
 
     def __init__(self, in_channels: int = 1, num_labels: int = 14, width: int = 64,

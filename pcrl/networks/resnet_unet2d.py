@@ -6,18 +6,8 @@ Learning for Image Recognition", CVPR 2016). The network is written here from sc
 torch because torchvision cannot be imported in this environment and is not a dependency of
 the package; no code is taken from another repository.
 
-Encoder (:class:`ResNet18Encoder`, width ``w``, 64 in He et al.):
-
-* stem: ``conv1`` (7x7, stride 2, padding 3, no bias, ``w`` channels) -> ``bn1`` -> ReLU,
-  then ``maxpool`` (3x3, stride 2, padding 1);
-* ``layer1 .. layer4``: two BasicBlocks each (``conv1`` 3x3 -> ``bn1`` -> ReLU -> ``conv2``
-  3x3 -> ``bn2``, plus the shortcut, then ReLU) with ``w, 2w, 4w, 8w`` channels; the first
-  block of layers 2-4 has stride 2 and a projection shortcut ``downsample.0`` (1x1 conv,
-  stride 2, no bias) + ``downsample.1`` (batch norm).
-
-Its state-dict keys are torchvision's ``resnet18`` keys without ``fc``, so that a pretrained
-encoder loads into any ResNet-18 of torchvision, timm or segmentation_models_pytorch (at
-width 64, with batch norm; ``in_channels=3`` for their RGB stems).
+Encoder: :class:`pcrl.networks.resnet18.ResNet18Encoder` (width ``w``, 64 in He et al.),
+whose state-dict keys are torchvision's.
 
 Full network (:class:`ResNetUNet2D`): the encoder under ``encoder``; a decoder of five
 stages (``decoder.0 .. decoder.4``), each a 2x transposed conv that keeps the channel count,
@@ -25,7 +15,7 @@ concatenation ``[upsampled, skip]`` with the encoder map of the same resolution 
 the last stage, which reaches the input resolution) and two 3x3 conv/norm/ReLU blocks with
 the skip's channel count (``max(1, w // 2)`` in the last stage); then ``out_tr.final_conv``
 (1x1 conv) and a sigmoid. PCRL's heads are those of :mod:`pcrl.networks.heads`, as in
-:class:`pcrl.networks.PCRLNet3D`: the projection head ``fc1`` (8w -> proj_dim) / ``fc2`` and
+:class:`pcrl.networks.pcrl_net.PCRLNet3D`: the projection head ``fc1`` (8w -> proj_dim) / ``fc2`` and
 the TCA gate ``aug_fc1`` (code_dim -> 4w) / ``aug_fc2`` (4w -> 8w) on the deepest map. The 2D
 transformation code has :data:`~pcrl.networks.heads.TCA_CODE_DIM_2D` = 6 entries: flip x,
 flip y (0/1), then a one-hot of k = 0..3 quarter turns.
@@ -36,206 +26,15 @@ Spatial sizes must be divisible by 32 (five 2x downsamplings).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from pcrl.errors import ConfigError
-from pcrl.networks.blocks import (
-    OutActivation,
-    OutputTransition,
-    check_out_activation,
-    group_norm_groups,
-    require_positive_int,
-)
+from pcrl.networks.blocks import OutActivation, OutputTransition, check_out_activation, require_positive_int
 from pcrl.networks.heads import TCA_CODE_DIM_2D, ProjectionHead, TCAGate
+from pcrl.networks.resnet18 import Norm2dName, ResNet18Encoder, check_input, check_norm, make_norm2d
 
-__all__ = [
-    "DOWNSAMPLING_FACTOR",
-    "BasicBlock",
-    "ConvBlock2D",
-    "Norm2dName",
-    "ResNet18Encoder",
-    "ResNetUNet2D",
-    "UpBlock2D",
-    "make_norm2d",
-]
-
-Norm2dName = Literal["batch", "group", "instance"]
-
-#: Total downsampling of the ResNet-18 encoder (stem conv, max-pool, layers 2-4 each 2x).
-DOWNSAMPLING_FACTOR = 32
-
-_LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")
-
-
-def make_norm2d(norm: Norm2dName, channels: int) -> nn.Module:
-    """Build a 2D normalisation layer.
-
-    Args:
-        norm: ``"batch"`` (BatchNorm2d, He et al. and torchvision; the only choice whose
-            keys, running statistics included, are torchvision's), ``"group"`` (GroupNorm
-            with :func:`pcrl.networks.blocks.group_norm_groups` groups) or ``"instance"``
-            (InstanceNorm2d with a learnable affine).
-        channels: number of channels.
-
-    Returns:
-        The norm module.
-
-    Raises:
-        ConfigError: if ``norm`` is not one of the three names.
-    """
-    if norm == "batch":
-        return nn.BatchNorm2d(channels)
-    if norm == "group":
-        return nn.GroupNorm(group_norm_groups(channels), channels)
-    if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    raise ConfigError(f"norm must be one of {get_args(Norm2dName)}, got {norm!r}")
-
-
-def _check_norm(norm: object) -> None:
-    if norm not in get_args(Norm2dName):
-        raise ConfigError(f"norm must be one of {get_args(Norm2dName)}, got {norm!r}")
-
-
-def _check_input(x: Tensor, in_channels: int, owner: str) -> None:
-    if x.ndim != 4:
-        raise ConfigError(f"{owner} expects a batch (N, C, x, y), got a tensor of shape {tuple(x.shape)}")
-    if x.shape[1] != in_channels:
-        raise ConfigError(
-            f"{owner} was built for {in_channels} input channel(s), got input of shape {tuple(x.shape)}"
-        )
-    if any(s % DOWNSAMPLING_FACTOR for s in x.shape[2:]):
-        raise ConfigError(
-            f"{owner} needs spatial sizes divisible by {DOWNSAMPLING_FACTOR} "
-            f"(five 2x downsamplings), got input of shape {tuple(x.shape)}"
-        )
-
-
-class BasicBlock(nn.Module):
-    """ResNet BasicBlock (He et al., CVPR 2016, Fig. 2): two 3x3 convs and a shortcut.
-
-    ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``; the shortcut is the identity, or
-    ``downsample`` (1x1 conv with the block's stride, no bias, then norm) when the stride or
-    the channel count changes (He et al.'s option B). Convs have no bias (norm follows).
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels.
-        stride: stride of ``conv1`` and of the shortcut (1 or 2).
-        norm: normalisation, see :func:`make_norm2d`.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: Norm2dName) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn1 = make_norm2d(norm, out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
-        self.bn2 = make_norm2d(norm, out_channels)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                make_norm2d(norm, out_channels),
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Apply the block to ``x`` of shape (N, C_in, x, y)."""
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
-
-
-class ResNet18Encoder(nn.Module):
-    """ResNet-18 (He et al., CVPR 2016) without its classifier; keys as torchvision's resnet18.
-
-    Written here because torchvision is not available (see the module docstring). At width
-    64, ``in_channels=3`` and batch norm, the state dict has exactly the keys and shapes of
-    torchvision's ``resnet18().state_dict()`` minus ``fc.weight`` and ``fc.bias`` (120 keys,
-    11,176,512 parameters), and loads into torchvision / timm / segmentation_models_pytorch
-    ResNet-18 encoders (with ``strict=False`` where they also hold ``fc``).
-
-    Args:
-        in_channels: image channels (1 for chest X-rays, 3 for torchvision's RGB stem).
-        width: channels ``w`` of the stem and ``layer1``; layers 2-4 have ``2w, 4w, 8w``.
-        norm: ``"batch"`` (default), ``"group"`` or ``"instance"``, see :func:`make_norm2d`.
-
-    Attributes:
-        feature_channels: channels of the five maps returned by :meth:`encode`,
-            ``(w, w, 2w, 4w, 8w)``.
-
-    Raises:
-        ConfigError: on a non-positive width or channel count or an unknown norm.
-
-    Example:
-        >>> enc = ResNet18Encoder(width=8)
-        >>> [tuple(f.shape[1:]) for f in enc.encode(torch.rand(1, 1, 64, 64))][-1]
-        (64, 2, 2)
-    """
-
-    feature_channels: tuple[int, int, int, int, int]
-
-    def __init__(self, in_channels: int = 1, width: int = 64, norm: Norm2dName = "batch") -> None:
-        super().__init__()
-        self.in_channels = require_positive_int("in_channels", in_channels)
-        self.width = require_positive_int("width", width)
-        _check_norm(norm)
-        self.norm = norm
-        channels = (width, 2 * width, 4 * width, 8 * width)
-        self.feature_channels = (width, *channels)
-
-        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = make_norm2d(norm, width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        previous = width
-        for index, (name, out) in enumerate(zip(_LAYER_NAMES, channels)):
-            stride = 1 if index == 0 else 2
-            layer = nn.Sequential(BasicBlock(previous, out, stride, norm), BasicBlock(out, out, 1, norm))
-            self.add_module(name, layer)
-            previous = out
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """He initialisation of the convs (normal, fan-out, ReLU gain); norms to weight 1, bias 0."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-
-    def encode(self, x: Tensor) -> list[Tensor]:
-        """Run the encoder.
-
-        Args:
-            x: batch (N, in_channels, x, y), each spatial size divisible by 32.
-
-        Returns:
-            Five maps: the stem after its ReLU (``w`` channels, 1/2 resolution), ``layer1``
-            (``w``, 1/4), ``layer2`` (``2w``, 1/8), ``layer3`` (``4w``, 1/16) and the deepest,
-            ``layer4`` (``8w``, 1/32).
-
-        Raises:
-            ConfigError: if ``x`` is not 4-D, has the wrong channel count, or a spatial size
-                is not divisible by 32; the message gives the shape.
-        """
-        _check_input(x, self.in_channels, type(self).__name__)
-        h = self.relu(self.bn1(self.conv1(x)))
-        features = [h]
-        h = self.maxpool(h)
-        for name in _LAYER_NAMES:
-            h = getattr(self, name)(h)
-            features.append(h)
-        return features
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Return the deepest map, ``encode(x)[-1]``."""
-        return self.encode(x)[-1]
+__all__ = ["ConvBlock2D", "ResNetUNet2D", "UpBlock2D"]
 
 
 class ConvBlock2D(nn.Module):
@@ -291,7 +90,7 @@ class UpBlock2D(nn.Module):
 class ResNetUNet2D(ProjectionHead, TCAGate):
     """ResNet-18 U-Net + projection head (fc1, fc2) + TCA (aug_fc1, aug_fc2), PCRL's 2D network.
 
-    Offers the interface of :class:`pcrl.networks.PCRLNet3D` (``encode``, ``decode``,
+    Offers the interface of :class:`pcrl.networks.pcrl_net.PCRLNet3D` (``encode``, ``decode``,
     ``project``, ``tca_gate``, ``forward``, ``feature_channels``) so that the PCRL method can
     drive either network; maps are (N, C, x, y) and the gate is (N, 8w, 1, 1).
 
@@ -336,7 +135,7 @@ class ResNetUNet2D(ProjectionHead, TCAGate):
         self.in_channels = require_positive_int("in_channels", in_channels)
         self.out_channels = require_positive_int("out_channels", out_channels)
         self.width = require_positive_int("width", width)
-        _check_norm(norm)
+        check_norm(norm)
         self.norm = norm
         self.out_activation = check_out_activation(out_activation)
 
@@ -368,7 +167,7 @@ class ResNetUNet2D(ProjectionHead, TCAGate):
             ConfigError: if ``x`` is not (N, in_channels, x, y) with sizes divisible by 32;
                 the message gives the shape.
         """
-        _check_input(x, self.in_channels, type(self).__name__)
+        check_input(x, self.in_channels, type(self).__name__)
         return self.encoder.encode(x)
 
     def decode(self, features: Sequence[Tensor]) -> Tensor:

@@ -1,7 +1,7 @@
 """Loading released checkpoints (PCRL, Models Genesis) into the networks for fine-tuning.
 
 docs/method.md "Networks": checkpoints of the PCRL release and Models Genesis' public 3D
-weights use the module names of :class:`pcrl.networks.UNet3D` (``down_tr64 ...``,
+weights use the module names of :class:`pcrl.networks.unet3d.UNet3D` (``down_tr64 ...``,
 ``up_tr256 ...``, ``out_tr``; PCRL adds ``fc1``, ``fc2``, ``aug_fc1``, ``aug_fc2``), are
 stored under ``'state_dict'`` and, when saved from ``DataParallel``, prefix every key
 with ``'module.'``. :func:`unwrap_state_dict` removes both wrappers;
@@ -242,7 +242,7 @@ def load_pretrained(
     initialisation; ``("down_tr", "up_tr", "out_tr")`` loads a Models Genesis model
     (encoder and decoder), ``("",)`` everything. Checkpoint keys outside the prefixes
     are ignored (e.g. ``fc1``, ``aug_fc1`` when loading a PCRL checkpoint into a plain
-    :class:`~pcrl.networks.UNet3D`). When the only difference of
+    :class:`~pcrl.networks.unet3d.UNet3D`). When the only difference of
     ``down_tr64.ops.0.conv1.weight`` is its number of input channels, the kernel is
     adapted with :func:`adapt_first_conv` and the key recorded in ``report.adapted``.
     Values are copied into the model's own tensors (its device and dtype are kept).

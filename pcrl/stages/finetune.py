@@ -42,7 +42,7 @@ from pcrl.finetune.models import NetworkConfig, seeded_network
 from pcrl.finetune.selection import STATE_NAME
 from pcrl.finetune.train import FinetuneModule, FinetuneResult, finetune
 from pcrl.tasks import TaskSpec, get_task
-from pcrl.networks import LoadReport
+from pcrl.networks.state_dict import LoadReport
 from pcrl.provenance import provenance
 from pcrl.stages.kinds import kind_module
 
