@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pcrl.config import DEFAULT_PARAMS, load_params, section
+from pcrl.config import DEFAULT_PARAMS, load_params, section, source_of
 from pcrl.errors import PcrlError, PreemptedError
+from pcrl.outputs import check_stage_paths
 from pcrl.resources import available_cpus, configure_threads
 from pcrl.settings import SETTINGS, get_setting, setting_of_task
 
@@ -138,6 +139,18 @@ def cmd_init_weights(args: argparse.Namespace, params: dict[str, Any]) -> None:
         out=Path(args.out),
         setting=setting,
     )
+
+
+def cmd_export(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    """Export a pretrained encoder: safetensors, config, adaptation plan, model card."""
+    from pcrl.stages.export import run_export
+
+    setting = get_setting(args.setting)
+    dataset = setting.datasets[0]
+    run_export(args.method, setting=setting, weights=Path(args.weights), out=Path(args.out),
+               resample=section(params, "resample", dataset),
+               cube_size=section(params, "cubes", setting.pretrain_task)["cube_size"],
+               source=source_of(section(params, "data"), dataset), pairs=Path(args.pairs) if args.pairs else None)
 
 
 def cmd_finetune(args: argparse.Namespace, params: dict[str, Any]) -> None:
@@ -265,6 +278,13 @@ def _add_training_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--setting", choices=list(SETTINGS), default="3d",
                    help="3d: a 3D U-Net checkpoint (finetune.external); 2d: a ResNet-18 (finetune.chest14.external)")
 
+    p = _add_stage(sub, "export", cmd_export, "export a pretrained encoder (safetensors, config, card)")
+    p.add_argument("--method", required=True, help="the pretrained method (data/pretrain[2d]/<method>)")
+    p.add_argument("--weights", required=True, help="pretrain stage output, e.g. data/pretrain/pcrl")
+    p.add_argument("--pairs", help="the pretraining pairs (data/processed/pretrain): scan counts for the card")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/export/3d/pcrl")
+    p.add_argument("--setting", choices=list(SETTINGS), default="3d")
+
     p = _add_stage(sub, "finetune", cmd_finetune, "fine-tune a task (params: finetune)")
     p.add_argument("--task", required=True, choices=_DOWNSTREAM_TASKS)
     p.add_argument("--init", required=True, help="initialisation name (scratch, pcrl, genesis, moco, external)")
@@ -320,33 +340,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_stages(sub)
     _add_downstream_stages(sub)
     return parser
-
-
-#: Options naming what a stage reads, and what it writes (replaces or may discard).
-INPUT_OPTIONS = ("raw", "interim", "pairs", "processed", "weights", "model", "evaluations",
-                 "checkpoint", "probe", "pretrained")
-OUTPUT_OPTIONS = ("out", "state", "record")
-
-
-def check_stage_paths(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    """Refuse, before any work, an output that could delete an input or a user's data.
-
-    The inputs are the stage's own (``--raw``, ``--pairs``, ...), every
-    ``data.local_paths`` folder and the download cache; the repository and the user's
-    home may hold outputs but never be one (:func:`pcrl.outputs.check_output`).
-    """
-    from pcrl.outputs import MARKER, STATE_MARKERS, check_output, repository_roots
-
-    data = params.get("data", {})
-    inputs = [getattr(args, name) for name in INPUT_OPTIONS if getattr(args, name, None)]
-    inputs += [str(p) for p in data.get("local_paths", {}).values()]
-    inputs.append(str(data.get("cache_dir", "data/downloads")))
-    protected = [*repository_roots(), Path(args.params).resolve().parent, Path.home()]
-    outs = [(name, getattr(args, name)) for name in OUTPUT_OPTIONS if getattr(args, name, None)]
-    for name, out in outs:
-        others = [o for n, o in outs if n != name]
-        check_output(out, inputs=[*inputs, *others], protected=protected, option=f"--{name}",
-                     markers=STATE_MARKERS if name == "state" else (MARKER,))
 
 
 def relaunched(argv: list[str]) -> int | None:

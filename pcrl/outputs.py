@@ -18,9 +18,11 @@ This module depends on no other pcrl module but the errors: :mod:`pcrl.atomic` a
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pcrl.errors import PcrlError
 
@@ -130,3 +132,28 @@ def check_output(
             f"{option} {out} exists and was not written by this pipeline (no {MARKER} file in "
             "it); refusing to replace it: choose another folder, or empty or remove it yourself"
         )
+
+
+#: Options naming what a stage reads, and what it writes (replaces or may discard).
+INPUT_OPTIONS = ("raw", "interim", "pairs", "processed", "weights", "model", "evaluations",
+                 "checkpoint", "probe", "pretrained")
+OUTPUT_OPTIONS = ("out", "state", "record")
+
+
+def check_stage_paths(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    """Refuse, before any work, an output that could delete an input or a user's data.
+
+    The inputs are the stage's own (``--raw``, ``--pairs``, ...), every
+    ``data.local_paths`` folder and the download cache; the repository and the user's
+    home may hold outputs but never be one (:func:`check_output`); the CLI runs it for every stage.
+    """
+    data = params.get("data", {})
+    inputs = [getattr(args, name) for name in INPUT_OPTIONS if getattr(args, name, None)]
+    inputs += [str(p) for p in data.get("local_paths", {}).values()]
+    inputs.append(str(data.get("cache_dir", "data/downloads")))
+    protected = [*repository_roots(), Path(args.params).resolve().parent, Path.home()]
+    outs = [(name, getattr(args, name)) for name in OUTPUT_OPTIONS if getattr(args, name, None)]
+    for name, out in outs:
+        others = [o for n, o in outs if n != name]
+        check_output(out, inputs=[*inputs, *others], protected=protected, option=f"--{name}",
+                     markers=STATE_MARKERS if name == "state" else (MARKER,))

@@ -166,7 +166,7 @@ ROWS: dict[str, int] = {
     **dict.fromkeys(("io", "transforms", "distributed"), 1),
     **dict.fromkeys(("networks", "engine", "datasets", "launch"), 2),
     **dict.fromkeys(("methods", "preprocessing", "phantom"), 3),
-    **dict.fromkeys(("finetune", "evaluation", "report", "study_design", "study_report"), 4),
+    **dict.fromkeys(("finetune", "evaluation", "report", "study_design", "study_report", "release", "hub"), 4),
     "stages": 5,
     **dict.fromkeys(("cli", "runners"), 6),
 }
