@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,3 +115,55 @@ def dvc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = narrowed(fresh_copy(REPO, tmp_path_factory.mktemp("dvc_clone")))
     run(["dvc", "repro"], work)
     return work
+
+
+RESAMPLE_3D = {"spacing": [1.0, 1.0, 1.0], "normalization": {"kind": "window", "min": -1000, "max": 1000}}
+
+
+def _perturb_norms(net: torch.nn.Module, seed: int) -> None:
+    """Non-trivial running statistics and affine parameters, so eval-mode norms matter."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    for module in net.modules():
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.1)
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
+            module.weight.data.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
+            module.bias.data.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+
+
+def export_pretrained(tmp_path: Path, dims: int, *, parts: tuple[str, ...] = ("encoder", "decoder"),
+                      summary: dict | None = None) -> tuple[Path, torch.nn.Module]:
+    """A pretrain folder of a seeded network (2D: ResNet-18 U-Net width 8; 3D: U-Net base 4),
+    exported by :func:`pcrl.stages.export.run_export`; returns the export and the network."""
+    from pcrl.networks.resnet_unet2d import ResNetUNet2D
+    from pcrl.networks.unet3d import UNet3D
+    from pcrl.stages.export import run_export
+    from pcrl.torchfile import save_checked
+
+    import torch
+
+    torch.manual_seed(dims)
+    net: torch.nn.Module = ResNetUNet2D(width=8) if dims == 2 else UNet3D(base=4)
+    _perturb_norms(net, dims)
+    weights = tmp_path / f"pretrain{dims}"
+    weights.mkdir()
+    save_checked({"state_dict": net.state_dict(), "method": "genesis", "parts": list(parts),
+                  "config": json.dumps({"base": 8 if dims == 2 else 4, "norm": "batch"})}, weights / "weights.pt")
+    if summary is not None:
+        (weights / "summary.json").write_text(json.dumps(summary))
+    pairs = tmp_path / f"pairs{dims}"
+    pairs.mkdir()
+    (pairs / "split.json").write_text(json.dumps({"train": ["a", "b", "c"], "val": ["d"]}))
+    out = run_export("genesis", setting="2d" if dims == 2 else "3d", weights=weights,
+                     out=tmp_path / f"export{dims}", resample={"size": [64, 64]} if dims == 2 else RESAMPLE_3D,
+                     cube_size=[32, 32, 1] if dims == 2 else [32, 32, 16], source="phantom", pairs=pairs,
+                     lock=tmp_path / "dvc.lock")
+    return out, net
+
+
+@pytest.fixture()
+def export(tmp_path: Path) -> Callable[..., tuple[Path, torch.nn.Module]]:
+    """``export(dims, parts=..., summary=...)``: :func:`export_pretrained` in ``tmp_path``."""
+    return lambda dims, **kw: export_pretrained(tmp_path, dims, **kw)
