@@ -123,3 +123,20 @@ def test_lock_entry_reads_the_pretrain_stage_without_code_deps(tmp_path: Path) -
                                                          "data/pretrain/pcrl": "ff.dir"},
                      "params": {"params.yaml": {"pretrain.epochs": 3}}}
     assert lock_entry(lock, "pretrain@moco") is None and lock_entry(tmp_path / "none.lock", "x") is None
+
+
+def test_the_cli_exports_with_the_demo_params(export, tmp_path: Path, repo_root: Path) -> None:
+    """``pcrl export`` reads resample.<dataset> and cubes.<pretrain task> from params.yaml."""
+    from pcrl.cli import main
+
+    export(2)
+    out = tmp_path / "cli2d"
+    code = main(["--params", str(repo_root / "params.yaml"), "export", "--setting", "2d", "--method", "genesis",
+                 "--weights", str(tmp_path / "pretrain2"), "--out", str(out)])
+    assert code == 0
+    plan = json.loads((out / "adaptation_plan.json").read_text())
+    demo = yaml.safe_load((repo_root / "params.yaml").read_text())
+    assert plan["resize_to_height_width"] == demo["resample"]["chestxray14"]["size"]
+    assert plan["pretraining_crop_size"] == demo["cubes"]["pretrain2d"]["cube_size"][:2]
+    assert main(["--params", str(repo_root / "params.yaml"), "export", "--method", "genesis",
+                 "--weights", str(tmp_path / "nothing"), "--out", str(tmp_path / "bad")]) == 2
