@@ -138,6 +138,8 @@ def cmd_init_weights(args: argparse.Namespace, params: dict[str, Any]) -> None:
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         out=Path(args.out),
         setting=setting,
+        resample=section(params, "resample", setting.datasets[0])
+        if args.checkpoint and Path(args.checkpoint).is_dir() else None,
     )
 
 
@@ -273,7 +275,7 @@ def _add_training_stages(sub: argparse._SubParsersAction) -> None:
     p = _add_stage(sub, "init-weights", cmd_init_weights,
                    "write the scratch initialisation or import an external checkpoint")
     p.add_argument("--init", required=True, help="scratch, or the checkpoint's name in finetune.external")
-    p.add_argument("--checkpoint", help="external checkpoint (PCRL release / Models Genesis layout; 2d: a ResNet-18)")
+    p.add_argument("--checkpoint", help="external checkpoint (2d: a ResNet-18) or pcrl export folder")
     p.add_argument("--out", required=True, help="output folder, e.g. data/pretrain/scratch")
     p.add_argument("--setting", choices=list(SETTINGS), default="3d",
                    help="3d: a 3D U-Net checkpoint (finetune.external); 2d: a ResNet-18 (finetune.chest14.external)")

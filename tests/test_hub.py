@@ -9,13 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pcrl.errors import DataError
+from pcrl.errors import ConfigError, DataError
 from pcrl.hashing import file_digest
 from pcrl.hub import load_encoder
 from pcrl.networks.encoder3d import UNet3DEncoder
 from pcrl.networks.resnet18 import ResNet18Encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+RESAMPLE_3D = {"spacing": [1.0, 1.0, 1.0], "normalization": {"kind": "window", "min": -1000, "max": 1000}}
 
 
 def _rewrite_model(out: Path, state: dict[str, torch.Tensor]) -> None:
@@ -93,3 +95,38 @@ def test_fine_tuning_snippet_runs(export) -> None:
     # --- end of snippet ---
     before = load_file(str(out / "model.safetensors"))["conv1.weight"]
     assert all(torch.isfinite(torch.tensor(losses))) and not torch.equal(encoder.conv1.weight.detach(), before)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_init_weights_takes_an_export_back(export, tmp_path: Path, dims: int) -> None:
+    """The round trip: export -> init-weights -> the fine-tuning record holds the same tensors."""
+    from pcrl.finetune.checkpoints import read_init_record
+    from pcrl.stages.init_weights import run_init_weights
+
+    out, net = export(dims)
+    resample = {"size": [64, 64]} if dims == 2 else RESAMPLE_3D
+    init = run_init_weights("mine", checkpoint=out, out=tmp_path / "init", setting=f"{dims}d", resample=resample)
+    record = read_init_record(init / "weights.pt", "mine")
+    original = net.state_dict()
+    if dims == 2:
+        assert record.parts == ("encoder",)
+        assert set(record.state_dict) == {k for k in original if k.startswith("encoder.")}
+    else:
+        assert record.parts == ("encoder", "decoder")
+        assert set(record.state_dict) == {k for k in original if k.startswith(("down_tr", "up_tr", "out_tr"))}
+    for key, value in record.state_dict.items():
+        assert torch.equal(value, original[key]), key
+
+
+def test_init_weights_refuses_another_preprocessing(export, tmp_path: Path) -> None:
+    from pcrl.stages.init_weights import run_init_weights
+
+    out, _ = export(3)
+    liver = {"spacing": [1.0, 1.0, 2.5], "normalization": {"kind": "window", "min": -160, "max": 240}}
+    with pytest.raises(ConfigError) as info:
+        run_init_weights("mine", checkpoint=out, out=tmp_path / "init", setting="3d", resample=liver)
+    message = str(info.value)
+    assert "spacing: weights [1.0, 1.0, 1.0] vs task [1.0, 1.0, 2.5]" in message
+    assert "'min': -1000" in message and "'min': -160" in message
+    with pytest.raises(ConfigError, match="a 3D export, the setting is 2D"):
+        run_init_weights("mine", checkpoint=out, out=tmp_path / "init2", setting="2d")

@@ -14,7 +14,7 @@ from typing import Any
 
 from pcrl.errors import ConfigError
 
-__all__ = ["adaptation_plan", "check_plan", "recommended_patch"]
+__all__ = ["adaptation_plan", "check_plan", "expected_preprocessing", "recommended_patch"]
 
 
 def recommended_patch(cube_size: Sequence[int], stride: int, dims: int) -> list[int]:
@@ -74,3 +74,12 @@ def check_plan(plan: Mapping[str, Any], *, source: str, spacing: Sequence[float]
     if bad:
         raise ConfigError(f"{source}: the exported weights' adaptation plan does not match the task's "
                           f"preprocessing: {'; '.join(bad)}")
+
+
+def expected_preprocessing(dims: int, resample: Mapping[str, Any], channels: int = 1) -> dict[str, Any]:
+    """What this pipeline's fine-tuning feeds a network, from ``resample.<dataset>``, in the
+    terms of :func:`check_plan`: spacing (3D), intensity normalisation, input channels."""
+    if dims == 2:
+        return {"spacing": None, "intensity": {"kind": "scale", "divide_by": 255}, "channels": channels}
+    return {"spacing": list(resample.get("spacing") or []) or None,
+            "intensity": dict(resample.get("normalization") or {}) or None, "channels": channels}
