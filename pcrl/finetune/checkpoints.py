@@ -7,8 +7,8 @@ Initialisations are *records* (``weights.pt`` of the pretrain stage): ``{"state_
 :func:`apply_init` loads the encoder (``down_tr*``) for every task and the decoder
 (``up_tr*``) for segmentation when it was pretrained, never ``out_tr``, whose channels are
 the task's (the networks: :mod:`pcrl.finetune.models`). The pretrained single-channel first
-convolution is adapted to BraTS' four channels by :func:`pcrl.networks.adapt_first_conv`
-(inside :func:`pcrl.networks.load_pretrained`). :func:`import_checkpoint` turns a checkpoint
+convolution is adapted to BraTS' four channels by :func:`pcrl.networks.state_dict.adapt_first_conv`
+(inside :func:`pcrl.networks.state_dict.load_pretrained`). :func:`import_checkpoint` turns a checkpoint
 of another release (PCRL's, Models Genesis' public weights; ``state_dict`` wrapper and
 ``module.`` prefix accepted) into such a record, :func:`import_resnet18_checkpoint` a
 ResNet-18 encoder (the 2D setting).
@@ -211,7 +211,7 @@ def apply_init(net: nn.Module, record: InitRecord, task: TaskSpec | str) -> Load
 
     Raises:
         ConfigError: The weights do not fit the network; the message lists the missing,
-            unexpected and mismatched keys (see :func:`pcrl.networks.load_pretrained`).
+            unexpected and mismatched keys (see :func:`pcrl.networks.state_dict.load_pretrained`).
     """
     spec = get_task(task)
     if spec.kind == "multilabel":

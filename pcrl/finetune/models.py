@@ -139,9 +139,9 @@ class MultiLabelResNet(nn.Module):
 
         Accepted layouts: torchvision's (``conv1.weight`` ... ``layer4.1.bn2.*``; its ``fc.*``
         dropped), this package's 2D U-Net (``encoder.`` prefix; decoder and heads dropped),
-        wrapped as :func:`pcrl.networks.unwrap_state_dict` accepts (``state_dict``, ``module.``).
+        wrapped as :func:`pcrl.networks.state_dict.unwrap_state_dict` accepts (``state_dict``, ``module.``).
         A 3-channel first convolution (ImageNet) is summed over its input channels for a
-        1-channel radiograph (:func:`pcrl.networks.adapt_first_conv`).
+        1-channel radiograph (:func:`pcrl.networks.state_dict.adapt_first_conv`).
 
         Returns:
             ``loaded``: every encoder key (``encoder.`` + torchvision's name); ``adapted``:
