@@ -130,3 +130,35 @@ def test_init_weights_refuses_another_preprocessing(export, tmp_path: Path) -> N
     assert "'min': -1000" in message and "'min': -160" in message
     with pytest.raises(ConfigError, match="a 3D export, the setting is 2D"):
         run_init_weights("mine", checkpoint=out, out=tmp_path / "init2", setting="2d")
+
+
+@pytest.mark.parametrize("task", ["ncc", "lcs", "chest14"])
+def test_an_export_taken_back_initialises_the_fine_tuning_network(export, tmp_path: Path, task: str) -> None:
+    """The whole round trip: export -> init-weights -> apply_init. The fine-tuning network's
+    encoder then computes what the exported encoder (loaded by pcrl.hub) computes, and a
+    segmentation network also gets the exported decoder."""
+    from pcrl.finetune.checkpoints import apply_init, read_init_record
+    from pcrl.finetune.models import NetworkConfig, seeded_network
+    from pcrl.hub import load_encoder
+    from pcrl.stages.init_weights import run_init_weights
+    from pcrl.tasks import get_task
+
+    dims = 2 if task == "chest14" else 3
+    out, pretrained = export(dims)
+    init = run_init_weights("mine", checkpoint=out, out=tmp_path / "init", setting=f"{dims}d",
+                            resample={"size": [64, 64]} if dims == 2 else RESAMPLE_3D)
+    spec = get_task(task)
+    net = seeded_network(spec, NetworkConfig(base=8 if dims == 2 else 4), seed=5)
+    report = apply_init(net, read_init_record(init / "weights.pt", "mine"), spec)
+    assert report is not None and (report.missing, report.unexpected, report.mismatched) == ([], [], [])
+    assert any(k.startswith("up_tr") for k in report.loaded) == (task == "lcs")  # the decoder where there is one
+    net.eval()
+    x = torch.rand(2, 1, *((64, 64) if dims == 2 else (16, 16, 16)), generator=torch.Generator().manual_seed(1))
+    ours = (net.encoder if dims == 2 else getattr(net, "backbone", net)).encode(x)[-1]
+    exported = load_encoder(out).encode(x)[-1]
+    torch.testing.assert_close(ours, exported, rtol=0, atol=1e-6)
+    if task == "lcs":  # the decoder came back too: the whole U-Net equals the pretrained one but its out_tr
+        state = net.state_dict()
+        for key, value in pretrained.state_dict().items():
+            if key.startswith("up_tr"):
+                assert torch.equal(state[key], value), key
