@@ -274,3 +274,27 @@ def test_one_channel_checkpoint_into_four_channel_model() -> None:
     x = torch.rand(1, 1, 16, 16, 8, generator=_gen(4))
     with torch.no_grad():
         torch.testing.assert_close(brats(x.repeat(1, 4, 1, 1, 1)), ct(x))
+
+
+def test_the_log_line_names_the_parts_loaded_and_left_out_and_every_odd_key() -> None:
+    report = LoadReport(loaded=["down_tr64.a.weight", "down_tr64.b.weight", "up_tr256.c.weight"],
+                        ignored=["fc1.weight", "fc1.bias", "aug_fc1.weight"],
+                        missing=["down_tr512.x.weight"], unexpected=["extra.weight"],
+                        mismatched=[("out_tr.w", (1, 2), (3, 4))], adapted=["down_tr64.a.weight"])
+    assert report.describe() == (
+        "loaded ['down_tr64', 'up_tr256'] (3 tensors); left out ['fc1', 'aug_fc1'] (3 tensors); "
+        "adapted ['down_tr64.a.weight']; missing ['down_tr512.x.weight']; unexpected ['extra.weight']; "
+        "mismatched out_tr.w (1, 2) vs (3, 4)")
+    assert LoadReport(loaded=["backbone.x"]).describe() == "loaded ['backbone'] (1 tensors)"
+
+
+def test_an_encoder_only_load_says_the_decoder_was_left_out() -> None:
+    """A pretrained U-Net loaded into the NCC classifier's encoder: the log names the decoder
+    parts that were not loaded, so an intended partial load is never silent."""
+    torch.manual_seed(0)
+    pretrained = UNet3D(base=4)
+    target = UNet3D(base=4)
+    report = load_pretrained(target, pretrained.state_dict(), prefixes=("down_tr",))
+    line = report.describe()
+    assert line.startswith("loaded ['down_tr64', 'down_tr128', 'down_tr256', 'down_tr512']")
+    assert "left out ['up_tr256', 'up_tr128', 'up_tr64', 'out_tr']" in line

@@ -78,6 +78,24 @@ class LoadReport:
             f"adapted {len(self.adapted)}, ignored {len(self.ignored)}"
         )
 
+    def describe(self) -> str:
+        """One line for logs naming what was loaded and what was not: the parts (top-level
+        modules) loaded and left out, and every missing, unexpected, mismatched or adapted
+        key by name, so that an intended partial load (the decoder dropped) reads as one."""
+
+        def parts(keys: list[str]) -> list[str]:
+            return list(dict.fromkeys(k.split(".")[0] for k in keys))
+
+        text = f"loaded {parts(self.loaded)} ({len(self.loaded)} tensors)"
+        if self.ignored:
+            text += f"; left out {parts(self.ignored)} ({len(self.ignored)} tensors)"
+        for name in ("adapted", "missing", "unexpected"):
+            if getattr(self, name):
+                text += f"; {name} {getattr(self, name)}"
+        if self.mismatched:
+            text += "; mismatched " + ", ".join(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched)
+        return text
+
 
 def _strip_wrapper_prefixes(key: str) -> str:
     stripped = True

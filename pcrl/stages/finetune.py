@@ -90,7 +90,7 @@ def _module(spec: TaskSpec, network: NetworkConfig, record: InitRecord,
     net = seeded_network(spec, network, seed)
     report = apply_init(net, record, spec)
     if report is not None:
-        log.info("%s: initialised from %s: %s", task, init, report.summary())
+        log.info("%s: initialised from %s: %s", task, init, report.describe())
     module = FinetuneModule(net, build_loss(spec, task_settings.get("loss", "dice_bce")),
                             flip=task_settings.get("augment", True), flip_dims=flip_dims(spec))
     return module, report
