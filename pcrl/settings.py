@@ -154,28 +154,25 @@ def get_setting(name: str | Setting) -> Setting:
         raise ConfigError(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}") from None
 
 
+def _owner(attribute: str, name: str, what: str) -> Setting:
+    """The setting whose ``attribute`` (a tuple of names) holds ``name``; ConfigError naming the known ones."""
+    for setting in SETTINGS.values():
+        if name in getattr(setting, attribute):
+            return setting
+    known = [n for s in SETTINGS.values() for n in getattr(s, attribute)]
+    raise ConfigError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+
+
 def setting_of_task(task: str) -> Setting:
     """The setting of a downstream task (``ncc`` -> 3d, ``chest14`` -> 2d)."""
-    for setting in SETTINGS.values():
-        if task in setting.tasks:
-            return setting
-    known = [t for s in SETTINGS.values() for t in s.tasks]
-    raise ConfigError(f"unknown task {task!r}; known: {', '.join(known)}")
+    return _owner("tasks", task, "task")
 
 
 def setting_of_dataset(dataset: str) -> Setting:
     """The setting that reads ``dataset`` (``chestxray14`` -> 2d)."""
-    for setting in SETTINGS.values():
-        if dataset in setting.datasets:
-            return setting
-    known = [d for s in SETTINGS.values() for d in s.datasets]
-    raise ConfigError(f"unknown dataset {dataset!r}; known: {', '.join(known)}")
+    return _owner("datasets", dataset, "dataset")
 
 
 def setting_of_cubes_task(task: str) -> Setting:
     """The setting of a cubes stage task (``pretrain2d`` -> 2d)."""
-    for setting in SETTINGS.values():
-        if task in setting.cubes_tasks:
-            return setting
-    known = [t for s in SETTINGS.values() for t in s.cubes_tasks]
-    raise ConfigError(f"unknown cubes task {task!r}; known: {', '.join(known)}")
+    return _owner("cubes_tasks", task, "cubes task")

@@ -120,19 +120,6 @@ def dvc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 RESAMPLE_3D = {"spacing": [1.0, 1.0, 1.0], "normalization": {"kind": "window", "min": -1000, "max": 1000}}
 
 
-def _perturb_norms(net: torch.nn.Module, seed: int) -> None:
-    """Non-trivial running statistics and affine parameters, so eval-mode norms matter."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    for module in net.modules():
-        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
-            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.1)
-            module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
-            module.weight.data.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
-            module.bias.data.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
-
-
 def export_pretrained(tmp_path: Path, dims: int, *, parts: tuple[str, ...] = ("encoder", "decoder"),
                       summary: dict | None = None) -> tuple[Path, torch.nn.Module]:
     """A pretrain folder of a seeded network (2D: ResNet-18 U-Net width 8; 3D: U-Net base 4),
@@ -146,7 +133,9 @@ def export_pretrained(tmp_path: Path, dims: int, *, parts: tuple[str, ...] = ("e
 
     torch.manual_seed(dims)
     net: torch.nn.Module = ResNetUNet2D(width=8) if dims == 2 else UNet3D(base=4)
-    _perturb_norms(net, dims)
+    from net_helpers import randomise_batch_norms
+
+    randomise_batch_norms(net, dims)
     weights = tmp_path / f"pretrain{dims}"
     weights.mkdir()
     save_checked({"state_dict": net.state_dict(), "method": "genesis", "parts": list(parts),

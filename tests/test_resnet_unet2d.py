@@ -13,6 +13,7 @@ from pcrl.errors import ConfigError
 from pcrl.networks.heads import TCA_CODE_DIM_2D
 from pcrl.networks.resnet18 import ResNet18Encoder
 from pcrl.networks.resnet_unet2d import ResNetUNet2D
+from net_helpers import randomise_batch_norms
 
 # torchvision's resnet18().state_dict() without fc.weight / fc.bias, written out by hand
 # (in_channels 3, width 64): the stem (conv1 + bn1: 1 + 5 keys), 8 BasicBlocks of 12 keys
@@ -169,20 +170,6 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _randomise_bn(module: torch.nn.Module, seed: int) -> None:
-    """Give every batch norm non-trivial affine parameters and running statistics."""
-    gen = _gen(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                assert m.running_mean is not None and m.running_var is not None
-                c = m.num_features
-                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
-                m.bias.copy_(0.2 * torch.randn(c, generator=gen))
-                m.running_mean.copy_(0.3 * torch.randn(c, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-
-
 def test_hand_written_list_has_120_keys() -> None:
     keys = parse_keys(TORCHVISION_RESNET18_KEYS)
     assert len(keys) == 120
@@ -222,7 +209,7 @@ def _functional_block(x: Tensor, sd: dict[str, Tensor], prefix: str, stride: int
 
 def test_encode_matches_a_functional_resnet18_from_the_state_dict() -> None:
     encoder = ResNet18Encoder(in_channels=1, width=8)
-    _randomise_bn(encoder, seed=1)
+    randomise_batch_norms(encoder, seed=1)
     encoder.eval()
     sd = {k: v.detach() for k, v in encoder.state_dict().items()}
     eps = 1e-5
@@ -356,7 +343,7 @@ def test_bad_options_raise_config_error() -> None:
 
 def test_encoder_state_dict_round_trips_strictly() -> None:
     source = ResNet18Encoder(in_channels=1, width=8)
-    _randomise_bn(source, seed=8)
+    randomise_batch_norms(source, seed=8)
     buffer = io.BytesIO()
     torch.save(source.state_dict(), buffer)
     buffer.seek(0)

@@ -11,6 +11,7 @@ from pcrl.errors import ConfigError
 from pcrl.networks.unet3d import UNet3D
 from pcrl.networks.blocks import group_norm_groups
 from pcrl.networks.unet3d import BatchStatsNorm3d
+from net_helpers import randomise_batch_norms
 
 SHAPE = (32, 32, 16)
 
@@ -41,20 +42,6 @@ def test_feature_and_output_shapes(base: int, norm: str, expected: list[tuple[in
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
-def _randomise_bn(net: nn.Module, seed: int) -> None:
-    """Non-trivial affine parameters and running statistics in every batch norm."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm3d):
-                assert m.running_mean is not None and m.running_var is not None
-                c = m.num_features
-                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
-                m.bias.copy_(0.2 * torch.randn(c, generator=gen))
-                m.running_mean.copy_(0.3 * torch.randn(c, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-
-
 def _functional_unet3d(x: torch.Tensor, sd: dict[str, torch.Tensor]) -> torch.Tensor:
     """The Models Genesis U-Net written out with torch.nn.functional from a state dict (eval mode):
     levels of two (3x3x3 conv + BN + ReLU) joined by 2x max-pools, skips before pooling; stages of
@@ -80,7 +67,7 @@ def _functional_unet3d(x: torch.Tensor, sd: dict[str, torch.Tensor]) -> torch.Te
 
 def test_multichannel_forward_matches_a_functional_unet_from_the_state_dict() -> None:
     net = UNet3D(in_channels=4, out_channels=3, base=2)
-    _randomise_bn(net, seed=5)
+    randomise_batch_norms(net, seed=5)
     net.eval()
     sd = {k: v.detach() for k, v in net.state_dict().items()}
     x = _rand(2, 4, 16, 16, 8)
@@ -101,7 +88,7 @@ def test_a_voxel_reaches_the_first_level_within_two_voxels() -> None:
     # of a changed input voxel (5x5x5), and does change at that voxel. (A threshold, not > 0: CPU
     # convolutions may round an unchanged voxel differently from one call to the next.)
     net = UNet3D(base=2)
-    _randomise_bn(net, seed=6)
+    randomise_batch_norms(net, seed=6)
     net.eval()
     x = _rand(1, 1, 16, 16, 16)
     y = x.clone()
