@@ -41,7 +41,7 @@ def test_the_folder_holds_every_file_with_its_sha256(export) -> None:
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["license"] and front["datasets"] == ["luna16"] and front["library_name"] == "pytorch"
     assert "pipeline_tag" in front and "genesis" in front["tags"]
-    assert "PHANTOM" in card and "4 scans/images (train 3, val 1)" in card
+    assert "PHANTOM" in card and "4 scans (train 3, val 1)" in card
     assert "| 1 | 0.6100 |" in card and "| 2 | 0.7000 |" in card and "2 epochs on 40 pairs" in card
 
 
@@ -140,3 +140,17 @@ def test_the_cli_exports_with_the_demo_params(export, tmp_path: Path, repo_root:
     assert plan["pretraining_crop_size"] == demo["cubes"]["pretrain2d"]["cube_size"][:2]
     assert main(["--params", str(repo_root / "params.yaml"), "export", "--method", "genesis",
                  "--weights", str(tmp_path / "nothing"), "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_the_2d_card_counts_patients_not_pair_files(tmp_path: Path) -> None:
+    """The 2D pairs' split.json lists pair files; the card counts the patients of patients.json."""
+    from pcrl.stages.export import _data
+
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    (pairs / "split.json").write_text(json.dumps({"train": ["0"], "val": ["1"]}))
+    (pairs / "patients.json").write_text(json.dumps({"train": ["p1", "p2", "p3"], "val": ["p4"], "test": ["p5"]}))
+    assert _data(pairs, "chestxray14", "phantom")["scans"] == 5 and _data(pairs, "chestxray14", "phantom")["unit"] \
+        == "patients"
+    (pairs / "patients.json").unlink()
+    assert (_data(pairs, "luna16", "phantom")["scans"], _data(pairs, "luna16", "phantom")["unit"]) == (2, "scans")

@@ -57,7 +57,7 @@ def model_card(*, config: Mapping[str, Any], plan: Mapping[str, Any], data: Mapp
         f"# PCRL {config['spatial_dims']}D encoder: {config['method']} ({config['family']}, width {config['width']})",
         "",
         "## Data",
-        f"Pretrained on {kind}: {data.get('scans', 'unknown')} scans/images "
+        f"Pretrained on {kind}: {data.get('scans', 'unknown')} {data.get('unit', 'scans')} "
         f"({', '.join(f'{k} {len(v)}' for k, v in split.items()) or 'split unknown'}).",
         "",
         "## Method",

@@ -46,9 +46,14 @@ def lock_entry(lock: Path, stage: str) -> dict[str, Any] | None:
 
 
 def _data(pairs: Path | None, dataset: str, source: str) -> dict[str, Any]:
-    split = read_json(pairs / "split.json", hint="run the cubes stage first") if pairs else {}
-    return {"dataset": dataset, "source": source, "split": split,
-            "scans": sum(len(v) for v in split.values()) if split else "unknown"}
+    """What the card says of the data: the pretraining split by patient (``patients.json`` of
+    the 2D pairs, whose ``split.json`` lists pair files) or by scan (3D ``split.json``)."""
+    if pairs is None:
+        return {"dataset": dataset, "source": source, "split": {}, "scans": "unknown", "unit": "scans"}
+    by_patient = (pairs / "patients.json").is_file()
+    split = read_json(pairs / ("patients.json" if by_patient else "split.json"), hint="run the cubes stage first")
+    return {"dataset": dataset, "source": source, "split": split, "scans": sum(len(v) for v in split.values()),
+            "unit": "patients" if by_patient else "scans"}
 
 
 def run_export(method: str, *, setting: Setting | str, weights: Path, out: Path, resample: Mapping[str, Any],
