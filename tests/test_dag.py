@@ -67,8 +67,13 @@ def test_same_stage_names(both: tuple[dict, dict]) -> None:
 
 
 def _gathered(deps: list[str], outs: list[str]) -> list[str]:
-    """A dep that is a folder of other stages' outputs stands for them in Snakemake."""
-    return sorted(i for d in deps for i in ([o for o in outs if o.startswith(d + "/")] or [d]))
+    """A dep that is a folder of other stages' outputs stands for them in Snakemake; a file
+    inside another stage's output folder stands as that folder."""
+    def one(dep: str) -> list[str]:
+        holder = [o for o in outs if dep.startswith(o + "/")]
+        return holder or [o for o in outs if o.startswith(dep + "/")] or [dep]
+
+    return sorted({i for d in deps for i in one(d)})
 
 
 def test_same_commands_deps_outs(both: tuple[dict, dict]) -> None:
@@ -126,6 +131,21 @@ def test_cubes_fan_out_reads_the_right_dataset(both: tuple[dict, dict]) -> None:
     assert "data/interim/msd_liver" in dvc["cubes_lcs"]["deps"]
     assert "data/interim/msd_brain" in dvc["cubes_bms"]["deps"]
     assert "data/interim/luna16" in dvc["cubes_ncc"]["deps"]
+
+
+def test_a_file_inside_another_stages_output_is_that_folder_for_snakemake() -> None:
+    from pcrl.runners.dag import gather_inputs
+
+    pretrain = Stage("pretrain@pcrl", "pcrl pretrain", ("data/processed/pretrain",), (), ("data/pretrain/pcrl",))
+    evaluate = Stage("evaluate@x", "pcrl evaluate", (), (), ("data/evaluate/x/s0",))
+    finetune = Stage("finetune@pcrl", "pcrl finetune", ("data/pretrain/pcrl/weights.pt", "data/processed/ncc"), (),
+                     ("data/finetune/pcrl",))
+    report = Stage("report", "pcrl report", ("data/evaluate",), (), ("results/report",))
+    resolved = {s.name: s for s in gather_inputs([pretrain, evaluate, finetune, report])}
+    assert resolved["finetune@pcrl"].inputs == ["data/pretrain/pcrl", "data/processed/ncc"]
+    assert resolved["finetune@pcrl"].deps == finetune.deps  # DVC keeps the file
+    assert resolved["report"].inputs == ["data/evaluate/x/s0"]
+    assert resolved["pretrain@pcrl"].inputs == ["data/processed/pretrain"]
 
 
 def test_stage_helpers() -> None:

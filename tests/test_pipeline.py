@@ -171,6 +171,24 @@ def test_editing_one_methods_params_leaves_the_others_up_to_date(dvc_run: Path) 
     assert _dvc_status(dvc_run) == set()
 
 
+def test_a_pretraining_rerun_with_the_same_weights_reruns_no_fine_tune(dvc_run: Path) -> None:
+    """Fine-tuning depends on weights.pt, not on the pretraining folder, whose live/ logs hold
+    wall-clock figures (samples_per_s): a rerun giving the same weights leaves every fine-tune,
+    evaluation and export up to date (only the pretraining stage sees its changed output)."""
+    live = dvc_run / "data" / "pretrain" / "pcrl" / "live" / "metrics.json"
+    original = live.read_text()
+    try:
+        logged = json.loads(original)
+        logged["train"]["samples_per_s"] = logged["train"]["samples_per_s"] * 2 + 1
+        live.write_text(json.dumps(logged))
+        stale = _dvc_status(dvc_run)
+        assert "pretrain@pcrl" in stale  # the check can see the change
+        assert not {s for s in stale if s.startswith(("finetune", "evaluate", "export"))}, stale
+    finally:
+        live.write_text(original)
+    assert _dvc_status(dvc_run) == set()
+
+
 def _dvc_status(work: Path) -> set[str]:
     """Names of the stages `dvc status` reports as changed."""
     import subprocess

@@ -104,14 +104,24 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def gather_inputs(stages: list[Stage]) -> list[Stage]:
-    """Resolve *gathering* deps for Snakemake: a dep that is a folder holding other stages'
-    outputs (e.g. ``data/evaluate`` for the report over every evaluate stage of a DVC
-    ``matrix``) depends, for DVC, on all of them; Snakemake needs them listed, so the
-    stage's inputs list those outputs instead of the folder."""
+    """Resolve deps for Snakemake, whose rules output whole folders (``directory()``):
+
+    - a *gathering* dep, a folder holding other stages' outputs (e.g. ``data/evaluate`` for
+      the report over every evaluate stage of a DVC ``matrix``), depends for DVC on all of
+      them; Snakemake needs them listed, so the inputs list those outputs instead;
+    - a dep *inside* another stage's output (``data/pretrain/pcrl/weights.pt``: DVC then
+      reruns the stage only when that file changes, not when the folder's wall-clock logs
+      do) is, for Snakemake, that output folder.
+    """
     outs = [o for st in stages for o in st.outs]
+
+    def inputs_of(dep: str) -> list[str]:
+        holder = [o for o in outs if _inside(dep, o)]
+        return holder or [o for o in outs if _inside(o, dep)] or [dep]
+
     resolved = []
     for st in stages:
-        inputs = [i for dep in st.deps for i in ([o for o in outs if _inside(o, dep)] or [dep])]
+        inputs = list(dict.fromkeys(i for dep in st.deps for i in inputs_of(dep)))
         changed = tuple(inputs) != st.deps
         resolved.append(dataclasses.replace(st, gathered=tuple(inputs)) if changed else st)
     return resolved
