@@ -138,7 +138,7 @@ def cmd_init_weights(args: argparse.Namespace, params: dict[str, Any]) -> None:
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         out=Path(args.out),
         setting=setting,
-        resample=section(params, "resample", setting.datasets[0])
+        resample=section(params, "resample", setting.pretrain_dataset)
         if args.checkpoint and Path(args.checkpoint).is_dir() else None,
     )
 
@@ -148,7 +148,7 @@ def cmd_export(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from pcrl.stages.export import run_export
 
     setting = get_setting(args.setting)
-    dataset = setting.datasets[0]
+    dataset = setting.pretrain_dataset
     run_export(args.method, setting=setting, weights=Path(args.weights), out=Path(args.out),
                resample=section(params, "resample", dataset),
                cube_size=section(params, "cubes", setting.pretrain_task)["cube_size"],

@@ -9,7 +9,6 @@ its keys and shapes are exactly the encoder's: a missing, unexpected or misshape
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,21 +16,17 @@ from typing import Any
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from pcrl.atomic import read_json
 from pcrl.errors import DataError
 from pcrl.hashing import file_digest
 from pcrl.networks.encoder3d import UNet3DEncoder
 from pcrl.networks.resnet18 import ResNet18Encoder
 from pcrl.release.layout import CHECKSUMS, CONFIG, MODEL
 
-__all__ = ["build_encoder", "check_keys", "load_encoder", "read_json_file", "verify_checksums"]
+#: What a missing file of an export means.
+EXPORT_HINT = "not a complete export folder (pcrl export writes it)"
 
-
-def read_json_file(path: Path) -> Any:
-    """A JSON file of the export; DataError naming it when missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the export's {path.name}: {exc}") from None
+__all__ = ["build_encoder", "check_keys", "load_encoder", "verify_checksums"]
 
 
 def verify_checksums(folder: str | Path) -> dict[str, str]:
@@ -41,7 +36,7 @@ def verify_checksums(folder: str | Path) -> dict[str, str]:
         DataError: no listing, a listed file missing, or a file whose sha256 differs (named).
     """
     folder = Path(folder)
-    listing = read_json_file(folder / CHECKSUMS)
+    listing = read_json(folder / CHECKSUMS, hint=EXPORT_HINT)
     if not isinstance(listing, dict) or MODEL not in listing or CONFIG not in listing:
         raise DataError(f"{folder / CHECKSUMS}: must map every file, {MODEL} and {CONFIG} included, to its sha256")
     for name, expected in sorted(listing.items()):
@@ -86,7 +81,7 @@ def load_encoder(folder: str | Path) -> nn.Module:
     """
     folder = Path(folder)
     verify_checksums(folder)
-    model = build_encoder(read_json_file(folder / CONFIG))
+    model = build_encoder(read_json(folder / CONFIG, hint=EXPORT_HINT))
     state = load_file(str(folder / MODEL))
     check_keys(model, state, str(folder / MODEL))
     model.load_state_dict(state, strict=True)

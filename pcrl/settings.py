@@ -52,7 +52,8 @@ class Setting:
             setting's ``pretrain2d.settings`` apply over ``pretrain`` (:meth:`pretrain_params`).
         finetune_keys: Where its fine-tuning's ``inits`` and ``external`` live below
             ``finetune`` (``()``: ``finetune.inits``; ``("chest14",)``: ``finetune.chest14.inits``).
-        datasets: The datasets it reads (:mod:`pcrl.datasets.registry` names).
+        datasets: The datasets it reads (:mod:`pcrl.datasets.registry` names), its
+            pretraining dataset first (:attr:`pretrain_dataset`).
         tasks: Its downstream tasks.
         cubes_tasks: Its cubes stage tasks (pretraining pairs and downstream data).
         weights_root: The folder of its initialisations (``<root>/<init>/weights.pt``).
@@ -72,9 +73,9 @@ class Setting:
     weights_root: str
 
     @property
-    def inits_key(self) -> str:
-        """The dotted params key listing the setting's initialisations."""
-        return ".".join(("finetune", *self.finetune_keys, "inits"))
+    def pretrain_dataset(self) -> str:
+        """The dataset it pretrains on (LUNA16, ChestX-ray14): the first of :attr:`datasets`."""
+        return self.datasets[0]
 
     @property
     def finetune_key(self) -> str:
@@ -82,14 +83,19 @@ class Setting:
         return ".".join(("finetune", *self.finetune_keys))
 
     @property
+    def inits_key(self) -> str:
+        """The dotted params key listing the setting's initialisations."""
+        return f"{self.finetune_key}.inits"
+
+    @property
     def external_key(self) -> str:
         """The dotted params key naming the setting's external checkpoints."""
-        return ".".join(("finetune", *self.finetune_keys, "external"))
+        return f"{self.finetune_key}.external"
 
     def _finetune_section(self, finetune: Mapping[str, Any]) -> Mapping[str, Any]:
         node: Any = finetune
         for key in self.finetune_keys:
-            node = node.get(key) or {} if isinstance(node, Mapping) else {}
+            node = (node.get(key) or {}) if isinstance(node, Mapping) else {}
         return node if isinstance(node, Mapping) else {}
 
     def inits(self, finetune: Mapping[str, Any]) -> list[str]:
@@ -128,7 +134,7 @@ class Setting:
 
     def methods_key(self) -> str:
         """The dotted params key listing its pretraining methods."""
-        return "pretrain.methods" if self.pretrain_section == "pretrain" else f"{self.pretrain_section}.methods"
+        return f"{self.pretrain_section}.methods"
 
 
 SETTINGS: dict[str, Setting] = {

@@ -28,6 +28,7 @@ def _dvc_stages() -> dict:
 
 
 def test_every_task_belongs_to_one_setting_that_reads_its_dataset() -> None:
+    assert [s.pretrain_dataset for s in SETTINGS.values()] == ["luna16", "chestxray14"]  # the paper's two
     owners = {task: [s.name for s in SETTINGS.values() if task in s.tasks] for task in TASKS}
     assert owners == {"ncc": ["3d"], "lcs": ["3d"], "bms": ["3d"], "chest14": ["2d"]}
     for name, spec in TASKS.items():

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 
 from pcrl.errors import ConfigError
 from pcrl.finetune.checkpoints import InitRecord
-from pcrl.hub import build_encoder, check_keys, read_json_file, verify_checksums
+from pcrl.atomic import read_json
+from pcrl.hub import EXPORT_HINT, build_encoder, check_keys, verify_checksums
 from pcrl.release.layout import CONFIG, FULL_MODEL, MODEL, PLAN
 from pcrl.release.plan import check_plan
 
@@ -49,11 +50,11 @@ def import_export(folder: str | Path, name: str, *, spatial_dims: int,
     """
     folder = Path(folder)
     listing = verify_checksums(folder)
-    config = read_json_file(folder / CONFIG)
+    config = read_json(folder / CONFIG, hint=EXPORT_HINT)
     if config.get("spatial_dims") != spatial_dims:
         raise ConfigError(f"{folder}: a {config.get('spatial_dims')}D export, the setting is {spatial_dims}D")
     if expected is not None:
-        check_plan(read_json_file(folder / PLAN), source=str(folder), spacing=expected.get("spacing"),
+        check_plan(read_json(folder / PLAN, hint=EXPORT_HINT), source=str(folder), spacing=expected.get("spacing"),
                    intensity=expected.get("intensity"), channels=int(expected.get("channels", 1)))
     encoder = load_file(str(folder / MODEL))
     check_keys(build_encoder(config), encoder, str(folder / MODEL))

@@ -214,7 +214,7 @@ def _radiograph_task(task: str, settings: dict[str, Any], *, seed: int, raw: Pat
     """A task of the radiograph store (:data:`RADIOGRAPH_TASKS`): train / val from the
     train_val list's patients, test = the test list's."""
     store = open_store(interim)
-    cases = gathered_cases(raw, case_order("chestxray14"))
+    cases = gathered_cases(raw, case_order(setting_of_cubes_task(task).pretrain_dataset))
     listed = {Path(c["image"]).name for c in cases}
     if set(store.names) != listed:
         odd = sorted(set(store.names) ^ listed)

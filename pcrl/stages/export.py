@@ -81,7 +81,7 @@ def run_export(method: str, *, setting: Setting | str, weights: Path, out: Path,
     config = encoder_config(encoder, dims, norm=str(settings.get("norm", "batch")), method=method,
                             parts=list(record.parts), setting=spec.name)
     check_keys(build_encoder(config), encoder, f"{weights / 'weights.pt'} (encoder)")
-    dataset = spec.datasets[0]
+    dataset = spec.pretrain_dataset
     plan = adaptation_plan(dims=dims, dataset=dataset, resample=resample, cube_size=cube_size,
                            stride=spec.stride, in_channels=config["in_channels"])
     provenance = {"git_commit": git_commit(), "dvc_lock": lock_entry(Path(lock), f"{spec.pretrain_section}@{method}")}
