@@ -53,7 +53,7 @@ def _shard(args: argparse.Namespace, data: dict[str, Any]) -> tuple[int, int]:
 
 
 def cmd_check_params(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    """Validate params.yaml before any stage runs; write the data settings it checked."""
+    """Validate params.yaml before any stage runs (the CLI has read it: schema and cross-references)."""
     from pcrl.stages.check_params import momentum_warnings, run_check_params
 
     run_check_params(section(params, "data"), out=Path(args.out))
@@ -199,6 +199,7 @@ def cmd_evaluate(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
     """Tables, verdict and plots over every evaluated run."""
+    from pcrl.report.context import report_context
     from pcrl.stages.report import run_report
 
     run_report(
@@ -207,6 +208,10 @@ def cmd_report(args: argparse.Namespace, params: dict[str, Any]) -> None:
         evaluations=Path(args.evaluations),
         out=Path(args.out),
         probe=Path(args.probe) if args.probe else None,
+        finetuned=Path(args.finetuned) if args.finetuned else None,
+        pretrained=Path(args.pretrained) if args.pretrained else None,
+        context=report_context(section(params, "data"), params_file=Path(args.params), lock_file=Path("dvc.lock"),
+                               repo=Path(args.params).resolve().parent),
     )
 
 
@@ -325,6 +330,8 @@ def _add_downstream_stages(sub: argparse._SubParsersAction) -> None:
                    "report every evaluated run (params: finetune, report)")
     p.add_argument("--evaluations", required=True, help="evaluate stages' parent folder (data/evaluate)")
     p.add_argument("--probe", help="probe stage output (data/probe): add the probe's table")
+    p.add_argument("--finetuned", help="fine-tune stages' parent folder (data/finetune): learning curves")
+    p.add_argument("--pretrained", help="pretrain stages' parent folder (data/pretrain): probe curves")
     p.add_argument("--out", required=True, help="output folder, e.g. results/report")
 
 

@@ -127,6 +127,15 @@ def validate_params(params: Any, source: str = "params") -> dict[str, Any]:
     return params
 
 
+def shard_count(shards: Any, key: str = "data.shards") -> int:
+    """The number of shards ``n`` of a valid ``data.shards`` list (``[0, 1, ..., n-1]``)."""
+    if (not isinstance(shards, list) or not shards
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in shards)
+            or shards != list(range(len(shards)))):
+        raise ConfigError(f"{key}: expected the shard numbers [0, 1, ..., n-1], got {shards!r}")
+    return len(shards)
+
+
 def source_of(data: dict[str, Any], dataset: str) -> str:
     """Where ``dataset`` comes from: ``data.sources.<dataset>``, else ``data.source``."""
     return str(data.get("sources", {}).get(dataset, data["source"]))
@@ -141,6 +150,10 @@ def _check_semantics(params: dict[str, Any], source: str) -> None:
             f"{source}: data.local_paths: source is 'local' but no folder is given for "
             f"{', '.join(missing)}"
         )
+    try:
+        shard_count(data.get("shards", [0]))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     _check_2d(params, source)
     for name, section in params.get("resample", {}).items():
         if "normalization" not in section:  # radiographs: resized, not resampled
@@ -169,7 +182,9 @@ def _check_semantics(params: dict[str, Any], source: str) -> None:
     finetune = params.get("finetune")
     if finetune and "pretrain" in params:
         for setting in SETTINGS.values():
+            _check_method_sections(setting, params, source)
             _check_inits(setting, params, source)
+            _check_fractions(setting, params, source)
     ncc = params.get("cubes", {}).get("ncc")
     if ncc:
         seen: dict[str, str] = {}
@@ -193,6 +208,32 @@ def _check_inits(setting: Setting, params: dict[str, Any], source: str) -> None:
     if unknown:
         raise ConfigError(f"{source}: {setting.inits_key}: {unknown} is neither scratch, a {setting.methods_key()} "
                           f"entry nor a {setting.external_key} name (known: {sorted(known)})")
+
+
+def _check_method_sections(setting: Setting, params: dict[str, Any], source: str) -> None:
+    """Every pretraining method listed has its settings section (``pretrain.<method>``),
+    which its stage reads."""
+    methods = params.get(setting.pretrain_section, {}).get("methods", [])
+    missing = [m for m in methods if m not in params["pretrain"]]
+    if missing:
+        raise ConfigError(f"{source}: {setting.methods_key()}: {missing} listed but pretrain has no section "
+                          f"for {'it' if len(missing) == 1 else 'them'} (pretrain.{missing[0]})")
+
+
+def _check_fractions(setting: Setting, params: dict[str, Any], source: str) -> None:
+    """The fine-tuning label fractions are among those each task's cubes stage draws
+    (``cubes.<task>.fractions``: the nested label sets fine-tuning reads)."""
+    if not setting.inits(params["finetune"]):
+        return  # the setting's tasks are left out
+    wanted = [float(f) for f in params["finetune"].get("fractions", [])]
+    for task in setting.tasks:
+        drawn = params.get("cubes", {}).get(task, {}).get("fractions")
+        if drawn is None:
+            continue
+        missing = [f for f in wanted if not any(math.isclose(f, float(d)) for d in drawn)]
+        if missing:
+            raise ConfigError(f"{source}: finetune.fractions: {missing} not among cubes.{task}.fractions "
+                              f"{list(drawn)}, the label sets the {task} fine-tunes read")
 
 
 def _check_2d(params: dict[str, Any], source: str) -> None:

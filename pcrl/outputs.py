@@ -136,7 +136,7 @@ def check_output(
 
 #: Options naming what a stage reads, and what it writes (replaces or may discard).
 INPUT_OPTIONS = ("raw", "interim", "pairs", "processed", "weights", "model", "evaluations",
-                 "checkpoint", "probe", "pretrained")
+                 "checkpoint", "probe", "pretrained", "finetuned")
 OUTPUT_OPTIONS = ("out", "state", "record")
 
 

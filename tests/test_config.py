@@ -193,3 +193,25 @@ def test_a_dataset_can_come_from_its_own_source(demo_params: dict) -> None:
     demo_params["data"]["local_paths"] = {"chestxray14": "/data/cxr14"}
     params = validate_params(demo_params)
     assert source_of(params["data"], "chestxray14") == "local" and source_of(params["data"], "luna16") == "phantom"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda p: p["finetune"].update(fractions=[0.3, 1.0]),
+     r"finetune\.fractions: \[0\.3\] not among cubes\.ncc\.fractions"),
+    (lambda p: p["cubes"]["chest14"].update(fractions=[0.1, 1.0]),
+     r"finetune\.fractions: \[0\.5\] not among cubes\.chest14\.fractions"),
+    (lambda p: (p["pretrain"].pop("moco"), None),
+     r"pretrain\.methods: \['moco'\] listed but pretrain has no section"),
+    (lambda p: p["data"].update(shards=[0, 2]), r"data\.shards: expected the shard numbers"),
+])
+def test_cross_references_are_checked_with_the_file_named(demo_params: dict, edit, message: str) -> None:
+    """What a stage would only find out when it runs (or a runner as a bare 'No such file')."""
+    edit(demo_params)
+    with pytest.raises(ConfigError, match=f"^params: {message}"):
+        validate_params(demo_params)
+
+
+def test_the_2d_fractions_are_not_checked_when_chest14_is_left_out(demo_params: dict) -> None:
+    demo_params["cubes"]["chest14"]["fractions"] = [1.0]
+    demo_params["finetune"]["chest14"]["inits"] = []
+    validate_params(demo_params)  # the 2D tasks run no fine-tune: nothing reads the fractions

@@ -104,3 +104,48 @@ def test_account_guessing_noise_is_filtered_only() -> None:
 
     assert not any(noise.filter(record(m + " ...")) for m in ACCOUNT_MESSAGES)
     assert noise.filter(record("Job 3 has been submitted with SLURM jobid 41"))
+
+
+SLURM_COMMANDS = ("sinfo", "sbatch", "squeue", "scontrol", "sacct", "srun", "scancel")
+
+
+def _path_without_slurm(tmp_path: Path) -> str:
+    """A PATH with this venv and every command of the machine's PATH but SLURM's."""
+    import os
+    import shutil
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not Path(folder).is_dir():
+            continue
+        for entry in Path(folder).iterdir():
+            target = bin_dir / entry.name
+            if entry.name not in SLURM_COMMANDS and not target.exists() and os.access(entry, os.X_OK):
+                target.symlink_to(entry)
+    assert shutil.which("sinfo", path=str(bin_dir)) is None
+    return os.pathsep.join([str(Path(sys.executable).parent), str(bin_dir)])
+
+
+@pytest.mark.pipeline
+def test_a_slurm_run_without_slurm_says_so_in_one_line(repo_root: Path, tmp_path: Path) -> None:
+    """`snakemake --profile slurm -n` warns that SLURM is unreachable instead of planning
+    silently; a real run stops before submitting anything, naming the missing command,
+    without a traceback."""
+    import subprocess
+
+    from conftest import fresh_copy
+
+    work = fresh_copy(repo_root, tmp_path / "clone")
+    env = {"PATH": _path_without_slurm(tmp_path), "HOME": str(tmp_path), "PCRL_NO_DVC_COMMIT": "1"}
+    dry = subprocess.run(["snakemake", "--profile", "slurm", "-n"], cwd=work, env=env, capture_output=True,
+                         text=True, timeout=600)
+    out = dry.stdout + dry.stderr
+    assert dry.returncode == 0, out[-3000:]
+    assert "SLURM is not reachable from here" in out and "'sinfo' is not on PATH" in out, out[-3000:]
+    real = subprocess.run(["snakemake", "--profile", "slurm"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=600)
+    out = real.stdout + real.stderr
+    assert real.returncode != 0 and "'sinfo' is not on PATH" in out, out[-3000:]
+    assert "Traceback" not in out and not (work / "data" / "params").exists(), out[-3000:]

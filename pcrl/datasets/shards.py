@@ -26,18 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from pcrl.atomic import read_json
+from pcrl.config import shard_count
 from pcrl.errors import ConfigError, DataError
 
 CASES = "cases.json"
-
-
-def shard_count(shards: Any, key: str = "data.shards") -> int:
-    """The number of shards ``n`` of a valid ``data.shards`` list (``[0, 1, ..., n-1]``)."""
-    if (not isinstance(shards, list) or not shards
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in shards)
-            or shards != list(range(len(shards)))):
-        raise ConfigError(f"{key}: expected the shard numbers [0, 1, ..., n-1], got {shards!r}")
-    return len(shards)
 
 
 def check_shard(shard: int, shards: Any, key: str = "data.shards") -> tuple[int, int]:

@@ -16,14 +16,19 @@ One module per job, each using only those above it:
 - :mod:`pcrl.report.verdicts` decides what a comparison allows one to say ("better",
   "worse" or "cannot tell", and why) and writes the verdict sentences;
 - :mod:`pcrl.report.summary` builds the nested summary (layout in its docstring);
-- :mod:`pcrl.report.render` writes ``report.md``, ``summary.json`` and the plots.
+- :mod:`pcrl.report.context` states where the numbers come from (the report's header);
+- :mod:`pcrl.report.curves` reads the learning and probe curves the training stages logged;
+- :mod:`pcrl.report.render` writes the text of ``report.md``;
+- :mod:`pcrl.report.figures` draws the figures, :mod:`pcrl.report.html` the one-page HTML;
+- :mod:`pcrl.report.files` writes the folder: markdown, HTML, JSON, CSVs and figures.
 
 This package re-exports what its callers use.
 """
 
 from __future__ import annotations
 
-from pcrl.report.render import comparison_rows, render_markdown, write_report
+from pcrl.report.files import write_report
+from pcrl.report.render import comparison_rows, render_markdown
 from pcrl.report.runs import numbers_run, read_metrics_json, record_run
 from pcrl.report.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, bootstrap_interval, t_interval
 from pcrl.report.summary import INIT_ORDER, summarise

@@ -1,20 +1,17 @@
-"""The written report: ``report.md``, ``summary.json`` and one plot per task.
+"""The text of ``report.md`` (:mod:`pcrl.report.files` writes it with the figures).
 
-``report.md`` has, per task, a table in the paper's layout, a table of paired differences,
-then the verdict sentences (:func:`pcrl.report.verdicts.verdict`), the frozen-encoder probe's
-table when given, and notes on the statistics and seeds. Every file is written atomically.
+``report.md`` opens with where its numbers come from (:mod:`pcrl.report.context`) and the
+verdict sentences (:func:`pcrl.report.verdicts.verdict`): which initialisation is better on
+which task, and how sure. Then, per task, a table in the paper's layout, a table of paired
+differences and the task's figures; the frozen-encoder probe's table and curves when given;
+notes on the statistics and seeds.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from pcrl.atomic import atomic_path, write_json, write_text
 from pcrl.tasks import get_task
 from pcrl.report.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Summary, task_metric
 from pcrl.report.summary import INIT_ORDER, ordered_inits
@@ -31,40 +28,30 @@ from pcrl.report.verdicts import (
     verdict,
 )
 
-__all__ = ["MARKS", "comparison_rows", "render_markdown", "write_report"]
-
-
-def write_report(summary: Summary, out_dir: str | Path, probe: Mapping[str, Mapping[str, float]] | None = None
-                 ) -> None:
-    """Write ``report.md``, ``summary.json`` and ``plots/<task>.png|.csv`` atomically.
-
-    ``report.md`` has, per task, a table in the paper's layout (rows: initialisations,
-    columns: label fractions, cells ``mean ± std (n)``, the best mean of each column in
-    bold), a table of paired differences (:func:`render_markdown`), the verdict sentences and
-    notes on the statistics and seeds. ``plots/<task>.csv`` (columns ``fraction, init, mean,
-    std``) is the same data for ``dvc plots``.
-    """
-    out = Path(out_dir)
-    write_text(out / "report.md", render_markdown(summary, probe))
-    write_json(out / "summary.json", summary)
-    for task, fractions in summary.items():
-        write_text(out / "plots" / f"{task}.csv", _plot_csv(fractions))
-        _plot_task(task, fractions, out / "plots" / f"{task}.png")
+__all__ = ["MARKS", "comparison_rows", "render_markdown"]
 
 
 #: Marks of the paired-difference table.
 MARKS = {"better": "✓", "worse": "✗", "cannot tell": "?"}
 
 
-def render_markdown(summary: Summary, probe: Mapping[str, Mapping[str, float]] | None = None) -> str:
+def render_markdown(summary: Summary, probe: Mapping[str, Mapping[str, float]] | None = None, *,
+                    header: Sequence[str] = (), figures: Mapping[str, Sequence[str]] | None = None) -> str:
     """The text of ``report.md`` (with the probe stage's table when ``probe`` is given).
 
+    ``header`` lines come first (:func:`pcrl.report.context.header_lines`), then the verdict.
+    ``figures`` maps a task (or ``"probe"``) to the image paths shown after its tables.
     Each task's paired table has one row per comparison A − B (each pretrained init − scratch,
     then PCRL − each other pretrained init) and one column per label fraction; a cell reads
     ``+0.052 [+0.010, +0.094] (n=5) ✓``: mean paired difference, 95 % bootstrap interval (absent
     below 2 paired seeds), number of paired seeds and the verdict's mark (:data:`MARKS`).
+    A table cell is bold only where its initialisation is *better* than every other one of
+    its column (:func:`pcrl.report.verdicts.judge`); a higher mean alone marks nothing.
     """
-    lines = ["# PCRL fine-tuning report", ""]
+    figures = figures or {}
+    lines = ["# PCRL fine-tuning report", "", *header]
+    lines += ["## Verdict", "", "Which initialisation is better on which task, and how sure we are:", ""]
+    lines += [f"- {s}" for s in verdict(summary)] + [""]
     for task, fractions in summary.items():
         metric = task_metric(fractions)
         lines += [f"## {task}", "", f"Headline metric: **{metric}** (higher is better).", ""]
@@ -81,9 +68,10 @@ def render_markdown(summary: Summary, probe: Mapping[str, Mapping[str, float]] |
             lines += [f"Paired differences A − B of {metric} over the seeds both ran "
                       f"(✓ better, ✗ worse, ? cannot tell; see Statistics):", ""]
             lines += paired + [""]
+        lines += [f"![{task}]({image})" for image in figures.get(task, [])] + [""]
     if probe:
         lines += _probe_section(probe)
-    lines += ["## Verdict", ""] + [f"- {s}" for s in verdict(summary)] + [""]
+    lines += [f"![probe]({image})" for image in figures.get("probe", [])] + [""]
     lines += ["## Statistics", "", _statistics_note(), ""]
     lines += ["## Seeds", "", _seed_note(summary), ""]
     return "\n".join(lines)
@@ -117,27 +105,27 @@ def _probe_section(probe: Mapping[str, Mapping[str, float]]) -> list[str]:
 def _table(fractions: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
     """Markdown rows: one per initialisation, one column per label fraction."""
     inits = ordered_inits(i for cells in fractions.values() for i in cells)
-    best = {f: max(c["mean"] for c in cells.values()) for f, cells in fractions.items()}
     rows = [
         "| initialisation | " + " | ".join(fraction_label(f) for f in fractions) + " |",
         "|---|" + "---:|" * len(fractions),
     ]
     for init in inits:
         cells = []
-        for fraction, by_init in fractions.items():
+        for by_init in fractions.values():
             cell = by_init.get(init)
             if cell is None:
                 cells.append("—")
                 continue
             text = f"{mean_std(cell)} ({cell['n']})"
-            cells.append(f"**{text}**" if _same(cell["mean"], best[fraction]) else text)
+            cells.append(f"**{text}**" if _better_than_all(init, by_init) else text)
         rows.append(f"| {init} | " + " | ".join(cells) + " |")
     return rows
 
 
-def _same(x: float, y: float) -> bool:
-    """Equal means: equal but for the rounding of summing the same values in another order."""
-    return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-12)
+def _better_than_all(init: str, by_init: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether the paired verdict says ``init`` is better than every other init of the column."""
+    others = [o for o in by_init if o != init]
+    return bool(others) and all(comparison(by_init, init, o)["verdict"] == "better" for o in others)
 
 
 def comparison_rows(inits: Sequence[str]) -> list[tuple[str, str]]:
@@ -205,38 +193,3 @@ def _seed_note(summary: Summary) -> str:
         note += (" Cells with a single seed show a std of 0: they are not replicated, and no"
                  " comparison with them can be told.")
     return note
-
-
-def _plot_csv(fractions: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    """``fraction,init,mean,std`` rows of one task."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["fraction", "init", "mean", "std"])
-    for fraction, cells in fractions.items():
-        for init, cell in cells.items():
-            writer.writerow([float(fraction), init, repr(cell["mean"]), repr(cell["std"])])
-    return buffer.getvalue()
-
-
-def _plot_task(task: str, fractions: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path) -> None:
-    """Headline metric vs label fraction, one line per init, error bars = std; PNG, atomic."""
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
-
-    fig = Figure(figsize=(5.0, 3.6))
-    ax = fig.add_subplot()
-    for init in ordered_inits(i for cells in fractions.values() for i in cells):
-        points = [(float(f) * 100, c[init]["mean"], c[init]["std"]) for f, c in fractions.items() if init in c]
-        x, mean, std = zip(*points)
-        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=init)
-    ticks = [float(f) * 100 for f in fractions]
-    ax.set_xscale("log")
-    ax.set_xticks(ticks, [fraction_label(f) for f in fractions])
-    ax.minorticks_off()
-    ax.set_xlabel("labelled training data")
-    ax.set_ylabel(task_metric(fractions))
-    ax.set_title(f"{task}: {task_metric(fractions)} vs label fraction")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)

@@ -20,6 +20,13 @@ from typing import Any
 from pcrl.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
+#: Outputs that are the same whatever the params: ``pcrl check-params``'s folder. DVC runs
+#: the check first (every download depends on it, and it on every params section); a
+#: rerun that passes changes nothing its readers read, so it makes none of them stale
+#: (pcrl/runners/staleness.py). Snakemake checks the same params while it parses the
+#: Snakefile, before any job, so its rules do not wait on the folder: a rerun of the
+#: check would otherwise hide its readers from Snakemake's planning.
+GATES = ("data/params",)
 log = logging.getLogger(__name__)
 
 
@@ -48,8 +55,10 @@ class Stage:
 
     @property
     def inputs(self) -> list[str]:
-        """Snakemake's inputs: the deps, a gathering folder replaced by the outputs in it."""
-        return list(self.deps if self.gathered is None else self.gathered)
+        """Snakemake's inputs: the deps, a gathering folder replaced by the outputs in it,
+        and no :data:`GATES` (the Snakefile checks the params itself before any job)."""
+        deps = self.deps if self.gathered is None else self.gathered
+        return [d for d in deps if d.rstrip("/") not in GATES]
 
     @property
     def shell_command(self) -> str:

@@ -2,9 +2,14 @@
 
 DVC and Snakemake delete a stage's outputs before running it, so a dataset that
 ``data.local_paths`` points at inside ``data/`` would be gone before ``pcrl download``
-could refuse it. This stage runs first (every download stage depends on its output) and
-stops the DAG on invalid params, before anything is deleted; the CLI has validated the
-params by the time it runs (:func:`pcrl.config.load_params`).
+could refuse it; and a cross-reference gone wrong (an init that is no method, a label
+fraction no cubes stage draws) would otherwise surface as a runner's own error ("No such
+file or directory", "Parameters ... are missing") or in the middle of the DAG. So this
+stage depends on every params section and lies upstream of every other stage: any params
+edit reruns it first, under either runner, and bad params stop the DAG there with the
+one-line message of :func:`pcrl.config.load_params` (the CLI has validated the whole file
+by the time it runs). Its output is the same whatever the params, so a rerun that passes
+makes nothing downstream stale: each stage declares the params it reads itself.
 """
 
 from __future__ import annotations
@@ -13,21 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from pcrl.atomic import atomic_dir, write_json
-from pcrl.config import source_of
+from pcrl.config import shard_count, source_of
 from pcrl.datasets.registry import get_dataset
-from pcrl.datasets.shards import shard_count
 from pcrl.errors import ConfigError
 from pcrl.momentum_rule import momentum_warning, run_steps
 
 
-def run_check_params(data: dict[str, Any], *, out: Path) -> Path:
-    """Write ``out/data.json``: the validated ``data`` section the downloads will use.
+#: What ``out/checked.json`` holds: the same for every params file that passes.
+CHECKED = {"params": "params.yaml", "checked": ["schema", "cross-references", "data sources", "shards"]}
 
-    Beyond the schema (checked when params.yaml was read): ``data.shards`` must be
-    ``[0, ..., n-1]``, as every shard's ``--shard k`` is read against it; a dataset to
-    download that has no public links (ChestX-ray14) needs ``data.mirror`` or its own
-    source (``data.sources``).
-    """
+
+def check_data(data: dict[str, Any]) -> None:
+    """The data settings beyond the schema and the cross-references (checked when
+    params.yaml was read): ``data.shards`` must be ``[0, ..., n-1]``, as every shard's
+    ``--shard k`` is read against it; a dataset to download that has no public links
+    (ChestX-ray14) needs ``data.mirror`` or its own source (``data.sources``).
+    The Snakefile runs this too, before any job (pcrl/runners/staleness.py: GATES)."""
     shard_count(data.get("shards", [0]))
     for name in data["datasets"]:
         spec = get_dataset(name)
@@ -35,8 +41,13 @@ def run_check_params(data: dict[str, Any], *, out: Path) -> Path:
             raise ConfigError(f"data.datasets: {name} cannot be downloaded automatically and data.mirror is not "
                               f"set: set data.sources.{name}: local with data.local_paths.{name}, or a mirror "
                               f"({spec.manual})")
+
+
+def run_check_params(data: dict[str, Any], *, out: Path) -> Path:
+    """Write ``out/checked.json`` (:data:`CHECKED`) once :func:`check_data` passes."""
+    check_data(data)
     with atomic_dir(out) as tmp:
-        write_json(tmp / "data.json", data)
+        write_json(tmp / "checked.json", CHECKED)
     return Path(out)
 
 

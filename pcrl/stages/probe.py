@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from pcrl.atomic import atomic_dir, atomic_path, write_json, write_text
+from pcrl.plotting import colour_of, fraction_axis
 from pcrl.preprocessing.splits import fraction_key
 from pcrl.evaluation.probe import probe_auc, probe_split
 from pcrl.preprocessing.task_data import load_split
@@ -81,17 +82,18 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _plot(means: dict[str, dict[str, float]], path: Path) -> None:
-    """Probe AUC vs label fraction, one line per initialisation; PNG, atomic."""
+    """Probe AUC vs label fraction, one line per initialisation in its colour
+    (:mod:`pcrl.plotting`), chance dashed; PNG, atomic."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.0, 3.6))
     ax = fig.add_subplot()
-    for init, by_fraction in means.items():
-        fractions = sorted(by_fraction, key=float)
-        ax.plot([float(f) * 100 for f in fractions], [by_fraction[f] for f in fractions], marker="o", label=init)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled training scans (%)")
+    for init in means:
+        fractions = sorted(means[init], key=float)
+        ax.plot([float(f) * 100 for f in fractions], [means[init][f] for f in fractions], marker="o", label=init,
+                color=colour_of(init, means))
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--", label="chance")
+    fraction_axis(ax, sorted({float(f) for by_f in means.values() for f in by_f}), "labelled training scans")
     ax.set_ylabel("probe test AUC")
     ax.set_title("NCC frozen-encoder probe")
     ax.grid(alpha=0.3)

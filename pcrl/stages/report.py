@@ -26,6 +26,7 @@ from pcrl.errors import DataError
 from pcrl.tasks import TASKS, get_task
 from pcrl.settings import setting_of_task
 from pcrl.report import numbers_run, read_metrics_json, record_run, summarise, write_report
+from pcrl.report.curves import learning_curves, probe_curves
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ def _read_present(run: tuple[str, str, float, int], path: Path) -> dict[str, Any
 
 
 def run_report(finetune: dict[str, Any], settings: dict[str, Any], *, evaluations: Path,
-               out: Path, probe: Path | None = None) -> Path:
+               out: Path, probe: Path | None = None, finetuned: Path | None = None,
+               pretrained: Path | None = None, context: dict[str, Any] | None = None) -> Path:
     """Collect the expected runs' metrics and write the report to ``out``.
 
     Args:
@@ -84,6 +86,11 @@ def run_report(finetune: dict[str, Any], settings: dict[str, Any], *, evaluation
         evaluations: The evaluate stages' parent folder (``data/evaluate``).
         out: Output folder (``results/report``).
         probe: The probe stage's output (``data/probe``), whose table is added; None: none.
+        finetuned: The fine-tune stages' parent folder (``data/finetune``): each run's
+            learning curve; None: no learning curves.
+        pretrained: The 3D pretrain stages' parent folder (``data/pretrain``): the probe's
+            curve over pretraining per method; None: none.
+        context: The provenance header (:func:`pcrl.report.context.report_context`).
 
     Raises:
         DataError: No task evaluated; missing runs (when ``require_complete``); a
@@ -108,7 +115,14 @@ def run_report(finetune: dict[str, Any], settings: dict[str, Any], *, evaluation
     probe_metrics = None
     if probe is not None:
         probe_metrics = read_json(Path(probe) / "metrics.json", hint="run 'pcrl probe' first")
+    learning = {}
+    if finetuned is not None:
+        for task in tasks:
+            runs_of_task = [(i, f, s) for t, i, f, s in present if t == task]
+            learning[task] = learning_curves(Path(finetuned), task, runs_of_task, get_task(task).primary)
+    methods = [m for m in finetune["inits"] if m != "scratch"]
+    curves = probe_curves([Path(pretrained)], methods) if pretrained is not None else {}
     with atomic_dir(out) as tmp:
-        write_report(summary, tmp, probe_metrics)
+        write_report(summary, tmp, probe_metrics, context=context, learning=learning, probe_curves=curves)
     log.info("report of %d runs (%d tasks) -> %s", len(collected), len(tasks), out)
     return Path(out)
