@@ -18,7 +18,7 @@ from typing import Any
 from pcrl.config import DEFAULT_PARAMS, load_params, section, source_of
 from pcrl.errors import PcrlError, PreemptedError
 from pcrl.outputs import check_stage_paths
-from pcrl.resources import available_cpus, configure_threads
+from pcrl.resources import available_cpus, configure_threads, device_option
 from pcrl.settings import SETTINGS, get_setting, setting_of_task
 
 log = logging.getLogger("pcrl")
@@ -270,7 +270,8 @@ def _add_training_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pairs", required=True, help="cubes@pretrain output (data/processed/pretrain)")
     p.add_argument("--out", required=True, help="output folder, e.g. data/pretrain/pcrl")
     p.add_argument("--state", required=True, help="resumable state folder (checkpoints), kept across reruns")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--device", default="auto", type=device_option,
+                   help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (default: from the CPUs allotted)")
     p.add_argument("--probe",
                    help="cubes@ncc output (data/processed/ncc): log the frozen-encoder probe (params: probe)")
@@ -302,7 +303,8 @@ def _add_training_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help="initialisation folder holding weights.pt")
     p.add_argument("--out", required=True, help="output folder, e.g. data/finetune/lcs/pcrl/f0.5/s0")
     p.add_argument("--state", required=True, help="resumable state folder (checkpoints), kept across reruns")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--device", default="auto", type=device_option,
+                   help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader workers, at least 1 (default: from the CPUs allotted)")
 
@@ -318,7 +320,8 @@ def _add_downstream_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder, e.g. data/evaluate/lcs/pcrl/f0.5/s0")
     p.add_argument("--record", help="output folder of the run's record and provenance, e.g. "
                                      "data/records/evaluate/lcs/pcrl/f0.5/s0")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--device", default="auto", type=device_option,
+                   help="auto (CUDA when available), cpu, cuda or cuda:N")
 
     p = _add_stage(sub, "probe", cmd_probe,
                    "frozen-encoder probe of every initialisation (params: finetune, probe)")

@@ -27,8 +27,25 @@ DEFAULT_PARAMS = Path("params.yaml")
 PIPELINE_FOLDERS = ("data", "results")
 
 
+#: Aliases (``*name``) a params file may use. A few shorten a config; thousands are an
+#: alias bomb, whose nested references the validation would walk for minutes.
+MAX_ALIASES = 100
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
+    """A SafeLoader that refuses a key given twice in one mapping (YAML keeps the last) and
+    more than :data:`MAX_ALIASES` aliases."""
+
+    aliases_seen = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen += 1
+            if self.aliases_seen > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"more than {MAX_ALIASES} YAML aliases (line {mark.line + 1}): a params file "
+                                  "needs few; this looks like an alias bomb and is not read further")
+        return super().compose_node(parent, index)
 
 
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode,

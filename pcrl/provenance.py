@@ -64,16 +64,25 @@ def git_commit(repo: str | Path = ".") -> str:
     return commit if proc.returncode == 0 and commit else UNKNOWN
 
 
+#: Tracked files that DVC itself rewrites while the pipeline runs (its record of what was
+#: built, and the .gitignore files listing its outputs): no change of code or settings.
+DVC_BOOKKEEPING = ("dvc.lock", ".gitignore")
+
+
 def git_dirty(repo: str | Path = ".") -> bool | None:
     """Whether ``repo`` has uncommitted changes to tracked files (``git status
-    --porcelain --untracked-files=no``), so that a result cannot be traced to its commit
-    alone; None without git or outside a repository."""
+    --porcelain --untracked-files=no``) other than DVC's bookkeeping (:data:`DVC_BOOKKEEPING`),
+    so that a result cannot be traced to its commit alone; None without git or outside a
+    repository."""
     try:
         proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                               capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
+    if proc.returncode != 0:
+        return None
+    changed = [line[3:].strip().strip('"') for line in proc.stdout.splitlines() if line.strip()]
+    return any(Path(path).name not in DVC_BOOKKEEPING for path in changed)
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:

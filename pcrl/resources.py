@@ -7,7 +7,9 @@ so CPU results are the same under ``dvc repro``, Snakemake and SLURM.
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,3 +142,14 @@ def configure_threads(args: Any) -> int:
         threads = min(threads, load_resources(resources).for_stage(resource_group(args)).threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     return threads
+
+
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def device_option(value: str) -> str:
+    """``--device`` of the training stages: refused by the CLI, naming the accepted forms,
+    rather than by torch in the middle of a stage."""
+    if not DEVICE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N (e.g. cuda:0)")
+    return value

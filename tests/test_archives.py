@@ -3,6 +3,7 @@ written, nothing half-extracted, and errors that name the archive."""
 
 from __future__ import annotations
 
+import io
 import tarfile
 from pathlib import Path
 
@@ -105,3 +106,42 @@ def test_extraction_error_says_which_file_to_delete(tmp_path: Path) -> None:
     archive = write(tmp_path / "bad.tar.gz", b"\x1f\x8b not really gzip")
     with pytest.raises(DataError, match=f"delete {archive} and rerun"):
         safe_extract(archive, tmp_path / "out")
+
+
+#: Link chains that each stay inside the target but, followed in order, reach outside it.
+CHAINS = {
+    "chain": ({"a/b": (tarfile.SYMTYPE, ".."), "a/c": (tarfile.SYMTYPE, "b/..")}, "a/c/escaped.txt"),
+    "deep chain": ({"l1": (tarfile.SYMTYPE, "."), "l1/l2": (tarfile.SYMTYPE, "."), "l1/l2/l3": (tarfile.SYMTYPE, "..")},
+                   "l1/l2/l3/escaped.txt"),
+    "hardlink inside": ({"copy": (tarfile.LNKTYPE, "Task/ok.txt")}, None),
+}
+
+
+@pytest.mark.parametrize("with_filter", [True, False], ids=["data filter", "no data filter"])
+@pytest.mark.parametrize("case", sorted(CHAINS))
+def test_every_link_member_is_refused_with_or_without_the_data_filter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, with_filter: bool
+) -> None:
+    """Python 3.11.0-3.11.3 lack tarfile.data_filter: the member checks alone must stop a
+    chain of links whose every step stays inside."""
+    if not with_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    links, through = CHAINS[case]
+    archive = tmp_path / "links.tar"
+    with tarfile.open(archive, "w") as tar:  # the links first, then a file written through them
+        for name, data in {"Task/ok.txt": b"ok"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, (kind, target) in links.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info)
+        if through:
+            info = tarfile.TarInfo(through)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises(DataError, match=r"is a (symlink|hardlink)"):
+        safe_extract(archive, tmp_path / "sub" / "deeper" / "out")
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert written == [Path("links.tar"), Path("sub"), Path("sub/deeper")]  # nothing extracted anywhere

@@ -318,8 +318,32 @@ def test_png_whose_pixels_do_not_decode_is_refused(copy: Path) -> None:
     broken = b"\x78\x9c" + bytes(range(200))
     chunks = [(k, broken if k == b"IDAT" else body) for k, body in png_chunks(path.read_bytes())]
     path.write_bytes(png_from_chunks(chunks))  # chunks and CRCs intact, zlib stream broken
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: the PNG does not decode"):
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: corrupt PNG: the pixel data does not inflate"):
         verify_chestxray14(copy)
+
+
+def test_png_whose_pixel_stream_is_cut_short_is_refused(copy: Path) -> None:
+    """Every chunk complete with its CRC, but the zlib stream inside IDAT ends early: a
+    decoder pads the missing rows; the check inflates the stream whole, as for .nii.gz."""
+    path = copy / "images" / sorted(p.name for p in (copy / "images").iterdir())[0]
+    chunks = png_chunks(path.read_bytes())
+    stream = b"".join(body for k, body in chunks if k == b"IDAT")
+    cut = [(k, body) for k, body in chunks if k != b"IDAT"]
+    cut.insert(1, (b"IDAT", stream[: len(stream) // 2]))
+    path.write_bytes(png_from_chunks(cut))
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: truncated PNG: the pixel data stream ends"):
+        load_radiograph(path)
+
+
+def test_the_pixel_stream_size_follows_the_header() -> None:
+    """Hand-computed: 5 x 3 8-bit gray, one filter byte a row; Adam7 passes of 1x1, 1x1, none,
+    1x1, 3x1, 2x2 and 5x1 pixels give 2 + 2 + 0 + 2 + 4 + 6 + 6 bytes; RGBA rows are 4x wider."""
+    from pcrl.io.png import PngInfo, raw_size
+
+    assert raw_size(PngInfo(5, 3, 8, 0), interlaced=False) == 3 * (1 + 5)
+    assert raw_size(PngInfo(5, 3, 8, 0), interlaced=True) == 22
+    assert raw_size(PngInfo(5, 3, 8, 6), interlaced=False) == 3 * (1 + 20)
+    assert raw_size(PngInfo(5, 3, 1, 0), interlaced=False) == 3 * (1 + 1)  # 5 bits packed in a byte
 
 
 def test_image_listed_in_the_csv_but_missing_is_refused(copy: Path) -> None:

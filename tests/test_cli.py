@@ -270,3 +270,21 @@ def test_check_params_refuses_to_download_chestxray14_without_a_mirror(tmp_path:
     assert not out.exists()
     params = _params(tmp_path, demo_params, source="download", mirror="http://127.0.0.1:9/pcrl")
     assert _run(params, "check-params", "--out", str(out)) == 0
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune", "evaluate"])
+def test_a_device_torch_cannot_parse_is_one_line_and_exit_2(stage: str, tmp_path: Path, capsys) -> None:
+    """`--device gpu0` (torch would raise a bare RuntimeError inside the stage)."""
+    argv = {"pretrain": ["--method", "pcrl", "--pairs", "p", "--out", "o", "--state", "s"],
+            "finetune": ["--task", "ncc", "--init", "scratch", "--fraction", "1.0", "--seed", "0",
+                         "--processed", "p", "--weights", "w", "--out", "o", "--state", "s"],
+            "evaluate": ["--task", "ncc", "--model", "m", "--processed", "p", "--out", "o", "--record", "r"]}[stage]
+    with pytest.raises(SystemExit) as exited:
+        main([stage, *argv, "--device", "gpu0"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "'gpu0' is not a device: use auto, cpu, cuda or cuda:N" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+    for good in ("auto", "cpu", "cuda", "cuda:1"):
+        from pcrl.resources import device_option
+
+        assert device_option(good) == good

@@ -37,14 +37,13 @@ def _settings(node: object, path: str = "") -> set[str]:
 
 def test_demo_and_paper_set_the_same_settings_at_every_depth(repo_root: Path) -> None:
     """The paper's config is the demo's at full scale: the same settings in every section
-    and subsection, plus three of its own (listed by hand: where ChestX-ray14 comes from, and
-    the 2D learning rate), and the release's pretraining hyperparameters (docs/method.md) as
+    and subsection, plus two of its own (listed by hand: where ChestX-ray14 comes from), and
+    the release's pretraining hyperparameters (docs/method.md) as
     the stages read them."""
     demo = yaml.safe_load((repo_root / "params.yaml").read_text())
     paper = yaml.safe_load((repo_root / "configs" / "paper.yaml").read_text())
     assert {"pretrain.pcrl.tca", "pretrain.genesis", "finetune.bms.patience"} <= _settings(demo)
-    assert _settings(paper) - _settings(demo) == {
-        "data.local_paths.chestxray14", "data.sources.chestxray14", "pretrain2d.settings.lr"}
+    assert _settings(paper) - _settings(demo) == {"data.local_paths.chestxray14", "data.sources.chestxray14"}
     assert _settings(demo) - _settings(paper) == set()
     release = section(load_params(repo_root / "configs" / "paper.yaml"), "pretrain")
     assert {k: release[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay",
@@ -215,3 +214,31 @@ def test_the_2d_fractions_are_not_checked_when_chest14_is_left_out(demo_params: 
     demo_params["cubes"]["chest14"]["fractions"] = [1.0]
     demo_params["finetune"]["chest14"]["inits"] = []
     validate_params(demo_params)  # the 2D tasks run no fine-tune: nothing reads the fractions
+
+
+def test_an_alias_bomb_is_refused_while_parsing(tmp_path: Path) -> None:
+    """Ten levels of twelve aliases each would expand to 12**10 leaves for the validation
+    to walk; the loader stops at the 101st alias, before building anything."""
+    lines = ["a0: &a0 [x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 12)}]" for i in range(1, 11)]
+    bomb = tmp_path / "params.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml: more than 100 YAML aliases \(line 10\)"):
+        load_params(bomb)
+
+
+def test_a_few_aliases_are_fine(tmp_path: Path, repo_root: Path) -> None:
+    text = (repo_root / "params.yaml").read_text().replace("seeds: [0]", "seeds: &seeds [0]", 1)
+    text = text.replace("\nreport:", "\nx_seeds: *seeds\nreport:", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="x_seeds"):  # the alias is read (then the key is unknown)
+        load_params(tmp_path / "params.yaml")
+
+
+def test_the_2d_settings_are_written_out_in_full(demo_params: dict) -> None:
+    """No run setting is inherited from pretrain (the 2D stages do not depend on pretrain's)."""
+    del demo_params["pretrain2d"]["settings"]["lr"]
+    with pytest.raises(ConfigError, match=r"pretrain2d\.settings: 'lr' is a required property"):
+        validate_params(demo_params)
+    demo_params["pretrain2d"].update(methods=[], settings={})  # no 2D pretraining: nothing to set
+    demo_params["finetune"]["chest14"]["inits"] = []
+    validate_params(demo_params)

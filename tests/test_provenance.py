@@ -26,6 +26,14 @@ def test_dirty_flag_follows_tracked_changes_only(tmp_path: Path) -> None:
     assert git_dirty(repo) is False
     (repo / "untracked.txt").write_text("not part of the code")
     assert git_dirty(repo) is False
+    for name in ("dvc.lock", "data/raw/.gitignore"):  # DVC rewrites these as the pipeline runs
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("old\n")
+        git(repo, "add", name)
+    git(repo, "commit", "-qm", "dvc files")
+    (repo / "dvc.lock").write_text("new\n")
+    (repo / "data" / "raw" / ".gitignore").write_text("/0\n")
+    assert git_dirty(repo) is False
     (repo / "params.yaml").write_text("a: 2\n")
     assert git_dirty(repo) is True
     assert git_dirty(tmp_path / "nowhere") is None  # not a repository (or missing)

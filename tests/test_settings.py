@@ -98,3 +98,34 @@ def test_unknown_names_are_errors_naming_the_known_ones() -> None:
         setting_of_task("mnist")
     with pytest.raises(ConfigError, match="unknown cubes task 'x'.*pretrain2d"):
         setting_of_cubes_task("x")
+
+
+def _perturbed(value: object) -> object:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, dict):
+        return {**value, "__perturbed__": 1}
+    return f"{value}-perturbed"
+
+
+def test_the_2d_stage_declares_exactly_the_pretrain_keys_its_settings_read(repo_root: Path, demo_params: dict) -> None:
+    """Perturb each key of pretrain: the 2D settings change for a key the pretrain2d stage
+    declares in dvc.yaml and stay the same for one it does not (pretrain2d.settings writes
+    every run setting out, so pretrain.epochs, lr, batch size... are not its deps)."""
+    import copy
+
+    stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["pretrain2d"]["do"]
+    declared = set(stage["params"])
+    setting = get_setting("2d")
+    before = setting.pretrain_params(demo_params)
+    methods = set(demo_params["pretrain"]["methods"])
+    for key in demo_params["pretrain"]:
+        if key == "methods" or key in methods:
+            continue  # the method list is pretrain2d's own; a method's section is pretrain.${item}
+        params = copy.deepcopy(demo_params)
+        params["pretrain"][key] = _perturbed(params["pretrain"][key])
+        read = setting.pretrain_params(params) != before
+        assert read == (f"pretrain.{key}" in declared), key
+    assert {"pretrain.${item}", "pretrain2d.settings"} <= declared

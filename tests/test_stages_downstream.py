@@ -153,6 +153,48 @@ def test_state_is_removed_on_success_and_a_rerun_gives_the_same_model(trained: d
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_a_second_finetune_on_a_held_state_folder_is_refused(trained: dict, world: dict, params: Path,
+                                                             capsys) -> None:
+    """Two jobs given one --state: the second stops at once with one line naming the folder
+    and the holder; nothing is written to its --out."""
+    from pcrl.run_state import state_lock
+
+    root = world["root"]
+    state = root / "state" / "ncc" / "scratch" / "1.0"
+    with state_lock(state):  # the first job, still training
+        code, out = _finetune(params, root, "ncc", "scratch", out=root / "second")
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert f"{state}: in use by another run (pid " in err and "Traceback" not in err
+
+
+def test_the_state_fingerprint_covers_the_data_it_trains_on(world: dict) -> None:
+    """A killed job's state is for the data it trained on: volumes rewritten under the same
+    ids (a resample or cubes rerun) change the fingerprint, so the rerun starts afresh
+    (pcrl.run_state.prepare_state) instead of resuming on other data."""
+    import os
+
+    from pcrl.preprocessing.task_data import TaskSplit
+    from pcrl.run_state import files_listing_digest
+    from pcrl.stages.finetune import _fingerprint
+
+    root = world["root"]
+    run, split = {"task": "lcs", "init": "pcrl", "fraction": 1.0, "seed": 0}, TaskSplit(("c0",), ("c1",), ("c2",))
+    weights = root / "pretrain" / "pcrl" / "weights.pt"
+
+    def fingerprint() -> str:
+        data = files_listing_digest(root / "processed" / "lcs", root / "interim" / "liver")
+        return _fingerprint(run, {"lr": 0.1}, split, weights, data)
+
+    before = fingerprint()
+    assert fingerprint() == before  # nothing changed: the job resumes
+    volume = root / "interim" / "liver" / "c0.nii.gz"
+    stat = volume.stat()
+    volume.write_bytes(volume.read_bytes())  # the same bytes, rewritten: as a rerun of resample does
+    os.utime(volume, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert fingerprint() != before
+
+
 def test_evaluate_writes_the_interface_record(trained: dict, world: dict, params: Path) -> None:
     root = world["root"]
     for (task, init), model in trained.items():

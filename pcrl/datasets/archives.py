@@ -1,7 +1,7 @@
 """Safe archive extraction and integrity tests of downloaded archives.
 
-- :func:`safe_extract` refuses archive members that would land outside the target folder
-  (absolute names, ``..``, links pointing out, device files) before extracting anything,
+- :func:`safe_extract` refuses archive members that could land outside the target folder
+  (absolute names, ``..``, any symlink or hardlink, device files) before extracting anything,
   then extracts into a temporary folder that is moved into place once complete; tars also
   go through the standard library's ``filter="data"`` (PEP 706) where Python has it.
 - :func:`archive_problem` reads a whole archive (zip CRCs, the tar's compression stream)
@@ -45,20 +45,19 @@ def _check_name(archive: Path, name: str) -> None:
 
 
 def _check_tar_member(archive: Path, member: tarfile.TarInfo) -> None:
-    """Refuse unsafe tar members: bad names, links pointing out, device files.
+    """Refuse unsafe tar members: bad names, links of any kind, device files.
 
-    Symlink targets are relative to the link's folder, hardlink targets to the archive root.
+    The datasets hold plain files and folders only, so every symlink and hardlink is
+    refused, not only those that point out: a chain of links that each stay inside (one
+    pointing at another, a later member written through them) can still reach outside, and
+    Pythons without ``tarfile.data_filter`` have nothing else to stop it.
     """
     _check_name(archive, member.name)
     if member.issym() or member.islnk():
-        base = posixpath.dirname(member.name) if member.issym() else ""
-        link = member.linkname
-        if _is_absolute(link) or _escapes(posixpath.join(base, link)):
-            raise DataError(
-                f"archive {archive}: link member {member.name!r} points to {link!r}, "
-                f"outside the target folder"
-            )
-    elif not (member.isfile() or member.isdir()):
+        kind = "symlink" if member.issym() else "hardlink"
+        raise DataError(f"archive {archive}: member {member.name!r} is a {kind} (to {member.linkname!r}); "
+                        "dataset archives hold plain files only, so nothing was extracted")
+    if not (member.isfile() or member.isdir()):
         raise DataError(f"archive {archive}: member {member.name!r} is a special file")
 
 

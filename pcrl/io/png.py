@@ -1,7 +1,8 @@
 """PNG (ISO/IEC 15948) reading with integrity checks: chunk by chunk before decoding.
 
 A PNG is verified chunk by chunk (signature, ``IHDR`` first, every chunk complete with a
-matching CRC, ``IDAT`` present, ``IEND`` last) before it is decoded, so a truncated file is
+matching CRC, ``IDAT`` present, ``IEND`` last) and its pixel stream inflated whole to the
+size its header announces (as a ``.nii.gz`` is) before it is decoded, so a truncated file is
 reported as such whatever the decoder would make of it. :func:`load_radiograph` reads an
 8-bit radiograph (ChestX-ray14, Wang et al., CVPR 2017) as (H, W) uint8 grayscale. Every
 failure is a :class:`pcrl.errors.DataError` naming the file.
@@ -50,7 +51,7 @@ def check_png(path: str | os.PathLike[str]) -> PngInfo:
         raise DataError(f"{path}: unreadable: {exc}") from None
     if not data.startswith(_PNG_SIGNATURE):
         raise DataError(f"{path}: not a PNG file (no PNG signature)")
-    position, info, has_data = len(_PNG_SIGNATURE), None, False
+    position, info, interlaced, idat = len(_PNG_SIGNATURE), None, False, []
     while True:
         if position + 8 > len(data):
             raise DataError(f"{path}: truncated PNG: it ends after {len(data)} bytes without an IEND chunk")
@@ -66,13 +67,54 @@ def check_png(path: str | os.PathLike[str]) -> PngInfo:
                 raise DataError(f"{path}: corrupt PNG: the first chunk is {kind!r}, not a 13-byte IHDR")
             width, height, depth, color = struct.unpack_from(">IIBB", body, 4)
             info = PngInfo(width, height, depth, color)
-        has_data |= kind == b"IDAT"
+            interlaced = body[4 + 12] == 1
+        if kind == b"IDAT":
+            idat.append(body[4:])
         position = end
         if kind == b"IEND":
             break
-    if not has_data:
+    if not idat or info is None:
         raise DataError(f"{path}: corrupt PNG: no IDAT chunk (no pixel data)")
+    _check_pixel_stream(path, b"".join(idat), info, interlaced)
     return info
+
+
+#: Samples per pixel of each PNG colour type.
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+#: Adam7 passes: (x start, y start, x step, y step).
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def raw_size(info: PngInfo, interlaced: bool) -> int:
+    """Bytes of the decompressed pixel stream: per row one filter byte and the packed samples,
+    over the whole image or each Adam7 pass (ISO/IEC 15948, sections 7-8)."""
+    bits = info.bit_depth * _CHANNELS.get(info.color_type, 1)
+
+    def rows(width: int, height: int) -> int:
+        return height * (1 + (width * bits + 7) // 8) if width and height else 0
+
+    if not interlaced:
+        return rows(info.width, info.height)
+    return sum(rows(max(0, -(-(info.width - xs) // dx)), max(0, -(-(info.height - ys) // dy)))
+               for xs, ys, dx, dy in _ADAM7)
+
+
+def _check_pixel_stream(path: Path, stream: bytes, info: PngInfo, interlaced: bool) -> None:
+    """The zlib stream of the IDAT chunks decompresses whole (its end and Adler-32 checksum
+    reached) to exactly the bytes the header announces: chunks with valid CRCs can still
+    hold a stream cut short, which a decoder would pad with black rows."""
+    inflater = zlib.decompressobj()
+    expected = raw_size(info, interlaced)
+    try:
+        pixels = inflater.decompress(stream, expected + 1)
+    except zlib.error as exc:
+        raise DataError(f"{path}: corrupt PNG: the pixel data does not inflate ({exc})") from None
+    if not inflater.eof:
+        raise DataError(f"{path}: truncated PNG: the pixel data stream ends before its end "
+                        f"({len(pixels)} of {expected} bytes)")
+    if len(pixels) != expected:
+        raise DataError(f"{path}: corrupt PNG: the pixel data holds {len(pixels)} bytes, "
+                        f"its header announces {expected}")
 
 
 def check_depth(path: Path, info: PngInfo) -> None:

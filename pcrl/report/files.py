@@ -5,8 +5,8 @@
     report.md                 the report (pcrl/report/render.py), figures linked
     report.html               the same, one self-contained page (images embedded)
     summary.json              every cell over seeds with its comparisons (pcrl/report/summary.py)
-    metrics.json              the headline for `dvc metrics show`: per task, each init's mean
-                              at the smallest label fraction (one row, a handful of columns)
+    metrics.json              the headline for `dvc metrics show` / `dvc exp show`: PCRL's mean
+                              per task at the smallest label fraction (one row, a handful of columns)
     plots/<task>.png          metric vs label fraction, means and every seed
     plots/<task>_paired.png   each pretrained init − scratch with its 95 % interval
     plots/<task>_learning.png validation metric per fine-tuning epoch, one line per run
@@ -30,19 +30,26 @@ from pcrl.report.figures import plot_learning, plot_paired, plot_probe_curves, p
 from pcrl.report.html import markdown_to_html
 from pcrl.report.render import render_markdown
 from pcrl.report.statistics import Summary, task_metric
+from pcrl.report.summary import ordered_inits
+from pcrl.report.verdicts import BASELINE, REFERENCE
 
 LearningCurves = Mapping[str, Mapping[tuple[str, float, int], Curve]]
 
 
-def headline_metrics(summary: Summary) -> dict[str, dict[str, float]]:
-    """``{"<task>@<percent>%": {init: mean}}`` at each task's smallest label fraction (where
-    pretraining is meant to matter most), rounded to 4 digits for a readable table."""
-    out = {}
-    for task, fractions in summary.items():
-        lowest = min(fractions, key=float)
-        out[f"{task}@{float(lowest) * 100:g}%"] = {init: round(float(cell["mean"]), 4)
-                                                   for init, cell in fractions[lowest].items()}
-    return out
+def headline_metrics(summary: Summary) -> dict[str, Any]:
+    """The headline for ``dvc metrics show`` and ``dvc exp show``: one row, a handful of
+    columns. ``{"labels": f, "<init>": {task: mean}}``: the reproduced method's (PCRL, else
+    the first pretrained initialisation present) mean over seeds at the smallest label
+    fraction ``f`` of each task (where pretraining is meant to matter most), rounded to 4
+    digits. Every other number is in ``summary.json`` and ``report.html``."""
+    cells = [(task, min(fractions, key=float), fractions[min(fractions, key=float)])
+             for task, fractions in summary.items()]
+    present = {init for _, _, by_init in cells for init in by_init}
+    pretrained = [i for i in ordered_inits(present) if i != BASELINE]
+    init = REFERENCE if REFERENCE in present else (pretrained[0] if pretrained else BASELINE)
+    headline: dict[str, Any] = {"labels": min(float(f) for _, f, _ in cells)} if cells else {}
+    headline[init] = {task: round(float(by_init[init]["mean"]), 4) for task, _, by_init in cells if init in by_init}
+    return headline
 
 
 def _csv(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:

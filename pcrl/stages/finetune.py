@@ -17,6 +17,7 @@ outside the stage's output; then swaps in the output folder:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,7 +31,7 @@ import torch
 
 from pcrl.torchfile import save_checked
 from pcrl.hashing import file_digest
-from pcrl.run_state import discard_state, prepare_state
+from pcrl.run_state import discard_state, files_listing_digest, prepare_state, state_lock
 from pcrl.atomic import atomic_dir, write_json
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig
@@ -109,11 +110,13 @@ def _train_config(task_settings: dict[str, Any], settings: dict[str, Any], items
 
 
 def _fingerprint(run: dict[str, Any], params: dict[str, Any], split: TaskSplit,
-                 weights_file: Path) -> str:
-    """What the resumable state belongs to: the run, its params, cases and initial weights."""
+                 weights_file: Path, data: str) -> str:
+    """What the resumable state belongs to: the run, its params, cases, initial weights and
+    the data files it reads (``data``: :func:`pcrl.run_state.files_listing_digest`), so a
+    run whose volumes were rewritten under the same ids starts afresh."""
     return hashlib.sha256(json.dumps(
         {**run, "params": params, "split": dataclasses.asdict(split),
-         "weights": file_digest(weights_file)},
+         "weights": file_digest(weights_file), "data": data},
         sort_keys=True).encode()).hexdigest()
 
 
@@ -206,15 +209,17 @@ def run_finetune(
                            num_workers=num_workers, progress=progress, what=f"{task} f{fraction}")
     params = run_params(task, settings)
     run = {"task": task, "init": init, "fraction": fraction, "seed": seed}
-    _prepare_state(state, _fingerprint(run, params, split, weights / WEIGHTS_NAME), dist)
-    result = finetune(module, dataset, validate, config, state, monitor=MONITOR[spec.kind],
-                      patience=task_settings["patience"], device=dist.device,
-                      dist=dist if dist.is_distributed else None)
-    if result is not None:
-        _write_outputs(out, state, result, run, network=network, roi=roi, split=split,
-                       params=params, device=dist.device, report=report,
-                       train_items=len(cast(Sized, dataset)), batch_size=config.batch_size,
-                       epochs=task_settings["epochs"])
-        discard_state(state)
+    data = files_listing_digest(processed, Path(interim) if interim else None)
+    with state_lock(state) if dist.is_main else contextlib.nullcontext():
+        _prepare_state(state, _fingerprint(run, params, split, weights / WEIGHTS_NAME, data), dist)
+        result = finetune(module, dataset, validate, config, state, monitor=MONITOR[spec.kind],
+                          patience=task_settings["patience"], device=dist.device,
+                          dist=dist if dist.is_distributed else None)
+        if result is not None:
+            _write_outputs(out, state, result, run, network=network, roi=roi, split=split,
+                           params=params, device=dist.device, report=report,
+                           train_items=len(cast(Sized, dataset)), batch_size=config.batch_size,
+                           epochs=task_settings["epochs"])
+            discard_state(state)
     cleanup()
     return out

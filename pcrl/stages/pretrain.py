@@ -13,6 +13,7 @@ swapped in only when training has finished:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from typing import Any, cast
 import torch
 
 from pcrl.torchfile import save_checked
-from pcrl.run_state import discard_state, prepare_state
+from pcrl.run_state import discard_state, prepare_state, state_lock
 from pcrl.atomic import atomic_dir, read_json, write_json
 from pcrl.preprocessing.pairs import PairsDataset, pair_files
 from pcrl.distributed import DistInfo, cleanup, init_distributed
@@ -298,50 +299,52 @@ def run_pretrain(
         find_unused_parameters=False,
     )
     state = Path(state)
-    if dist.rank == 0:
-        prepare_state(state, fingerprint(method, settings, index))
-    if dist.world_size > 1:
-        torch.distributed.barrier()
-    hook = _hooks(
-        _preview_hook(val, state / "previews", dist.device, method),
-        _gauge_hook(val, dist.device, method) if dist.rank == 0 else None,
-        _probe_hook(probe, {**(probe_settings or {}), "epochs": settings["epochs"]}, dist.device, method)
-        if dist.rank == 0 else None,
-    )
-    result = train(model, dataset, config, state, device=dist.device,
-                   dist=dist if dist.world_size > 1 else None, on_epoch_end=hook)
+    # one run per state folder: a second job given the same --state is refused at once
+    with state_lock(state) if dist.rank == 0 else contextlib.nullcontext():
+        if dist.rank == 0:
+            prepare_state(state, fingerprint(method, settings, index))
+        if dist.world_size > 1:
+            torch.distributed.barrier()
+        hook = _hooks(
+            _preview_hook(val, state / "previews", dist.device, method),
+            _gauge_hook(val, dist.device, method) if dist.rank == 0 else None,
+            _probe_hook(probe, {**(probe_settings or {}), "epochs": settings["epochs"]}, dist.device, method)
+            if dist.rank == 0 else None,
+        )
+        result = train(model, dataset, config, state, device=dist.device,
+                       dist=dist if dist.world_size > 1 else None, on_epoch_end=hook)
 
-    if dist.rank == 0:
-        warnings = ([warning] if warning else []) + gauge_warnings(state / "live")
-        for text in warnings:
-            log.warning("%s: %s", method, text)
-        with atomic_dir(out) as tmp:
-            weights = {
-                "state_dict": cast(Any, getattr(model, "module", model)).encoder_state_dict(),
-                "method": method,
-                "parts": list(PRETRAINED_PARTS[method]),
-                "config": json.dumps(values, default=str),
-            }
-            save_checked(weights, tmp / "weights.pt")
-            shutil.copy2(result.checkpoint, tmp / "checkpoint.pt")
-            shutil.copytree(state / "live", tmp / "live")
-            if (state / "previews").is_dir():
-                shutil.copytree(state / "previews", tmp / "previews")
-            else:
-                (tmp / "previews").mkdir()
-            write_json(tmp / "summary.json", {
-                "method": method,
-                "epochs": settings["epochs"],
-                "epochs_run_by_this_job": result.epochs_run,
-                "train_pairs": len(dataset),
-                "world_size": dist.world_size,
-                "final": result.final_metrics,
-                "probe_val_auc": logged_series(state / "live", "probe/val_auc"),
-                "gauges": {name.split("/")[1]: logged_series(state / "live", name) for name in GAUGES},
-                "warnings": warnings,
-                "provenance": provenance({"pretrain": settings}, device=dist.device),
-            })
-        log.info("%s: pretrained %d epochs on %d pairs -> %s", method, settings["epochs"], len(dataset), out)
-        discard_state(state)
+        if dist.rank == 0:
+            warnings = ([warning] if warning else []) + gauge_warnings(state / "live")
+            for text in warnings:
+                log.warning("%s: %s", method, text)
+            with atomic_dir(out) as tmp:
+                weights = {
+                    "state_dict": cast(Any, getattr(model, "module", model)).encoder_state_dict(),
+                    "method": method,
+                    "parts": list(PRETRAINED_PARTS[method]),
+                    "config": json.dumps(values, default=str),
+                }
+                save_checked(weights, tmp / "weights.pt")
+                shutil.copy2(result.checkpoint, tmp / "checkpoint.pt")
+                shutil.copytree(state / "live", tmp / "live")
+                if (state / "previews").is_dir():
+                    shutil.copytree(state / "previews", tmp / "previews")
+                else:
+                    (tmp / "previews").mkdir()
+                write_json(tmp / "summary.json", {
+                    "method": method,
+                    "epochs": settings["epochs"],
+                    "epochs_run_by_this_job": result.epochs_run,
+                    "train_pairs": len(dataset),
+                    "world_size": dist.world_size,
+                    "final": result.final_metrics,
+                    "probe_val_auc": logged_series(state / "live", "probe/val_auc"),
+                    "gauges": {name.split("/")[1]: logged_series(state / "live", name) for name in GAUGES},
+                    "warnings": warnings,
+                    "provenance": provenance({"pretrain": settings}, device=dist.device),
+                })
+            log.info("%s: pretrained %d epochs on %d pairs -> %s", method, settings["epochs"], len(dataset), out)
+            discard_state(state)
     cleanup()
     return Path(out)
