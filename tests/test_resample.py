@@ -219,7 +219,7 @@ def test_resample_case_writes_outputs_and_entry(tmp_path: Path):
 
 
 def test_label_on_another_grid_names_both_files(tmp_path: Path):
-    image = write_ct(tmp_path / "ct.nii.gz", np.zeros((4, 3, 2)))
+    image = write_ct(tmp_path / "ct.nii.gz", np.full((4, 3, 2), -1000))
     label = tmp_path / "seg.nii.gz"
     write_image(label, image3d(np.zeros((4, 3, 2), np.uint8), spacing=(2, 2, 3)))
     case = {"id": "c", "image": str(image), "label": str(label), "group": "train"}
@@ -231,7 +231,7 @@ def test_label_on_another_grid_names_both_files(tmp_path: Path):
 
 
 def test_non_integer_label_is_rejected(tmp_path: Path):
-    image = write_ct(tmp_path / "ct.nii.gz", np.zeros((4, 3, 2)))
+    image = write_ct(tmp_path / "ct.nii.gz", np.full((4, 3, 2), -1000))
     label = tmp_path / "seg.nii.gz"
     values = np.full((4, 3, 2), 0.5, np.float32)
     write_image(label, image3d(values))
@@ -260,7 +260,7 @@ def test_four_d_case_entry(tmp_path: Path):
 def make_cases(root: Path, n: int) -> list[dict]:
     """``n`` small CTs with distinct constant HU, as resolved manifest entries."""
     return [
-        {"id": f"case{i}", "image": str(write_ct(root / f"case{i}.mhd", np.full((4, 3, 2), 100 * i))),
+        {"id": f"case{i}", "image": str(write_ct(root / f"case{i}.mhd", np.full((4, 3, 2), 100 * i - 1000))),
          "label": None, "group": "subset0"}
         for i in range(n)
     ]
@@ -275,7 +275,7 @@ def test_resample_dataset_writes_cases_json_in_input_order(tmp_path: Path):
     assert json.loads((tmp_path / "out" / "cases.json").read_text()) == entries
     for i in range(3):
         values = image_to_array(read_image(tmp_path / "out" / f"case{i}.nii.gz"))
-        np.testing.assert_allclose(values, (100 * i + 1000) / 2000)
+        np.testing.assert_allclose(values, (100 * i - 1000 + 1000) / 2000)  # the lung window [-1000, 1000] HU
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -210,6 +210,8 @@ def resample_case(
     image_path = Path(case["image"])
     label_path = Path(case["label"]) if case.get("label") else None
     original = read_image(image_path, allow_channels=True)
+    if normalization.kind == "window":  # a window in HU: the image must be a CT scan
+        check_ct_values(image_to_array(original), image_path)
     label = read_image(label_path) if label_path else None
     if label is not None and label_path is not None:
         check_same_grid(original, label, image_path, label_path)
@@ -223,6 +225,25 @@ def resample_case(
         entry["arrays"] = write_arrays(Path(out_dir), case_id, image_to_array(image),
                                        None if label is None else image_to_array(label))
     return entry
+
+
+#: The largest value of a label map: a CT scan in Hounsfield units holds air (-1000 HU), so
+#: non-negative whole numbers up to this are a label volume (or a mask) given as the image.
+MAX_LABEL_VALUE = 16
+
+
+def check_ct_values(values: np.ndarray, path: Path) -> None:
+    """Refuse an image that cannot be a CT scan in HU: non-negative whole numbers up to
+    :data:`MAX_LABEL_VALUE` only (a label volume or a mask given as the image).
+
+    Raises:
+        DataError: naming the file and its values.
+    """
+    low, high = float(np.min(values)), float(np.max(values))
+    if low >= 0 and high <= MAX_LABEL_VALUE and np.array_equal(values, np.round(values)):
+        raise DataError(f"{path}: does not look like a CT scan in Hounsfield units: whole numbers {low:g} to "
+                        f"{high:g} only, as in a label volume (a CT holds air at about -1000 HU); is it the "
+                        "label file given as the image?")
 
 
 def _normalized(img: sitk.Image, normalization: Normalization) -> sitk.Image:
