@@ -69,13 +69,12 @@ def test_same_stage_names(both: tuple[dict, dict]) -> None:
 
 def _gathered(deps: list[str], outs: list[str]) -> list[str]:
     """A dep that is a folder of other stages' outputs stands for them in Snakemake; a file
-    inside another stage's output folder stands as that folder; the params check's folder
-    is no input (the Snakefile checks the params before any job)."""
+    inside another stage's output folder stands as that folder."""
     def one(dep: str) -> list[str]:
         holder = [o for o in outs if dep.startswith(o + "/")]
         return holder or [o for o in outs if o.startswith(dep + "/")] or [dep]
 
-    return sorted({i for d in deps if d != "data/params" for i in one(d)})
+    return sorted({i for d in deps for i in one(d)})
 
 
 def test_same_commands_deps_outs(both: tuple[dict, dict]) -> None:

@@ -23,9 +23,10 @@ PARAMS_FILE = "params.yaml"
 #: Outputs that are the same whatever the params: ``pcrl check-params``'s folder. DVC runs
 #: the check first (every download depends on it, and it on every params section); a
 #: rerun that passes changes nothing its readers read, so it makes none of them stale
-#: (pcrl/runners/staleness.py). Snakemake checks the same params while it parses the
-#: Snakefile, before any job, so its rules do not wait on the folder: a rerun of the
-#: check would otherwise hide its readers from Snakemake's planning.
+#: (pcrl/runners/staleness.py). Snakemake runs the same check while it parses the
+#: Snakefile, before any job; rerunning the rule as well would only hide its readers from
+#: Snakemake's planning (a rerun job masks every job downstream of it), so the Snakefile
+#: records the check in dvc.lock itself once the params passed (:func:`record_in_dvc`).
 GATES = ("data/params",)
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,8 @@ class Stage:
 
     @property
     def inputs(self) -> list[str]:
-        """Snakemake's inputs: the deps, a gathering folder replaced by the outputs in it,
-        and no :data:`GATES` (the Snakefile checks the params itself before any job)."""
-        deps = self.deps if self.gathered is None else self.gathered
-        return [d for d in deps if d.rstrip("/") not in GATES]
+        """Snakemake's inputs: the deps, a gathering folder replaced by the outputs in it."""
+        return list(self.deps if self.gathered is None else self.gathered)
 
     @property
     def shell_command(self) -> str:
@@ -155,12 +154,14 @@ def record_in_dvc(stages: list[Stage], root: str | Path = ".", *, started: float
     previous commit. Only the stages whose outputs this run wrote (at or after
     ``started``, the run's start) are committed: those ran with the current params and
     deps. An output left from an earlier run, stale after a params edit, is not recorded
-    as current. Set ``PCRL_NO_DVC_COMMIT=1`` to skip. Returns the committed stage names.
+    as current. The params check (:data:`GATES`) is committed whenever its folder exists:
+    the Snakefile ran the same check on the current params before any job. Set ``PCRL_NO_DVC_COMMIT=1`` to skip. Returns the committed stage names.
     """
     if os.environ.get("PCRL_NO_DVC_COMMIT") == "1":
         return []
     root = Path(root)
-    done = [s.name for s in stages if built_since(s, started, root)]
+    done = [s.name for s in stages if built_since(s, started, root)
+            or (set(s.outs) <= set(GATES) and all((root / o).is_dir() for o in s.outs))]
     if not done:
         return []
     # `dvc commit` builds the pipeline's graph once per named stage (~4 s each for the demo's

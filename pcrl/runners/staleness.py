@@ -122,8 +122,13 @@ class LockPlan:
 
 
 def plan_from_lock(stages: Sequence[Stage], root: str | Path = ".") -> LockPlan:
-    """The plan dvc.lock implies for ``stages`` (:func:`dvc_changes`, :func:`downstream`)."""
+    """The plan dvc.lock implies for ``stages`` (:func:`dvc_changes`, :func:`downstream`).
+
+    The params check's stage (:data:`pcrl.runners.dag.GATES`) is left out of ``stale``: the
+    Snakefile has run the same check while parsing, and records it in dvc.lock at the end.
+    """
     changed = dvc_changes(root)
     deps = {st.name: list(st.deps) for st in stages}
     outs = {st.name: list(st.outs) for st in stages}
-    return LockPlan(changed=changed, stale=frozenset(downstream(changed, deps, outs)))
+    gates = {st.name for st in stages if st.outs and set(st.outs) <= set(GATES)}
+    return LockPlan(changed=changed, stale=frozenset(downstream(changed, deps, outs) - gates))
