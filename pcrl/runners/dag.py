@@ -149,13 +149,14 @@ def built_since(stage: Stage, started: float, root: Path) -> bool:
 def record_in_dvc(stages: list[Stage], root: str | Path = ".", *, started: float) -> list[str]:
     """Record in dvc.lock (``dvc commit``) the stages a Snakemake run built.
 
-    Called by the Snakefile's ``onsuccess`` handler, so that after a cluster run
+    Called by the Snakefile's ``onsuccess`` and ``onerror`` handlers, so that after a cluster run
     ``dvc repro`` finds everything up to date and ``dvc metrics diff`` compares with the
     previous commit. Only the stages whose outputs this run wrote (at or after
     ``started``, the run's start) are committed: those ran with the current params and
     deps. An output left from an earlier run, stale after a params edit, is not recorded
     as current. The params check (:data:`GATES`) is committed whenever its folder exists:
-    the Snakefile ran the same check on the current params before any job. Set ``PCRL_NO_DVC_COMMIT=1`` to skip. Returns the committed stage names.
+    the Snakefile ran the same check on the current params before any job. Set
+    ``PCRL_NO_DVC_COMMIT=1`` to skip. Returns the committed stage names.
     """
     if os.environ.get("PCRL_NO_DVC_COMMIT") == "1":
         return []
