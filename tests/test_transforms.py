@@ -144,6 +144,33 @@ def test_local_shuffle_permutes_inside_blocks_only() -> None:
             assert (out[i, 0][moved] != x[i, 0][moved]).float().mean() > 0.3  # blocks of 2 keep half
 
 
+def test_local_shuffle_plan_applied_by_hand() -> None:
+    """The plan's (target, source) pairs, applied one at a time in NumPy, give the output;
+    each voxel is written at most once, and the padding of blocks cut by the border (sizes
+    not divisible by the sides: 47 x 35 x 23) targets the one spare id past the end only."""
+    shape = (5, 1, 47, 35, 23)
+    x = batch(shape, seed=3)
+    volume = 47 * 35 * 23
+    plan = T._shuffle_plan(shape, gen(11), torch.device("cpu"), prob=1.0, coverage=0.9, layout=True)
+    out = T.local_pixel_shuffle(x, gen(11), prob=1.0, coverage=0.9)
+    padded = 0
+    for i, targets, sources in zip(plan.samples.tolist(), plan.targets, plan.sources):
+        t, src = targets.numpy(), sources.numpy()
+        assert t.min() >= 0 and t.max() <= volume and 0 <= src.min() and src.max() < volume
+        inside = t < volume
+        padded += int((~inside).sum())
+        assert len(np.unique(t[inside])) == int(inside.sum())  # each voxel written once
+        flat_in = x[i, 0].flatten().numpy()
+        expected = flat_in.copy()
+        for target, source in zip(t[inside].tolist(), src[inside].tolist()):
+            expected[target] = flat_in[source]
+        assert np.array_equal(out[i, 0].flatten().numpy(), expected)
+        moved = np.zeros(volume, dtype=bool)
+        moved[t[inside]] = True
+        assert np.array_equal(moved, plan.shuffled[i].flatten().numpy())
+    assert padded > 0  # the case under test: some blocks were cut
+
+
 def test_local_shuffle_probability_and_identity() -> None:
     x = batch()
     out = T.local_pixel_shuffle(x, gen(), prob=0.0)
