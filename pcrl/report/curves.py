@@ -13,13 +13,13 @@ a malformed one is an error naming it.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pcrl.atomic import read_json
 from pcrl.errors import DataError
+from pcrl.live_series import read_series
 
 #: One learning curve: (epochs, values) of a run's validation headline metric.
 Curve = tuple[list[int], list[float]]
@@ -56,16 +56,6 @@ def learning_curves(finetuned: Path, task: str, runs: Iterable[tuple[str, float,
     return found
 
 
-def read_tsv_series(path: Path, field: str) -> Curve:
-    """``step`` and ``field`` columns of a dvclive TSV file."""
-    with Path(path).open(newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    try:
-        return [int(r["step"]) for r in rows], [float(r[field]) for r in rows]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}: expected numeric 'step' and {field!r} columns ({exc})") from None
-
-
 def probe_curves(pretrained: Sequence[Path], methods: Iterable[str]) -> dict[str, Curve]:
     """``method -> (epochs, probe validation AUC)`` for the methods that logged the probe."""
     found = {}
@@ -73,7 +63,7 @@ def probe_curves(pretrained: Sequence[Path], methods: Iterable[str]) -> dict[str
         for root in pretrained:
             path = Path(root) / method / PROBE_CURVE
             if path.is_file():
-                found[method] = read_tsv_series(path, "val_auc")
+                found[method] = read_series(path, "val_auc")
                 break
     return found
 

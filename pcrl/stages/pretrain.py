@@ -24,6 +24,7 @@ from typing import Any, cast
 import torch
 
 from pcrl.torchfile import save_checked
+from pcrl.live_series import read_series
 from pcrl.run_state import discard_state, prepare_state, state_lock
 from pcrl.atomic import atomic_dir, read_json, write_json
 from pcrl.preprocessing.pairs import PairsDataset, pair_files
@@ -235,8 +236,8 @@ def logged_series(live: Path, name: str) -> dict[str, float]:
     path = live / "plots" / "metrics" / f"{name}.tsv"
     if not path.is_file():
         return {}
-    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
-    return {str(int(row[0])): float(row[-1]) for row in rows}
+    steps, values = read_series(path)
+    return {str(step): value for step, value in zip(steps, values)}
 
 
 def _hooks(*hooks: Any):
