@@ -107,7 +107,8 @@ def load_stages(root: str | Path = ".") -> list[Stage]:
     return gather_inputs(stages)
 
 
-def _inside(path: str, folder: str) -> bool:
+def lies_inside(path: str, folder: str) -> bool:
+    """Whether ``path`` lies below ``folder`` (both relative to the repository, no trailing slash needed)."""
     return path.startswith(folder.rstrip("/") + "/")
 
 
@@ -124,8 +125,8 @@ def gather_inputs(stages: list[Stage]) -> list[Stage]:
     outs = [o for st in stages for o in st.outs]
 
     def inputs_of(dep: str) -> list[str]:
-        holder = [o for o in outs if _inside(dep, o)]
-        return holder or [o for o in outs if _inside(o, dep)] or [dep]
+        holder = [o for o in outs if lies_inside(dep, o)]
+        return holder or [o for o in outs if lies_inside(o, dep)] or [dep]
 
     resolved = []
     for st in stages:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pcrl.runners.dag import GATES
+from pcrl.runners.dag import GATES, lies_inside
 
 if TYPE_CHECKING:
     from pcrl.runners.dag import Stage
@@ -78,7 +78,7 @@ def downstream(names: Iterable[str], deps: Mapping[str, Iterable[str]], outs: Ma
         dep, out = dep.rstrip("/"), out.rstrip("/")
         if out in closed:
             return False
-        return dep == out or dep.startswith(out + "/") or out.startswith(dep + "/")
+        return dep == out or lies_inside(dep, out) or lies_inside(out, dep)
 
     readers = {
         name: {other for other, other_deps in deps.items() if any(reads(d, o) for d in other_deps for o in outs[name])}
