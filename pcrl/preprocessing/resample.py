@@ -30,7 +30,7 @@ from pcrl.atomic import write_json
 from pcrl.preprocessing.arrays import write_arrays
 from pcrl.io.images import array_to_image, image_to_array, read_image, write_image
 from pcrl.preprocessing.normalization import Normalization, normalize
-from pcrl.errors import ConfigError, DataError, PcrlError
+from pcrl.errors import ConfigError, DataError, OutputWriteError, PcrlError
 
 Spacing = tuple[float, float, float]
 Grid = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]
@@ -373,6 +373,8 @@ def _collect(case: Mapping[str, Any], run: Callable[[], dict[str, Any]]) -> dict
     """Run one case's work; re-raise a user error as DataError naming the case and its file."""
     try:
         return run()
+    except OutputWriteError:  # names the output file already: the case adds nothing
+        raise
     except PcrlError as exc:
         raise DataError(f"case {case.get('id')!r} ({case.get('image')}): {exc}") from exc
     except Exception as exc:
