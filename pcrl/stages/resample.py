@@ -11,6 +11,7 @@ from pcrl.atomic import atomic_dir, write_json
 from pcrl.datasets.layout import case_order
 from pcrl.datasets.manifest import gathered_cases, read_manifests
 from pcrl.datasets.shards import in_shard
+from pcrl.errors import ConfigError
 from pcrl.preprocessing.normalization import Normalization
 from pcrl.preprocessing.radiographs import write_shard_of
 from pcrl.preprocessing.resample import CASES_FILE, resample_dataset
@@ -63,8 +64,10 @@ def _radiographs(settings: dict[str, Any], cases: list[dict[str, Any]], *, out: 
     decoded once, checked (``expected_size``: the originals' (width, height)) and
     area-resized to ``size`` (height, width) into ``images.npy`` + ``index.json``."""
     expected = settings.get("expected_size")
+    if not expected:  # a radiograph of another size would be stretched without a word
+        raise ConfigError("resample.chestxray14.expected_size: required (the originals' width, height)")
     write_shard_of([case["image"] for case in cases], out, size=settings["size"], shard=shard,
-                   expected_size=tuple(expected) if expected else None, progress=progress)
+                   expected_size=tuple(expected), progress=progress)
     log.info("chestxray14: shard %d of %d of %d radiographs resized to %s", shard[0] + 1, shard[1], len(cases),
              settings["size"])
     return [{"id": case["id"], "order": i} for i, case in enumerate(cases) if in_shard(i, *shard)]
