@@ -16,6 +16,7 @@ from pcrl.preprocessing.normalization import Normalization
 from pcrl.preprocessing.radiographs import write_shard_of
 from pcrl.preprocessing.resample import CASES_FILE, resample_dataset
 from pcrl.settings import setting_of_dataset
+from pcrl.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def run_resample(
             workers=min(workers, max(1, len(cases))),
             progress=progress,
             arrays=bool(settings.get("arrays", False)),
+            channels=mri_channels(dataset),
         )
         for entry, (position, _) in zip(entries, mine, strict=True):
             entry["order"] = position
@@ -56,6 +58,12 @@ def run_resample(
     log.info("%s: shard %d of %d, %d of %d cases resampled to %s mm", dataset, shard[0] + 1,
              shard[1], len(entries), len(everything), settings["spacing"])
     return entries
+
+
+def mri_channels(dataset: str) -> int | None:
+    """The channels a multi-channel MRI dataset's task reads (BraTS: 4); None otherwise."""
+    channels = {spec.in_channels for spec in TASKS.values() if spec.dataset == dataset}
+    return max(channels) if channels and max(channels) > 1 else None
 
 
 def _radiographs(settings: dict[str, Any], cases: list[dict[str, Any]], *, out: Path, shard: tuple[int, int],
