@@ -529,3 +529,19 @@ def test_an_unchanged_cached_file_of_the_same_source_is_reused(server: Server, t
         root = download_dataset(_csv_spec(server, "/candidates.csv"), cache, tmp_path / f"raw{k}", progress=False)
         assert (root / "candidates.csv").read_bytes() == CANDIDATES
     assert server.state.requests == [("/candidates.csv", None), ("HEAD /candidates.csv", None)]
+
+
+def test_a_partial_download_from_another_mirror_is_not_resumed(server: Server, tmp_path: Path) -> None:
+    """The old mirror's download was cut; the new mirror's bytes must not be appended to it."""
+    old = CANDIDATES.replace(b"1.0,2.0", b"9.0,9.0")
+    server.state.files["/old/candidates.csv"] = old
+    server.state.files["/new/candidates.csv"] = CANDIDATES
+    server.state.cut_after["/old/candidates.csv"] = 200
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="interrupted|ended after"):
+        download_dataset(_csv_spec(server, "/old/candidates.csv"), cache, tmp_path / "raw0", progress=False)
+    assert (cache / "candidates.csv.part").read_bytes() == old[:200]
+    root = download_dataset(_csv_spec(server, "/new/candidates.csv"), cache, tmp_path / "raw1", progress=False)
+    assert (root / "candidates.csv").read_bytes() == CANDIDATES
+    assert server.state.requests[-1] == ("/new/candidates.csv", None)  # from byte 0, no Range
+    assert entries(cache) == {"candidates.csv"}

@@ -215,6 +215,29 @@ def test_cubes_under_a_file_size_limit(liver: dict[str, Path], tmp_path: Path) -
     _nothing_complete(out)
 
 
+def test_an_unwritable_output_folder_through_the_cli(liver: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The kernel's answer to a user who may not write the output's parent folder (root
+    may write anywhere, so the answer is given by hand): exit 2, one line naming it."""
+    out = tmp_path / "processed" / "lcs"
+    out.parent.mkdir()
+    real = tempfile.mkdtemp
+
+    def denied(suffix: str | None = None, prefix: str | None = None, dir: str | None = None) -> str:  # noqa: A002
+        if dir is not None and Path(dir) == out.parent:
+            raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, f"{prefix}x1y2{suffix}"))
+        return real(suffix, prefix, dir)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    capsys.readouterr()
+    assert main(["--params", str(liver["params"]), "cubes", "--task", "lcs", "--raw", str(liver["raw"]),
+                 "--interim", str(liver["interim"]), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"pcrl cubes: error: {out}: cannot write: not writable (Permission denied)"
+    assert list(out.parent.iterdir()) == []
+
+
 def test_the_2d_store_under_a_file_size_limit(tmp_path: Path, repo_root: Path) -> None:
     root = tmp_path / "chestxray14"
     generate_chestxray14(root, patients=5, size=(64, 64), seed=3)

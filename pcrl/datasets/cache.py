@@ -5,7 +5,8 @@ A file in ``data.cache_dir`` is reused only when the record written with it
 would be fetched from now, and the file still has that size and time. A file without a
 published checksum or size is also compared with the length the server announces now
 (``HEAD``), so a file that changed on its server, or came from another mirror, is fetched
-again instead of being reused by its name alone.
+again instead of being reused by its name alone. A partial download (``.part``) is
+resumed only from the URL it was started from.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from pcrl.atomic import write_json
 from pcrl.datasets.registry import RemoteFile
 
-__all__ = ["forget", "record_source", "stale_reason"]
+__all__ = ["claim_part", "forget", "record_source", "release_part", "stale_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +74,24 @@ def stale_reason(remote: RemoteFile, cached: Path) -> str | None:
         if length is not None and length != size:
             return f"{remote.url} now serves {length} bytes, the cached copy has {size}"
     return None
+
+
+def claim_part(remote: RemoteFile, part: Path) -> None:
+    """Let the partial download ``part`` be resumed only from the URL it was started from:
+    one from another URL (or of unknown origin) is removed; then record ``remote.url``."""
+    record = _record_path(part)
+    if part.exists():
+        try:
+            url = json.loads(record.read_text())["url"]
+        except (OSError, ValueError, KeyError, TypeError):
+            url = None
+        if url != remote.url:
+            log.warning("partial download %s came from %s, not %s: starting over", part,
+                        url or "an unknown source", remote.url)
+            part.unlink()
+    write_json(record, {"url": remote.url})
+
+
+def release_part(part: Path) -> None:
+    """Forget the origin of a partial download once it is complete (renamed) or removed."""
+    _record_path(part).unlink(missing_ok=True)

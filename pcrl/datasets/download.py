@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pcrl.atomic import atomic_dir
 from pcrl.datasets.archives import archive_problem, safe_extract
-from pcrl.datasets.cache import forget, record_source, stale_reason
+from pcrl.datasets.cache import claim_part, forget, record_source, release_part, stale_reason
 from pcrl.hashing import file_digest
 from pcrl.datasets.registry import DatasetSpec, RemoteFile
 from pcrl.errors import ChecksumError, ConfigError, DataError
@@ -273,8 +273,10 @@ def _fetch_remote(remote: RemoteFile, cache_dir: Path, *, progress: bool) -> Pat
         if cached.exists() and (reason := stale_reason(remote, cached)) is not None:
             logger.warning("cached %s is not reused (%s): downloading it from %s", cached, reason, remote.url)
             forget(cached)
+        claim_part(remote, _part_path(cached))
         fetch(remote.url, cached, md5=remote.md5, sha256=remote.sha256, size=remote.size,
               progress=progress, check=check)
+        release_part(_part_path(cached))
         record_source(remote, cached)
         return cached
 
