@@ -35,6 +35,8 @@ _WRITE_ERRNOS = {
 _DENIED = {errno.EACCES, errno.EPERM}
 #: numpy's short write (``tofile``) and torch's writer (``torch.save``) report no errno.
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+#: safetensors (Rust) reports the errno in its message only.
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 #: torch's data loader workers hand batches over in shared memory files.
 _SHARED_MEMORY = re.compile(r"unable to (resize|write to|mmap|open shared memory object).*<.*?torch_")
 _TORCH_WRITE = re.compile(r"PytorchStreamWriter|inline_container|basic_ios|file write failed|unexpected pos")
@@ -59,6 +61,9 @@ def write_failure(exc: BaseException, roots: tuple[Path, ...]) -> tuple[str, Pat
     """
     if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
         return _WRITE_ERRNOS[exc.errno], _under(exc.filename, roots) if exc.filename else None
+    rust = _RUST_OS_ERROR.search(str(exc)) if not isinstance(exc, OSError) else None
+    if rust is not None and int(rust.group(1)) in _WRITE_ERRNOS:  # safetensors' writer
+        return _WRITE_ERRNOS[int(rust.group(1))], None
     if isinstance(exc, OSError) and exc.errno in _DENIED and exc.filename:
         path = _under(exc.filename, roots)
         return ("not writable", path) if path is not None else None
@@ -96,7 +101,7 @@ def writing(final: str | os.PathLike[str], tmp: str | os.PathLike[str] | None = 
         if tmp is None or str(tmp) not in str(exc):
             raise
         raise OutputWriteError(str(exc).replace(str(tmp), str(final))) from exc.__cause__
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 (only write failures are converted, the rest re-raised)
         failure = write_failure(exc, roots)
         if failure is None:
             raise
@@ -113,7 +118,7 @@ def write_errors() -> Iterator[None]:
     own files) becomes one OutputWriteError naming the file it reports."""
     try:
         yield
-    except (OSError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 (only write failures are converted, the rest re-raised)
         failure = write_failure(exc, ())
         if failure is None or (isinstance(exc, OSError) and exc.errno in _DENIED):
             raise

@@ -308,3 +308,27 @@ def test_finetuning_state_under_a_file_size_limit(limit: int, tmp_path: Path, re
                     "--workers", "1", limit=limit)
     _assert_one_line(proc, "finetune", state if limit > LIMIT else Path("/dev/shm"))
     _nothing_complete(out)
+
+
+def test_export_under_a_file_size_limit(tmp_path: Path) -> None:
+    """The exported encoder (safetensors, ~100 kB) cut short: named, and no export folder."""
+    from conftest import RESAMPLE_3D, export_pretrained
+
+    export_pretrained(tmp_path, 3)  # the pretrain folder and pairs split it exports from, unlimited
+    out = tmp_path / "export_again"
+    code = ("import json, sys\nfrom pathlib import Path\nfrom pcrl.errors import OutputWriteError\n"
+            "from pcrl.stages.export import run_export\nroot = Path(sys.argv[1])\ntry:\n"
+            "    run_export('genesis', setting='3d', weights=root / 'pretrain3', out=root / 'export_again',\n"
+            f"               resample={RESAMPLE_3D!r}, cube_size=[32, 32, 16], source='phantom',\n"
+            "               pairs=root / 'pairs3', lock=root / 'dvc.lock')\n"
+            "except OutputWriteError as exc:\n    print(exc)\n")
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], preexec_fn=cap, capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"})
+    # safetensors' writer names no file, only the errno: the output folder is named
+    assert proc.stdout.strip() == f"{out}: cannot write: file size limit reached", proc.stdout + proc.stderr[-2000:]
+    _nothing_complete(out)
