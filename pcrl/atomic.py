@@ -39,7 +39,7 @@ _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 #: torch's data loader workers hand batches over in shared memory files.
 _SHARED_MEMORY = re.compile(r"unable to (resize|write to|mmap|open shared memory object).*<.*?torch_")
-_TORCH_WRITE = re.compile(r"PytorchStreamWriter|inline_container|basic_ios|file write failed|unexpected pos")
+_TORCH_WRITE = re.compile(r"PytorchStreamWriter|basic_ios|file write failed|unexpected pos")  # not its reader
 
 
 def _under(name: str | os.PathLike[str], roots: tuple[Path, ...]) -> Path | None:

@@ -108,6 +108,12 @@ def test_errors_reading_inputs_are_not_called_write_errors(tmp_path: Path) -> No
     with pytest.raises(RuntimeError, match="shape mismatch"):
         with atomic_path(tmp_path / "out.pt"):
             raise RuntimeError("shape mismatch")
+    broken = tmp_path / "inputs.pt"
+    broken.write_bytes(b"PK\x03\x04 not a whole zip")
+    with pytest.raises(RuntimeError, match="PytorchStreamReader"):  # torch's reader, not its writer
+        with atomic_dir(tmp_path / "out"):
+            torch.load(broken, weights_only=True)
+    broken.unlink()
     assert sorted(os.listdir(tmp_path)) == []
 
 
