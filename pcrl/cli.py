@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pcrl.atomic import write_errors
 from pcrl.config import DEFAULT_PARAMS, load_params, section, source_of
 from pcrl.errors import PcrlError, PreemptedError
 from pcrl.outputs import check_stage_paths
@@ -369,10 +370,8 @@ TRAINING_STAGES = {"pretrain", "finetune"}
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("SLURM_JOB_ID"):
         log.info("SLURM job %s on %s", os.environ["SLURM_JOB_ID"], os.environ.get("SLURMD_NODENAME", "?"))
     try:
@@ -383,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = relaunched(argv)
             if code is not None:  # the torchrun workers did the work
                 return code
-        args.func(args, params)
+        with write_errors():  # a full disk or file size limit anywhere: one line naming the file
+            args.func(args, params)
     except PcrlError as exc:
         print(f"pcrl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

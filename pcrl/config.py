@@ -265,6 +265,7 @@ def _check_2d(params: dict[str, Any], source: str) -> None:
     if cube and any(int(v) % setting.stride for v in cube[:2]):
         raise ConfigError(f"{source}: cubes.{setting.pretrain_task}.cube_size: {cube[:2]} must be multiples of "
                           f"{setting.stride} (the ResNet-18's stride)")
+    _check_radiograph_sizes(params, source, size)
     methods = params.get(setting.pretrain_section, {}).get("methods", [])
     pretrained = [i for i in setting.inits(params.get("finetune", {})) if i in methods]
     if pretrained and "pretrain" in params:
@@ -275,6 +276,23 @@ def _check_2d(params: dict[str, Any], source: str) -> None:
                               f"from the 2D pretraining's width {network.get('base')} "
                               f"({setting.pretrain_section}.settings.network.base), whose encoder it loads for "
                               f"{pretrained}")
+
+
+def _check_radiograph_sizes(params: dict[str, Any], source: str, size: Any) -> None:
+    """The phantom radiographs have the originals' size the 2D preprocessing expects, and
+    no 2D pretraining crop is larger than the stored radiograph."""
+    data, radiographs = params["data"], params.get("resample", {}).get("chestxray14", {})
+    expected = radiographs.get("expected_size")
+    phantom = data.get("phantom", {}).get("chestxray14", {}).get("size", [256, 256])  # its default
+    if expected and "chestxray14" in data["datasets"] and source_of(data, "chestxray14") == "phantom" \
+            and list(phantom) != list(expected):
+        raise ConfigError(f"{source}: resample.chestxray14.expected_size: {list(expected)} differs from the "
+                          f"phantom's data.phantom.chestxray14.size {list(phantom)} (both width, height)")
+    crops = params.get("cubes", {}).get(SETTINGS["2d"].pretrain_task, {}).get("crop_sizes", [])
+    large = [list(c) for c in crops if size and (int(c[0]) > int(size[1]) or int(c[1]) > int(size[0]))]
+    if large:
+        raise ConfigError(f"{source}: cubes.{SETTINGS['2d'].pretrain_task}.crop_sizes: {large} (x, y) larger "
+                          f"than the stored radiograph, resample.chestxray14.size {list(size)} (height, width)")
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:

@@ -32,3 +32,8 @@ class PreemptedError(Exception):
 
 class ChecksumError(DataError):
     """A downloaded or local file does not match its published checksum."""
+
+
+class OutputWriteError(DataError):
+    """An output could not be written (disk full, file size limit, quota, read-only or
+    unwritable folder); the message names the file or folder and the reason."""

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pcrl.atomic import atomic_path
+from pcrl.atomic import atomic_path, writing
 from pcrl.errors import DataError
 from pcrl.outputs import FINGERPRINT, STATE_MARKERS, check_output, has_marker, write_marker
 
@@ -53,17 +53,18 @@ def prepare_state(state: Path, fingerprint: str) -> None:
     state = Path(state)
     check_output(state, option="--state", markers=STATE_MARKERS)
     stamp = state / FINGERPRINT
-    if state.exists() and has_marker(state, STATE_MARKERS):
-        if not stamp.is_file() or stamp.read_text().strip() != fingerprint:
-            log.warning("%s holds the state of another run (params or data changed): "
-                        "starting afresh", state)
-            shutil.rmtree(state)
-    state.mkdir(parents=True, exist_ok=True)
-    if not has_marker(state):
-        write_marker(state)
-    if not stamp.is_file():
-        with atomic_path(stamp) as tmp:
-            tmp.write_text(fingerprint + "\n")
+    with writing(state):  # a full disk or unwritable folder: one line naming it
+        if state.exists() and has_marker(state, STATE_MARKERS):
+            if not stamp.is_file() or stamp.read_text().strip() != fingerprint:
+                log.warning("%s holds the state of another run (params or data changed): "
+                            "starting afresh", state)
+                shutil.rmtree(state)
+        state.mkdir(parents=True, exist_ok=True)
+        if not has_marker(state):
+            write_marker(state)
+        if not stamp.is_file():
+            with atomic_path(stamp) as tmp:
+                tmp.write_text(fingerprint + "\n")
 
 
 @contextmanager
@@ -80,8 +81,9 @@ def state_lock(state: Path) -> Iterator[None]:
     """
     state = Path(state)
     path = state.parent / f".{state.name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

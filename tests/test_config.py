@@ -202,6 +202,18 @@ def test_a_dataset_can_come_from_its_own_source(demo_params: dict) -> None:
     (lambda p: (p["pretrain"].pop("moco"), None),
      r"pretrain\.methods: \['moco'\] listed but pretrain has no section"),
     (lambda p: p["data"].update(shards=[0, 2]), r"data\.shards: expected the shard numbers"),
+    (lambda p: p["resample"]["chestxray14"].pop("expected_size"),
+     r"invalid parameters:\s+resample\.chestxray14: 'expected_size' is a required property"),
+    (lambda p: p["resample"]["chestxray14"].update(expected_size=None),
+     r"invalid parameters:\s+resample\.chestxray14\.expected_size: None is invalid"),
+    (lambda p: p["resample"]["chestxray14"].update(expected_size=[1024, 1024]),
+     r"resample\.chestxray14\.expected_size: \[1024, 1024\] differs from the phantom's "
+     r"data\.phantom\.chestxray14\.size \[96, 96\]"),
+    (lambda p: p["cubes"]["pretrain2d"].update(crop_sizes=[[32, 32, 1], [96, 48, 1]]),
+     r"cubes\.pretrain2d\.crop_sizes: \[\[96, 48, 1\]\] \(x, y\) larger than the stored radiograph, "
+     r"resample\.chestxray14\.size \[64, 64\]"),
+    (lambda p: p["cubes"]["pretrain2d"].update(crop_sizes=[[32, 65, 1]]),
+     r"cubes\.pretrain2d\.crop_sizes: \[\[32, 65, 1\]\]"),
 ])
 def test_cross_references_are_checked_with_the_file_named(demo_params: dict, edit, message: str) -> None:
     """What a stage would only find out when it runs (or a runner as a bare 'No such file')."""

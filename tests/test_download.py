@@ -75,6 +75,18 @@ class RangeHandler(BaseHTTPRequestHandler):
         self.wfile.write(body[start:] if cut is None else body[start : start + cut])
         self.close_connection = True
 
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server naming)
+        """The length a GET would send (none for a no-length path), and no body."""
+        self.state.requests.append((f"HEAD {self.path}", None))
+        body = self.state.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+        elif self.path in self.state.no_length:
+            self.send_response(200)
+            self.end_headers()
+        else:
+            self._headers(200, len(body), {})
+
     def _send_cut_chunk(self, body: bytes, cut: int) -> None:
         """Announce the whole body as one chunk but send only ``cut`` bytes of it."""
         self.send_response(200)
@@ -171,7 +183,7 @@ def write(path: Path, data: bytes) -> Path:
 
 def entries(folder: Path) -> set[str]:
     """Names directly inside ``folder`` (to prove nothing else was left there)."""
-    return {p.name for p in folder.iterdir() if p.name != ".locks"}  # the shards' fetch locks
+    return {p.name for p in folder.iterdir() if p.name not in (".locks", ".sources")}  # fetch locks, sources
 
 
 # --------------------------------------------------------------------------- fetch
@@ -433,3 +445,103 @@ def test_chestxray14_from_a_mirror_merges_its_twelve_archives(server: Server, tm
     for name in names:
         assert (root / "images" / name).read_bytes() == (source / "images" / name).read_bytes()
     assert {path for path, _ in server.state.requests} >= {"/mirror/images_012.tar.gz", "/mirror/test_list.txt"}
+
+
+# --------------------------------------------------------------------------- the cache's sources
+
+
+CANDIDATES = b"seriesuid,coordX,coordY,coordZ,class\n" + b"".join(f"1.2.{i},1.0,2.0,3.0,0\n".encode()
+                                                                   for i in range(20))
+
+
+def _csv_spec(server: Server, path: str) -> DatasetSpec:
+    """One plain CSV without a published checksum or size, like LUNA16's candidates.csv."""
+    remote = RemoteFile(server.url(path), "candidates.csv")
+    return DatasetSpec(name="tiny", title="Tiny", tasks=("ncc",), layout="luna16", files=(remote,),
+                       folder=None, citation="-", homepage="-")
+
+
+def _gets(server: Server) -> list[str]:
+    return [path for path, _ in server.state.requests if not path.startswith("HEAD ")]
+
+
+def test_a_cached_file_from_another_mirror_is_fetched_again(server: Server, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The mirror changed: the old mirror's copy (3 rows short) is not reused by its name."""
+    short = CANDIDATES[: CANDIDATES.index(b"1.2.17,")]
+    server.state.files["/old/candidates.csv"] = short
+    server.state.files["/new/candidates.csv"] = CANDIDATES
+    cache = tmp_path / "cache"
+    download_dataset(_csv_spec(server, "/old/candidates.csv"), cache, tmp_path / "raw0", progress=False)
+    assert (cache / "candidates.csv").read_bytes() == short
+    root = download_dataset(_csv_spec(server, "/new/candidates.csv"), cache, tmp_path / "raw1", progress=False)
+    assert (root / "candidates.csv").read_bytes() == CANDIDATES
+    assert (cache / "candidates.csv").read_bytes() == CANDIDATES
+    assert _gets(server) == ["/old/candidates.csv", "/new/candidates.csv"]
+    said = [r.getMessage() for r in caplog.records if "not reused" in r.getMessage()]
+    assert said == [f"cached {cache / 'candidates.csv'} is not reused (it came from "
+                    f"{server.url('/old/candidates.csv')}, not {server.url('/new/candidates.csv')}): "
+                    f"downloading it from {server.url('/new/candidates.csv')}"]
+    assert (tmp_path / "raw0" / "candidates.csv").read_bytes() == short  # the earlier output is untouched
+
+
+def test_a_cached_file_without_a_record_of_its_source_is_fetched_again(server: Server, tmp_path: Path) -> None:
+    server.state.files["/candidates.csv"] = CANDIDATES
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    write(cache / "candidates.csv", CANDIDATES[:-40])  # put there by hand, or by an older version
+    root = download_dataset(_csv_spec(server, "/candidates.csv"), cache, tmp_path / "raw", progress=False)
+    assert (root / "candidates.csv").read_bytes() == CANDIDATES
+    assert _gets(server) == ["/candidates.csv"]
+
+
+def test_a_cached_file_its_server_now_serves_longer_is_fetched_again(server: Server, tmp_path: Path) -> None:
+    """Same URL, but the file grew on the server: its announced length differs from the copy's."""
+    server.state.files["/candidates.csv"] = CANDIDATES[:-60]
+    cache = tmp_path / "cache"
+    download_dataset(_csv_spec(server, "/candidates.csv"), cache, tmp_path / "raw0", progress=False)
+    server.state.files["/candidates.csv"] = CANDIDATES
+    root = download_dataset(_csv_spec(server, "/candidates.csv"), cache, tmp_path / "raw1", progress=False)
+    assert (root / "candidates.csv").read_bytes() == CANDIDATES
+    assert _gets(server) == ["/candidates.csv", "/candidates.csv"]
+
+
+def test_a_cached_file_changed_after_its_download_is_fetched_again(server: Server, tmp_path: Path) -> None:
+    """Its size and time differ from its record (here a registered md5 would catch it too,
+    but the record is read first: no digest of a large file on every reuse)."""
+    server.state.files["/candidates.csv"] = CANDIDATES
+    server.state.no_length.add("/candidates.csv")  # HEAD tells nothing: the record must
+    spec = dataclasses.replace(_csv_spec(server, "/candidates.csv"),
+                               files=(RemoteFile(server.url("/candidates.csv"), "candidates.csv",
+                                                 md5=md5_of(CANDIDATES)),))
+    cache = tmp_path / "cache"
+    download_dataset(spec, cache, tmp_path / "raw0", progress=False)
+    write(cache / "candidates.csv", CANDIDATES[:-40])
+    root = download_dataset(spec, cache, tmp_path / "raw1", progress=False)
+    assert (root / "candidates.csv").read_bytes() == CANDIDATES
+    assert _gets(server) == ["/candidates.csv", "/candidates.csv"]
+
+
+def test_an_unchanged_cached_file_of_the_same_source_is_reused(server: Server, tmp_path: Path) -> None:
+    server.state.files["/candidates.csv"] = CANDIDATES
+    cache = tmp_path / "cache"
+    for k in range(2):
+        root = download_dataset(_csv_spec(server, "/candidates.csv"), cache, tmp_path / f"raw{k}", progress=False)
+        assert (root / "candidates.csv").read_bytes() == CANDIDATES
+    assert server.state.requests == [("/candidates.csv", None), ("HEAD /candidates.csv", None)]
+
+
+def test_a_partial_download_from_another_mirror_is_not_resumed(server: Server, tmp_path: Path) -> None:
+    """The old mirror's download was cut; the new mirror's bytes must not be appended to it."""
+    old = CANDIDATES.replace(b"1.0,2.0", b"9.0,9.0")
+    server.state.files["/old/candidates.csv"] = old
+    server.state.files["/new/candidates.csv"] = CANDIDATES
+    server.state.cut_after["/old/candidates.csv"] = 200
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="interrupted|ended after"):
+        download_dataset(_csv_spec(server, "/old/candidates.csv"), cache, tmp_path / "raw0", progress=False)
+    assert (cache / "candidates.csv.part").read_bytes() == old[:200]
+    root = download_dataset(_csv_spec(server, "/new/candidates.csv"), cache, tmp_path / "raw1", progress=False)
+    assert (root / "candidates.csv").read_bytes() == CANDIDATES
+    assert server.state.requests[-1] == ("/new/candidates.csv", None)  # from byte 0, no Range
+    assert entries(cache) == {"candidates.csv"}

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from pcrl.atomic import atomic_dir
 from pcrl.datasets.archives import archive_problem, safe_extract
+from pcrl.datasets.cache import claim_part, forget, record_source, release_part, stale_reason
 from pcrl.hashing import file_digest
 from pcrl.datasets.registry import DatasetSpec, RemoteFile
 from pcrl.errors import ChecksumError, ConfigError, DataError
@@ -250,6 +251,10 @@ def fetch(
 def _fetch_remote(remote: RemoteFile, cache_dir: Path, *, progress: bool) -> Path:
     """Fetch one registered file into ``cache_dir`` under its registered file name.
 
+    A cached copy is reused only when it came from the same URL and is unchanged since,
+    and, without a published checksum or size, has the length the server announces now
+    (:mod:`pcrl.datasets.cache`); otherwise it is fetched again.
+
     An archive without a published checksum is read whole (CRCs tested) before it is
     cached, and again before a cached copy is reused. Download shards running at once
     share the cache (every LUNA16 shard needs its CSVs): an exclusive lock on
@@ -264,15 +269,16 @@ def _fetch_remote(remote: RemoteFile, cache_dir: Path, *, progress: bool) -> Pat
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / f"{remote.filename}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return fetch(
-            remote.url,
-            cache_dir / remote.filename,
-            md5=remote.md5,
-            sha256=remote.sha256,
-            size=remote.size,
-            progress=progress,
-            check=check,
-        )
+        cached = cache_dir / remote.filename
+        if cached.exists() and (reason := stale_reason(remote, cached)) is not None:
+            logger.warning("cached %s is not reused (%s): downloading it from %s", cached, reason, remote.url)
+            forget(cached)
+        claim_part(remote, _part_path(cached))
+        fetch(remote.url, cached, md5=remote.md5, sha256=remote.sha256, size=remote.size,
+              progress=progress, check=check)
+        release_part(_part_path(cached))
+        record_source(remote, cached)
+        return cached
 
 
 def _install(remote: RemoteFile, cached: Path, folder: Path) -> None:

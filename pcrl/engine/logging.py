@@ -17,6 +17,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from pcrl.errors import OutputWriteError
+
 __all__ = ["close_live", "epoch_bar", "log", "log_epoch", "next_live_step", "open_live"]
 
 #: The engine's logger; every submodule logs under the package's name.
@@ -27,10 +29,16 @@ def open_live(out_dir: Path, resuming: bool, enabled: bool) -> Any:
     """The dvclive logger writing to ``<out_dir>/live`` (None unless ``enabled``)."""
     if not enabled:
         return None
+    import sqlite3
+
     from dvclive import Live  # heavy import, only where logging happens
 
-    return Live(dir=str(out_dir / "live"), resume=resuming, save_dvc_exp=False,
-                dvcyaml=None)
+    try:
+        return Live(dir=str(out_dir / "live"), resume=resuming, save_dvc_exp=False,
+                    dvcyaml=None)
+    except sqlite3.OperationalError as exc:  # DVC's index, written beside the repository
+        raise OutputWriteError(f"{out_dir / 'live'}: cannot write dvclive's DVC index: {exc} "
+                               "(disk full or file size limit?)") from exc
 
 
 def close_live(live: Any) -> None:

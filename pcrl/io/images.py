@@ -26,7 +26,8 @@ import SimpleITK as sitk
 
 from pcrl.io.metaimage import check_metaimage
 from pcrl.io.nifti import check_nifti
-from pcrl.errors import DataError
+from pcrl.atomic import write_failure
+from pcrl.errors import DataError, OutputWriteError
 
 
 _FLOAT_PIXEL_IDS = frozenset(
@@ -233,12 +234,15 @@ def write_image(
             raise DataError(f"{final}: the image writer produced no file")
         try:
             check_image_file(written)
-        except DataError as exc:
-            raise DataError(f"{final}: the image was not written completely (disk full?): "
-                            f"{exc}") from None
+        except DataError:
+            raise OutputWriteError(f"{final}: cannot write: write cut short (disk full or file size "
+                                   "limit; the image read back is incomplete)") from None
         for produced in sorted(staging.iterdir(), key=lambda p: p.name == final.name):
             os.replace(produced, final.parent / produced.name)
     except OSError as exc:
+        failure = write_failure(exc, (final.parent,))
+        if failure is not None:
+            raise OutputWriteError(f"{final}: cannot write: {failure[0]}") from None
         raise DataError(f"{final}: cannot write the image: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)

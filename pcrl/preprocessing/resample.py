@@ -30,7 +30,8 @@ from pcrl.atomic import write_json
 from pcrl.preprocessing.arrays import write_arrays
 from pcrl.io.images import array_to_image, image_to_array, read_image, write_image
 from pcrl.preprocessing.normalization import Normalization, normalize
-from pcrl.errors import ConfigError, DataError, PcrlError
+from pcrl.preprocessing.plausibility import check_ct_values, check_mri_values
+from pcrl.errors import ConfigError, DataError, OutputWriteError, PcrlError
 
 Spacing = tuple[float, float, float]
 Grid = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]
@@ -188,6 +189,7 @@ def resample_case(
     spacing: Sequence[float],
     normalization: Normalization,
     arrays: bool = False,
+    channels: int | None = None,
 ) -> dict[str, Any]:
     """Resample and normalise one case; write ``<id>.nii.gz`` and ``<id>_label.nii.gz``
     (and with ``arrays`` their uncompressed, memory-mappable copies, :mod:`pcrl.preprocessing.arrays`).
@@ -212,6 +214,8 @@ def resample_case(
     original = read_image(image_path, allow_channels=True)
     if normalization.kind == "window":  # a window in HU: the image must be a CT scan
         check_ct_values(image_to_array(original), image_path)
+    elif channels is not None:  # MRI, scaled per channel: the task's channels, none empty
+        check_mri_values(image_to_array(original), image_path, channels)
     label = read_image(label_path) if label_path else None
     if label is not None and label_path is not None:
         check_same_grid(original, label, image_path, label_path)
@@ -225,25 +229,6 @@ def resample_case(
         entry["arrays"] = write_arrays(Path(out_dir), case_id, image_to_array(image),
                                        None if label is None else image_to_array(label))
     return entry
-
-
-#: The largest value of a label map: a CT scan in Hounsfield units holds air (-1000 HU), so
-#: non-negative whole numbers up to this are a label volume (or a mask) given as the image.
-MAX_LABEL_VALUE = 16
-
-
-def check_ct_values(values: np.ndarray, path: Path) -> None:
-    """Refuse an image that cannot be a CT scan in HU: non-negative whole numbers up to
-    :data:`MAX_LABEL_VALUE` only (a label volume or a mask given as the image).
-
-    Raises:
-        DataError: naming the file and its values.
-    """
-    low, high = float(np.min(values)), float(np.max(values))
-    if low >= 0 and high <= MAX_LABEL_VALUE and np.array_equal(values, np.round(values)):
-        raise DataError(f"{path}: does not look like a CT scan in Hounsfield units: whole numbers {low:g} to "
-                        f"{high:g} only, as in a label volume (a CT holds air at about -1000 HU); is it the "
-                        "label file given as the image?")
 
 
 def _normalized(img: sitk.Image, normalization: Normalization) -> sitk.Image:
@@ -284,6 +269,7 @@ def resample_dataset(
     workers: int = 1,
     progress: bool = True,
     arrays: bool = False,
+    channels: int | None = None,
 ) -> list[dict[str, Any]]:
     """Resample every case into ``out_dir``, then write ``cases.json`` last.
 
@@ -299,6 +285,8 @@ def resample_dataset(
         workers: processes; 1 runs in this process.
         progress: show a tqdm progress bar.
         arrays: also write each case's memory-mappable arrays (:mod:`pcrl.preprocessing.arrays`).
+        channels: the image channels of a multi-channel MRI dataset (BraTS: 4), checked
+            (:mod:`pcrl.preprocessing.plausibility`); None: no MRI check.
 
     Returns:
         The ``cases.json`` entries, in the order of ``cases``.
@@ -315,7 +303,7 @@ def resample_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CASES_FILE).unlink(missing_ok=True)
     work = partial(resample_case, out_dir=out_dir, spacing=spacing, normalization=normalization,
-                   arrays=arrays)
+                   arrays=arrays, channels=channels)
     with tqdm(total=len(cases), desc="resample", unit="case", disable=not progress) as bar:
         run = _run_parallel if workers > 1 and len(cases) > 1 else _run_serial
         entries = run(cases, work, workers, bar)
@@ -373,6 +361,8 @@ def _collect(case: Mapping[str, Any], run: Callable[[], dict[str, Any]]) -> dict
     """Run one case's work; re-raise a user error as DataError naming the case and its file."""
     try:
         return run()
+    except OutputWriteError:  # names the output file already: the case adds nothing
+        raise
     except PcrlError as exc:
         raise DataError(f"case {case.get('id')!r} ({case.get('image')}): {exc}") from exc
     except Exception as exc:

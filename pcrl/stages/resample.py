@@ -11,10 +11,12 @@ from pcrl.atomic import atomic_dir, write_json
 from pcrl.datasets.layout import case_order
 from pcrl.datasets.manifest import gathered_cases, read_manifests
 from pcrl.datasets.shards import in_shard
+from pcrl.errors import ConfigError
 from pcrl.preprocessing.normalization import Normalization
 from pcrl.preprocessing.radiographs import write_shard_of
 from pcrl.preprocessing.resample import CASES_FILE, resample_dataset
 from pcrl.settings import setting_of_dataset
+from pcrl.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ def run_resample(
             workers=min(workers, max(1, len(cases))),
             progress=progress,
             arrays=bool(settings.get("arrays", False)),
+            channels=mri_channels(dataset),
         )
         for entry, (position, _) in zip(entries, mine, strict=True):
             entry["order"] = position
@@ -57,14 +60,22 @@ def run_resample(
     return entries
 
 
+def mri_channels(dataset: str) -> int | None:
+    """The channels a multi-channel MRI dataset's task reads (BraTS: 4); None otherwise."""
+    channels = {spec.in_channels for spec in TASKS.values() if spec.dataset == dataset}
+    return max(channels) if channels and max(channels) > 1 else None
+
+
 def _radiographs(settings: dict[str, Any], cases: list[dict[str, Any]], *, out: Path, shard: tuple[int, int],
                  progress: bool) -> list[dict[str, Any]]:
     """The 2D preprocessing (:mod:`pcrl.preprocessing.radiographs`): shard k of n of the radiographs,
     decoded once, checked (``expected_size``: the originals' (width, height)) and
     area-resized to ``size`` (height, width) into ``images.npy`` + ``index.json``."""
     expected = settings.get("expected_size")
+    if not expected:  # a radiograph of another size would be stretched without a word
+        raise ConfigError("resample.chestxray14.expected_size: required (the originals' width, height)")
     write_shard_of([case["image"] for case in cases], out, size=settings["size"], shard=shard,
-                   expected_size=tuple(expected) if expected else None, progress=progress)
+                   expected_size=tuple(expected), progress=progress)
     log.info("chestxray14: shard %d of %d of %d radiographs resized to %s", shard[0] + 1, shard[1], len(cases),
              settings["size"])
     return [{"id": case["id"], "order": i} for i, case in enumerate(cases) if in_shard(i, *shard)]
