@@ -72,6 +72,8 @@ def cmd_resample(args: argparse.Namespace, params: dict[str, Any]) -> None:
         shard=_shard(args, section(params, "data")),
         workers=args.workers or available_cpus(),
         progress=not args.no_progress,
+        dataset=args.dataset,
+        shards=len(section(params, "data").get("shards", [0])),
     )
 
 
@@ -88,6 +90,7 @@ def cmd_cubes(args: argparse.Namespace, params: dict[str, Any]) -> None:
         interim=Path(args.interim),
         out=Path(args.out),
         progress=not args.no_progress,
+        shards=len(section(params, "data").get("shards", [0])),
     )
 
 

@@ -15,6 +15,7 @@ import pytest
 from pcrl.datasets.registry import get_dataset
 from pcrl.datasets.shards import check_shard, read_cases, shard_count, shard_files, shard_folders, take_shard
 from pcrl.errors import ConfigError, DataError
+from pcrl.records import write_contents
 from pcrl.stages.cubes import run_cubes
 from pcrl.stages.download import run_download
 from pcrl.stages.resample import run_resample
@@ -73,6 +74,8 @@ def test_gathered_cases_take_the_unsharded_order_and_paths(tmp_path: Path) -> No
          {"id": "c", "image": "c.nii.gz", "label": "c_label.nii.gz", "order": 2}]))
     (tmp_path / "1" / "cases.json").write_text(json.dumps(
         [{"id": "b", "image": "b.nii.gz", "label": None, "order": 1}]))
+    for k in (0, 1):
+        write_contents(tmp_path / str(k), {"stage": "resample", "dataset": "luna16", "shard": [k, 2]})
     cases = read_cases(tmp_path)
     assert [(c["id"], c["image"], c["label"]) for c in cases] == [
         ("a", "0/a.nii.gz", None), ("b", "1/b.nii.gz", None), ("c", "0/c.nii.gz", "0/c_label.nii.gz")]

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from pcrl.atomic import save_npy, write_json
 from pcrl.io.images import array_to_image, write_image
 from pcrl.errors import ConfigError, DataError
+from pcrl.records import write_contents
 from pcrl.preprocessing.task_data import (
     cube_batches,
     load_case,
@@ -28,10 +29,16 @@ GEOMETRY = {"spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0),
             "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}
 
 
+def seal(folder: Path, stage: str = "cubes", **meta) -> None:
+    """Record the folder's files as its stage would (``contents.json``, pcrl.records)."""
+    write_contents(folder, {"stage": stage, **meta})
+
+
 def write_split(folder: Path, train: list[str], val: list[str], test: list[str],
                 fractions: dict[str, list[str]] | None = None) -> None:
     write_json(folder / "split.json", {"train": train, "val": val, "test": test})
     write_json(folder / "fractions.json", fractions or {"1.0": train})
+    seal(folder)
 
 
 def write_ncc(folder: Path, labels: dict[str, list[int]], size=(8, 8, 8)) -> None:
@@ -47,9 +54,11 @@ def write_ncc(folder: Path, labels: dict[str, list[int]], size=(8, 8, 8)) -> Non
         writer = csv.DictWriter(fh, fieldnames=["seriesuid", "index", "class", "file"])
         writer.writeheader()
         writer.writerows(rows)
+    seal(folder)
 
 
-def write_volumes(folder: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+def write_volumes(folder: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]], dataset: str = "msd_liver"
+                  ) -> None:
     """NIfTI images (C, x, y, z) or (x, y, z) and labels, and cases.json."""
     entries = []
     for case, (image, label) in cases.items():
@@ -57,6 +66,7 @@ def write_volumes(folder: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]])
         write_image(folder / f"{case}_label.nii.gz", array_to_image(label.astype(np.uint8), **GEOMETRY))
         entries.append({"id": case, "image": f"{case}.nii.gz", "label": f"{case}_label.nii.gz"})
     write_json(folder / "cases.json", entries)
+    seal(folder, "resample", dataset=dataset, shard=[0, 1])
 
 
 #: The images.csv header the chest14 data stage writes (Wang et al.'s 14 findings, in order).
@@ -76,6 +86,7 @@ def write_radiographs(interim: Path, images: dict[str, np.ndarray], shards: int 
         np.save(folder / "images.npy", np.stack([images[names[p]] for p in positions]).astype(np.uint8))
         index = [{"image": names[p], "row": r, "position": p} for r, p in enumerate(positions)]
         (folder / "index.json").write_text(json.dumps(index))
+        seal(folder, "resample", dataset="chestxray14", shard=[k, shards])
 
 
 def write_images_csv(processed: Path, rows: list[list], header: list[str] = CHEST_HEADER) -> Path:
@@ -85,6 +96,7 @@ def write_images_csv(processed: Path, rows: list[list], header: list[str] = CHES
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows(rows)
+    seal(processed)
     return path
 
 
@@ -121,6 +133,7 @@ def test_split_and_fraction(tmp_path: Path) -> None:
 def test_bad_splits_are_refused(tmp_path: Path, split: dict, fractions: dict, message: str) -> None:
     write_json(tmp_path / "split.json", split)
     write_json(tmp_path / "fractions.json", fractions)
+    seal(tmp_path)
     with pytest.raises(DataError, match=message):
         load_split(tmp_path, 1.0)
 
@@ -146,6 +159,9 @@ def test_bad_candidates_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"no candidate for scan.s. \['s9'\]"):
         read_candidate_rows(tmp_path, ["s1", "s9"])
     save_npy(tmp_path / "cubes" / "s1.npy", np.zeros((1, 8, 8, 8), np.float16))  # 2 rows named
+    with pytest.raises(DataError, match=r"s1.npy: 1152 bytes, but its stage wrote 2176"):  # changed after its stage
+        read_candidate_rows(tmp_path, ["s1"])
+    seal(tmp_path)  # as its stage had written it
     with pytest.raises(DataError, match=r"s1.npy: shape \(1, 8, 8, 8\) does not hold rows up to 1"):
         read_candidate_rows(tmp_path, ["s1"])
 

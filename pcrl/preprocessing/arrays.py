@@ -71,4 +71,32 @@ def open_arrays(folder: Path, names: dict[str, str]) -> CaseArrays:
     if image.ndim != 4 or image.shape[1:] != label.shape:
         raise DataError(f"{Path(folder) / names['image']}: shape {image.shape} does not match its "
                         f"label {label.shape}")
+    key = str(Path(folder).resolve() / names["foreground"])
+    if key not in _CHECKED:
+        check_foreground(Path(folder) / names["foreground"], arrays["foreground"], label)
+        _CHECKED.add(key)
     return CaseArrays(image, label, arrays["foreground"])
+
+
+#: Foreground files checked in this process (each once: a reopened map is not checked again).
+_CHECKED: set[str] = set()
+
+
+def check_foreground(path: Path, foreground: np.ndarray, label: np.ndarray) -> None:
+    """Refuse foreground indices that are not exactly the label's foreground voxels:
+    integers, within the label, each on a voxel > 0 and as many as there are.
+
+    Raises:
+        DataError: naming ``path`` and what is wrong.
+    """
+    flat = np.asarray(label).reshape(-1)
+    if foreground.ndim != 1 or foreground.dtype.kind not in "iu":
+        raise DataError(f"{path}: foreground indices must be a 1D integer array, got {foreground.dtype} "
+                        f"{foreground.shape}; rerun the resample stage")
+    if foreground.size and (int(foreground.min()) < 0 or int(foreground.max()) >= flat.size):
+        raise DataError(f"{path}: foreground indices outside 0..{flat.size - 1} (the label's voxels); "
+                        "rerun the resample stage")
+    on_background = int(np.count_nonzero(flat[foreground] == 0))
+    if on_background or foreground.size != np.count_nonzero(flat):
+        raise DataError(f"{path}: {foreground.size} foreground indices, {on_background} on background voxels, "
+                        f"for {np.count_nonzero(flat)} foreground voxels of the label; rerun the resample stage")

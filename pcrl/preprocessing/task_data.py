@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from pcrl.atomic import read_json
+from pcrl.records import verify_contents
 from pcrl.io.npy import read_npy_header
 from pcrl.preprocessing.splits import check_disjoint, fraction_key
 from pcrl.errors import ConfigError, DataError
@@ -79,6 +80,9 @@ def load_split(processed: str | Path, fraction: float) -> TaskSplit:
     """
     processed = Path(processed)
     hint = "run 'pcrl cubes' for the task first"
+    if not (processed / SPLIT_FILE).is_file():
+        raise DataError(f"{processed / SPLIT_FILE} is missing: {hint}")
+    verify_contents(processed, stage="cubes")
     split = read_json(processed / SPLIT_FILE, hint=hint)
     fractions = read_json(processed / FRACTIONS_FILE, hint=hint)
     key = fraction_key(fraction)
@@ -156,6 +160,8 @@ def read_candidate_rows(processed: str | Path, ids: Sequence[str], task: TaskSpe
     """
     processed = Path(processed)
     path = processed / CANDIDATES_FILE
+    if path.is_file():
+        verify_contents(processed, stage="cubes")
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
