@@ -74,7 +74,7 @@ def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             writer = HashingWriter(fh)
-            np.lib.format.write_array(writer, array, allow_pickle=False)  # type: ignore[arg-type]
+            np.lib.format.write_array(writer, array, allow_pickle=False)
         record = array_record(array, writer)
     remember(path, record)
 

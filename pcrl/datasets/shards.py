@@ -98,7 +98,8 @@ def check_shard_set(root: Path, marks: Sequence[tuple[Path, Any, Any]], *, datas
             of another shard, of another shard count, or a shard missing or extra.
     """
     root = Path(root)
-    datasets, counts = set(), set()
+    datasets: set[Any] = set()
+    counts: set[Any] = set()
     for where, marked, shard in marks:
         want = dataset if dataset is not None else next(iter(datasets), marked)
         if marked != want:
