@@ -151,8 +151,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
             run_download(dataset, data, out=root / "raw" / dataset / str(k), shard=(k, 2), progress=False)
     for dataset in ("msd_liver", "msd_brain"):
         for k in range(2):
-            run_resample(params["resample"][dataset], raw=root / "raw" / dataset, out=root / "interim" / dataset / str(k),
-                         shard=(k, 2), progress=False, dataset=dataset, shards=2)
+            run_resample(params["resample"][dataset], raw=root / "raw" / dataset,
+                         out=root / "interim" / dataset / str(k), shard=(k, 2), progress=False, dataset=dataset,
+                         shards=2)
     return root
 
 
