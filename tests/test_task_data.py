@@ -325,6 +325,30 @@ def test_a_bad_images_csv_row_names_the_file_and_line(tmp_path: Path, edit, mess
         read_image_labels(processed, open_store(interim))
 
 
+def _drop_row(rows: list[list]) -> list[list]:
+    return rows[:2] + rows[3:]
+
+
+def _change_patient(rows: list[list]) -> list[list]:
+    return [*rows[:3], [rows[3][0], "00000001", *rows[3][2:]], *rows[4:]]
+
+
+@pytest.mark.parametrize("edit", [_drop_row, _change_patient])
+def test_an_images_csv_changed_after_its_stage_is_refused(tmp_path: Path, edit) -> None:
+    from pcrl.preprocessing.chest_labels import open_store, read_image_labels
+
+    interim, processed, _, rows = _chest_world(tmp_path)
+    path = processed / "images.csv"
+    with open(path, "w", newline="") as fh:  # edited by hand: its record is the stage's
+        writer = csv.writer(fh)
+        writer.writerow(CHEST_HEADER)
+        writer.writerows(edit(rows))
+    before = path.read_bytes()
+    with pytest.raises(DataError, match=rf"{path}: (\d+ bytes, but its stage wrote \d+|content differs)") as info:
+        read_image_labels(processed, open_store(interim))
+    assert "\n" not in str(info.value) and path.read_bytes() == before
+
+
 def test_images_csv_header_and_patients_without_images_are_refused(tmp_path: Path) -> None:
     from pcrl.preprocessing.chest_labels import open_store, read_image_labels
 
