@@ -197,3 +197,24 @@ def verify_contents(folder: str | os.PathLike[str], **expect: Any) -> dict[str, 
         check_file(folder / name, listed[name])
     _VERIFIED.add(state)
     return contents
+
+
+def verify_files(folder: str | os.PathLike[str], names: list[str], **expect: Any) -> dict[str, Any]:
+    """Check only the files ``names`` of ``folder`` against its record (a reader of a few
+    files of a large folder, e.g. the split of the pretraining pairs); see :func:`verify_contents`.
+
+    Raises:
+        DataError: naming the folder or file and what differs, or a file the record lacks.
+    """
+    folder = Path(folder)
+    contents = read_contents(folder)
+    for key, want in expect.items():
+        if contents.get(key) != (list(want) if isinstance(want, tuple) else want):
+            raise DataError(f"{folder / CONTENTS}: {key} is {contents.get(key)!r}, expected {want!r}: the folder "
+                            f"belongs to another {key}")
+    for name in names:
+        if name not in contents["files"]:
+            raise DataError(f"{folder / name}: not written by the stage (not in {folder / CONTENTS}); "
+                            "rerun the stage")
+        check_file(folder / name, contents["files"][name])
+    return contents

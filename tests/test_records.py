@@ -86,3 +86,16 @@ def test_a_folder_of_another_stage_or_dataset_is_refused(tmp_path: Path) -> None
         verify_contents(out, dataset="msd_liver")
     with pytest.raises(DataError, match=r"stage is 'resample', expected 'cubes'"):
         verify_contents(out, stage="cubes")
+
+
+def test_a_reader_of_a_few_files_checks_only_those(tmp_path: Path) -> None:
+    from pcrl.records import verify_files
+
+    out = _data_folder(tmp_path)
+    (out / "case.npy").write_bytes(b"changed")  # not read by this reader
+    assert verify_files(out, ["sub/cases.json"], stage="resample")["dataset"] == "luna16"
+    (out / "sub" / "cases.json").write_text("[]\n")
+    with pytest.raises(DataError, match=r"sub/cases\.json: 3 bytes, but its stage wrote 17"):
+        verify_files(out, ["sub/cases.json"])
+    with pytest.raises(DataError, match=r"other\.json: not written by the stage"):
+        verify_files(out, ["other.json"])

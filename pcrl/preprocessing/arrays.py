@@ -72,12 +72,12 @@ def open_arrays(folder: Path, names: dict[str, str]) -> CaseArrays:
     if image.ndim != 4 or image.shape[1:] != label.shape:
         raise DataError(f"{Path(folder) / names['image']}: shape {image.shape} does not match its "
                         f"label {label.shape}")
-    key = tuple((str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
-                for path in (Path(folder) / names[k] for k in ("image", "label", "foreground")))
-    if key not in _CHECKED:
+    state = tuple((str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+                  for path in (Path(folder) / names[k] for k in ("image", "label", "foreground")))
+    if state not in _CHECKED:
         check_finite(Path(folder) / names["image"], image)
         check_foreground(Path(folder) / names["foreground"], arrays["foreground"], label, Path(folder) / names["label"])
-        _CHECKED.add(key)
+        _CHECKED.add(state)
     return CaseArrays(image, label, arrays["foreground"])
 
 
