@@ -30,15 +30,18 @@ GEOMETRY = {"spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0),
 
 
 def seal(folder: Path, stage: str = "cubes", **meta) -> None:
-    """Record the folder's files as its stage would (``contents.json``, pcrl.records)."""
-    write_contents(folder, {"stage": stage, **meta})
+    """Record the folder's files as its stage would (``contents.json``, pcrl.records),
+    keeping what an earlier record of the folder says of it (task, dataset)."""
+    earlier = json.loads((folder / "contents.json").read_text()) if (folder / "contents.json").is_file() else {}
+    kept = {k: v for k, v in earlier.items() if k not in ("format", "files")}
+    write_contents(folder, {**kept, "stage": stage, **meta})
 
 
 def write_split(folder: Path, train: list[str], val: list[str], test: list[str],
-                fractions: dict[str, list[str]] | None = None) -> None:
+                fractions: dict[str, list[str]] | None = None, task: str | None = None) -> None:
     write_json(folder / "split.json", {"train": train, "val": val, "test": test})
     write_json(folder / "fractions.json", fractions or {"1.0": train})
-    seal(folder)
+    seal(folder, **({} if task is None else {"task": task}))
 
 
 def write_ncc(folder: Path, labels: dict[str, list[int]], size=(8, 8, 8)) -> None:
