@@ -299,7 +299,7 @@ def test_test_cases_seen_in_training_are_refused(trained: dict, world: dict, par
     root = world["root"]
     processed = tmp_path / "lcs"
     processed.mkdir()
-    write_split(processed, ["c1"], ["c2"], ["c0", "c3"], {"1.0": ["c1"]})  # c0 trained the model
+    write_split(processed, ["c1"], ["c2"], ["c0", "c3"], {"1.0": ["c1"]}, task="lcs")  # c0 trained the model
     out = tmp_path / "eval"
     code = _run(params, "evaluate", "--task", "lcs", "--model", str(trained["lcs", "scratch"]),
                 "--processed", str(processed), "--interim", str(root / "interim" / "liver"),
