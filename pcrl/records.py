@@ -70,6 +70,14 @@ def remember(path: str | os.PathLike[str], record: Record) -> None:
     _PENDING[str(Path(path).resolve())] = (stat.st_size, stat.st_mtime_ns, record)
 
 
+def pending(path: str | os.PathLike[str]) -> Record | None:
+    """The record :func:`remember` keeps of ``path`` if the file is unchanged since (taken
+    out: a worker process hands it to the process that writes the folder's record)."""
+    kept = _PENDING.pop(str(Path(path).resolve()), None)
+    stat = Path(path).stat()
+    return kept[2] if kept is not None and kept[:2] == (stat.st_size, stat.st_mtime_ns) else None
+
+
 def array_record(array: np.ndarray, writer: HashingWriter) -> Record:
     """The record of an ``.npy`` file written through ``writer``."""
     return {"size": writer.size, ALGORITHM: writer.digest.hexdigest(), "dtype": array.dtype.str,
@@ -114,12 +122,7 @@ def write_contents(folder: str | os.PathLike[str], meta: Mapping[str, Any]) -> d
     folder = Path(folder)
     files: dict[str, Record] = {}
     for path in _listed(folder):
-        stat = path.stat()
-        pending = _PENDING.pop(str(path.resolve()), None)
-        if pending is not None and pending[:2] == (stat.st_size, stat.st_mtime_ns):
-            files[path.relative_to(folder).as_posix()] = pending[2]
-        else:
-            files[path.relative_to(folder).as_posix()] = file_record(path)
+        files[path.relative_to(folder).as_posix()] = pending(path) or file_record(path)
     contents = {"format": FORMAT, **meta, "files": files}
     (folder / CONTENTS).write_text(json.dumps(contents, indent=1) + "\n")
     return contents

@@ -31,10 +31,13 @@ from pcrl.preprocessing.arrays import write_arrays
 from pcrl.io.images import array_to_image, image_to_array, read_image, write_image
 from pcrl.preprocessing.normalization import Normalization, normalize
 from pcrl.errors import ConfigError, DataError, PcrlError
+from pcrl.records import pending, remember
 
 Spacing = tuple[float, float, float]
 Grid = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]
 CASES_FILE = "cases.json"
+#: An entry's key for the records of its arrays while it travels from a worker (pcrl.records).
+RECORDS_KEY = "_records"
 _SPATIAL_DIRECTION_4D = (0, 1, 2, 4, 5, 6, 8, 9, 10)  # the 3x3 block of a 4x4 direction
 
 
@@ -227,6 +230,9 @@ def resample_case(
     if arrays:
         entry["arrays"] = write_arrays(Path(out_dir), case_id, image_to_array(image),
                                        None if label is None else image_to_array(label))
+        # the digests taken while writing, for the folder's record (this may be a worker process)
+        entry[RECORDS_KEY] = {name: record for name in entry["arrays"].values()
+                              if (record := pending(Path(out_dir) / name)) is not None}
     return entry
 
 
@@ -322,6 +328,9 @@ def resample_dataset(
     with tqdm(total=len(cases), desc="resample", unit="case", disable=not progress) as bar:
         run = _run_parallel if workers > 1 and len(cases) > 1 else _run_serial
         entries = run(cases, work, workers, bar)
+    for entry in entries:  # kept for the folder's contents.json, not listed in cases.json
+        for name, record in entry.pop(RECORDS_KEY, {}).items():
+            remember(out_dir / name, record)
     write_json(out_dir / CASES_FILE, entries)
     return entries
 
