@@ -23,6 +23,7 @@ import numpy as np
 
 from pcrl.errors import DataError, OutputWriteError
 from pcrl.outputs import check_output, write_marker
+from pcrl.records import HashingWriter, array_record, remember, write_contents
 
 
 #: errno of a failed write -> the reason the one-line error gives.
@@ -171,21 +172,30 @@ def read_json(path: str | os.PathLike[str], *, hint: str) -> Any:
 
 
 def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
-    """Save ``array`` as ``.npy`` atomically (memory-mappable by ``np.load(mmap_mode='r')``)."""
+    """Save ``array`` as ``.npy`` atomically (memory-mappable by ``np.load(mmap_mode='r')``),
+    hashed while written: its record (:mod:`pcrl.records`) goes into the folder's
+    ``contents.json`` without reading the file back."""
+    array = np.asanyarray(array)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.save(fh, array)
+            writer = HashingWriter(fh)
+            np.lib.format.write_array(writer, array, allow_pickle=False)
+        record = array_record(array, writer)
+    remember(path, record)
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike[str], *, contents: dict[str, Any] | None = None) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``path`` when the block succeeds.
 
     The folder holds only the pipeline's marker (:data:`pcrl.outputs.MARKER`), so the
     output carries it. An existing ``path`` is kept untouched until the new one is complete,
     then removed, but only when it carries the marker too (or is empty): a folder the
     pipeline did not write is refused before anything is built (UnsafeOutputError). On
-    error the temporary folder is deleted and ``path`` is left as it was.
+    error the temporary folder is deleted and ``path`` is left as it was. ``contents``
+    (stage, dataset, shard, ...): a data folder, whose files are recorded in
+    ``contents.json`` when the block succeeds (:func:`pcrl.records.write_contents`); never
+    for a metrics folder, whose every file DVC parses.
     """
     final = Path(path)
     check_output(final)
@@ -196,6 +206,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         with writing(final, tmp):
             write_marker(tmp)
             yield tmp
+            if contents is not None:
+                write_contents(tmp, contents)
             if final.exists() or final.is_symlink():
                 old = final.with_name(f".{final.name}.old-{os.getpid()}")
                 os.replace(final, old)

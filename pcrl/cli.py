@@ -66,14 +66,10 @@ def cmd_resample(args: argparse.Namespace, params: dict[str, Any]) -> None:
     """Resample every case of one dataset."""
     from pcrl.stages.resample import run_resample
 
-    run_resample(
-        section(params, "resample", args.dataset),
-        raw=Path(args.raw),
-        out=Path(args.out),
-        shard=_shard(args, section(params, "data")),
-        workers=args.workers or available_cpus(),
-        progress=not args.no_progress,
-    )
+    data = section(params, "data")  # the dataset named and every configured download shard are checked
+    run_resample(section(params, "resample", args.dataset), raw=Path(args.raw), out=Path(args.out),
+                 shard=_shard(args, data), workers=args.workers or available_cpus(), progress=not args.no_progress,
+                 dataset=args.dataset, shards=len(data.get("shards", [0])))
 
 
 def cmd_cubes(args: argparse.Namespace, params: dict[str, Any]) -> None:
@@ -81,15 +77,9 @@ def cmd_cubes(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from pcrl.stages.cubes import run_cubes
 
     cubes = section(params, "cubes")
-    run_cubes(
-        args.task,
-        section(cubes, args.task),
-        seed=cubes["seed"],
-        raw=Path(args.raw),
-        interim=Path(args.interim),
-        out=Path(args.out),
-        progress=not args.no_progress,
-    )
+    run_cubes(args.task, section(cubes, args.task), seed=cubes["seed"], raw=Path(args.raw),
+              interim=Path(args.interim), out=Path(args.out), progress=not args.no_progress,
+              shards=len(section(params, "data").get("shards", [0])))
 
 
 def cmd_pretrain(args: argparse.Namespace, params: dict[str, Any]) -> None:

@@ -145,6 +145,10 @@ def export_pretrained(tmp_path: Path, dims: int, *, parts: tuple[str, ...] = ("e
     pairs = tmp_path / f"pairs{dims}"
     pairs.mkdir()
     (pairs / "split.json").write_text(json.dumps({"train": ["a", "b", "c"], "val": ["d"]}))
+    from pcrl.records import write_contents
+
+    write_contents(pairs, {"stage": "cubes", "task": "pretrain2d" if dims == 2 else "pretrain",
+                           "dataset": "chestxray14" if dims == 2 else "luna16"})
     out = run_export("genesis", setting="2d" if dims == 2 else "3d", weights=weights,
                      out=tmp_path / f"export{dims}", resample={"size": [64, 64]} if dims == 2 else RESAMPLE_3D,
                      cube_size=[32, 32, 1] if dims == 2 else [32, 32, 16], source="phantom", pairs=pairs,

@@ -162,8 +162,8 @@ def test_every_stage_names_the_module_that_implements_it() -> None:
 #: The rows of docs/architecture.md "Layers": a module may import its own row and the rows below.
 ROWS: dict[str, int] = {
     **dict.fromkeys(("settings", "tasks", "config", "resources", "errors", "atomic", "outputs", "run_state",
-                     "torchfile", "hashing", "seeding", "momentum_rule", "provenance", "previews", "plotting",
-                     "live_series"), 0),
+                     "torchfile", "hashing", "records", "seeding", "momentum_rule", "provenance", "previews",
+                     "plotting", "live_series"), 0),
     **dict.fromkeys(("io", "transforms", "distributed"), 1),
     **dict.fromkeys(("networks", "engine", "datasets", "launch"), 2),
     **dict.fromkeys(("methods", "preprocessing", "phantom"), 3),

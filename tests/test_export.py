@@ -18,6 +18,7 @@ import yaml
 from safetensors.torch import load_file
 
 from pcrl.hub import load_encoder
+from pcrl.records import write_contents
 from pcrl.networks.resnet18 import ResNet18Encoder
 from pcrl.stages.export import lock_entry
 
@@ -150,7 +151,9 @@ def test_the_2d_card_counts_patients_not_pair_files(tmp_path: Path) -> None:
     pairs.mkdir()
     (pairs / "split.json").write_text(json.dumps({"train": ["0"], "val": ["1"]}))
     (pairs / "patients.json").write_text(json.dumps({"train": ["p1", "p2", "p3"], "val": ["p4"], "test": ["p5"]}))
+    write_contents(pairs, {"stage": "cubes", "task": "pretrain2d", "dataset": "chestxray14"})
     assert _data(pairs, "chestxray14", "phantom")["scans"] == 5 and _data(pairs, "chestxray14", "phantom")["unit"] \
         == "patients"
     (pairs / "patients.json").unlink()
+    write_contents(pairs, {"stage": "cubes", "task": "pretrain", "dataset": "luna16"})
     assert (_data(pairs, "luna16", "phantom")["scans"], _data(pairs, "luna16", "phantom")["unit"]) == (2, "scans")

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from pcrl.atomic import save_npy, write_json
+from pcrl.records import write_contents
 from pcrl.preprocessing.pair_config import PairConfig
 from pcrl.preprocessing.pair_sampling import sample_pairs
 from pcrl.phantom import luna16_case
@@ -43,6 +44,7 @@ def pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ids.append(case.case_id)
     write_json(root / "pairs.json", index)
     write_json(root / "split.json", {"train": ids[:2], "val": ids[2:]})
+    write_contents(root, {"stage": "cubes", "task": "pretrain", "dataset": "luna16"})  # as the cubes stage records it
     return root
 
 

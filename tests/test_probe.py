@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from pcrl.atomic import save_npy, write_json
+from pcrl.records import write_contents
+from test_records import reseal
 from pcrl.errors import DataError
 from pcrl.evaluation.probe import fit_logistic, pooled_features, probe_auc, probe_split
 from pcrl.preprocessing.task_data import read_candidate_rows
@@ -38,6 +40,7 @@ def make_ncc_processed(root: Path, scans: dict[str, str], *, per_class: int = 6,
     write_json(root / "split.json", split)
     write_json(root / "fractions.json", {"0.5": split["train"][: max(1, len(split["train"]) // 2)],
                                          "1.0": split["train"]})
+    write_contents(root, {"stage": "cubes", "task": "ncc", "dataset": "luna16"})  # as the cubes stage records it
     return root
 
 
@@ -121,6 +124,7 @@ def test_probe_split_refuses_shared_scans_a_missing_class_and_caps_classes(tmp_p
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(r for r in rows if not (r["seriesuid"] == "c" and r["class"] == "1"))
+    reseal(root)  # as if the stage had written it so
     with pytest.raises(DataError, match="held-out scans have no candidate of class 1"):
         probe_split(str(root), ["a", "b"], ["c"])
 

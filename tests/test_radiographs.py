@@ -73,3 +73,48 @@ def test_gather_refuses_missing_or_repeated_positions_and_mixed_sizes(dataset, t
     (b / "images.npy").write_bytes((b / "images.npy").read_bytes()[:200])
     with pytest.raises(DataError, match="b"):
         gather_store([a, b])
+
+
+def _swap_names(index: list[dict]) -> list[dict]:
+    index[0]["image"], index[1]["image"] = index[1]["image"], index[0]["image"]
+    return index
+
+
+def _repeat_row(index: list[dict]) -> list[dict]:
+    index[1]["row"] = index[0]["row"]  # two names, one image's pixels
+    return index
+
+
+def _row_out_of_range(index: list[dict]) -> list[dict]:
+    index[-1]["row"] = len(index)
+    return index
+
+
+@pytest.mark.parametrize(("edit", "written"), [
+    (_swap_names, None),  # well-formed: only the record shows it
+    (_repeat_row, r"index\.json: rows \[0, 0, 2\]\.\.\. are not 0\.\.2 once each"),
+    (_row_out_of_range, r"index\.json: rows \[0, 1, 3\]\.\.\. are not 0\.\.2 once each"),
+])
+def test_a_changed_index_is_refused_and_so_is_one_written_so(dataset, tmp_path: Path, edit,
+                                                             written: str | None) -> None:
+    import json
+
+    from test_records import reseal
+
+    from pcrl.preprocessing.radiographs import open_store
+
+    root, names = dataset
+    for k in range(2):
+        write_shard(root, names[:6], tmp_path / "interim" / str(k), size=(32, 32), shard=(k, 2))
+    path = tmp_path / "interim" / "1" / "index.json"
+    index = json.loads(path.read_text())
+    assert len(index) == 3
+    path.write_text(json.dumps(edit(index), indent=1) + "\n")
+    before = path.read_bytes()
+    with pytest.raises(DataError, match=rf"{path}: (\d+ bytes, but its stage wrote \d+|content differs)") as info:
+        open_store(tmp_path / "interim", count=2)
+    assert "\n" not in str(info.value) and path.read_bytes() == before
+    if written is not None:
+        reseal(path.parent)  # as if the stage had written it so
+        with pytest.raises(DataError, match=written):
+            open_store(tmp_path / "interim", count=2)

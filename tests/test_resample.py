@@ -300,3 +300,26 @@ def test_duplicate_ids_are_rejected(tmp_path: Path):
     cases[1]["id"] = "case0"
     with pytest.raises(DataError, match="duplicate case ids: case0"):
         resample_dataset(cases, tmp_path / "out", spacing=(1, 1, 1), normalization=LUNG, progress=False)
+
+
+def test_arrays_written_by_workers_are_recorded_with_the_digests_of_their_bytes(tmp_path: Path):
+    """The workers hash the arrays while writing them and hand the digests back: the folder's
+    record matches each file as read back, and cases.json does not carry them."""
+    import hashlib
+
+    from pcrl.records import pending, write_contents
+
+    cases = make_cases(tmp_path / "raw", 3)
+    out = tmp_path / "out"
+    entries = resample_dataset(cases, out, spacing=(1, 1, 1), normalization=LUNG, workers=2, progress=False,
+                               arrays=True)
+    assert all(set(e["arrays"]) == {"image"} and "_records" not in e for e in entries)
+    handed = pending(out / "case1.npy")  # the worker's digest, kept in this process (taken out here)
+    assert handed is not None and handed["sha256"] == hashlib.sha256((out / "case1.npy").read_bytes()).hexdigest()
+    files = write_contents(out, {"stage": "resample"})["files"]
+    assert sorted(files) == sorted([*(f"case{i}{s}" for i in range(3) for s in (".nii.gz", ".npy")), "cases.json"])
+    for name, record in files.items():
+        data = (out / name).read_bytes()
+        assert (record["size"], record["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    loaded = np.load(out / "case0.npy")
+    assert files["case0.npy"]["dtype"] == "<f4" and files["case0.npy"]["shape"] == [1, *loaded.shape[1:]]

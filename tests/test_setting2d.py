@@ -23,6 +23,7 @@ from pcrl.stages.cubes import run_cubes
 from pcrl.stages.download import run_download
 from pcrl.settings import SETTINGS
 from pcrl.stages.resample import run_resample
+from test_records import reseal
 
 PHANTOM = {"patients": 10, "images_per_patient": [1, 3], "size": [64, 64], "test_fraction": 0.3}
 CUBES = {"val": 0.25, "pairs_per_image": 3, "images_per_file": 4, "crop_sizes": [[24, 24, 1], [32, 32, 1]],
@@ -137,11 +138,15 @@ def test_cubes_refuse_a_store_that_is_not_the_downloaded_dataset(chest: Path, tm
     index = json.loads(index_file.read_text())
     index[0]["image"] = "00000099_000.png"  # a store of another dataset
     index_file.write_text(json.dumps(index))
+    with pytest.raises(DataError, match=r"interim/1/index\.json: 396 bytes, but its stage wrote 469"):
+        run_cubes("chest14", {"val": 0.25, "fractions": [1.0]}, seed=0, raw=chest / "raw",
+                  interim=tmp_path / "interim", out=tmp_path / "out", progress=False)
+    reseal(index_file.parent)  # as if the stage had written it so
     with pytest.raises(DataError, match=r"00000099_000\.png.*rerun the resample stage"):
         run_cubes("chest14", {"val": 0.25, "fractions": [1.0]}, seed=0, raw=chest / "raw",
                   interim=tmp_path / "interim", out=tmp_path / "out", progress=False)
     shutil.rmtree(tmp_path / "interim" / "2")
-    with pytest.raises(DataError, match="positions"):  # a shard missing
+    with pytest.raises(DataError, match=r"interim: 2 shard folder\(s\) for 3 shards: shard\(s\) 2 missing"):
         run_cubes("pretrain2d", CUBES, seed=0, raw=chest / "raw", interim=tmp_path / "interim",
                   out=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
@@ -179,6 +184,7 @@ def test_dark_radiographs_still_give_pairs_no_ct_foreground_rule(chest: Path, tm
     for shard in (tmp_path / "interim").iterdir():
         images = np.load(shard / "images.npy")
         np.save(shard / "images.npy", (images // 4).astype(np.uint8))  # all below 64/255
+        reseal(shard)
     run_cubes("pretrain2d", CUBES, seed=0, raw=chest / "raw", interim=tmp_path / "interim", out=tmp_path / "pairs",
               progress=False)
     index = json.loads((tmp_path / "pairs" / "pairs.json").read_text())

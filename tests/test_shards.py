@@ -15,6 +15,7 @@ import pytest
 from pcrl.datasets.registry import get_dataset
 from pcrl.datasets.shards import check_shard, read_cases, shard_count, shard_files, shard_folders, take_shard
 from pcrl.errors import ConfigError, DataError
+from pcrl.records import write_contents
 from pcrl.stages.cubes import run_cubes
 from pcrl.stages.download import run_download
 from pcrl.stages.resample import run_resample
@@ -73,6 +74,8 @@ def test_gathered_cases_take_the_unsharded_order_and_paths(tmp_path: Path) -> No
          {"id": "c", "image": "c.nii.gz", "label": "c_label.nii.gz", "order": 2}]))
     (tmp_path / "1" / "cases.json").write_text(json.dumps(
         [{"id": "b", "image": "b.nii.gz", "label": None, "order": 1}]))
+    for k in (0, 1):
+        write_contents(tmp_path / str(k), {"stage": "resample", "dataset": "luna16", "shard": [k, 2]})
     cases = read_cases(tmp_path)
     assert [(c["id"], c["image"], c["label"]) for c in cases] == [
         ("a", "0/a.nii.gz", None), ("b", "1/b.nii.gz", None), ("c", "0/c.nii.gz", "0/c_label.nii.gz")]
@@ -124,3 +127,161 @@ def test_three_shards_give_the_bytes_of_one(tmp_path: Path, demo_params: dict) -
     per_shard = [len(json.loads((three_root / "interim" / "msd_liver" / str(k) / "cases.json").read_text()))
                  for k in range(3)]
     assert per_shard == [2, 2, 2]  # 6 cases, positions k, k + 3
+
+
+# ------------------------------------------------------------ shard sets and datasets (issue 30, class 3)
+
+PHANTOM = {"seed": 2, "luna16": {"scans": 2, "subsets": 2, "shape": [80, 80, 24]},
+           "msd_liver": {"cases": 4, "test_cases": 1, "shape": [48, 48, 20]},
+           "msd_brain": {"cases": 3, "test_cases": 1, "shape": [32, 32, 24]},
+           "chestxray14": {"patients": 2, "images_per_patient": [1, 2], "size": [64, 64], "test_fraction": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """raw/<dataset>/{0,1} of the four phantoms in 2 download shards; interim/msd_liver/{0,1}
+    and interim/msd_brain/{0,1} resampled in 2 shards (arrays too), as the DAG writes them."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("world")
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    data = {"source": "phantom", "phantom": PHANTOM}
+    for dataset in ("luna16", "msd_liver", "msd_brain", "chestxray14"):
+        for k in range(2):
+            run_download(dataset, data, out=root / "raw" / dataset / str(k), shard=(k, 2), progress=False)
+    for dataset in ("msd_liver", "msd_brain"):
+        for k in range(2):
+            run_resample(params["resample"][dataset], raw=root / "raw" / dataset,
+                         out=root / "interim" / dataset / str(k), shard=(k, 2), progress=False, dataset=dataset,
+                         shards=2)
+    return root
+
+
+def _bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _cli(tmp_path: Path, demo_params: dict, argv: list[str], capsys, shards: int = 2) -> str:
+    """Run ``pcrl <argv>`` with the demo params (``data.shards``: ``shards``); the one-line
+    error it must end with (exit 2)."""
+    import yaml
+
+    from pcrl.cli import main
+
+    demo_params["data"]["shards"] = list(range(shards))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(demo_params))
+    capsys.readouterr()
+    assert main(["--params", str(params), *argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pcrl {argv[0]}: error: "), err
+    return err[0]
+
+
+def _copy(world: Path, what: str, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(world / what, tmp_path / what))
+
+
+def _resample(folder: Path, dataset: str, out: Path) -> list[str]:
+    return ["resample", "--dataset", dataset, "--raw", str(folder), "--out", str(out), "--shard", "0"]
+
+
+def _cubes(task: str, raw: Path, interim: Path, out: Path) -> list[str]:
+    return ["cubes", "--task", task, "--raw", str(raw), "--interim", str(interim), "--out", str(out)]
+
+
+def test_a_missing_raw_shard_is_refused(world: Path, tmp_path: Path, demo_params: dict, capsys) -> None:
+    import shutil
+
+    raw = _copy(world, "raw/msd_liver", tmp_path)
+    shutil.rmtree(raw / "1")
+    before, out = _bytes(raw), tmp_path / "interim"
+    err = _cli(tmp_path, demo_params, _resample(raw, "msd_liver", out), capsys)
+    assert f"{raw}: 1 shard folder(s) for 2 shards: shard(s) 1 missing" in err
+    assert _bytes(raw) == before and not out.exists()
+
+
+def test_a_missing_interim_shard_is_refused(world: Path, tmp_path: Path, demo_params: dict, capsys) -> None:
+    import shutil
+
+    interim = _copy(world, "interim/msd_liver", tmp_path)
+    shutil.rmtree(interim / "0")
+    (interim / "1").rename(interim / "0")  # what is left looks like shard 0
+    before, out = _bytes(interim), tmp_path / "processed"
+    err = _cli(tmp_path, demo_params, _cubes("lcs", world / "raw" / "msd_liver", interim, out), capsys)
+    assert f"{interim / '0' / 'cases.json'}: holds shard 1 of 2, but lies in the folder of shard 0" in err
+    assert _bytes(interim) == before and not out.exists()
+    shutil.rmtree(interim / "0")
+    shutil.copytree(world / "interim" / "msd_liver" / "0", interim / "0")  # shard 1 is gone
+    err = _cli(tmp_path, demo_params, _cubes("lcs", world / "raw" / "msd_liver", interim, out), capsys)
+    assert f"{interim}: 1 shard folder(s) for 2 shards: shard(s) 1 missing" in err and not out.exists()
+
+
+def test_an_extra_shard_is_refused(world: Path, tmp_path: Path, demo_params: dict, capsys) -> None:
+    import shutil
+
+    raw = _copy(world, "raw/msd_liver", tmp_path)
+    shutil.copytree(raw / "1", raw / "2")  # a copy of shard 1 beside it
+    before, out = _bytes(raw), tmp_path / "interim"
+    err = _cli(tmp_path, demo_params, _resample(raw, "msd_liver", out), capsys)
+    assert f"{raw / '2' / 'manifest.json'}: holds shard 1 of 2, but lies in the folder of shard 2" in err
+    assert _bytes(raw) == before and not out.exists()
+    interim = _copy(world, "interim/msd_liver", tmp_path)
+    contents = json.loads((interim / "1" / "contents.json").read_text())
+    shutil.copytree(interim / "1", interim / "2")  # a stale shard of a run in 3 shards
+    (interim / "2" / "contents.json").write_text(json.dumps({**contents, "shard": [2, 3]}))
+    err = _cli(tmp_path, demo_params, _cubes("lcs", raw, interim, tmp_path / "processed"), capsys)
+    assert f"{interim}: shards of different shard counts [2, 3]" in err and not (tmp_path / "processed").exists()
+
+
+def test_a_shard_count_other_than_data_shards_is_refused(world: Path, tmp_path: Path, demo_params: dict,
+                                                          capsys) -> None:
+    out = tmp_path / "interim"
+    err = _cli(tmp_path, demo_params, _resample(world / "raw" / "msd_liver", "msd_liver", out), capsys, shards=3)
+    assert f"{world / 'raw' / 'msd_liver'}: its shards were written for 2 shard(s), but data.shards has 3" in err
+    assert not out.exists()
+
+
+def test_a_shard_of_another_dataset_is_refused(world: Path, tmp_path: Path, demo_params: dict, capsys) -> None:
+    import shutil
+
+    raw = _copy(world, "raw/luna16", tmp_path)
+    shutil.rmtree(raw / "1")
+    shutil.copytree(world / "raw" / "msd_liver" / "1", raw / "1")  # a liver shard among the lung scans
+    before, out = _bytes(raw), tmp_path / "interim"
+    err = _cli(tmp_path, demo_params, _resample(raw, "luna16", out), capsys)
+    assert f"{raw / '1' / 'manifest.json'}: holds msd_liver data, but {raw} gathers luna16" in err
+    assert _bytes(raw) == before and not out.exists()
+
+
+def test_cubes_of_a_task_refuse_another_datasets_volumes(world: Path, tmp_path: Path, demo_params: dict,
+                                                         capsys) -> None:
+    interim, out = world / "interim" / "msd_brain", tmp_path / "processed"
+    before = _bytes(interim)
+    err = _cli(tmp_path, demo_params, _cubes("lcs", world / "raw" / "msd_liver", interim, out), capsys)
+    assert f"{interim / '0' / 'cases.json'}: holds msd_brain data, but {interim} gathers msd_liver" in err
+    assert _bytes(interim) == before and not out.exists()
+
+
+@pytest.mark.parametrize(("dataset", "raw"), [
+    ("luna16", "msd_liver"),  # luna16's HU window over the liver scans
+    ("chestxray14", "msd_liver"),  # the 2D preprocessing over volumes (was a KeyError)
+    ("msd_liver", "chestxray14"),  # the 3D resampling over radiographs (was a KeyError)
+])
+def test_resample_refuses_another_datasets_raw(world: Path, tmp_path: Path, demo_params: dict, capsys,
+                                               dataset: str, raw: str) -> None:
+    folder, out = world / "raw" / raw, tmp_path / "interim"
+    before = _bytes(folder)
+    err = _cli(tmp_path, demo_params, _resample(folder, dataset, out), capsys)
+    assert (f"{folder / '0' / 'manifest.json'}: holds {raw} data, but 'pcrl resample' was called for {dataset}"
+            in err)
+    assert _bytes(folder) == before and not out.exists()
+
+
+def test_the_complete_shard_set_is_gathered(world: Path) -> None:
+    cases = read_cases(world / "interim" / "msd_liver", dataset="msd_liver", count=2)
+    listed = [c["id"] for k in range(2)
+              for c in json.loads((world / "raw" / "msd_liver" / str(k) / "manifest.json").read_text())["cases"]]
+    assert len(listed) == 5 and sorted(c["id"] for c in cases) == sorted(listed)  # 4 labelled + 1 test case

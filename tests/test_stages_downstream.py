@@ -47,7 +47,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     fractions = {"0.5": ["c0"], "1.0": ["c0", "c1"]}
     for task in ("ncc", "lcs", "bms"):
         (root / "processed" / task).mkdir(parents=True)
-        write_split(root / "processed" / task, ["c0", "c1"], ["c2"], ["c3", "c4"], fractions)
+        write_split(root / "processed" / task, ["c0", "c1"], ["c2"], ["c3", "c4"], fractions, task=task)
     write_ncc(root / "processed" / "ncc",
               {c: [1, 0, 0, 1, 0] if i % 2 else [0, 1, 0, 0] for i, c in enumerate(IDS)})
     liver = {c: liver_case(i, shape=(16, 16, 8)) for i, c in enumerate(IDS)}
@@ -57,7 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         brats = label.copy()
         brats[6:8, 6:8, 2:4] = 3
         brain[c] = (np.stack([image, image ** 2, 1 - image, image]), brats)
-    write_volumes(root / "interim" / "brain", brain)
+    write_volumes(root / "interim" / "brain", brain, dataset="msd_brain")
     with torch.random.fork_rng():
         torch.manual_seed(1)
         state = UNet3D(base=2).state_dict()
@@ -299,7 +299,7 @@ def test_test_cases_seen_in_training_are_refused(trained: dict, world: dict, par
     root = world["root"]
     processed = tmp_path / "lcs"
     processed.mkdir()
-    write_split(processed, ["c1"], ["c2"], ["c0", "c3"], {"1.0": ["c1"]})  # c0 trained the model
+    write_split(processed, ["c1"], ["c2"], ["c0", "c3"], {"1.0": ["c1"]}, task="lcs")  # c0 trained the model
     out = tmp_path / "eval"
     code = _run(params, "evaluate", "--task", "lcs", "--model", str(trained["lcs", "scratch"]),
                 "--processed", str(processed), "--interim", str(root / "interim" / "liver"),
@@ -322,7 +322,7 @@ def test_foreign_labels_and_empty_splits_exit_2(trained: dict, world: dict, para
     assert "c1_label.nii.gz: label value(s) 3, 6 are not classes of task lcs" in capsys.readouterr().err
     processed = tmp_path / "processed"
     processed.mkdir()
-    write_split(processed, ["c0"], [], ["c3"], {"1.0": ["c0"]})
+    write_split(processed, ["c0"], [], ["c3"], {"1.0": ["c0"]}, task="ncc")
     code = _run(params, "finetune", "--task", "ncc", "--init", "scratch", "--fraction", "1.0",
                 "--seed", "0", "--processed", str(processed), "--weights", str(root / "pretrain" / "scratch"),
                 "--out", str(tmp_path / "o2"), "--state", str(tmp_path / "s2"))
@@ -394,7 +394,7 @@ def chest(tmp_path_factory: pytest.TempPathFactory) -> dict:
     processed = root / "processed"
     processed.mkdir()
     write_split(processed, PATIENTS[:6], PATIENTS[6:9], PATIENTS[9:],
-                {"0.5": PATIENTS[:3], "1.0": PATIENTS[:6]})
+                {"0.5": PATIENTS[:3], "1.0": PATIENTS[:6]}, task="chest14")
     write_images_csv(processed, rows)
     (root / "scratch").mkdir()
     save_checked({"state_dict": {}, "method": "scratch", "parts": [], "config": "{}"},
@@ -541,3 +541,21 @@ def test_chest14_runs_do_not_depend_on_which_inits_exist() -> None:
     assert "inits" not in before["chest14"] and before["chest14"]["lr"] == 0.05
     settings["chest14"]["lr"] = 0.01
     assert run_params("chest14", settings) != before
+
+
+@pytest.mark.parametrize(("processed", "interim", "message"), [
+    ("bms", "liver", "processed/bms/contents.json: task is 'bms', expected 'lcs'"),
+    ("lcs", "brain", "interim/brain/cases.json: holds msd_brain data, but {root}/interim/brain gathers msd_liver"),
+])
+def test_a_finetune_fed_another_tasks_data_exits_2(world: dict, params: Path, tmp_path: Path, capsys,
+                                                    processed: str, interim: str, message: str) -> None:
+    root = world["root"]
+    before = {p: p.read_bytes() for p in sorted((root / "interim").rglob("*")) if p.is_file()}
+    code = _run(params, "finetune", "--task", "lcs", "--init", "scratch", "--fraction", "1.0", "--seed", "0",
+                "--processed", str(root / "processed" / processed), "--interim", str(root / "interim" / interim),
+                "--weights", str(root / "pretrain" / "scratch"), "--out", str(tmp_path / "o"),
+                "--state", str(tmp_path / "s"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message.format(root=root) in err[0], err
+    assert not (tmp_path / "o").exists()
+    assert before == {p: p.read_bytes() for p in sorted((root / "interim").rglob("*")) if p.is_file()}

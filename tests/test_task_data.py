@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from pcrl.atomic import save_npy, write_json
 from pcrl.io.images import array_to_image, write_image
 from pcrl.errors import ConfigError, DataError
+from pcrl.records import write_contents
 from pcrl.preprocessing.task_data import (
     cube_batches,
     load_case,
@@ -28,10 +29,19 @@ GEOMETRY = {"spacing": (1.0, 1.0, 1.0), "origin": (0.0, 0.0, 0.0),
             "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}
 
 
+def seal(folder: Path, stage: str = "cubes", **meta) -> None:
+    """Record the folder's files as its stage would (``contents.json``, pcrl.records),
+    keeping what an earlier record of the folder says of it (task, dataset)."""
+    earlier = json.loads((folder / "contents.json").read_text()) if (folder / "contents.json").is_file() else {}
+    kept = {k: v for k, v in earlier.items() if k not in ("format", "files")}
+    write_contents(folder, {**kept, "stage": stage, **meta})
+
+
 def write_split(folder: Path, train: list[str], val: list[str], test: list[str],
-                fractions: dict[str, list[str]] | None = None) -> None:
+                fractions: dict[str, list[str]] | None = None, task: str | None = None) -> None:
     write_json(folder / "split.json", {"train": train, "val": val, "test": test})
     write_json(folder / "fractions.json", fractions or {"1.0": train})
+    seal(folder, **({} if task is None else {"task": task}))
 
 
 def write_ncc(folder: Path, labels: dict[str, list[int]], size=(8, 8, 8)) -> None:
@@ -47,9 +57,11 @@ def write_ncc(folder: Path, labels: dict[str, list[int]], size=(8, 8, 8)) -> Non
         writer = csv.DictWriter(fh, fieldnames=["seriesuid", "index", "class", "file"])
         writer.writeheader()
         writer.writerows(rows)
+    seal(folder)
 
 
-def write_volumes(folder: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+def write_volumes(folder: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]], dataset: str = "msd_liver"
+                  ) -> None:
     """NIfTI images (C, x, y, z) or (x, y, z) and labels, and cases.json."""
     entries = []
     for case, (image, label) in cases.items():
@@ -57,6 +69,7 @@ def write_volumes(folder: Path, cases: dict[str, tuple[np.ndarray, np.ndarray]])
         write_image(folder / f"{case}_label.nii.gz", array_to_image(label.astype(np.uint8), **GEOMETRY))
         entries.append({"id": case, "image": f"{case}.nii.gz", "label": f"{case}_label.nii.gz"})
     write_json(folder / "cases.json", entries)
+    seal(folder, "resample", dataset=dataset, shard=[0, 1])
 
 
 #: The images.csv header the chest14 data stage writes (Wang et al.'s 14 findings, in order).
@@ -76,6 +89,7 @@ def write_radiographs(interim: Path, images: dict[str, np.ndarray], shards: int 
         np.save(folder / "images.npy", np.stack([images[names[p]] for p in positions]).astype(np.uint8))
         index = [{"image": names[p], "row": r, "position": p} for r, p in enumerate(positions)]
         (folder / "index.json").write_text(json.dumps(index))
+        seal(folder, "resample", dataset="chestxray14", shard=[k, shards])
 
 
 def write_images_csv(processed: Path, rows: list[list], header: list[str] = CHEST_HEADER) -> Path:
@@ -85,6 +99,7 @@ def write_images_csv(processed: Path, rows: list[list], header: list[str] = CHES
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows(rows)
+    seal(processed)
     return path
 
 
@@ -121,6 +136,7 @@ def test_split_and_fraction(tmp_path: Path) -> None:
 def test_bad_splits_are_refused(tmp_path: Path, split: dict, fractions: dict, message: str) -> None:
     write_json(tmp_path / "split.json", split)
     write_json(tmp_path / "fractions.json", fractions)
+    seal(tmp_path)
     with pytest.raises(DataError, match=message):
         load_split(tmp_path, 1.0)
 
@@ -146,6 +162,9 @@ def test_bad_candidates_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"no candidate for scan.s. \['s9'\]"):
         read_candidate_rows(tmp_path, ["s1", "s9"])
     save_npy(tmp_path / "cubes" / "s1.npy", np.zeros((1, 8, 8, 8), np.float16))  # 2 rows named
+    with pytest.raises(DataError, match=r"s1.npy: 1152 bytes, but its stage wrote 2176"):  # changed after its stage
+        read_candidate_rows(tmp_path, ["s1"])
+    seal(tmp_path)  # as its stage had written it
     with pytest.raises(DataError, match=r"s1.npy: shape \(1, 8, 8, 8\) does not hold rows up to 1"):
         read_candidate_rows(tmp_path, ["s1"])
 
@@ -307,6 +326,30 @@ def test_a_bad_images_csv_row_names_the_file_and_line(tmp_path: Path, edit, mess
     path = write_images_csv(processed, rows)
     with pytest.raises(DataError, match=f"{path}, {message}"):
         read_image_labels(processed, open_store(interim))
+
+
+def _drop_row(rows: list[list]) -> list[list]:
+    return rows[:2] + rows[3:]
+
+
+def _change_patient(rows: list[list]) -> list[list]:
+    return [*rows[:3], [rows[3][0], "00000001", *rows[3][2:]], *rows[4:]]
+
+
+@pytest.mark.parametrize("edit", [_drop_row, _change_patient])
+def test_an_images_csv_changed_after_its_stage_is_refused(tmp_path: Path, edit) -> None:
+    from pcrl.preprocessing.chest_labels import open_store, read_image_labels
+
+    interim, processed, _, rows = _chest_world(tmp_path)
+    path = processed / "images.csv"
+    with open(path, "w", newline="") as fh:  # edited by hand: its record is the stage's
+        writer = csv.writer(fh)
+        writer.writerow(CHEST_HEADER)
+        writer.writerows(edit(rows))
+    before = path.read_bytes()
+    with pytest.raises(DataError, match=rf"{path}: (\d+ bytes, but its stage wrote \d+|content differs)") as info:
+        read_image_labels(processed, open_store(interim))
+    assert "\n" not in str(info.value) and path.read_bytes() == before
 
 
 def test_images_csv_header_and_patients_without_images_are_refused(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonschema
 
-from pcrl.datasets.shards import shard_folders
+from pcrl.datasets.shards import check_shard_set, shard_folders
 from pcrl.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
@@ -47,9 +47,9 @@ _MANIFEST_SCHEMA: dict[str, Any] = {
 }
 
 
-def empty_manifest(dataset: str, source: str) -> dict[str, Any]:
+def empty_manifest(dataset: str, source: str, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """The manifest of a download shard with no case (more shards than archives)."""
-    return {"dataset": dataset, "source": source, "root": ".", "cases": [], "extras": {}}
+    return {"dataset": dataset, "source": source, "root": ".", "cases": [], "extras": {}, "shard": list(shard)}
 
 
 def validate_manifest(manifest: Any, where: str) -> None:
@@ -130,22 +130,32 @@ def resolve_extras(manifest: dict[str, Any], manifest_path: Path) -> dict[str, P
 # --------------------------------------------------------------------------- shards
 
 
-def read_manifests(raw: Path) -> list[tuple[Path, dict[str, Any]]]:
+def read_manifests(raw: Path, *, dataset: str | None = None, count: int | None = None
+                   ) -> list[tuple[Path, dict[str, Any]]]:
     """``(path, manifest)`` of every download shard of ``raw`` (:mod:`pcrl.datasets.shards`), in
-    shard order; ``raw`` itself when it holds ``manifest.json``."""
-    return [(folder / MANIFEST_NAME, load_manifest(folder / MANIFEST_NAME))
-            for folder in shard_folders(raw, MANIFEST_NAME)]
+    shard order; ``raw`` itself when it holds ``manifest.json``. The shards must be the
+    complete shard set of one dataset (``dataset`` when given; ``count`` shards when given):
+    :func:`pcrl.datasets.shards.check_shard_set`. A lone manifest without ``shard`` is the
+    whole dataset."""
+    raw = Path(raw)
+    listed = [(folder / MANIFEST_NAME, load_manifest(folder / MANIFEST_NAME))
+              for folder in shard_folders(raw, MANIFEST_NAME)]
+    check_shard_set(raw, [(path, manifest["dataset"], manifest.get("shard", [0, 1] if path.parent == raw else None))
+                          for path, manifest in listed], dataset=dataset, count=count)
+    return listed
 
 
-def gathered_cases(raw: Path, order: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
-    """Every case of every download shard (absolute paths), sorted by ``order``.
+def gathered_cases(raw: Path, order: Callable[[dict[str, Any]], Any], *, dataset: str | None = None,
+                   count: int | None = None) -> list[dict[str, Any]]:
+    """Every case of every download shard (absolute paths), sorted by ``order``; the shards
+    checked as by :func:`read_manifests`.
 
     Raises:
         DataError: The shards hold no case, or two shards hold the same case id.
     """
     cases: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
-    for path, manifest in read_manifests(raw):
+    for path, manifest in read_manifests(raw, dataset=dataset, count=count):
         for case in resolve_case_paths(manifest, path):
             if case["id"] in seen:
                 raise DataError(f"case {case['id']!r} is in {seen[case['id']]} and in {path}")

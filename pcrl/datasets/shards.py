@@ -17,6 +17,11 @@ Snakemake, through :mod:`pcrl.runners.dag`) makes one ``download`` and one ``res
   folder. The result is byte-identical whatever the number of shards (tests/test_shards.py).
 
 A folder that holds ``manifest.json`` (``cases.json``) itself is read as a single shard.
+
+Each shard is marked with its dataset and ``[k, n]`` (the manifest's ``dataset`` and
+``shard``, an interim shard's ``contents.json``, :mod:`pcrl.records`), and a gathering stage
+takes exactly the shard set they describe (:func:`check_shard_set`): a missing shard, an
+extra one, one of another shard count or of another dataset is a DataError naming the folder.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 from pcrl.atomic import read_json
 from pcrl.config import shard_count
 from pcrl.errors import ConfigError, DataError
+from pcrl.records import verify_contents
 
 CASES = "cases.json"
 
@@ -75,17 +81,74 @@ def shard_folders(root: Path, marker: str) -> list[Path]:
     return found
 
 
-def read_cases(interim: Path) -> list[dict[str, Any]]:
-    """The resampled cases of every shard of ``interim``, as one ``cases.json`` would list
-    them: in the unsharded order (``order`` of each entry, else shard order), ``image``,
-    ``label`` and ``arrays`` relative to ``interim``.
+def check_shard_set(root: Path, marks: Sequence[tuple[Path, Any, Any]], *, dataset: str | None = None,
+                    count: int | None = None) -> None:
+    """Check that the shards of ``root`` are exactly one dataset's shard set.
+
+    Args:
+        root: The gathered folder.
+        marks: Per shard folder (as :func:`shard_folders` lists them): the file that marks
+            it, the dataset and the ``[k, n]`` it records.
+        dataset: The dataset the reading stage expects (None: any, but one for all).
+        count: The configured number of shards (``data.shards``; None: as recorded) of
+            a sharded folder; an unsharded one (its own marker) must hold the whole dataset.
 
     Raises:
-        DataError: A shard's ``cases.json`` is missing (stage incomplete) or not a list.
+        DataError: naming the folder: a shard of another dataset, not marked, in the folder
+            of another shard, of another shard count, or a shard missing or extra.
+    """
+    root = Path(root)
+    datasets: set[Any] = set()
+    counts: set[Any] = set()
+    for where, marked, shard in marks:
+        want = dataset if dataset is not None else next(iter(datasets), marked)
+        if marked != want:
+            raise DataError(f"{where}: holds {marked} data, but {root} gathers {want}: a shard of another dataset "
+                            "was placed there (remove it, or name the matching dataset)")
+        datasets.add(marked)
+        if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard)):
+            raise DataError(f"{where}: not marked with its shard [k, n] ({shard!r}); rerun its stage")
+        k, n = shard
+        folder_k = 0 if where.parent == root else int(where.parent.name)
+        if k != folder_k:
+            raise DataError(f"{where}: holds shard {k} of {n}, but lies in the folder of shard {folder_k}")
+        counts.add(n)
+    if len(counts) > 1:
+        raise DataError(f"{root}: shards of different shard counts {sorted(counts)}: a stale shard of another run? "
+                        "(rerun every shard)")
+    recorded = counts.pop() if counts else len(marks)
+    if len(marks) == 1 and marks[0][0].parent == root:  # an unsharded folder: the whole dataset
+        if recorded != 1:
+            raise DataError(f"{marks[0][0]}: holds shard 0 of {recorded} only, not the whole dataset: run its stage "
+                            "without --shard, or put the shards in numbered folders")
+        return
+    if count is not None and recorded != count:
+        raise DataError(f"{root}: its shards were written for {recorded} shard(s), but data.shards has {count}: "
+                        "rerun the stage of every shard")
+    if len(marks) != recorded:
+        raise DataError(f"{root}: {len(marks)} shard folder(s) for {recorded} shards: shard(s) "
+                        f"{', '.join(str(k) for k in range(len(marks), recorded))} missing "
+                        "(run the stage of every shard first)")
+
+
+def read_cases(interim: Path, *, dataset: str | None = None, count: int | None = None) -> list[dict[str, Any]]:
+    """The resampled cases of every shard of ``interim``, as one ``cases.json`` would list
+    them: in the unsharded order (``order`` of each entry, else shard order), ``image``,
+    ``label`` and ``arrays`` relative to ``interim``. Each shard is verified against its
+    ``contents.json`` first (:func:`pcrl.records.verify_contents`), and the shards must be
+    one dataset's (``dataset`` when given) complete set (:func:`check_shard_set`).
+
+    Raises:
+        DataError: A shard's ``cases.json`` is missing (stage incomplete) or not a list, a
+            file differs from its record, or the shard set is wrong.
     """
     interim = Path(interim)
     entries: list[dict[str, Any]] = []
-    for folder in shard_folders(interim, CASES):
+    folders = shard_folders(interim, CASES)
+    records = [verify_contents(folder, stage="resample") for folder in folders]
+    check_shard_set(interim, [(folder / CASES, r.get("dataset"), r.get("shard")) for folder, r in
+                              zip(folders, records)], dataset=dataset, count=count)
+    for folder in folders:
         path = folder / CASES
         listed = read_json(path, hint="run 'pcrl resample' first")
         if not isinstance(listed, list):

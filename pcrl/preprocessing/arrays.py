@@ -46,6 +46,7 @@ def write_arrays(folder: Path, case_id: str, image: np.ndarray, label: np.ndarra
     (``arrays``). A case without label gets the image only."""
     names = array_names(case_id)
     image = np.ascontiguousarray(image if image.ndim == 4 else image[None], dtype=np.float32)
+    check_finite(folder / names["image"], image)
     save_npy(folder / names["image"], image)
     if label is None:
         return {"image": names["image"]}
@@ -71,4 +72,42 @@ def open_arrays(folder: Path, names: dict[str, str]) -> CaseArrays:
     if image.ndim != 4 or image.shape[1:] != label.shape:
         raise DataError(f"{Path(folder) / names['image']}: shape {image.shape} does not match its "
                         f"label {label.shape}")
+    state = tuple((str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+                  for path in (Path(folder) / names[k] for k in ("image", "label", "foreground")))
+    if state not in _CHECKED:
+        check_finite(Path(folder) / names["image"], image)
+        check_foreground(Path(folder) / names["foreground"], arrays["foreground"], label, Path(folder) / names["label"])
+        _CHECKED.add(state)
     return CaseArrays(image, label, arrays["foreground"])
+
+
+#: Cases checked in this process (each once: a reopened map is not checked again).
+_CHECKED: set[tuple[tuple[str, int, int], ...]] = set()
+
+
+def check_finite(path: Path, image: np.ndarray) -> None:
+    """Refuse an image with NaN or infinite voxels (DataError naming ``path`` and how many)."""
+    bad = sum(int(np.count_nonzero(~np.isfinite(channel))) for channel in image)
+    if bad:
+        raise DataError(f"{path}: {bad} voxels are NaN or infinite; rerun the resample stage")
+
+
+def check_foreground(path: Path, foreground: np.ndarray, label: np.ndarray, label_path: Path | str = "its label"
+                     ) -> None:
+    """Refuse foreground indices that are not exactly the label's foreground voxels:
+    integers, within the label, each on a voxel > 0 and as many as there are.
+
+    Raises:
+        DataError: naming ``path`` and what is wrong.
+    """
+    flat = np.asarray(label).reshape(-1)
+    if foreground.ndim != 1 or foreground.dtype.kind not in "iu":
+        raise DataError(f"{path}: foreground indices must be a 1D integer array, got {foreground.dtype} "
+                        f"{foreground.shape}; rerun the resample stage")
+    if foreground.size and (int(foreground.min()) < 0 or int(foreground.max()) >= flat.size):
+        raise DataError(f"{path}: foreground indices outside 0..{flat.size - 1} (the label's voxels); "
+                        "rerun the resample stage")
+    on_background = int(np.count_nonzero(flat[foreground] == 0))
+    if on_background or foreground.size != np.count_nonzero(flat):
+        raise DataError(f"{path}: {foreground.size} foreground indices, {on_background} on background voxels, "
+                        f"for {np.count_nonzero(flat)} foreground voxels of {label_path}; rerun the resample stage")

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from pcrl.datasets.chestxray14 import IMAGES_CSV
 from pcrl.preprocessing.radiographs import RadiographStore, open_store
+from pcrl.records import verify_contents
 from pcrl.errors import DataError
 from pcrl.tasks import TaskSpec, get_task
 
@@ -125,6 +126,8 @@ def read_image_labels(processed: str | Path, store: RadiographStore,
     patients: list[str] = []
     labels: list[list[int]] = []
     first_line: dict[str, int] = {}
+    if path.is_file():
+        verify_contents(processed, stage="cubes")
     try:
         fh = open(path, newline="")
     except FileNotFoundError:

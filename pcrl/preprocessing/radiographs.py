@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 from pcrl.atomic import atomic_dir, save_npy
 from pcrl.datasets.chestxray14 import IMAGES_DIR
 from pcrl.io.png import load_radiograph
-from pcrl.datasets.shards import shard_folders
+from pcrl.datasets.shards import check_shard_set, shard_folders
 from pcrl.errors import ConfigError, DataError
+from pcrl.records import verify_contents
 
 __all__ = ["INDEX_FILE", "IMAGES_FILE", "RadiographStore", "gather_store", "open_store", "resize_radiograph",
            "shard_positions", "write_shard", "write_shard_of"]
@@ -73,8 +74,9 @@ def write_shard(root: str | os.PathLike[str], images: Sequence[str], out: str | 
 
 def write_shard_of(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
                    size: Sequence[int], shard: tuple[int, int] = (0, 1), expected_size: Sequence[int] | None = None,
-                   progress: bool = False) -> Path:
-    """Decode, check and resize shard ``shard`` of the radiographs ``paths`` into ``out``.
+                   progress: bool = False, dataset: str = "chestxray14") -> Path:
+    """Decode, check and resize shard ``shard`` of the radiographs ``paths`` into ``out``,
+    recorded in ``contents.json`` as ``dataset``'s shard (:mod:`pcrl.records`).
 
     Args:
         paths: every image of the dataset in its order (e.g. sorted by file name); an
@@ -98,7 +100,7 @@ def write_shard_of(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     for row, position in enumerate(tqdm(positions, desc="radiographs", unit="image", disable=not progress)):
         stack[row] = resize_radiograph(load_radiograph(files[position], expected_size=expected_size), (height, width))
     index = [{"image": files[p].name, "row": r, "position": p} for r, p in enumerate(positions)]
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out), contents={"stage": "resample", "dataset": dataset, "shard": list(shard)}) as tmp:
         save_npy(tmp / IMAGES_FILE, stack)
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
     return Path(out)
@@ -149,26 +151,44 @@ class RadiographStore:
         return np.stack([self.image(int(i)) for i in indices])
 
 
+def _index_rows(path: Path, index: Any, count: int) -> list[tuple[int, str, int]]:
+    """``(position, image, row)`` of a shard's index, checked: rows 0..count-1 once each
+    (one per stored image), names unique."""
+    try:
+        rows = [(int(e["position"]), str(e["image"]), int(e["row"])) for e in index]
+    except (TypeError, KeyError, ValueError) as exc:
+        raise DataError(f"{path}: not a radiograph index ({exc!r}); rerun its preprocessing") from None
+    if sorted(r for _, _, r in rows) != list(range(count)):
+        raise DataError(f"{path}: rows {sorted(r for _, _, r in rows)[:5]}... are not 0..{count - 1} once each "
+                        f"(rows of {path.parent / IMAGES_FILE}); rerun its preprocessing")
+    if len({name for _, name, _ in rows}) != len(rows):
+        raise DataError(f"{path}: an image is listed twice; rerun its preprocessing")
+    return rows
+
+
 def gather_store(shards: Sequence[str | os.PathLike[str]]) -> RadiographStore:
-    """The shards' images back in dataset order.
+    """The shards' images back in dataset order, each shard verified against its
+    ``contents.json`` first (:func:`pcrl.records.verify_contents`).
 
     Raises:
-        DataError: a shard folder without its files, a truncated array, rows that do not
-            match the index, images of different sizes, or positions that repeat or leave gaps.
+        DataError: a shard folder without its files, a file that differs from its record,
+            a truncated array, rows that do not match the index, images of different sizes,
+            or positions that repeat or leave gaps.
     """
     entries, files, shapes = [], [], set()
     for f, folder in enumerate(map(Path, shards)):
+        verify_contents(folder, stage="resample")
         try:
             index = json.loads((folder / INDEX_FILE).read_text())
             header = np.load(folder / IMAGES_FILE, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise DataError(f"{folder}: not a radiograph shard ({exc}); rerun its preprocessing") from None
-        if header.ndim != 3 or header.dtype != np.uint8 or header.shape[0] != len(index):
+        if header.ndim != 3 or header.dtype != np.uint8 or not isinstance(index, list) or header.shape[0] != len(index):
             raise DataError(f"{folder / IMAGES_FILE}: shape {header.shape} {header.dtype} does not hold the "
-                            f"{len(index)} images of {folder / INDEX_FILE}")
+                            f"images of {folder / INDEX_FILE}")
         shapes.add(header.shape[1:])
         files.append(folder / IMAGES_FILE)
-        entries += [(int(e["position"]), str(e["image"]), f, int(e["row"])) for e in index]
+        entries += [(p, name, f, r) for p, name, r in _index_rows(folder / INDEX_FILE, index, header.shape[0])]
     if len(shapes) > 1:
         raise DataError(f"shards hold images of different sizes {sorted(shapes)}: preprocess them with one size")
     entries.sort()
@@ -179,10 +199,16 @@ def gather_store(shards: Sequence[str | os.PathLike[str]]) -> RadiographStore:
                            np.array([e[3] for e in entries]))
 
 
-def open_store(interim: str | os.PathLike[str]) -> RadiographStore:
-    """Every radiograph of the 2D preprocessing's shards under ``interim``, in dataset order.
+def open_store(interim: str | os.PathLike[str], *, count: int | None = None) -> RadiographStore:
+    """Every radiograph of the 2D preprocessing's shards under ``interim``, in dataset order:
+    the complete shard set of ChestX-ray14 (``count`` shards when given,
+    :func:`pcrl.datasets.shards.check_shard_set`).
 
     Raises:
         DataError: No shard, an incomplete or inconsistent one (see :func:`gather_store`).
     """
-    return gather_store(shard_folders(Path(interim), INDEX_FILE))
+    folders = shard_folders(Path(interim), INDEX_FILE)
+    marks = [(folder / INDEX_FILE, r.get("dataset"), r.get("shard"))
+             for folder, r in ((folder, verify_contents(folder, stage="resample")) for folder in folders)]
+    check_shard_set(Path(interim), marks, dataset="chestxray14", count=count)
+    return gather_store(folders)

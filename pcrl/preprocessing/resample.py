@@ -32,10 +32,13 @@ from pcrl.io.images import array_to_image, image_to_array, read_image, write_ima
 from pcrl.preprocessing.normalization import Normalization, normalize
 from pcrl.preprocessing.plausibility import check_ct_values, check_mri_values
 from pcrl.errors import ConfigError, DataError, OutputWriteError, PcrlError
+from pcrl.records import pending, remember
 
 Spacing = tuple[float, float, float]
 Grid = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]
 CASES_FILE = "cases.json"
+#: An entry's key for the records of its arrays while it travels from a worker (pcrl.records).
+RECORDS_KEY = "_records"
 _SPATIAL_DIRECTION_4D = (0, 1, 2, 4, 5, 6, 8, 9, 10)  # the 3x3 block of a 4x4 direction
 
 
@@ -212,10 +215,13 @@ def resample_case(
     image_path = Path(case["image"])
     label_path = Path(case["label"]) if case.get("label") else None
     original = read_image(image_path, allow_channels=True)
+    values = image_to_array(original)
+    if not np.isfinite(values).all():
+        raise DataError(f"{image_path}: {int(np.count_nonzero(~np.isfinite(values)))} voxels are NaN or infinite")
     if normalization.kind == "window":  # a window in HU: the image must be a CT scan
-        check_ct_values(image_to_array(original), image_path)
+        check_ct_values(values, image_path)
     elif channels is not None:  # MRI, scaled per channel: the task's channels, none empty
-        check_mri_values(image_to_array(original), image_path, channels)
+        check_mri_values(values, image_path, channels)
     label = read_image(label_path) if label_path else None
     if label is not None and label_path is not None:
         check_same_grid(original, label, image_path, label_path)
@@ -228,6 +234,9 @@ def resample_case(
     if arrays:
         entry["arrays"] = write_arrays(Path(out_dir), case_id, image_to_array(image),
                                        None if label is None else image_to_array(label))
+        # the digests taken while writing, for the folder's record (this may be a worker process)
+        entry[RECORDS_KEY] = {name: record for name in entry["arrays"].values()
+                              if (record := pending(Path(out_dir) / name)) is not None}
     return entry
 
 
@@ -307,6 +316,9 @@ def resample_dataset(
     with tqdm(total=len(cases), desc="resample", unit="case", disable=not progress) as bar:
         run = _run_parallel if workers > 1 and len(cases) > 1 else _run_serial
         entries = run(cases, work, workers, bar)
+    for entry in entries:  # kept for the folder's contents.json, not listed in cases.json
+        for name, record in entry.pop(RECORDS_KEY, {}).items():
+            remember(out_dir / name, record)
     write_json(out_dir / CASES_FILE, entries)
     return entries
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from pcrl.atomic import read_json
+from pcrl.records import verify_contents
 from pcrl.io.npy import read_npy_header
 from pcrl.preprocessing.splits import check_disjoint, fraction_key
 from pcrl.errors import ConfigError, DataError
@@ -69,8 +70,9 @@ class TaskSplit:
     test: tuple[str, ...]
 
 
-def load_split(processed: str | Path, fraction: float) -> TaskSplit:
-    """Read ``split.json`` and the label fraction's ids from ``fractions.json``.
+def load_split(processed: str | Path, fraction: float, task: str | None = None) -> TaskSplit:
+    """Read ``split.json`` and the label fraction's ids from ``fractions.json``, after
+    checking the folder against its record (the cubes output of ``task`` when given).
 
     Raises:
         ConfigError: ``fraction`` is not one of the fractions the cubes stage wrote.
@@ -79,6 +81,9 @@ def load_split(processed: str | Path, fraction: float) -> TaskSplit:
     """
     processed = Path(processed)
     hint = "run 'pcrl cubes' for the task first"
+    if not (processed / SPLIT_FILE).is_file():
+        raise DataError(f"{processed / SPLIT_FILE} is missing: {hint}")
+    verify_contents(processed, stage="cubes", **({} if task is None else {"task": task}))
     split = read_json(processed / SPLIT_FILE, hint=hint)
     fractions = read_json(processed / FRACTIONS_FILE, hint=hint)
     key = fraction_key(fraction)
@@ -156,6 +161,8 @@ def read_candidate_rows(processed: str | Path, ids: Sequence[str], task: TaskSpe
     """
     processed = Path(processed)
     path = processed / CANDIDATES_FILE
+    if path.is_file():
+        verify_contents(processed, stage="cubes")
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -242,16 +249,18 @@ class VolumeCase:
         return open_arrays(self.folder, self.arrays)
 
 
-def read_volume_cases(interim: str | Path, ids: Sequence[str]) -> list[VolumeCase]:
-    """The labelled cases ``ids`` of a resampled Decathlon dataset (``cases.json``), in order.
+def read_volume_cases(interim: str | Path, ids: Sequence[str], dataset: str | None = None) -> list[VolumeCase]:
+    """The labelled cases ``ids`` of a resampled Decathlon dataset (``cases.json``), in order;
+    every shard verified, and ``dataset``'s when given (:func:`pcrl.datasets.shards.read_cases`).
 
     Raises:
-        DataError: ``cases.json`` missing; an id absent from it or without a label.
+        DataError: ``cases.json`` missing; an id absent from it or without a label; the
+            shards changed, incomplete or of another dataset.
     """
     from pcrl.datasets.shards import read_cases
 
     interim = Path(interim)
-    entries = read_cases(interim)  # every shard of the resample stage
+    entries = read_cases(interim, dataset=dataset)  # every shard of the resample stage
     by_id = {str(c.get("id")): c for c in entries}
     missing = [i for i in ids if i not in by_id]
     if missing:

@@ -28,6 +28,7 @@ from pcrl.datasets.shards import read_cases as gathered_interim
 from pcrl.preprocessing.splits import check_disjoint, nested_fractions, split_by_group, split_random
 from pcrl.errors import ConfigError, DataError
 from pcrl.settings import setting_of_cubes_task
+from pcrl.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,17 @@ PAIR_KEYS = ("crop_sizes", "cube_size", "min_iou", "threshold_hu", "foreground",
              "placement", "border")
 
 
-def read_cases(interim: Path) -> list[dict[str, Any]]:
-    """The resample stage's cases, every shard gathered (:func:`pcrl.datasets.shards.read_cases`);
+def dataset_of(task: str) -> str:
+    """The dataset a cubes task reads: its task's (:mod:`pcrl.tasks`), or its setting's
+    pretraining dataset."""
+    return TASKS[task].dataset if task in TASKS else setting_of_cubes_task(task).pretrain_dataset
+
+
+def read_cases(interim: Path, *, dataset: str | None = None, count: int | None = None) -> list[dict[str, Any]]:
+    """The resample stage's cases, every shard gathered and verified
+    (:func:`pcrl.datasets.shards.read_cases`): ``dataset``'s, ``count`` shards when given;
     DataError when a shard is missing or none lists a case."""
-    cases = gathered_interim(interim)
+    cases = gathered_interim(interim, dataset=dataset, count=count)
     if not cases:
         raise DataError(f"{interim}: the resampled dataset lists no case")
     return cases
@@ -103,7 +111,7 @@ def _pretrain(settings: dict, seed: int, cases: list[dict], raw: Path, interim: 
 def _candidate_tables(raw: Path) -> list[tuple[Path, set[str]]]:
     """Each download shard's ``candidates.csv`` with the ids of the scans it holds."""
     tables = []
-    for path, manifest in read_manifests(raw):
+    for path, manifest in read_manifests(raw, dataset="luna16"):
         if not manifest["cases"]:
             continue
         extras = resolve_extras(manifest, path)
@@ -159,20 +167,23 @@ def run_cubes(
     interim: Path,
     out: Path,
     progress: bool = True,
+    shards: int | None = None,
 ) -> dict[str, list[str]]:
     """Write ``out`` = ``split.json`` (+ ``fractions.json``) and the task's cubes.
 
     Splits are by patient (case id), never by cube; label fractions are nested
     (10 % ⊂ 20 % ⊂ 50 % ⊂ 100 % of the training cases) and seeded by ``cubes.seed``.
+    The resample shards of ``interim`` must be the task's dataset's complete set
+    (``shards``: ``data.shards``'s count); ``out`` records its files in ``contents.json``.
     """
     if setting_of_cubes_task(task).reader == "radiographs":
         return _radiograph_task(task, settings, seed=seed, raw=Path(raw), interim=Path(interim), out=Path(out),
-                                progress=progress)
-    cases = read_cases(interim)
+                                progress=progress, shards=shards)
+    cases = read_cases(interim, dataset=dataset_of(task), count=shards)
     split = _split(task, settings, seed, cases)
     used = _select(cases, [i for ids in split.values() for i in ids])
     write = VOLUME_TASKS[task].write
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, contents={"stage": "cubes", "task": task, "dataset": dataset_of(task)}) as tmp:
         if write is not None:
             write(settings, seed, used, raw, interim, tmp, progress)
         if "fractions" in settings:
@@ -210,18 +221,18 @@ RADIOGRAPH_TASKS = {"pretrain2d": _pairs2d, "chest14": _labels2d}
 
 
 def _radiograph_task(task: str, settings: dict[str, Any], *, seed: int, raw: Path, interim: Path, out: Path,
-                     progress: bool) -> dict[str, list[str]]:
+                     progress: bool, shards: int | None = None) -> dict[str, list[str]]:
     """A task of the radiograph store (:data:`RADIOGRAPH_TASKS`): train / val from the
     train_val list's patients, test = the test list's."""
-    store = open_store(interim)
-    cases = gathered_cases(raw, case_order(setting_of_cubes_task(task).pretrain_dataset))
+    store = open_store(interim, count=shards)
+    cases = gathered_cases(raw, case_order(dataset_of(task)), dataset=dataset_of(task), count=shards)
     listed = {Path(c["image"]).name for c in cases}
     if set(store.names) != listed:
         odd = sorted(set(store.names) ^ listed)
         raise DataError(f"{interim}: the radiograph store and the download manifests of {raw} list different "
                         f"images (e.g. {odd[:3]}): rerun the resample stage")
     split = patient_split(cases, val=float(settings["val"]), seed=seed)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, contents={"stage": "cubes", "task": task, "dataset": dataset_of(task)}) as tmp:
         RADIOGRAPH_TASKS[task](store, split, settings, seed, raw, tmp, progress)
         log.info("%s: patients %s", task, ", ".join(f"{k} {len(v)}" for k, v in split.items()))
     return split

@@ -67,7 +67,7 @@ def run_download(dataset: str, data: dict[str, Any], *, out: Path, shard: tuple[
         if source == "phantom":
             if not _phantom(dataset, data, tmp, shard):
                 log.info("%s: shard %d of %d has no phantom case", dataset, *shard)
-                write_json(tmp / "manifest.json", empty_manifest(dataset, source))
+                write_json(tmp / "manifest.json", empty_manifest(dataset, source, shard))
                 return out
             root = tmp
         elif source == "download":
@@ -76,7 +76,7 @@ def run_download(dataset: str, data: dict[str, Any], *, out: Path, shard: tuple[
             spec = dataclasses.replace(spec, files=tuple(shard_files(spec.files, *shard, together=not spec.shardable)))
             if not spec.files:  # more shards than archives: this one has nothing to fetch
                 log.info("%s: shard %d of %d has no archive", dataset, *shard)
-                write_json(tmp / "manifest.json", empty_manifest(dataset, source))
+                write_json(tmp / "manifest.json", empty_manifest(dataset, source, shard))
                 return out
             cache = Path(data.get("cache_dir", "data/downloads"))
             root = download_dataset(spec, cache, tmp / "native", progress=progress)
@@ -85,7 +85,8 @@ def run_download(dataset: str, data: dict[str, Any], *, out: Path, shard: tuple[
             if not local.is_dir():
                 raise ConfigError(f"data.local_paths.{dataset}: {local} is not a folder")
             root, keep = local.resolve(), shard
-        manifest = build_manifest(dataset, root, source=source, manifest_dir=tmp, shard=keep)
+        manifest = {**build_manifest(dataset, root, source=source, manifest_dir=tmp, shard=keep),
+                    "shard": list(shard)}
         write_json(tmp / "manifest.json", manifest)
         log.info("%s: %d cases verified (%s)", dataset, len(manifest["cases"]), source)
     return out

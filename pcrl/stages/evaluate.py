@@ -56,7 +56,7 @@ def test_ids(processed: Path, model: dict[str, Any], source: Path) -> list[str]:
         DataError: An empty test split, or test cases among the model's training or
             validation cases (named).
     """
-    split = load_split(processed, model["fraction"])
+    split = load_split(processed, model["fraction"], str(model["task"]))
     test = list(split.test)
     for name in ("train_ids", "val_ids"):
         shared = sorted(set(test) & set(map(str, model[name])))

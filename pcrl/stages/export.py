@@ -20,6 +20,7 @@ import yaml
 from safetensors.torch import save_file
 
 from pcrl.atomic import atomic_dir, read_json, write_json, write_text
+from pcrl.records import verify_files
 from pcrl.finetune.checkpoints import read_init_record
 from pcrl.hashing import file_digest
 from pcrl.hub import build_encoder, check_keys
@@ -51,7 +52,9 @@ def _data(pairs: Path | None, dataset: str, source: str) -> dict[str, Any]:
     if pairs is None:
         return {"dataset": dataset, "source": source, "split": {}, "scans": "unknown", "unit": "scans"}
     by_patient = (pairs / "patients.json").is_file()
-    split = read_json(pairs / ("patients.json" if by_patient else "split.json"), hint="run the cubes stage first")
+    name = "patients.json" if by_patient else "split.json"
+    split = read_json(pairs / name, hint="run the cubes stage first")
+    verify_files(pairs, [name], stage="cubes")
     return {"dataset": dataset, "source": source, "split": split, "scans": sum(len(v) for v in split.values()),
             "unit": "patients" if by_patient else "scans"}
 

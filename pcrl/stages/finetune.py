@@ -197,7 +197,7 @@ def run_finetune(
     task_settings = settings[task]
     network = NetworkConfig(**network_settings(task, settings))
     processed, weights, out, state = Path(processed), Path(weights), Path(out), Path(state)
-    split = load_split(processed, fraction)
+    split = load_split(processed, fraction, task)
     record = read_init_record(weights / WEIGHTS_NAME, init)
 
     dist = init_distributed(None if device == "auto" else device)

@@ -27,6 +27,7 @@ from pcrl.torchfile import save_checked
 from pcrl.live_series import read_series
 from pcrl.run_state import discard_state, prepare_state, state_lock
 from pcrl.atomic import atomic_dir, read_json, write_json
+from pcrl.records import verify_contents
 from pcrl.preprocessing.pairs import PairsDataset, pair_files
 from pcrl.distributed import DistInfo, cleanup, init_distributed
 from pcrl.engine import TrainConfig, train
@@ -212,6 +213,7 @@ def _probe_hook(processed: Path | None, settings: dict[str, Any], device: torch.
     from pcrl.evaluation.probe import probe_auc, probe_split
 
     split = read_json(Path(processed) / "split.json", hint="run 'pcrl cubes --task ncc' first")
+    verify_contents(processed, stage="cubes")
     data = probe_split(str(processed), split["train"], split["val"], max_per_class=settings.get("max_per_class"))
     epochs = int(settings["epochs"])
 
@@ -276,6 +278,7 @@ def run_pretrain(
     pairs = Path(pairs)
     hint = "run 'pcrl cubes --task pretrain' first"
     split = read_json(pairs / "split.json", hint=hint)
+    verify_contents(pairs, stage="cubes")
     index = read_json(pairs / "pairs.json", hint=hint)
     by_id = {entry["id"]: entry for entry in index}
     train_files = pair_files(pairs / "pairs", split["train"])

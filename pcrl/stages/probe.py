@@ -49,7 +49,7 @@ def run_probe(finetune: dict[str, Any], settings: dict[str, Any], *, pretrained:
     records = {init: read_init_record(Path(pretrained) / init / "weights.pt", init) for init in finetune["inits"]}
     rows: list[dict[str, Any]] = []
     for fraction in finetune["fractions"]:
-        split = load_split(processed, fraction)
+        split = load_split(processed, fraction, "ncc")
         data = probe_split(str(processed), split.train, split.test, max_per_class=settings.get("max_per_class"))
         for init, record in records.items():
             for seed in finetune["seeds"]:

@@ -15,6 +15,7 @@ from pcrl.errors import ConfigError
 from pcrl.preprocessing.normalization import Normalization
 from pcrl.preprocessing.radiographs import write_shard_of
 from pcrl.preprocessing.resample import CASES_FILE, resample_dataset
+from pcrl.errors import DataError
 from pcrl.settings import setting_of_dataset
 from pcrl.tasks import TASKS
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def run_resample(
     settings: dict[str, Any], *, raw: Path, out: Path, shard: tuple[int, int] = (0, 1),
-    workers: int = 1, progress: bool = True,
+    workers: int = 1, progress: bool = True, dataset: str | None = None, shards: int | None = None,
 ) -> list[dict[str, Any]]:
     """Resample shard k of n of the cases of ``raw`` into ``out`` (one file per case).
 
@@ -33,15 +34,25 @@ def run_resample(
     each case's position (``order``) in ``cases.json`` so later stages read the shards
     back in that order. ``settings`` is ``params.resample.<dataset>``: ``spacing`` (mm,
     x y z), ``normalization`` and ``arrays`` (also write memory-mappable arrays for
-    fine-tuning, :mod:`pcrl.preprocessing.arrays`). ``out`` appears only when every case succeeded.
+    fine-tuning, :mod:`pcrl.preprocessing.arrays`). ``out`` appears only when every case succeeded,
+    with ``contents.json`` recording the dataset, the shard and every file (:mod:`pcrl.records`).
+
+    ``dataset``: the dataset ``settings`` belong to; the download shards of ``raw`` must
+    hold it (DataError naming the manifest and both names). ``shards``: the configured number
+    of download shards (``data.shards``), all of which must be present.
     """
-    dataset = read_manifests(raw)[0][1]["dataset"]
-    everything = gathered_cases(raw, case_order(dataset))
+    found = read_manifests(raw, count=shards)[0]
+    held = str(found[1]["dataset"])
+    if dataset is not None and held != dataset:
+        raise DataError(f"{found[0]}: holds {held} data, but 'pcrl resample' was called for {dataset} "
+                        f"(params resample.{dataset}): pass --dataset {held} or the raw folder of {dataset}")
+    dataset = held
+    everything = gathered_cases(raw, case_order(dataset), dataset=dataset, count=shards)
     if setting_of_dataset(dataset).reader == "radiographs":
         return _radiographs(settings, everything, out=out, shard=shard, progress=progress)
     mine = [(i, case) for i, case in enumerate(everything) if in_shard(i, *shard)]
     cases = [case for _, case in mine]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, contents={"stage": "resample", "dataset": dataset, "shard": list(shard)}) as tmp:
         entries = resample_dataset(
             cases,
             tmp,
@@ -75,7 +86,7 @@ def _radiographs(settings: dict[str, Any], cases: list[dict[str, Any]], *, out: 
     if not expected:  # a radiograph of another size would be stretched without a word
         raise ConfigError("resample.chestxray14.expected_size: required (the originals' width, height)")
     write_shard_of([case["image"] for case in cases], out, size=settings["size"], shard=shard,
-                   expected_size=tuple(expected), progress=progress)
+                   expected_size=tuple(expected), progress=progress, dataset="chestxray14")
     log.info("chestxray14: shard %d of %d of %d radiographs resized to %s", shard[0] + 1, shard[1], len(cases),
              settings["size"])
     return [{"id": case["id"], "order": i} for i, case in enumerate(cases) if in_shard(i, *shard)]

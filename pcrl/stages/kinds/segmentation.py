@@ -29,10 +29,10 @@ def training_data(spec: TaskSpec, task_settings: dict[str, Any], validation: dic
         raise ConfigError(f"task {spec.name} reads volumes: give --interim "
                           f"(data/interim/{spec.dataset})")
     patch = cast(tuple[int, int, int], tuple(int(s) for s in task_settings["patch_size"]))
-    dataset = PatchSet(read_volume_cases(interim, split.train), spec, patch,
+    dataset = PatchSet(read_volume_cases(interim, split.train, spec.dataset), spec, patch,
                        task_settings["patches_per_volume"],
                        task_settings.get("foreground_prob", 0.5), seed)
-    val_cases = read_volume_cases(interim, split.val)
+    val_cases = read_volume_cases(interim, split.val, spec.dataset)
     check_cases(val_cases, spec)
     inference = SegmentationSettings(patch, int(validation["sw_batch_size"]),
                                      float(validation["overlap"]), float(validation["threshold"]))
@@ -52,7 +52,7 @@ def test_metrics(net: torch.nn.Module, spec: TaskSpec, model: dict[str, Any], id
                         f"(data/interim/{spec.dataset})")
     inference = SegmentationSettings(tuple(model["roi_size"]), settings["sw_batch_size"],
                                      settings["overlap"], settings["threshold"])
-    metrics, per_case = score_volumes(net, read_volume_cases(interim, ids), spec,
+    metrics, per_case = score_volumes(net, read_volume_cases(interim, ids, spec.dataset), spec,
                                       settings=inference, device=device)
     log.info("per case: %s", {k: round(v["dice_mean"], 4) for k, v in per_case.items()})
     return metrics
