@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pcrl.atomic import atomic_dir, save_npy
+from pcrl.atomic import atomic_dir
 from pcrl.datasets.chestxray14 import IMAGES_DIR
 from pcrl.io.png import load_radiograph
 from pcrl.datasets.shards import shard_folders
@@ -94,12 +94,16 @@ def write_shard_of(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLi
         raise ConfigError(f"size must be positive (height, width), got {list(size)}")
     files = [Path(p) for p in paths]
     positions = shard_positions(len(files), shard)
-    stack = np.empty((len(positions), height, width), dtype=np.uint8)
-    for row, position in enumerate(tqdm(positions, desc="radiographs", unit="image", disable=not progress)):
-        stack[row] = resize_radiograph(load_radiograph(files[position], expected_size=expected_size), (height, width))
     index = [{"image": files[p].name, "row": r, "position": p} for r, p in enumerate(positions)]
     with atomic_dir(Path(out)) as tmp:
-        save_npy(tmp / IMAGES_FILE, stack)
+        # streamed image by image: the job's memory is one radiograph's, whatever the shard's size
+        with open(tmp / IMAGES_FILE, "wb") as fh:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                      "shape": (len(positions), height, width)}
+            np.lib.format.write_array_header_1_0(fh, header)
+            for position in tqdm(positions, desc="radiographs", unit="image", disable=not progress):
+                image = load_radiograph(files[position], expected_size=expected_size)
+                fh.write(np.ascontiguousarray(resize_radiograph(image, (height, width))).tobytes())
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
     return Path(out)
 
