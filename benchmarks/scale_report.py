@@ -25,6 +25,8 @@ OUT = Path(__file__).resolve().parent / "out"
 #: ChestX-ray14's official split: 86,524 train_val and 25,596 test images (Wang et al., 2017).
 CHEST_TRAIN_VAL = 86_524
 LUNA16_SCANS = 888
+LUNA16_NODULES = 1_186  # annotations.csv: the NCC positives (one candidate each, an approximation)
+TRAINING_CASES = {"lcs": 131, "bms": 484}  # labelled training volumes of Task03 / Task01
 GIB = 2**30
 
 
@@ -81,15 +83,38 @@ def gpu_rows(paper: dict[str, Any]) -> list[dict[str, Any]]:
     samples2d = round(CHEST_TRAIN_VAL * (1 - paper["cubes"]["pretrain2d"]["val"])) \
         * paper["cubes"]["pretrain2d"]["pairs_per_image"]
     rows = []
+    runs_of = {**runs, "finetune_ncc": runs["finetune"] // 3, "finetune_lcs": runs["finetune"] // 3,
+               "finetune_bms": runs["finetune"] // 3}
     for family, name, samples, epochs in (("pretrain", "step3d.json", samples3d, pre["epochs"]),
-                                          ("pretrain2d", "step2d.json", samples2d, pre2d["epochs"])):
+                                          ("pretrain2d", "step2d.json", samples2d, pre2d["epochs"]),
+                                          *_finetune_samples(paper)):
         seconds = _seconds_per_sample(name)
         if seconds is not None:
             rows.append({"family": family, "seconds_per_sample_cpu": seconds, "samples_per_epoch": samples,
-                         "epochs": epochs, "runs": runs[family],
+                         "epochs": epochs, "runs": runs_of[family],
                          "gpu_hours_upper_bound": gpu_hours_upper_bound(seconds, samples_per_epoch=samples,
-                                                                        epochs=epochs, runs=runs[family])})
+                                                                        epochs=epochs, runs=runs_of[family])})
     return rows
+
+
+def _finetune_samples(paper: dict[str, Any]) -> list[tuple[str, str, int, int]]:
+    """Fine-tunes: (family, bench_step JSON, samples per epoch averaged over the label
+    fractions, maximum epochs). One forward and backward of the U-Net a sample (Models
+    Genesis' step is the proxy); early stopping ends most runs sooner: an upper bound."""
+    f = paper["finetune"]
+    share = sum(f["fractions"]) / len(f["fractions"])
+    ncc_groups = paper["cubes"]["ncc"]["groups"]
+    ncc_train = len(ncc_groups["train"]) / sum(len(v) for v in ncc_groups.values())
+    ncc = LUNA16_NODULES * ncc_train * (1 + f["ncc"]["negatives_per_positive"])
+    out = [("finetune_ncc", "step3d_genesis.json", round(ncc * share), f["ncc"]["epochs"])]
+    for task in ("lcs", "bms"):
+        split = paper["cubes"][task]
+        volumes = TRAINING_CASES[task] * (1 - split["val"] - split["test"])
+        out.append((f"finetune_{task}", "step3d_genesis.json",
+                    round(volumes * f[task]["patches_per_volume"] * share), f[task]["epochs"]))
+    chest = round(CHEST_TRAIN_VAL * (1 - paper["cubes"]["chest14"]["val"]) * share)
+    out.append(("finetune_chest14", "step2d.json", chest, f["chest14"]["epochs"]))
+    return out
 
 
 def _mib(value: float) -> str:
@@ -126,7 +151,7 @@ def markdown(report: dict[str, Any]) -> str:
     for c in report["checkpoints"]:
         lines.append(f"| {c['family']} | {c['runs']} | {c['parameters']:,} | {c['disk_bytes'] / GIB:,.1f} |")
     if report.get("gpu"):
-        lines += ["", "## Pretraining GPU-hours: CPU UPPER BOUND (bench_step.py on CPU, no GPU available)", "",
+        lines += ["", "## GPU-hours: CPU UPPER BOUND (bench_step.py on CPU, no GPU available)", "",
                   "| family | s/sample (CPU) | samples/epoch | epochs | runs | GPU-h (upper bound) |",
                   "|---|---:|---:|---:|---:|---:|"]
         for g in report["gpu"]:

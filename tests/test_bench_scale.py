@@ -77,3 +77,14 @@ def test_paper_runs_and_growth_groups(repo_root: Path) -> None:
     rows = bench.growth([{"stage": "resample", "dataset": "luna16", "cases": 6, "peak_rss_mib": 900.0}],
                         [{"stage": "resample", "dataset": "luna16", "cases": 12, "peak_rss_mib": 910.0}])
     assert rows == [{"stage": "resample", "name": "luna16", "cases_per_job": [6, 12], "peak_rss_mib": [900.0, 910.0]}]
+
+
+def test_finetune_samples_per_epoch_match_a_hand_count(repo_root: Path) -> None:
+    report = _module("scale_report")
+    paper = load_params(repo_root / "configs" / "paper.yaml")
+    samples = {family: (n, epochs) for family, _, n, epochs in report._finetune_samples(paper)}
+    share = (0.1 + 0.2 + 0.5 + 1.0) / 4  # the mean label fraction
+    assert samples["finetune_ncc"] == (round(1186 * 6 / 10 * 2 * share), 200) == (640, 200)
+    assert samples["finetune_lcs"] == (round(131 * 0.5 * 4 * share), 200) == (118, 200)
+    assert samples["finetune_bms"] == (round(484 * 0.5 * 4 * share), 200) == (436, 200)
+    assert samples["finetune_chest14"] == (round(86524 * 0.9 * share), 100) == (35042, 100)
