@@ -138,7 +138,7 @@ def _verify_and_resample(params: dict[str, Any], phantom: Path, work: Path, shar
                          datasets: list[str], log: Path) -> list[dict[str, Any]]:
     """Download (verify the phantom as a local copy) and resample jobs, one per dataset and shard."""
     p = copy.deepcopy(params)
-    p["data"].update(source="local", sources={}, shards=shards,
+    p["data"].update(source="local", sources={}, shards=shards, datasets=datasets,
                      local_paths={d: str(phantom / d) for d in datasets})
     path = _write(p, work / "params" / f"{tag}.yaml")
     jobs = []
@@ -221,7 +221,8 @@ def project(jobs: list[dict[str, Any]], paper: dict[str, Any], start: tuple[floa
     """One row per (stage, dataset or task) of the measured run, at the paper's size."""
     shards = _paper_jobs(paper)
     rows = []
-    keys = sorted({(j["stage"], j.get("task") or j["dataset"], j["dataset"]) for j in jobs if j["stage"] != "phantom"})
+    # phantom rows: their disk is the raw data's; their time is this rehearsal's only (a real run downloads)
+    keys = sorted({(j["stage"], j.get("task") or j["dataset"], j["dataset"]) for j in jobs})
     for stage, name, dataset in keys:
         mine = [Job(j["cases"], j["wall_s"], j["cpu_s"], j["peak_rss_mib"], j["bytes_written"])
                 for j in jobs if j["stage"] == stage and (j.get("task") or j["dataset"]) == name and j["cases"]]
