@@ -140,6 +140,8 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["projection"]:
         lines.append(f"| {r['stage']} | {r['name']} | {r['paper_cases']:,} | {r['jobs']} | {r['cpu_hours']:.2f} | "
                      f"{r['job_runtime_hours']:.2f} | {_mib(r['peak_rss_mib'])} | {r['disk_bytes'] / GIB:,.1f} |")
+    lines += ["", "phantom rows: their disk is the raw data's; their time is this rehearsal's generation, "
+              "not a real run's (which downloads)."]
     if report["growth"]:
         lines += ["", "## Peak RSS against cases per job (must not grow with the dataset)", "",
                   "| stage | dataset/task | cases per job | peak RSS MiB |", "|---|---|---|---|"]
