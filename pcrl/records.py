@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -80,8 +80,13 @@ def pending(path: str | os.PathLike[str]) -> Record | None:
 
 def array_record(array: np.ndarray, writer: HashingWriter) -> Record:
     """The record of an ``.npy`` file written through ``writer``."""
-    return {"size": writer.size, ALGORITHM: writer.digest.hexdigest(), "dtype": array.dtype.str,
-            "shape": list(array.shape)}
+    return npy_record(array.dtype, array.shape, writer)
+
+
+def npy_record(dtype: np.dtype | type, shape: Sequence[int], writer: HashingWriter) -> Record:
+    """The record of an ``.npy`` file of ``dtype`` and ``shape`` written (streamed) through ``writer``."""
+    return {"size": writer.size, ALGORITHM: writer.digest.hexdigest(), "dtype": np.dtype(dtype).str,
+            "shape": [int(n) for n in shape]}
 
 
 def _npy_header(path: Path) -> tuple[str, list[int]]:

@@ -23,7 +23,9 @@ generated. Sizes are relative to each scan's field of view (the demo shapes are 
 lesion sizes are in millimetres.
 
 The package is split by dataset: ``drawing`` holds the shared geometry, seeding and
-checks, ``writers`` the SimpleITK and Decathlon writers, and ``luna16``, ``msd_liver``
+checks, ``writers`` the SimpleITK and Decathlon writers, ``geometry`` each case's shape
+and spacing (the fixed demo ``shape``, or ``sizes: published``: drawn from the dataset's
+published ranges, real sizes), and ``luna16``, ``msd_liver``
 and ``msd_brain`` each hold one dataset's case generator and ``generate_*`` function.
 """
 

@@ -22,6 +22,7 @@ ribs, lungs, vessel trees) is drawn by :mod:`pcrl.phantom.luna16_chest`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from pcrl.phantom.drawing import (
     _vec3,
     _world_axes,
 )
+from pcrl.phantom.geometry import case_geometry, check_sizes
 from pcrl.phantom.luna16_chest import _chest_frame, _chest_hu, _paint_vessels, _Segment, _vessel_tree
 from pcrl.phantom.luna16_shapes import _paint_shapes, _place_shapes, _shape_candidates
 from pcrl.phantom.writers import _csv_text, _write_case_image
@@ -184,7 +186,8 @@ def _luna16_candidates(
 
 
 def luna16_case(
-    seed: int, index: int, shape: Sequence[int] = (96, 96, 48), ncc_task: str = "vessels"
+    seed: int, index: int, shape: Sequence[int] = (96, 96, 48), ncc_task: str = "vessels",
+    spacing: Vec3 | None = None,
 ) -> PhantomCase:
     """One LUNA16-like chest CT with its nodules and candidates.
 
@@ -194,6 +197,7 @@ def luna16_case(
         shape: voxels (x, y, z).
         ncc_task: ``vessels`` (nodules vs vessel points) or ``shapes`` (spheres vs tubes of
             equal HU and volume); see the module docstring.
+        spacing: voxel size (mm) instead of the drawn demo one (:mod:`pcrl.phantom.geometry`).
 
     Returns:
         The case: int16 HU image (x, y, z), spacing/origin, nodules, candidates.
@@ -206,7 +210,8 @@ def luna16_case(
     ncc_task = _check_ncc_task(ncc_task)
     rng = _case_rng(seed, "luna16", index)
     uid = _series_uid(rng)
-    spacing, origin = _luna16_geometry(rng)
+    drawn, origin = _luna16_geometry(rng)
+    spacing = drawn if spacing is None else spacing
     axes = _world_axes(shape, spacing, origin)
     chest = _chest_frame(rng, shape, spacing, origin)
     hu, lung = _chest_hu(rng, axes, chest, shape)
@@ -258,7 +263,7 @@ def _luna16_csvs(cases: list[PhantomCase]) -> tuple[str, str]:
 
 def generate_luna16(
     root: Path, *, scans: int = 10, subsets: int = 10, seed: int = 0, shape: Sequence[int] = (96, 96, 48),
-    shard: tuple[int, int] = (0, 1), ncc_task: str = "vessels",
+    shard: tuple[int, int] = (0, 1), ncc_task: str = "vessels", sizes: str = "fixed",
 ) -> None:
     """Write a LUNA16-like dataset into ``root`` (replaced as a whole, atomically).
 
@@ -267,24 +272,31 @@ def generate_luna16(
     HU), ``annotations.csv`` and ``candidates.csv``. ``shard`` = (k, n) writes only the
     subsets s with s mod n = k and the CSV rows of their scans (one download shard, as the
     archives ``subset<s>.zip`` of the real dataset are shared out). ``ncc_task`` picks
-    the candidates' task (``vessels`` or ``shapes``, see :func:`luna16_case`).
+    the candidates' task (``vessels`` or ``shapes``, see :func:`luna16_case`). ``sizes``:
+    ``fixed`` (every scan ``shape``) or ``published`` (shape and spacing drawn per scan from
+    LUNA16's published ranges, :mod:`pcrl.phantom.geometry`; ``shape`` is then unused).
+    Scans are generated and written one at a time (memory of one scan).
 
     Raises:
-        ConfigError: a count, the seed, the shape or ``ncc_task`` is invalid.
+        ConfigError: a count, the seed, the shape, ``ncc_task`` or ``sizes`` is invalid.
     """
     scans = _check_count("luna16", "scans", scans, 1)
     subsets = _check_count("luna16", "subsets", subsets, 1)
     seed = _check_count("luna16", "seed", seed, 0)
     shape = _check_shape("luna16", shape)
     ncc_task = _check_ncc_task(ncc_task)
+    check_sizes("luna16", sizes)
     mine = [k for k in range(subsets) if k % shard[1] == shard[0]]
     indices = [i for i in range(scans) if i % subsets in mine]
-    cases = [luna16_case(seed, i, shape, ncc_task) for i in indices]
+    cases = []
     with atomic_dir(root) as tmp:
         for k in mine:
             (tmp / f"subset{k}").mkdir()
-        for i, case in zip(indices, cases):
+        for i in indices:
+            geometry = case_geometry("luna16", seed, i, shape, sizes)
+            case = luna16_case(seed, i, geometry.shape, ncc_task, geometry.spacing)
             _write_case_image(tmp / f"subset{i % subsets}" / f"{case.case_id}.mhd", case)
+            cases.append(dataclasses.replace(case, image=np.zeros((0, 0, 0), np.int16)))  # CSVs: no voxels
         annotations, candidates = _luna16_csvs(cases)
         (tmp / "annotations.csv").write_text(annotations)
         (tmp / "candidates.csv").write_text(candidates)

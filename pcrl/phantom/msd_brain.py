@@ -31,6 +31,7 @@ from pcrl.phantom.drawing import (
     _unit_vectors,
     _world_axes,
 )
+from pcrl.phantom.geometry import case_geometry, check_sizes
 from pcrl.phantom.writers import _check_decathlon_args, _msd_meta, _write_decathlon
 
 __all__ = ["brain_case", "generate_msd_brain"]
@@ -107,11 +108,13 @@ def _mri_channels(rng: np.random.Generator, tissues: np.ndarray, axes: Axes, cen
     return np.ascontiguousarray(channels, dtype=np.float32)
 
 
-def brain_case(seed: int, index: int, shape: Sequence[int] = (48, 48, 40)) -> PhantomCase:
-    """One Task01_BrainTumour-like case: (4, x, y, z) float32 MRI at 1 mm, labels 0-3."""
+def brain_case(
+    seed: int, index: int, shape: Sequence[int] = (48, 48, 40), spacing: Vec3 | None = None
+) -> PhantomCase:
+    """One Task01_BrainTumour-like case: (4, x, y, z) float32 MRI at 1 mm (or ``spacing``), labels 0-3."""
     shape = _check_shape("msd_brain", shape)
     rng = _case_rng(seed, "msd_brain", index)
-    spacing, origin = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)
+    spacing, origin = (1.0, 1.0, 1.0) if spacing is None else spacing, (0.0, 0.0, 0.0)
     axes = _world_axes(shape, spacing, origin)
     half = _half_extent(shape, spacing)
     center = _grid_center(shape, spacing, origin) + rng.uniform(-0.03, 0.03, size=3) * half
@@ -127,7 +130,7 @@ def brain_case(seed: int, index: int, shape: Sequence[int] = (48, 48, 40)) -> Ph
 def generate_msd_brain(
     root: Path, *, cases: int = 8, test_cases: int = 2, seed: int = 0,
     shape: Sequence[int] = (48, 48, 40),
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] = (0, 1), sizes: str = "fixed",
 ) -> None:
     """Write a Task01_BrainTumour-like dataset into ``root`` (replaced as a whole, atomically).
 
@@ -136,9 +139,11 @@ def generate_msd_brain(
     3 enhancing tumour); ``imagesTs`` and ``dataset.json`` as MSD ships them.
 
     ``shard`` = (k, n) writes only the cases i with i mod n = k (one download shard).
+    ``sizes``: ``fixed`` (every case ``shape``) or ``published`` (shape and spacing drawn per
+    case from the dataset's published ranges, :mod:`pcrl.phantom.geometry`).
 
     Raises:
-        ConfigError: a count, the seed or the shape is invalid.
+        ConfigError: a count, the seed, the shape or ``sizes`` is invalid.
     """
     cases, test_cases, seed = _check_decathlon_args("msd_brain", cases, test_cases, seed)
     shape = _check_shape("msd_brain", shape)
@@ -152,4 +157,10 @@ def generate_msd_brain(
         {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
         seed,
     )
-    _write_decathlon(root, lambda i: brain_case(seed, i, shape), cases, test_cases, meta, shard)
+    check_sizes("msd_brain", sizes)
+
+    def make_case(index: int) -> PhantomCase:
+        geometry = case_geometry("msd_brain", seed, index, shape, sizes)
+        return brain_case(seed, index, geometry.shape, geometry.spacing)
+
+    _write_decathlon(root, make_case, cases, test_cases, meta, shard)

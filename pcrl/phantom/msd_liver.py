@@ -36,6 +36,7 @@ from pcrl.phantom.drawing import (
     _to_hu,
     _world_axes,
 )
+from pcrl.phantom.geometry import case_geometry, check_sizes
 from pcrl.phantom.writers import _check_decathlon_args, _msd_meta, _write_decathlon
 from pcrl.errors import ConfigError
 
@@ -110,15 +111,19 @@ def _tumour_masks(
     return tumours
 
 
-def liver_case(seed: int, index: int, shape: Sequence[int] = (64, 64, 48)) -> PhantomCase:
-    """One Task03_Liver-like CT (int16 HU) with labels 0 background, 1 liver, 2 cancer.
+def liver_case(
+    seed: int, index: int, shape: Sequence[int] = (64, 64, 48), spacing: Vec3 | None = None
+) -> PhantomCase:
+    """One Task03_Liver-like CT (int16 HU) with labels 0 background, 1 liver, 2 cancer;
+    ``spacing`` (mm) replaces the drawn demo one (:mod:`pcrl.phantom.geometry`).
 
     Raises:
         ConfigError: ``shape`` leaves no room in the liver for a tumour.
     """
     shape = _check_shape("msd_liver", shape)
     rng = _case_rng(seed, "msd_liver", index)
-    spacing, origin = _liver_geometry(rng)
+    drawn, origin = _liver_geometry(rng)
+    spacing = drawn if spacing is None else spacing
     axes = _world_axes(shape, spacing, origin)
     half = _half_extent(shape, spacing)
     center = _grid_center(shape, spacing, origin)
@@ -140,7 +145,7 @@ def liver_case(seed: int, index: int, shape: Sequence[int] = (64, 64, 48)) -> Ph
 def generate_msd_liver(
     root: Path, *, cases: int = 8, test_cases: int = 2, seed: int = 0,
     shape: Sequence[int] = (64, 64, 48),
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] = (0, 1), sizes: str = "fixed",
 ) -> None:
     """Write a Task03_Liver-like dataset into ``root`` (replaced as a whole, atomically).
 
@@ -148,9 +153,11 @@ def generate_msd_liver(
     background, 1 liver, 2 cancer), ``imagesTs/liver_M.nii.gz`` and ``dataset.json``.
 
     ``shard`` = (k, n) writes only the cases i with i mod n = k (one download shard).
+    ``sizes``: ``fixed`` (every case ``shape``) or ``published`` (shape and spacing drawn per
+    case from the dataset's published ranges, :mod:`pcrl.phantom.geometry`).
 
     Raises:
-        ConfigError: a count, the seed or the shape is invalid.
+        ConfigError: a count, the seed, the shape or ``sizes`` is invalid.
     """
     cases, test_cases, seed = _check_decathlon_args("msd_liver", cases, test_cases, seed)
     shape = _check_shape("msd_liver", shape)
@@ -163,4 +170,10 @@ def generate_msd_liver(
         {"0": "background", "1": "liver", "2": "cancer"},
         seed,
     )
-    _write_decathlon(root, lambda i: liver_case(seed, i, shape), cases, test_cases, meta, shard)
+    check_sizes("msd_liver", sizes)
+
+    def make_case(index: int) -> PhantomCase:
+        geometry = case_geometry("msd_liver", seed, index, shape, sizes)
+        return liver_case(seed, index, geometry.shape, geometry.spacing)
+
+    _write_decathlon(root, make_case, cases, test_cases, meta, shard)

@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pcrl.atomic import atomic_dir, save_npy
+from pcrl.atomic import atomic_dir
 from pcrl.datasets.chestxray14 import IMAGES_DIR
 from pcrl.io.png import load_radiograph
 from pcrl.datasets.shards import check_shard_set, shard_folders
 from pcrl.errors import ConfigError, DataError
-from pcrl.records import verify_contents
+from pcrl.records import HashingWriter, npy_record, remember, verify_contents
 
 __all__ = ["INDEX_FILE", "IMAGES_FILE", "RadiographStore", "gather_store", "open_store", "resize_radiograph",
            "shard_positions", "write_shard", "write_shard_of"]
@@ -96,12 +96,20 @@ def write_shard_of(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLi
         raise ConfigError(f"size must be positive (height, width), got {list(size)}")
     files = [Path(p) for p in paths]
     positions = shard_positions(len(files), shard)
-    stack = np.empty((len(positions), height, width), dtype=np.uint8)
-    for row, position in enumerate(tqdm(positions, desc="radiographs", unit="image", disable=not progress)):
-        stack[row] = resize_radiograph(load_radiograph(files[position], expected_size=expected_size), (height, width))
     index = [{"image": files[p].name, "row": r, "position": p} for r, p in enumerate(positions)]
     with atomic_dir(Path(out), contents={"stage": "resample", "dataset": dataset, "shard": list(shard)}) as tmp:
-        save_npy(tmp / IMAGES_FILE, stack)
+        # streamed image by image: the job's memory is one radiograph's, whatever the shard's
+        # size; hashed while written, for the folder's record (pcrl.records)
+        shape = (len(positions), height, width)
+        with open(tmp / IMAGES_FILE, "wb") as fh:
+            writer = HashingWriter(fh)
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                      "shape": shape}
+            np.lib.format.write_array_header_1_0(writer, header)
+            for position in tqdm(positions, desc="radiographs", unit="image", disable=not progress):
+                image = load_radiograph(files[position], expected_size=expected_size)
+                writer.write(np.ascontiguousarray(resize_radiograph(image, (height, width))).tobytes())
+        remember(tmp / IMAGES_FILE, npy_record(np.uint8, shape, writer))
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
     return Path(out)
 
