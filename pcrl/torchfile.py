@@ -60,10 +60,16 @@ def object_digest(obj: Any) -> str:
 
 
 def save_checked(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write the mapping ``obj`` to ``path`` atomically, with the digest of its content."""
+    """Write the mapping ``obj`` to ``path`` atomically, with the digest of its content.
+
+    torch.save is given an open file, not the temporary path: given a path, it names the
+    zip's root folder after the file, and the temporary name is random, so equal contents
+    would give different bytes (and DVC would see a rerun's equal weights as changed).
+    Given a file, the root is always ``archive``: equal contents, equal bytes.
+    """
     content = {k: v for k, v in obj.items() if k != DIGEST_KEY}
-    with atomic_path(path) as tmp:
-        torch.save({**content, DIGEST_KEY: object_digest(content)}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save({**content, DIGEST_KEY: object_digest(content)}, fh)
 
 
 def _reason(exc: BaseException) -> str:

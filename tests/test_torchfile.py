@@ -48,6 +48,18 @@ def _rewrite_tensor_bytes(path: Path, flip: int) -> None:
     path.write_bytes(buffer.getvalue())
 
 
+def test_equal_contents_give_equal_bytes_whatever_the_file_name(tmp_path: Path) -> None:
+    """torch.save given a path names the zip's root after the (random, temporary) file; the
+    saved bytes must not depend on it, or a rerun's equal weights look changed to DVC."""
+    obj = {"state_dict": {"w": torch.arange(6.0).reshape(2, 3)}, "method": "pcrl"}
+    save_checked(obj, tmp_path / "weights.pt")
+    save_checked(obj, tmp_path / "other" / "checkpoint.pt")
+    first, second = (tmp_path / "weights.pt").read_bytes(), (tmp_path / "other" / "checkpoint.pt").read_bytes()
+    assert first == second
+    with zipfile.ZipFile(tmp_path / "weights.pt") as archive:
+        assert {name.split("/")[0] for name in archive.namelist()} == {"archive"}
+
+
 def test_a_flipped_bit_in_a_tensor_is_an_error_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "weights.pt"
     save_checked(_checkpoint(), path)
