@@ -33,8 +33,9 @@ from pcrl.errors import DataError
 CONTENTS = "contents.json"
 FORMAT = 1
 ALGORITHM = "sha256"
-#: Files of a folder that are not recorded: the pipeline's marker and the record itself.
-UNRECORDED = (".pcrl-output", CONTENTS)
+#: Files of a folder that are not recorded: the pipeline's marker, the record itself, and
+#: the empty timestamp Snakemake adds to every folder output after its job.
+UNRECORDED = (".pcrl-output", CONTENTS, ".snakemake_timestamp")
 
 Record = dict[str, Any]
 

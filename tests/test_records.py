@@ -45,6 +45,17 @@ def test_every_file_is_recorded_with_size_digest_dtype_and_shape(tmp_path: Path)
     assert verify_contents(out, stage="resample", dataset="luna16")["files"] == contents["files"]
 
 
+def test_the_timestamp_snakemake_adds_to_a_folder_output_is_not_a_stray_file(tmp_path: Path) -> None:
+    """Snakemake writes an empty ``.snakemake_timestamp`` into every folder output after its
+    job; the folder still verifies (the Snakemake runner's first downstream job failed on it)."""
+    out = _data_folder(tmp_path)
+    (out / ".snakemake_timestamp").write_bytes(b"")
+    assert sorted(verify_contents(out, stage="resample")["files"]) == ["case.npy", "sub/cases.json"]
+    (out / ".other_timestamp").write_bytes(b"")  # any other file is still stray
+    with pytest.raises(DataError, match=r"\.other_timestamp: not written by the stage"):
+        verify_contents(out)
+
+
 def test_a_metrics_folder_gets_no_record(tmp_path: Path) -> None:
     with atomic_dir(tmp_path / "metrics") as tmp:
         (tmp / "metrics.json").write_text("{}")
