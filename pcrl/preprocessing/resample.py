@@ -215,13 +215,11 @@ def resample_case(
     image_path = Path(case["image"])
     label_path = Path(case["label"]) if case.get("label") else None
     original = read_image(image_path, allow_channels=True)
-    values = image_to_array(original)
-    if not np.isfinite(values).all():
-        raise DataError(f"{image_path}: {int(np.count_nonzero(~np.isfinite(values)))} voxels are NaN or infinite")
+    # NaN or infinite voxels: read_image has refused them (counted in the file itself)
     if normalization.kind == "window":  # a window in HU: the image must be a CT scan
-        check_ct_values(values, image_path)
+        check_ct_values(image_to_array(original), image_path)
     elif channels is not None:  # MRI, scaled per channel: the task's channels, none empty
-        check_mri_values(values, image_path, channels)
+        check_mri_values(image_to_array(original), image_path, channels)
     label = read_image(label_path) if label_path else None
     if label is not None and label_path is not None:
         check_same_grid(original, label, image_path, label_path)

@@ -11,11 +11,10 @@ from pcrl.atomic import atomic_dir, write_json
 from pcrl.datasets.layout import case_order
 from pcrl.datasets.manifest import gathered_cases, read_manifests
 from pcrl.datasets.shards import in_shard
-from pcrl.errors import ConfigError
+from pcrl.errors import ConfigError, DataError
 from pcrl.preprocessing.normalization import Normalization
 from pcrl.preprocessing.radiographs import write_shard_of
 from pcrl.preprocessing.resample import CASES_FILE, resample_dataset
-from pcrl.errors import DataError
 from pcrl.settings import setting_of_dataset
 from pcrl.tasks import TASKS
 
